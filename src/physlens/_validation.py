@@ -1,0 +1,89 @@
+"""Argument checks shared by every layer of physlens.
+
+Each helper raises a ``ValueError`` (or ``TypeError``) whose message names the argument and what was
+expected, so bad input fails at the boundary instead of deep inside a computation.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def check_positive_int(name: str, value: Any) -> int:
+    """Return ``value`` as an int, or raise if it is not a positive integer."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def check_nonnegative_int(name: str, value: Any) -> int:
+    """Return ``value`` as an int, or raise if it is not a non-negative integer."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+    return int(value)
+
+
+def check_positive_float(name: str, value: Any) -> float:
+    """Return ``value`` as a float, or raise if it is not a finite number > 0."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}") from None
+    if not math.isfinite(number) or number <= 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return number
+
+
+def check_finite_float(name: str, value: Any) -> float:
+    """Return ``value`` as a float, or raise if it is not a finite number."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a finite number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return number
+
+
+def check_finite(name: str, array: torch.Tensor | np.ndarray) -> None:
+    """Raise if ``array`` holds a NaN or an infinity."""
+    finite = torch.isfinite(array).all() if isinstance(array, torch.Tensor) else np.isfinite(array).all()
+    if not bool(finite):
+        raise ValueError(f"{name} must contain only finite values (found NaN or inf)")
+
+
+def check_shape(name: str, array: torch.Tensor | np.ndarray, expected: tuple[int | None, ...], meaning: str) -> None:
+    """Raise unless ``array`` has ``len(expected)`` dims and matches every non-``None`` size.
+
+    ``meaning`` spells the axes for the message, e.g. ``"[batch, pos, 2]"``.
+    """
+    shape = tuple(array.shape)
+    if len(shape) != len(expected) or any(e is not None and e != s for e, s in zip(expected, shape)):
+        raise ValueError(f"{name} must have shape {meaning}, got {list(shape)}")
+
+
+def check_choice(name: str, value: Any, choices: tuple[Any, ...]) -> Any:
+    """Raise unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
+    return value
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """Turn ``"float32"``/``"float64"`` (or a torch dtype) into a floating torch dtype."""
+    if isinstance(dtype, torch.dtype):
+        resolved = dtype
+    else:
+        resolved = getattr(torch, str(dtype).removeprefix("torch."), None)
+    if not isinstance(resolved, torch.dtype) or not resolved.is_floating_point:
+        raise ValueError(f"dtype must be a floating torch dtype such as 'float32' or 'float64', got {dtype!r}")
+    return resolved
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """The short name of a torch dtype, as stored in configs (``torch.float64`` -> ``"float64"``)."""
+    return str(dtype).removeprefix("torch.")

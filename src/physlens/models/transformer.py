@@ -1,0 +1,287 @@
+"""The hooked oscillator transformer: states (x, p) in, next states out, at every position.
+
+Read top to bottom: config → attention → MLP → layer norm → block → model → presets. Every
+intermediate activation passes through a TransformerLens ``HookPoint`` named the TransformerLens
+way, so caches, hooks and ``transformer_lens.patching`` work unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float
+from torch import Tensor, nn
+
+from physlens._validation import check_finite, check_positive_int, resolve_dtype
+from physlens.models.base import HookedModel, HookPoint, register_model
+
+
+@dataclass
+class TransformerConfig:
+    """Architecture of an :class:`OscillatorTransformer`. Field defaults give the seed's OLA."""
+
+    d_model: int = 2  # width of the residual stream
+    n_layers: int = 1  # number of blocks
+    n_heads: int = 1  # attention heads per block
+    d_head: int = 2  # width of each head's query/key/value space
+    n_ctx: int = 40  # longest sequence the model accepts
+    d_in: int = 2  # components per input state: (x, p)
+    causal: bool = True  # position q attends only to keys k <= q
+    attn_window: int | None = None  # attend only to keys with |q - k| < window (1: self only, model becomes linear)
+    attn_only: bool = True  # no MLP in the blocks (the seed's OLA / nLA)
+    d_mlp: int | None = None  # MLP width; None means 4 * d_model
+    embed_bias: bool = True  # bias b_E on the embedding W_E
+    unembed_bias: bool = True  # bias b_U on the unembedding W_U
+    layer_norm: bool = False  # LayerNorm before attention, MLP and unembedding
+    positional_embedding: bool = False  # learned W_pos added to the embedding
+    seed: int = 0  # seed of the weight initialisation
+    dtype: str = "float32"  # parameter dtype ("float64" for exact work)
+    device: str = "cpu"  # where parameters live
+    n_key_value_heads: int | None = None  # TransformerLens field; always equals n_heads here
+
+    def __post_init__(self) -> None:
+        for name in ("d_model", "n_layers", "n_heads", "d_head", "n_ctx", "d_in"):
+            check_positive_int(name, getattr(self, name))
+        if self.attn_window is not None:
+            check_positive_int("attn_window", self.attn_window)
+        if self.d_mlp is None:
+            self.d_mlp = 4 * self.d_model
+        check_positive_int("d_mlp", self.d_mlp)
+        if self.n_key_value_heads is None:
+            self.n_key_value_heads = self.n_heads
+        if self.n_key_value_heads != self.n_heads:
+            raise ValueError(f"n_key_value_heads must equal n_heads ({self.n_heads}), got {self.n_key_value_heads}")
+        resolve_dtype(self.dtype)
+
+    @property
+    def sees_future(self) -> bool:
+        """True when some position can attend to a later one (no causal mask and window > 1).
+
+        Such a model must not be trained with a loss on every position: position t would read its
+        own target, the state at t + 1, from its input.
+        """
+        return not self.causal and (self.attn_window is None or self.attn_window > 1)
+
+
+def attention_mask(n_ctx: int, causal: bool, window: int | None, device: Any = None) -> Float[Tensor, "q k"]:
+    """Boolean [q, k] matrix of allowed attention edges for the given masking rules."""
+    q = torch.arange(n_ctx, device=device)[:, None]
+    k = torch.arange(n_ctx, device=device)[None, :]
+    allowed = torch.ones(n_ctx, n_ctx, dtype=torch.bool, device=device)
+    if causal:
+        allowed &= k <= q
+    if window is not None:
+        allowed &= (q - k).abs() < window
+    return allowed
+
+
+def _init(shape: tuple[int, ...], fan_in: int, generator: torch.Generator, cfg: TransformerConfig) -> nn.Parameter:
+    weights = torch.randn(shape, generator=generator, dtype=torch.float64) / math.sqrt(fan_in)
+    return nn.Parameter(weights.to(dtype=resolve_dtype(cfg.dtype), device=cfg.device))
+
+
+def _zeros(shape: tuple[int, ...], cfg: TransformerConfig) -> nn.Parameter:
+    return nn.Parameter(torch.zeros(shape, dtype=resolve_dtype(cfg.dtype), device=cfg.device))
+
+
+class Attention(nn.Module):
+    """Multi-head attention with per-head W_Q, W_K, W_V, W_O, no biases, scores scaled by √d_head."""
+
+    def __init__(self, cfg: TransformerConfig, generator: torch.Generator) -> None:
+        super().__init__()
+        self.cfg = cfg
+        h, d, e = cfg.n_heads, cfg.d_model, cfg.d_head
+        self.W_Q = _init((h, d, e), d, generator, cfg)
+        self.W_K = _init((h, d, e), d, generator, cfg)
+        self.W_V = _init((h, d, e), d, generator, cfg)
+        self.W_O = _init((h, e, d), h * e, generator, cfg)
+        self.register_buffer("mask", attention_mask(cfg.n_ctx, cfg.causal, cfg.attn_window, cfg.device), persistent=False)
+        self.hook_q = HookPoint()  # [batch, pos, head, d_head]
+        self.hook_k = HookPoint()  # [batch, pos, head, d_head]
+        self.hook_v = HookPoint()  # [batch, pos, head, d_head]
+        self.hook_attn_scores = HookPoint()  # [batch, head, q, k], masked entries are -inf
+        self.hook_pattern = HookPoint()  # [batch, head, q, k]
+        self.hook_z = HookPoint()  # [batch, pos, head, d_head]
+        self.hook_result = HookPoint()  # [batch, pos, head, d_model]: each head's write to the residual stream
+
+    def forward(self, resid: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
+        n_pos = resid.shape[1]
+        q = self.hook_q(torch.einsum("bpd,hde->bphe", resid, self.W_Q))
+        k = self.hook_k(torch.einsum("bpd,hde->bphe", resid, self.W_K))
+        v = self.hook_v(torch.einsum("bpd,hde->bphe", resid, self.W_V))
+        scores = torch.einsum("bqhe,bkhe->bhqk", q, k) / math.sqrt(self.cfg.d_head)
+        allowed = self.mask[:n_pos, :n_pos]
+        scores = self.hook_attn_scores(scores.masked_fill(~allowed, float("-inf")))
+        pattern = self.hook_pattern(torch.softmax(scores, dim=-1))
+        z = self.hook_z(torch.einsum("bhqk,bkhe->bqhe", pattern, v))
+        result = self.hook_result(torch.einsum("bqhe,hed->bqhd", z, self.W_O))
+        return result.sum(dim=2)
+
+
+class MLP(nn.Module):
+    """Linear → GELU → Linear, of width ``cfg.d_mlp``."""
+
+    def __init__(self, cfg: TransformerConfig, generator: torch.Generator) -> None:
+        super().__init__()
+        self.W_in = _init((cfg.d_model, cfg.d_mlp), cfg.d_model, generator, cfg)
+        self.b_in = _zeros((cfg.d_mlp,), cfg)
+        self.W_out = _init((cfg.d_mlp, cfg.d_model), cfg.d_mlp, generator, cfg)
+        self.b_out = _zeros((cfg.d_model,), cfg)
+        self.hook_pre = HookPoint()  # [batch, pos, d_mlp]
+        self.hook_post = HookPoint()  # [batch, pos, d_mlp]
+
+    def forward(self, resid: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
+        pre = self.hook_pre(resid @ self.W_in + self.b_in)
+        post = self.hook_post(F.gelu(pre))
+        return post @ self.W_out + self.b_out
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm with TransformerLens's ``hook_scale`` and ``hook_normalized``."""
+
+    def __init__(self, cfg: TransformerConfig, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.w = nn.Parameter(torch.ones(cfg.d_model, dtype=resolve_dtype(cfg.dtype), device=cfg.device))
+        self.b = _zeros((cfg.d_model,), cfg)
+        self.hook_scale = HookPoint()  # [batch, pos, 1]
+        self.hook_normalized = HookPoint()  # [batch, pos, d_model]
+
+    def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
+        x = x - x.mean(dim=-1, keepdim=True)
+        scale = self.hook_scale((x.pow(2).mean(dim=-1, keepdim=True) + self.eps).sqrt())
+        return self.hook_normalized(x / scale) * self.w + self.b
+
+
+class Block(nn.Module):
+    """Residual block: attention, then (unless ``attn_only``) an MLP, each added to the stream."""
+
+    def __init__(self, cfg: TransformerConfig, generator: torch.Generator) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.ln1 = LayerNorm(cfg) if cfg.layer_norm else nn.Identity()
+        self.attn = Attention(cfg, generator)
+        self.hook_resid_pre = HookPoint()  # [batch, pos, d_model]
+        self.hook_attn_out = HookPoint()  # [batch, pos, d_model]
+        self.hook_resid_post = HookPoint()  # [batch, pos, d_model]
+        if not cfg.attn_only:
+            self.ln2 = LayerNorm(cfg) if cfg.layer_norm else nn.Identity()
+            self.mlp = MLP(cfg, generator)
+            self.hook_resid_mid = HookPoint()  # [batch, pos, d_model]
+            self.hook_mlp_out = HookPoint()  # [batch, pos, d_model]
+
+    def forward(self, resid: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
+        resid = self.hook_resid_pre(resid)
+        resid = resid + self.hook_attn_out(self.attn(self.ln1(resid)))
+        if not self.cfg.attn_only:
+            resid = self.hook_resid_mid(resid)
+            resid = resid + self.hook_mlp_out(self.mlp(self.ln2(resid)))
+        return self.hook_resid_post(resid)
+
+
+@register_model
+class OscillatorTransformer(HookedModel):
+    """A tiny transformer over phase-space sequences: [batch, pos, 2] states → [batch, pos, 2] next states.
+
+    ``W_E`` embeds each state, the blocks mix positions through attention, and ``W_U`` reads a
+    prediction of the next state out at every position.
+    """
+
+    config_class = TransformerConfig
+
+    def __init__(self, cfg: TransformerConfig) -> None:
+        super().__init__(cfg)
+        generator = torch.Generator().manual_seed(cfg.seed)
+        self.W_E = _init((cfg.d_in, cfg.d_model), cfg.d_in, generator, cfg)
+        self.b_E = _zeros((cfg.d_model,), cfg) if cfg.embed_bias else None
+        self.hook_embed = HookPoint()  # [batch, pos, d_model]
+        if cfg.positional_embedding:
+            self.W_pos = _init((cfg.n_ctx, cfg.d_model), cfg.d_model, generator, cfg)
+            self.hook_pos_embed = HookPoint()  # [batch, pos, d_model]
+        self.blocks = nn.ModuleList(Block(cfg, generator) for _ in range(cfg.n_layers))
+        self.ln_final = LayerNorm(cfg) if cfg.layer_norm else nn.Identity()
+        self.W_U = _init((cfg.d_model, cfg.d_in), cfg.d_model, generator, cfg)
+        self.b_U = _zeros((cfg.d_in,), cfg) if cfg.unembed_bias else None
+        self.setup()
+
+    def forward(self, states: Float[Tensor, "batch pos d_in"]) -> Float[Tensor, "batch pos d_in"]:
+        """Predict the next state at every position."""
+        self._check_input(states)
+        resid = states @ self.W_E
+        if self.b_E is not None:
+            resid = resid + self.b_E
+        resid = self.hook_embed(resid)
+        if self.cfg.positional_embedding:
+            resid = resid + self.hook_pos_embed(self.W_pos[: states.shape[1]].expand_as(resid))
+        for block in self.blocks:
+            resid = block(resid)
+        out = self.ln_final(resid) @ self.W_U
+        return out + self.b_U if self.b_U is not None else out
+
+    def _check_input(self, states: Tensor) -> None:
+        cfg = self.cfg
+        if states.ndim != 3 or states.shape[-1] != cfg.d_in:
+            raise ValueError(f"states must have shape [batch, pos, {cfg.d_in}], got {list(states.shape)}")
+        if not 1 <= states.shape[1] <= cfg.n_ctx:
+            raise ValueError(
+                f"states has {states.shape[1]} positions but the model's context n_ctx is {cfg.n_ctx}; "
+                "pass between 1 and n_ctx positions"
+            )
+        if states.dtype != self.W_E.dtype:
+            raise ValueError(f"states must have the model's dtype {self.W_E.dtype}, got {states.dtype}")
+        check_finite("states", states)
+
+    def _stacked(self, name: str) -> Tensor:
+        return torch.stack([getattr(block.attn, name) for block in self.blocks])
+
+    @property
+    def W_Q(self) -> Float[Tensor, "layer head d_model d_head"]:  # noqa: N802
+        """Query weights of every layer, stacked."""
+        return self._stacked("W_Q")
+
+    @property
+    def W_K(self) -> Float[Tensor, "layer head d_model d_head"]:  # noqa: N802
+        """Key weights of every layer, stacked."""
+        return self._stacked("W_K")
+
+    @property
+    def W_V(self) -> Float[Tensor, "layer head d_model d_head"]:  # noqa: N802
+        """Value weights of every layer, stacked."""
+        return self._stacked("W_V")
+
+    @property
+    def W_O(self) -> Float[Tensor, "layer head d_head d_model"]:  # noqa: N802
+        """Output weights of every layer, stacked."""
+        return self._stacked("W_O")
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The seed's one-layer attention-only model: d_model 2, one head.
+    "OLA": dict(d_model=2, n_layers=1, n_heads=1, d_head=2, n_ctx=40, causal=True, attn_only=True),
+    # The seed's best variable-ω0 model: 8 layers, d_model 32, d_head 16, no causal mask, T = 40.
+    "nLA": dict(d_model=32, n_layers=8, n_heads=2, d_head=16, n_ctx=40, causal=False, attn_only=True),
+}
+
+
+def preset_config(name: str, **overrides: Any) -> TransformerConfig:
+    """The config of a named seed model (``"OLA"`` or ``"nLA"``), with fields overridden by keyword."""
+    if name not in PRESETS:
+        raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {name!r}")
+    return TransformerConfig(**{**PRESETS[name], **overrides})
+
+
+__all__ = [
+    "PRESETS",
+    "Attention",
+    "Block",
+    "LayerNorm",
+    "MLP",
+    "OscillatorTransformer",
+    "TransformerConfig",
+    "attention_mask",
+    "preset_config",
+]

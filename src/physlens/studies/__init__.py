@@ -1,0 +1,80 @@
+"""Runnable studies: a TOML file names a system, a model, a training recipe and the analyses to run.
+
+Each study kind is a module with ``run(spec, out_dir, *, progress) -> None`` that writes
+``report.md``, ``metrics.json`` and ``figures/`` into ``out_dir``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+import time
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from physlens._io import atomic_directory
+from physlens.studies.report import Report, StudySpecError, format_number, section
+
+STUDY_KINDS: dict[str, str] = {
+    "oscillator": "physlens.studies.oscillator",
+}
+"""Study kind (``[study] kind`` in the TOML file) → module that runs it."""
+
+
+def load_study(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Parse and check the ``[study]`` header of a study file; the rest is checked by the study kind."""
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"study file {str(file)!r} does not exist")
+    try:
+        spec = tomllib.loads(file.read_text())
+    except tomllib.TOMLDecodeError as error:
+        raise StudySpecError(f"study file {str(file)!r} is not valid TOML: {error}") from None
+    header = section(spec, "study", {"name": str, "kind": str, "seed": int, "description": str}, required=True)
+    for key in ("name", "kind"):
+        if key not in header:
+            raise StudySpecError(f"[study] needs a {key!r} key")
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", header["name"]) or header["name"].startswith("."):
+        raise StudySpecError(f"[study] name must be letters, digits, '_', '-' or '.', got {header['name']!r}")
+    if header["kind"] not in STUDY_KINDS:
+        raise StudySpecError(f"[study] kind must be one of {sorted(STUDY_KINDS)}, got {header['kind']!r}")
+    return spec
+
+
+def _free_directory(root: Path, name: str) -> Path:
+    candidate, index = root / name, 1
+    while candidate.exists():
+        candidate, index = root / f"{name}-{index}", index + 1
+    return candidate
+
+
+def run_study(
+    path: str | os.PathLike[str],
+    *,
+    output_root: str | os.PathLike[str] = "runs",
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Run the study file at ``path`` and return the directory holding its report.
+
+    Results go to ``{output_root}/{name}``; if that exists, to ``{name}-1``, ``{name}-2``… unless
+    ``overwrite`` is set, so an earlier run is never replaced silently. The directory appears only
+    when the study has finished: an interrupted run leaves a ``.partial-`` directory, never a
+    report that looks complete.
+    """
+    spec = load_study(path)
+    name = spec["study"]["name"]
+    root = Path(output_root)
+    target = root / name if overwrite else _free_directory(root, name)
+    module = importlib.import_module(STUDY_KINDS[spec["study"]["kind"]])
+    start = time.perf_counter()
+    with atomic_directory(target, overwrite=overwrite) as staging:
+        module.run(spec, staging, progress=progress)
+        elapsed = time.perf_counter() - start
+        (staging / "run_time.txt").write_text(f"{elapsed:.1f} s\n")
+    return target
+
+
+__all__ = ["STUDY_KINDS", "Report", "StudySpecError", "format_number", "load_study", "run_study", "section"]
