@@ -1,0 +1,274 @@
+"""Next-step training on fresh oscillator batches: AdamW, LR schedule, checkpoints, exact resume.
+
+The leakage rule lives here: a model whose attention can see later positions must not be trained
+with a loss on every position, because position t would read its own target (the state at t + 1).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from physlens._validation import (
+    check_choice,
+    check_nonnegative_int,
+    check_positive_float,
+    check_positive_int,
+)
+from physlens.models.base import HookedModel
+from physlens.systems.oscillator import OscillatorSystem, Trajectories
+from physlens.training.checkpoints import (
+    latest_checkpoint,
+    load_checkpoint,
+    load_state,
+    optimizer_state_from_flat,
+    optimizer_state_to_flat,
+    save_checkpoint,
+)
+
+
+class LeakageError(ValueError):
+    """Training setup that would let a position read its own target."""
+
+
+@dataclass
+class TrainConfig:
+    """How to train a next-step model on an oscillator system."""
+
+    steps: int = 2000  # optimizer steps
+    batch_size: int = 256  # trajectories per step, drawn fresh every step
+    seq_len: int = 40  # positions per training sequence (T); must be <= the model's n_ctx
+    lr: float = 1e-3  # peak learning rate
+    min_lr: float = 0.0  # final learning rate of the cosine schedule
+    schedule: str = "constant"  # "constant" or "cosine" (decays lr -> min_lr over the steps)
+    warmup_steps: int = 0  # linear warm-up from 0 to lr
+    weight_decay: float = 0.0  # AdamW decoupled decay; 0 because decay biases an exact linear solution
+    betas: tuple[float, float] = (0.9, 0.999)  # AdamW moment decay rates
+    loss_positions: str = "last"  # "last": loss on the final position only; "all": every position
+    allow_leakage: bool = False  # permit "all" on a model that sees the future (warns loudly)
+    fixed_dataset: int | None = None  # if set, draw this many trajectories once and sample batches from them
+    grad_clip: float | None = None  # clip the global gradient norm to this value
+    seed: int = 0  # seeds the batch stream (the model's init has its own seed in its config)
+    checkpoint_every: int | None = None  # save a resumable checkpoint every this many steps
+    log_every: int = 50  # update the progress bar every this many steps
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "seq_len", "log_every"):
+            check_positive_int(name, getattr(self, name))
+        check_nonnegative_int("warmup_steps", self.warmup_steps)
+        check_nonnegative_int("seed", self.seed)
+        check_positive_float("lr", self.lr)
+        if not (math.isfinite(self.min_lr) and 0 <= self.min_lr <= self.lr):
+            raise ValueError(f"min_lr must be in [0, lr={self.lr}], got {self.min_lr!r}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"weight_decay must be a finite number >= 0, got {self.weight_decay!r}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
+        self.betas = (float(self.betas[0]), float(self.betas[1]))
+        check_choice("schedule", self.schedule, ("constant", "cosine"))
+        check_choice("loss_positions", self.loss_positions, ("last", "all"))
+        if self.fixed_dataset is not None:
+            check_positive_int("fixed_dataset", self.fixed_dataset)
+        if self.grad_clip is not None:
+            check_positive_float("grad_clip", self.grad_clip)
+        if self.checkpoint_every is not None:
+            check_positive_int("checkpoint_every", self.checkpoint_every)
+
+    def lr_at(self, step: int) -> float:
+        """Learning rate used for optimizer step ``step`` (0-based)."""
+        if step < self.warmup_steps:
+            return self.lr * (step + 1) / self.warmup_steps
+        if self.schedule == "constant":
+            return self.lr
+        progress = (step - self.warmup_steps) / max(1, self.steps - self.warmup_steps)
+        return self.min_lr + 0.5 * (self.lr - self.min_lr) * (1 + math.cos(math.pi * progress))
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced besides the trained model (which is trained in place)."""
+
+    config: TrainConfig
+    losses: list[float] = field(default_factory=list)  # training loss at every step
+    learning_rates: list[float] = field(default_factory=list)  # learning rate at every step
+    wall_time: float = 0.0  # seconds spent in this call (not counting resumed-from runs)
+    resumed_from: int | None = None  # step of the checkpoint this run resumed from
+
+    @property
+    def final_loss(self) -> float:
+        """Mean training loss over the last 1% of steps (at least one)."""
+        tail = max(1, len(self.losses) // 100)
+        return float(sum(self.losses[-tail:]) / tail)
+
+
+def check_leakage(model: nn.Module, config: TrainConfig) -> None:
+    """Refuse (or, with ``allow_leakage``, loudly warn about) an all-positions loss on a model that
+    can attend to later positions."""
+    if config.loss_positions != "all":
+        return
+    sees_future = getattr(getattr(model, "cfg", None), "sees_future", None)
+    if sees_future is False:
+        return
+    reason = (
+        "loss_positions='all' on a model whose attention can see later positions (no causal mask and "
+        "attn_window > 1 or unset) lets position t read its own target, the state at t + 1, from the input: "
+        "the loss can reach zero without learning any dynamics"
+    )
+    if sees_future is None:
+        reason = "cannot tell whether this model sees later positions (its cfg has no sees_future); " + reason
+    if not config.allow_leakage:
+        raise LeakageError(reason + ". Use loss_positions='last', a causal mask, attn_window=1, or set allow_leakage=True.")
+    warnings.warn("TARGET LEAKAGE: " + reason + " (allowed by allow_leakage=True).", stacklevel=3)
+
+
+def _batch_loss(model: nn.Module, batch: Trajectories, loss_positions: str) -> Tensor:
+    inputs, targets = batch.inputs_targets()
+    predictions = model(inputs)
+    if loss_positions == "last":
+        predictions, targets = predictions[:, -1], targets[:, -1]
+    return (predictions - targets).pow(2).mean()
+
+
+def _to_model(batch: Trajectories, model: nn.Module) -> Trajectories:
+    parameter = next(model.parameters())
+    return batch.to(device=parameter.device, dtype=parameter.dtype)
+
+
+def train(
+    model: HookedModel,
+    system: OscillatorSystem,
+    config: TrainConfig,
+    *,
+    checkpoint_dir: str | os.PathLike[str] | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> TrainResult:
+    """Train ``model`` in place on next-step prediction of ``system``'s trajectories.
+
+    Every step draws a fresh batch of ``seq_len + 1``-step trajectories from a generator seeded by
+    ``config.seed`` (or samples from one fixed dataset if ``config.fixed_dataset`` is set). With
+    ``checkpoint_dir`` and ``config.checkpoint_every`` the run saves resumable checkpoints
+    ``step_XXXXXXX``; ``resume=True`` continues from the latest one and ends bit-for-bit where an
+    uninterrupted run would.
+    """
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
+    n_ctx = getattr(getattr(model, "cfg", None), "n_ctx", None)
+    if n_ctx is not None and config.seq_len > n_ctx:
+        raise ValueError(f"seq_len must be <= the model's n_ctx ({n_ctx}), got {config.seq_len}")
+    check_leakage(model, config)
+    if config.checkpoint_every is not None and checkpoint_dir is None:
+        raise ValueError("checkpoint_every is set but no checkpoint_dir was given")
+    if resume and checkpoint_dir is None:
+        raise ValueError("resume=True needs the checkpoint_dir to resume from")
+
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
+    )
+    generator = torch.Generator().manual_seed(config.seed)
+    dataset = None
+    if config.fixed_dataset is not None:
+        dataset = _to_model(system.sample(config.fixed_dataset, config.seq_len + 1, generator=generator), model)
+    result = TrainResult(config=config)
+    start_step = 0
+
+    if resume:
+        found = latest_checkpoint(checkpoint_dir)
+        if found is not None:
+            start_step = _restore(found, model, optimizer, generator, result, config)
+            result.resumed_from = start_step
+
+    started = time.perf_counter()
+    model.train()
+    bar = tqdm(total=config.steps, initial=start_step, disable=not progress, desc="training", leave=False)
+    for step in range(start_step, config.steps):
+        lr = config.lr_at(step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        if dataset is None:
+            batch = _to_model(system.sample(config.batch_size, config.seq_len + 1, generator=generator), model)
+        else:
+            batch = dataset.subset(torch.randint(len(dataset), (config.batch_size,), generator=generator))
+        loss = _batch_loss(model, batch, config.loss_positions)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"training loss became {float(loss)} at step {step}; lower lr or enable grad_clip")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.grad_clip is not None:
+            nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        optimizer.step()
+        result.losses.append(float(loss.detach()))
+        result.learning_rates.append(lr)
+        if (step + 1) % config.log_every == 0:
+            bar.set_postfix(loss=f"{result.losses[-1]:.3e}")
+            bar.update(config.log_every)
+        if config.checkpoint_every is not None and (step + 1) % config.checkpoint_every == 0:
+            _save(Path(checkpoint_dir), step + 1, model, optimizer, generator, result, config)
+    bar.close()
+    model.eval()
+    result.wall_time = time.perf_counter() - started
+    return result
+
+
+def _save(
+    directory: Path, step: int, model: HookedModel, optimizer: torch.optim.Optimizer,
+    generator: torch.Generator, result: TrainResult, config: TrainConfig,
+) -> None:
+    tensors, optimizer_json = optimizer_state_to_flat(optimizer)
+    tensors["generator_state"] = generator.get_state()
+    state_json = {
+        "step": step,
+        "optimizer": optimizer_json,
+        "train_config": dataclasses.asdict(config),
+        "losses": result.losses,
+        "learning_rates": result.learning_rates,
+    }
+    save_checkpoint(
+        directory / f"step_{step:07d}", model, metadata={"step": step}, state_tensors=tensors, state_json=state_json,
+        overwrite=True,
+    )
+
+
+def _restore(
+    path: Path, model: HookedModel, optimizer: torch.optim.Optimizer, generator: torch.Generator,
+    result: TrainResult, config: TrainConfig,
+) -> int:
+    saved_model, _ = load_checkpoint(path, device=next(model.parameters()).device)
+    if saved_model.config_dict() != model.config_dict():
+        raise ValueError(f"checkpoint {str(path)!r} holds a model with a different config; cannot resume")
+    tensors, state_json = load_state(path)
+    saved_config = dict(state_json["train_config"])
+    saved_config["betas"] = tuple(saved_config["betas"])
+    if saved_config != dataclasses.asdict(config):
+        raise ValueError(f"checkpoint {str(path)!r} was written with a different TrainConfig; cannot resume")
+    model.load_state_dict(saved_model.state_dict())
+    optimizer.load_state_dict(optimizer_state_from_flat(tensors, state_json["optimizer"]))
+    generator.set_state(tensors["generator_state"])
+    result.losses = list(state_json["losses"])
+    result.learning_rates = list(state_json["learning_rates"])
+    return int(state_json["step"])
+
+
+def config_from_dict(values: dict[str, Any]) -> TrainConfig:
+    """A :class:`TrainConfig` from a plain dict (e.g. a study file's ``[training]`` table)."""
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown training options {unknown}; expected some of {sorted(known)}")
+    values = dict(values)
+    if "betas" in values:
+        values["betas"] = tuple(values["betas"])
+    return TrainConfig(**values)
+
+
+__all__ = ["LeakageError", "TrainConfig", "TrainResult", "check_leakage", "config_from_dict", "train"]
