@@ -1,6 +1,7 @@
 """Hooked networks: every intermediate activation is a TransformerLens ``HookPoint``."""
 
 from physlens.models.base import MODEL_REGISTRY, HookedModel, register_model
+from physlens.models.siamese import BottleneckConfig, BottleneckNetwork, SiameseConfig, SiameseTower
 from physlens.models.transformer import (
     PRESETS,
     OscillatorTransformer,
@@ -10,6 +11,10 @@ from physlens.models.transformer import (
 )
 
 __all__ = [
+    "BottleneckConfig",
+    "BottleneckNetwork",
+    "SiameseConfig",
+    "SiameseTower",
     "MODEL_REGISTRY",
     "PRESETS",
     "HookedModel",

@@ -1,5 +1,18 @@
 """Physical systems that generate labelled ground truth for the networks physlens studies."""
 
+from physlens.systems.central import (
+    CONSERVATION_TOLERANCE,
+    ORBIT_LABEL_NAMES,
+    ORBIT_STATE_NAMES,
+    CentralPotentialSystem,
+    OrbitTrajectories,
+    angular_momentum,
+    check_bound_orbits,
+    orbit_energy,
+    orbit_state,
+    perihelion,
+    propagate_orbit,
+)
 from physlens.systems.oscillator import (
     LABEL_NAMES,
     OscillatorSystem,
@@ -13,6 +26,17 @@ from physlens.systems.oscillator import (
 from physlens.systems.params import Choice, Fixed, ParamSpec, Uniform, as_param_spec
 
 __all__ = [
+    "CONSERVATION_TOLERANCE",
+    "ORBIT_LABEL_NAMES",
+    "ORBIT_STATE_NAMES",
+    "CentralPotentialSystem",
+    "OrbitTrajectories",
+    "angular_momentum",
+    "check_bound_orbits",
+    "orbit_energy",
+    "orbit_state",
+    "perihelion",
+    "propagate_orbit",
     "LABEL_NAMES",
     "Choice",
     "Fixed",

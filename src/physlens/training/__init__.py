@@ -9,6 +9,18 @@ from physlens.training.checkpoints import (
     read_checkpoint_config,
     save_checkpoint,
 )
+from physlens.training.invariants import (
+    BottleneckTrainConfig,
+    SiameseTrainConfig,
+    SiameseTrainResult,
+    StatePairs,
+    contrastive_loss,
+    make_pairs,
+    oscillator_windows,
+    pair_accuracy,
+    train_bottleneck,
+    train_siamese,
+)
 from physlens.training.rollout import RolloutEvaluation, evaluate_rollout, relative_error, rollout
 from physlens.training.trainer import (
     LeakageError,
@@ -20,6 +32,16 @@ from physlens.training.trainer import (
 )
 
 __all__ = [
+    "BottleneckTrainConfig",
+    "SiameseTrainConfig",
+    "SiameseTrainResult",
+    "StatePairs",
+    "contrastive_loss",
+    "make_pairs",
+    "oscillator_windows",
+    "pair_accuracy",
+    "train_bottleneck",
+    "train_siamese",
     "LeakageError",
     "RolloutEvaluation",
     "TrainConfig",

@@ -1,0 +1,247 @@
+"""Training loops for invariant learners: a Siamese tower on Kepler orbits and a bottleneck network on
+oscillator windows.
+
+The Siamese tower learns from pairs of states: "same" pairs come from one orbit, "different" pairs
+from two orbits whose angular momenta differ by at least ``min_gap``. A contrastive loss pulls same
+pairs together and pushes different pairs at least ``margin`` apart in the latent, so the latent
+has to be a conserved quantity of the orbit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from physlens._validation import (
+    check_finite_float,
+    check_nonnegative_int,
+    check_positive_float,
+    check_positive_int,
+)
+from physlens.models.siamese import BottleneckNetwork, SiameseTower
+from physlens.systems.central import OrbitTrajectories, angular_momentum
+from physlens.systems.oscillator import OscillatorSystem, Trajectories
+
+
+@dataclass
+class StatePairs:
+    """Pairs of orbit states with a same-orbit flag: ``first[i]``, ``second[i]`` and ``same[i]``."""
+
+    first: Float[Tensor, "pair 4"]
+    second: Float[Tensor, "pair 4"]
+    same: Tensor  # [pair] bool
+
+    def __len__(self) -> int:
+        return self.first.shape[0]
+
+
+def make_pairs(
+    orbits: OrbitTrajectories,
+    n_pairs: int,
+    *,
+    generator: torch.Generator,
+    min_gap: float = 0.0,
+    same_fraction: float = 0.5,
+) -> StatePairs:
+    """Draw ``n_pairs`` pairs of states from ``orbits``: a ``same_fraction`` of them from one orbit
+    (two distinct stored states), the rest from two different orbits.
+
+    With ``min_gap > 0`` a different pair must have |L_a − L_b| ≥ ``min_gap`` (redrawn until it does),
+    which makes a latent that grows steadily with L the easiest way to separate the pairs. With
+    ``min_gap = 0`` different pairs are a plain random permutation, as in the slides' test set.
+    """
+    n_pairs = check_positive_int("n_pairs", n_pairs)
+    min_gap = check_finite_float("min_gap", min_gap)
+    if min_gap < 0:
+        raise ValueError(f"min_gap must be >= 0, got {min_gap}")
+    same_fraction = check_finite_float("same_fraction", same_fraction)
+    if not 0 <= same_fraction <= 1:
+        raise ValueError(f"same_fraction must be in [0, 1], got {same_fraction}")
+    n_orbits, n_steps = orbits.states.shape[:2]
+    if n_orbits < 2 or n_steps < 2:
+        raise ValueError(f"orbits must hold at least 2 orbits of at least 2 states, got {n_orbits} x {n_steps}")
+    device = orbits.states.device
+
+    def draw(high: int, size: int) -> Tensor:
+        return torch.randint(high, (size,), generator=generator, device=generator.device).to(device)
+
+    n_same = int(round(same_fraction * n_pairs))
+    n_diff = n_pairs - n_same
+    orbit_ang = angular_momentum(orbits.states[:, 0])
+    # same pairs: one orbit, two distinct steps
+    orbit_s = draw(n_orbits, n_same)
+    step_a = draw(n_steps, n_same)
+    step_b = (step_a + 1 + draw(n_steps - 1, n_same)) % n_steps
+    # different pairs: two orbits, redrawn where they are equal or closer than min_gap in L
+    orbit_a, orbit_b = draw(n_orbits, n_diff), draw(n_orbits, n_diff)
+    for _ in range(100):
+        bad = (orbit_a == orbit_b) | ((orbit_ang[orbit_a] - orbit_ang[orbit_b]).abs() < min_gap)
+        if not bool(bad.any()):
+            break
+        orbit_b = torch.where(bad, draw(n_orbits, n_diff), orbit_b)
+    else:
+        raise ValueError(f"could not find different pairs with |ΔL| >= min_gap = {min_gap:g}; lower min_gap")
+    first = torch.cat([orbits.states[orbit_s, step_a], orbits.states[orbit_a, draw(n_steps, n_diff)]])
+    second = torch.cat([orbits.states[orbit_s, step_b], orbits.states[orbit_b, draw(n_steps, n_diff)]])
+    same = torch.cat([torch.ones(n_same, dtype=torch.bool, device=device), torch.zeros(n_diff, dtype=torch.bool, device=device)])
+    return StatePairs(first, second, same)
+
+
+def contrastive_loss(distance: Float[Tensor, " pair"], same: Tensor, margin: float) -> Tensor:
+    """Mean of d² over same pairs and max(0, margin − d)² over different pairs (Hadsell et al. 2006)."""
+    pull = distance**2
+    push = F.relu(margin - distance) ** 2
+    return torch.where(same, pull, push).mean()
+
+
+@dataclass
+class SiameseTrainConfig:
+    """How to train a :class:`~physlens.models.SiameseTower` on a fixed pool of orbits."""
+
+    steps: int = 3000  # optimizer steps
+    batch_size: int = 512  # pairs per step, drawn fresh from the pool
+    lr: float = 3e-3  # Adam learning rate (cosine-decayed to lr/100)
+    margin: float = 1.0  # latent distance different pairs are pushed beyond
+    min_gap: float = 0.3  # different training pairs differ in L by at least this much
+    weight_decay: float = 0.0  # AdamW decoupled weight decay
+    seed: int = 0  # seed of the pair draws
+
+    def __post_init__(self) -> None:
+        check_positive_int("steps", self.steps)
+        check_positive_int("batch_size", self.batch_size)
+        check_positive_float("lr", self.lr)
+        check_positive_float("margin", self.margin)
+        if check_finite_float("min_gap", self.min_gap) < 0:
+            raise ValueError(f"min_gap must be >= 0, got {self.min_gap}")
+        if check_finite_float("weight_decay", self.weight_decay) < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        check_nonnegative_int("seed", self.seed)
+
+
+@dataclass
+class SiameseTrainResult:
+    """Loss curve of a Siamese run and the latent-distance threshold for calling a pair "same"."""
+
+    losses: list[float] = field(default_factory=list)
+    threshold: float = 0.5  # pairs closer than this in the latent are called "same"
+
+
+def train_siamese(
+    model: SiameseTower, orbits: OrbitTrajectories, config: SiameseTrainConfig, *, progress: bool = True
+) -> SiameseTrainResult:
+    """Train ``model`` in place with the contrastive loss on pairs drawn from ``orbits`` every step.
+
+    The decision threshold is half the margin, the midpoint between where the loss puts same
+    pairs (0) and different pairs (≥ margin).
+    """
+    if not isinstance(model, SiameseTower):
+        raise TypeError(f"model must be a SiameseTower, got {type(model).__name__}")
+    dtype = next(model.parameters()).dtype
+    orbits = orbits.to(device=model.device, dtype=dtype)
+    generator = torch.Generator().manual_seed(config.seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, config.steps, eta_min=config.lr / 100)
+    result = SiameseTrainResult(threshold=config.margin / 2)
+    model.train()
+    for _ in tqdm(range(config.steps), desc="siamese", disable=not progress, leave=False):
+        pairs = make_pairs(orbits, config.batch_size, generator=generator, min_gap=config.min_gap)
+        loss = contrastive_loss(model.pair_distance(pairs.first, pairs.second), pairs.same, config.margin)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        result.losses.append(loss.item())
+    model.eval()
+    return result
+
+
+@torch.no_grad()
+def pair_accuracy(model: SiameseTower, pairs: StatePairs, threshold: float) -> float:
+    """Fraction of pairs classified correctly by "same iff latent distance < threshold"."""
+    threshold = check_positive_float("threshold", threshold)
+    dtype = next(model.parameters()).dtype
+    distance = model.pair_distance(pairs.first.to(model.device, dtype), pairs.second.to(model.device, dtype))
+    return float(((distance < threshold) == pairs.same.to(distance.device)).double().mean())
+
+
+def oscillator_windows(
+    trajectories: Trajectories, window: int
+) -> tuple[Float[Tensor, "batch d_in"], Float[Tensor, "batch 2"], Float[Tensor, "batch 2"]]:
+    """Bottleneck data from each trajectory's first ``window + 1`` states: the flattened window
+    (x₀, p₀, …, x_{w−1}, p_{w−1}), the side input (its last state) and the target (the next state)."""
+    window = check_positive_int("window", window)
+    if trajectories.n_steps < window + 1:
+        raise ValueError(f"trajectories need at least window + 1 = {window + 1} steps, got {trajectories.n_steps}")
+    states = trajectories.states
+    return states[:, :window].reshape(len(trajectories), 2 * window), states[:, window - 1], states[:, window]
+
+
+@dataclass
+class BottleneckTrainConfig:
+    """How to train a :class:`~physlens.models.BottleneckNetwork` to predict the oscillator's next state."""
+
+    steps: int = 3000  # optimizer steps
+    batch_size: int = 512  # trajectories per step, drawn fresh every step
+    window: int = 4  # states the encoder sees
+    lr: float = 3e-3  # Adam learning rate (cosine-decayed to lr/100)
+    seed: int = 0  # seed of the batch draws
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "window"):
+            check_positive_int(name, getattr(self, name))
+        check_positive_float("lr", self.lr)
+        check_nonnegative_int("seed", self.seed)
+
+
+def train_bottleneck(
+    model: BottleneckNetwork, system: OscillatorSystem, config: BottleneckTrainConfig, *, progress: bool = True
+) -> list[float]:
+    """Train ``model`` in place on fresh windows from ``system``; returns the MSE loss per step.
+
+    The model must take ``2·window`` inputs, a side input of 2 (the window's last state) and predict
+    2 outputs (the next state); it has to route the oscillator's parameters through the bottleneck.
+    """
+    if not isinstance(model, BottleneckNetwork):
+        raise TypeError(f"model must be a BottleneckNetwork, got {type(model).__name__}")
+    cfg = model.cfg
+    if (cfg.d_in, cfg.d_side, cfg.d_out) != (2 * config.window, 2, 2):
+        raise ValueError(
+            f"model must have d_in = 2·window = {2 * config.window}, d_side = 2, d_out = 2 for next-state "
+            f"training, got d_in = {cfg.d_in}, d_side = {cfg.d_side}, d_out = {cfg.d_out}"
+        )
+    dtype = next(model.parameters()).dtype
+    generator = torch.Generator().manual_seed(config.seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, config.steps, eta_min=config.lr / 100)
+    losses = []
+    model.train()
+    for _ in tqdm(range(config.steps), desc="bottleneck", disable=not progress, leave=False):
+        batch = system.sample(config.batch_size, config.window + 1, generator=generator).to(model.device, dtype)
+        inputs, side, target = oscillator_windows(batch, config.window)
+        loss = F.mse_loss(model(inputs, side), target)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        losses.append(loss.item())
+    model.eval()
+    return losses
+
+
+__all__ = [
+    "BottleneckTrainConfig",
+    "SiameseTrainConfig",
+    "SiameseTrainResult",
+    "StatePairs",
+    "contrastive_loss",
+    "make_pairs",
+    "oscillator_windows",
+    "pair_accuracy",
+    "train_bottleneck",
+    "train_siamese",
+]
