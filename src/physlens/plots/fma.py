@@ -1,0 +1,193 @@
+"""Figures for the F = m·a study: pre-activation maps, a gallery per mode, ROC curves, modes over time.
+
+Every function returns a matplotlib ``Figure`` and never shows it, so studies and notebooks decide
+where it goes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # figures are saved, never shown
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from physlens.probes.mechanisms import NetworkLike, network_parameters  # noqa: E402
+from physlens.probes.scan import RocResult  # noqa: E402
+from physlens.systems.fma import support_vertices  # noqa: E402
+
+
+def _grid(distribution: str, resolution: int) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
+    top = float(support_vertices(distribution).max())
+    axis = np.linspace(0.0, top, resolution)
+    mm, aa = np.meshgrid(axis, axis)
+    points = torch.from_numpy(np.stack([mm.ravel(), aa.ravel()], axis=1))
+    return mm, aa, points
+
+
+def _evaluate(params: Mapping[str, torch.Tensor], index: int, points: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    W_in, b_in = params["W_in"][index].double().cpu(), params["b_in"][index].double().cpu()
+    W_out, b_out = params["W_out"][index].double().cpu(), params["b_out"][index].double().cpu()
+    pre = points @ W_in + b_in  # [point, h]
+    out = pre.clamp_min(0) @ W_out + b_out  # [point, 1]
+    return pre.numpy(), out[:, 0].numpy()
+
+
+def _draw_support(ax: plt.Axes, distribution: str) -> None:
+    corners = support_vertices(distribution).numpy()
+    hull = np.vstack([corners, corners[:1]])
+    ax.plot(hull[:, 0], hull[:, 1], color="0.3", lw=0.8, ls=":")
+
+
+def plot_preactivation_maps(
+    examples: Mapping[str, NetworkLike],
+    *,
+    distribution: str = "product",
+    inputs: torch.Tensor | None = None,
+    resolution: int = 121,
+) -> Figure:
+    """One row per labelled example network: each hidden unit's pre-activation over the input
+    square (zero contour in black), then the network's output F̂ with the target m·a as contours.
+
+    ``examples`` maps a label (e.g. a mode) to one network. ``inputs`` (``[n, 2]``), if given, are
+    drawn as dots; the dotted outline is the support of ``distribution``.
+    """
+    if not examples:
+        raise ValueError("examples must hold at least one network")
+    mm, aa, points = _grid(distribution, resolution)
+    rows = {label: network_parameters(net) for label, net in examples.items()}
+    width = max(p["W_in"].shape[2] for p in rows.values())
+    fig, axes = plt.subplots(len(rows), width + 1, figsize=(2.6 * (width + 1), 2.4 * len(rows)), squeeze=False)
+    for r, (label, params) in enumerate(rows.items()):
+        pre, out = _evaluate(params, 0, points)
+        for unit in range(width + 1):
+            ax = axes[r, unit]
+            if unit < pre.shape[1]:
+                values = pre[:, unit].reshape(mm.shape)
+                limit = max(np.abs(values).max(), 1e-9)
+                ax.pcolormesh(mm, aa, values, cmap="RdBu_r", vmin=-limit, vmax=limit, shading="auto")
+                if values.min() < 0 < values.max():
+                    ax.contour(mm, aa, values, levels=[0.0], colors="k", linewidths=1.0)
+                ax.set_title(f"{label}: unit {unit} pre-act.", fontsize=8)
+            elif unit == width:
+                ax.pcolormesh(mm, aa, out.reshape(mm.shape), cmap="viridis", shading="auto")
+                ax.contour(mm, aa, mm * aa, levels=[0.25, 0.5, 0.75, 1.0], colors="w", linewidths=0.6)
+                ax.set_title(f"{label}: output F̂ (white: m·a)", fontsize=8)
+            else:
+                ax.axis("off")
+                continue
+            _draw_support(ax, distribution)
+            if inputs is not None:
+                shown = inputs[:300].detach().cpu().numpy()
+                ax.scatter(shown[:, 0], shown[:, 1], s=1, c="0.2", alpha=0.3)
+            ax.set_xlabel("m", fontsize=7)
+            ax.set_ylabel("a", fontsize=7)
+            ax.tick_params(labelsize=6)
+    fig.tight_layout()
+    return fig
+
+
+def plot_mode_gallery(
+    network: NetworkLike,
+    labels: Sequence[str],
+    *,
+    losses: Sequence[float] | None = None,
+    modes: Sequence[str] | None = None,
+    per_mode: int = 4,
+    distribution: str = "product",
+    resolution: int = 61,
+) -> Figure:
+    """A grid of example networks, one row per mode: each panel is the network's error F̂ − m·a over
+    the input square with every hidden unit's zero line drawn in black (the ReLU kinks)."""
+    params = network_parameters(network)
+    labels = np.asarray(labels)
+    if labels.shape[0] != params["W_in"].shape[0]:
+        raise ValueError(f"labels must have one entry per network ({params['W_in'].shape[0]}), got {labels.shape[0]}")
+    modes = list(modes) if modes is not None else sorted(set(labels.tolist()))
+    mm, aa, points = _grid(distribution, resolution)
+    fig, axes = plt.subplots(len(modes), per_mode, figsize=(2.2 * per_mode, 2.1 * len(modes)), squeeze=False)
+    for r, mode in enumerate(modes):
+        members = np.flatnonzero(labels == mode)[:per_mode]
+        for c in range(per_mode):
+            ax = axes[r, c]
+            if c >= len(members):
+                ax.axis("off")
+                continue
+            index = int(members[c])
+            pre, out = _evaluate(params, index, points)
+            error = (out - (mm * aa).ravel()).reshape(mm.shape)
+            ax.pcolormesh(mm, aa, error, cmap="RdBu_r", vmin=-0.3, vmax=0.3, shading="auto")
+            for unit in range(pre.shape[1]):
+                values = pre[:, unit].reshape(mm.shape)
+                if values.min() < 0 < values.max():
+                    ax.contour(mm, aa, values, levels=[0.0], colors="k", linewidths=0.8)
+            _draw_support(ax, distribution)
+            loss = f", val {losses[index]:.2e}" if losses is not None else ""
+            ax.set_title(f"mode {mode} #{index}{loss}", fontsize=7)
+            ax.tick_params(labelsize=5)
+    fig.suptitle("F̂ − m·a (red: too high); black lines: unit kinks", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def plot_roc_curves(curves: Mapping[str, RocResult], *, title: str = "ROC") -> Figure:
+    """ROC curves with their AUC in the legend."""
+    if not curves:
+        raise ValueError("curves must hold at least one ROC curve")
+    fig, ax = plt.subplots(figsize=(4.2, 4.0))
+    for name, roc in curves.items():
+        ax.plot(roc.fpr, roc.tpr, lw=1.3, label=f"{name} (AUC {roc.auc:.3f}, {roc.n_positive}+/{roc.n_negative}−)")
+    ax.plot([0, 1], [0, 1], color="0.6", lw=0.8, ls="--")
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=6, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def plot_mode_over_time(epochs: Sequence[int], labels: np.ndarray, *, modes: Sequence[str] | None = None) -> Figure:
+    """Fraction of networks in each mode at every snapshot epoch (``labels`` is ``[snapshot, model]``)."""
+    labels = np.asarray(labels)
+    epochs = np.asarray(epochs)
+    if labels.ndim != 2 or labels.shape[0] != epochs.shape[0]:
+        raise ValueError(f"labels must have shape [snapshot={epochs.shape[0]}, model], got {list(labels.shape)}")
+    modes = list(modes) if modes is not None else sorted(set(labels.ravel().tolist()))
+    fractions = np.stack([(labels == mode).mean(axis=1) for mode in modes])
+    fig, ax = plt.subplots(figsize=(5.5, 3.2))
+    ax.stackplot(epochs, fractions, labels=[f"mode {m}" for m in modes], alpha=0.85)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("fraction of networks")
+    ax.set_xlim(epochs.min(), epochs.max())
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.tight_layout()
+    return fig
+
+
+def plot_loss_by_mode(losses: np.ndarray, labels: np.ndarray, *, modes: Sequence[str] | None = None) -> Figure:
+    """Histograms of validation loss (log scale) per mode."""
+    losses, labels = np.asarray(losses, dtype=float), np.asarray(labels)
+    if losses.shape != labels.shape:
+        raise ValueError(f"losses and labels must have the same shape, got {losses.shape} and {labels.shape}")
+    modes = list(modes) if modes is not None else sorted(set(labels.tolist()))
+    positive = losses[losses > 0]
+    bins = np.geomspace(positive.min(), positive.max(), 50) if positive.size > 1 else 20
+    fig, ax = plt.subplots(figsize=(5.5, 3.2))
+    for mode in modes:
+        chosen = losses[labels == mode]
+        if chosen.size:
+            ax.hist(chosen, bins=bins, alpha=0.6, label=f"mode {mode} ({chosen.size})")
+    ax.set_xscale("log")
+    ax.set_xlabel("validation MSE")
+    ax.set_ylabel("networks")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+__all__ = ["plot_loss_by_mode", "plot_mode_gallery", "plot_mode_over_time", "plot_preactivation_maps", "plot_roc_curves"]
