@@ -1,0 +1,208 @@
+"""The hooked oscillator transformer: hook names and shapes, masks, linearity, TransformerLens tooling."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+from numpy.testing import assert_allclose
+from transformer_lens import patching
+
+from physlens.models import OscillatorTransformer, TransformerConfig, attention_mask, preset_config
+
+
+def _model(**overrides) -> OscillatorTransformer:
+    return OscillatorTransformer(TransformerConfig(**{"dtype": "float64", **overrides}))
+
+
+def _states(batch: int, pos: int, seed: int = 0) -> torch.Tensor:
+    return torch.randn(batch, pos, 2, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def test_hook_names_and_shapes_follow_transformer_lens():
+    model = _model(d_model=8, n_heads=2, d_head=4, n_layers=2, attn_only=False, layer_norm=True,
+                   positional_embedding=True, n_ctx=6)
+    _, cache = model.run_with_cache(_states(3, 5))
+    expected = {"hook_embed": (3, 5, 8), "hook_pos_embed": (3, 5, 8)}
+    for layer in range(2):
+        prefix = f"blocks.{layer}"
+        expected.update({
+            f"{prefix}.hook_resid_pre": (3, 5, 8),
+            f"{prefix}.ln1.hook_scale": (3, 5, 1),
+            f"{prefix}.ln1.hook_normalized": (3, 5, 8),
+            f"{prefix}.attn.hook_q": (3, 5, 2, 4),
+            f"{prefix}.attn.hook_k": (3, 5, 2, 4),
+            f"{prefix}.attn.hook_v": (3, 5, 2, 4),
+            f"{prefix}.attn.hook_attn_scores": (3, 2, 5, 5),
+            f"{prefix}.attn.hook_pattern": (3, 2, 5, 5),
+            f"{prefix}.attn.hook_z": (3, 5, 2, 4),
+            f"{prefix}.attn.hook_result": (3, 5, 2, 8),
+            f"{prefix}.hook_attn_out": (3, 5, 8),
+            f"{prefix}.hook_resid_mid": (3, 5, 8),
+            f"{prefix}.ln2.hook_scale": (3, 5, 1),
+            f"{prefix}.ln2.hook_normalized": (3, 5, 8),
+            f"{prefix}.mlp.hook_pre": (3, 5, 32),
+            f"{prefix}.mlp.hook_post": (3, 5, 32),
+            f"{prefix}.hook_mlp_out": (3, 5, 8),
+            f"{prefix}.hook_resid_post": (3, 5, 8),
+        })
+    expected.update({"ln_final.hook_scale": (3, 5, 1), "ln_final.hook_normalized": (3, 5, 8)})
+    assert {name: tuple(value.shape) for name, value in cache.items()} == expected
+    assert model.cfg.n_key_value_heads == 2
+
+
+def test_attention_only_model_has_no_mlp_hooks():
+    names = set(_model().hook_dict)
+    assert "blocks.0.hook_resid_mid" not in names and "blocks.0.mlp.hook_pre" not in names
+    assert {"hook_embed", "blocks.0.attn.hook_result", "blocks.0.hook_resid_post"} <= names
+
+
+def test_head_results_sum_to_the_attention_output():
+    model = _model(d_model=8, n_heads=4, d_head=2)
+    _, cache = model.run_with_cache(_states(2, 7))
+    assert_allclose(cache["blocks.0.attn.hook_result"].sum(dim=2).numpy(), cache["blocks.0.hook_attn_out"].numpy(), atol=1e-12)
+
+
+def test_attention_patterns_respect_masks():
+    for causal, window in [(True, None), (True, 3), (False, 2), (False, None)]:
+        model = _model(causal=causal, attn_window=window, n_ctx=8)
+        _, cache = model.run_with_cache(_states(2, 8), names_filter="blocks.0.attn.hook_pattern")
+        pattern = cache["blocks.0.attn.hook_pattern"]
+        allowed = attention_mask(8, causal, window)
+        assert torch.all(pattern[..., ~allowed] == 0)
+        assert_allclose(pattern.sum(-1).numpy(), 1.0, atol=1e-12)
+
+
+def test_causal_model_ignores_the_future_and_non_causal_does_not():
+    x = _states(1, 6)
+    y = x.clone()
+    y[:, 4:] += 1.0
+    causal, full = _model(causal=True, seed=1), _model(causal=False, seed=1)
+    assert torch.equal(causal(x)[:, :4], causal(y)[:, :4])
+    assert not torch.allclose(full(x)[:, :4], full(y)[:, :4])
+
+
+def test_window_one_model_is_exactly_linear_in_its_input():
+    # The seed's finding: with attention restricted to one step, the softmax is identically 1.
+    model = _model(attn_window=1, embed_bias=False, unembed_bias=False, d_model=4, n_heads=2, d_head=2, n_layers=2, seed=3)
+    x, y = _states(4, 10, seed=1), _states(4, 10, seed=2)
+    assert_allclose(model(2.5 * x - 0.7 * y).detach().numpy(),
+                    (2.5 * model(x) - 0.7 * model(y)).detach().numpy(), atol=1e-12)
+    # ... and each position is mapped independently by the same matrix.
+    single = model(x.reshape(40, 1, 2)).reshape(4, 10, 2)
+    assert_allclose(single.detach().numpy(), model(x).detach().numpy(), atol=1e-12)
+
+
+def test_wider_window_makes_the_model_nonlinear():
+    model = _model(attn_window=None, embed_bias=False, unembed_bias=False, seed=3)
+    x, y = _states(4, 10, seed=1), _states(4, 10, seed=2)
+    assert not torch.allclose(model(x + y), model(x) + model(y), atol=1e-6)
+
+
+def test_presets():
+    ola, nla = preset_config("OLA"), preset_config("nLA")
+    assert (ola.n_layers, ola.d_model, ola.n_heads, ola.causal) == (1, 2, 1, True)
+    assert (nla.n_layers, nla.d_model, nla.d_head, nla.causal, nla.n_ctx) == (8, 32, 16, False, 40)
+    assert preset_config("OLA", attn_window=1).attn_window == 1
+    with pytest.raises(ValueError, match="preset must be one of"):
+        preset_config("GPT")
+
+
+def test_initialisation_is_seeded():
+    a, b, c = _model(seed=5), _model(seed=5), _model(seed=6)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    assert not torch.equal(a.W_E, c.W_E)
+
+
+def test_run_with_hooks_and_hooks_context_intervene():
+    model = _model(seed=2)
+    x = _states(2, 5)
+
+    def zero(activation, hook):
+        return torch.zeros_like(activation)
+
+    ablated = model.run_with_hooks(x, fwd_hooks=[("blocks.0.attn.hook_result", zero)])
+    with model.hooks(fwd_hooks=[("blocks.0.hook_attn_out", zero)]):
+        also_ablated = model(x)
+    assert_allclose(ablated.detach().numpy(), also_ablated.detach().numpy(), atol=1e-12)
+    assert not torch.allclose(ablated, model(x))
+    # the hooks are gone afterwards
+    assert torch.equal(model(x), model(x))
+    assert all(not hp.fwd_hooks for hp in model.hook_dict.values())
+
+
+def test_transformer_lens_patching_runs_on_the_model():
+    model = _model(d_model=4, n_heads=2, d_head=2, n_layers=2, causal=False, seed=4).eval()
+    clean, corrupted = _states(3, 5, seed=1), _states(3, 5, seed=2)
+    clean_out, clean_cache = model.run_with_cache(clean)
+    index_df = pd.DataFrame([(layer, pos) for layer in range(2) for pos in range(5)], columns=["layer", "pos"])
+
+    def distance_to_clean(out: torch.Tensor) -> torch.Tensor:
+        return (out - clean_out).pow(2).sum(dim=(1, 2))
+
+    # get_act_patch_resid_pre fixes index_axis_names and infers positions from token ids, so for
+    # continuous [batch, pos, 2] inputs the generic function is called with an explicit index_df.
+    result = patching.generic_activation_patch(
+        model, corrupted, clean_cache, distance_to_clean, patching.layer_pos_patch_setter, "resid_pre",
+        index_df=index_df, reduce="none",
+    )
+    assert isinstance(result, patching.PatchingResult)
+    assert result.mean().shape == (10,)
+    assert torch.isfinite(result.stderr()).all()
+
+    # Patching every position of layer 0's residual stream from the clean run restores the clean output.
+    def patch_all(activation, hook):
+        return clean_cache[hook.name]
+
+    restored = model.run_with_hooks(corrupted, fwd_hooks=[("blocks.0.hook_resid_pre", patch_all)])
+    assert_allclose(restored.detach().numpy(), clean_out.detach().numpy(), atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "states, message",
+    [
+        (torch.zeros(2, 5), r"states must have shape \[batch, pos, 2\]"),
+        (torch.zeros(2, 5, 3, dtype=torch.float64), r"states must have shape \[batch, pos, 2\]"),
+        (torch.zeros(2, 41, 2, dtype=torch.float64), "n_ctx is 40"),
+        (torch.zeros(2, 0, 2, dtype=torch.float64), "n_ctx is 40"),
+        (torch.zeros(2, 5, 2, dtype=torch.float32), "dtype"),
+    ],
+)
+def test_bad_inputs_are_refused(states, message):
+    with pytest.raises(ValueError, match=message):
+        _model()(states)
+
+
+def test_unknown_hook_names_are_refused_with_a_suggestion():
+    model = _model()
+    x = _states(1, 3)
+    with pytest.raises(ValueError, match="did you mean"):
+        model.run_with_cache(x, names_filter=["blocks.0.hook_resid_prе"])
+    with pytest.raises(ValueError, match="unknown hook name"):
+        model.run_with_hooks(x, fwd_hooks=[("blocks.3.hook_resid_pre", lambda a, hook: a)])
+    with pytest.raises(ValueError, match="unknown hook name"):
+        model.check_hook_names("hook_nothing")
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [(dict(d_model=0), "d_model must be a positive integer"), (dict(attn_window=0), "attn_window"),
+     (dict(n_key_value_heads=3), "n_key_value_heads"), (dict(dtype="int64"), "dtype"),
+     (dict(n_layers=1.5), "n_layers must be a positive integer")],
+)
+def test_bad_configs_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        TransformerConfig(**kwargs)
+
+
+def test_sees_future_flags_leaky_configurations():
+    assert TransformerConfig(causal=False).sees_future
+    assert TransformerConfig(causal=False, attn_window=3).sees_future
+    assert not TransformerConfig(causal=False, attn_window=1).sees_future
+    assert not TransformerConfig(causal=True).sees_future
+
+
+def test_stacked_weight_views():
+    model = _model(n_layers=3, d_model=4, n_heads=2, d_head=2)
+    assert model.W_Q.shape == (3, 2, 4, 2) and model.W_O.shape == (3, 2, 2, 4)
+    assert torch.equal(model.W_V[1], model.blocks[1].attn.W_V)

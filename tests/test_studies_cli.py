@@ -1,0 +1,127 @@
+"""Study files and the ``physlens run`` command: reports, strict parsing, never losing earlier runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from physlens.cli import main
+from physlens.studies import StudySpecError, load_study, run_study
+
+TINY = """
+[study]
+name = "tiny"
+kind = "oscillator"
+seed = 1
+
+[system]
+omega0 = 2.0
+gamma = 0.1
+dtype = "float64"
+
+[model]
+preset = "OLA"
+attn_window = 1
+n_ctx = 4
+dtype = "float64"
+
+[training]
+steps = 600
+seq_len = 4
+lr = 1e-2
+loss_positions = "all"
+schedule = "cosine"
+checkpoint_every = 300
+
+[evaluation]
+rollout_steps = 50
+n_trajectories = 8
+context_len = 1
+energy_range = [1.0, 5.0]
+target_error = 1e-3
+"""
+
+
+def _write(tmp_path: Path, text: str, name: str = "study.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_study_writes_report_metrics_figures_and_checkpoints(tmp_path):
+    out = run_study(_write(tmp_path, TINY), output_root=tmp_path / "runs", progress=False)
+    assert out == tmp_path / "runs" / "tiny"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["meets_target"] is True
+    assert metrics["rollout_ood"]["median_final_error"] < 1e-3
+    assert metrics["linear_map"]["max_abs_map_error"] < 1e-4
+    report = (out / "report.md").read_text()
+    assert "Autoregressive rollout" in report and "exact propagator" in report
+    assert {p.name for p in (out / "figures").iterdir()} == {"loss_curve.png", "rollout_phase_space.png", "rollout_error.png"}
+    assert (out / "model" / "model.safetensors").is_file()
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_0000300", "step_0000600"]
+
+
+def test_a_second_run_never_replaces_the_first(tmp_path):
+    study = _write(tmp_path, TINY.replace("steps = 600", "steps = 20"))
+    first = run_study(study, output_root=tmp_path / "runs", progress=False)
+    stamp = (first / "metrics.json").read_text()
+    second = run_study(study, output_root=tmp_path / "runs", progress=False)
+    assert second.name == "tiny-1" and (first / "metrics.json").read_text() == stamp
+    third = run_study(study, output_root=tmp_path / "runs", overwrite=True, progress=False)
+    assert third == first
+
+
+def test_an_interrupted_study_leaves_nothing_that_looks_like_a_result(tmp_path, monkeypatch):
+    import physlens.studies.oscillator as oscillator
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(oscillator, "evaluate_rollout", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run_study(_write(tmp_path, TINY.replace("steps = 600", "steps = 20")), output_root=tmp_path / "runs", progress=False)
+    assert not (tmp_path / "runs" / "tiny").exists()
+    assert all(p.name.startswith(".partial-") for p in (tmp_path / "runs").iterdir())
+
+
+@pytest.mark.parametrize(
+    "mutation, message",
+    [
+        (lambda s: s.replace('kind = "oscillator"', 'kind = "nope"'), "kind must be one of"),
+        (lambda s: s.replace("[study]\n", ""), r"unknown sections|needs a \[study\]"),
+        (lambda s: s.replace('name = "tiny"', 'name = "../x"'), "name must be"),
+        (lambda s: s.replace("steps = 600", "stepz = 300"), r"\[training\] has unknown keys \['stepz'\]"),
+        (lambda s: s.replace("steps = 600", 'steps = "many"'), "steps must be a positive integer"),
+        (lambda s: s.replace("gamma = 0.1", "gamma = 3.0"), "underdamped"),
+        (lambda s: s.replace('preset = "OLA"', 'preset = "XL"'), "preset must be one of"),
+        (lambda s: s.replace("[evaluation]", "[evalution]"), "unknown sections"),
+        (lambda s: s.replace('loss_positions = "all"', 'loss_positions = "all"\nsteps2 = 1'), "unknown keys"),
+        (lambda s: s + "\n[model]\n", "not valid TOML"),
+    ],
+)
+def test_malformed_study_files_are_refused(tmp_path, mutation, message):
+    with pytest.raises(StudySpecError, match=message):
+        run_study(_write(tmp_path, mutation(TINY)), output_root=tmp_path / "runs", progress=False)
+    assert not (tmp_path / "runs" / "tiny").exists()
+
+
+def test_cli_runs_a_study_and_reports_errors(tmp_path, capsys):
+    study = _write(tmp_path, TINY.replace("steps = 600", "steps = 20"))
+    assert main(["run", str(study), "--output", str(tmp_path / "runs"), "--quiet"]) == 0
+    assert "report written to" in capsys.readouterr().out
+    assert main(["run", str(tmp_path / "missing.toml"), "--output", str(tmp_path / "runs")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    bad = _write(tmp_path, TINY.replace('kind = "oscillator"', 'kind = "x"'), "bad.toml")
+    assert main(["run", str(bad), "--output", str(tmp_path / "runs")]) == 2
+
+
+def test_shipped_study_files_parse():
+    root = Path(__file__).resolve().parents[1] / "probes"
+    files = sorted(root.glob("*.toml"))
+    assert files, "probes/ must hold the runnable studies"
+    for file in files:
+        spec = load_study(file)
+        assert spec["study"]["name"]

@@ -1,0 +1,248 @@
+"""Training, leakage rule, determinism, exact resume, checkpoints and rollout."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+import torch
+from numpy.testing import assert_allclose
+
+from physlens.models import OscillatorTransformer, TransformerConfig, preset_config
+from physlens.systems import OscillatorSystem, evolve, propagator
+from physlens.training import (
+    LeakageError,
+    TrainConfig,
+    evaluate_rollout,
+    latest_checkpoint,
+    load_checkpoint,
+    load_state,
+    relative_error,
+    rollout,
+    save_checkpoint,
+    train,
+)
+
+SYSTEM = OscillatorSystem(omega0=2.0, gamma=0.1, dt=0.1, dtype="float64")
+
+
+def _ola(**overrides) -> OscillatorTransformer:
+    return OscillatorTransformer(preset_config("OLA", **{"attn_window": 1, "dtype": "float64", "n_ctx": 8, **overrides}))
+
+
+def _exact_model() -> OscillatorTransformer:
+    """A window-1 OLA whose weights implement the exact one-step propagator."""
+    model = _ola(embed_bias=False, unembed_bias=False)
+    with torch.no_grad():
+        model.W_E.copy_(torch.eye(2))
+        model.blocks[0].attn.W_O.zero_()  # the attention writes nothing, as the seed found
+        model.W_U.copy_(propagator(2.0, 0.1, 0.1).T)
+    return model.eval()
+
+
+def test_ola_learns_the_propagator():
+    model = _ola()
+    config = TrainConfig(steps=600, lr=1e-2, seq_len=8, loss_positions="all", schedule="cosine")
+    result = train(model, SYSTEM, config, progress=False)
+    assert result.final_loss < 1e-12
+    assert result.losses[0] > 1e3 * result.final_loss
+    evaluation = evaluate_rollout(model, SYSTEM, n_traj=16, n_steps=200, context_len=1, seed=9, energy_range=(1.0, 5.0))
+    assert evaluation.summary()["median_final_error"] < 1e-5
+
+
+def test_training_is_deterministic_from_the_seed():
+    config = TrainConfig(steps=30, lr=1e-2, seq_len=8, loss_positions="all", seed=3)
+    a, b = _ola(), _ola()
+    ra, rb = train(a, SYSTEM, config, progress=False), train(b, SYSTEM, config, progress=False)
+    assert ra.losses == rb.losses
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    rc = train(_ola(), SYSTEM, TrainConfig(steps=30, lr=1e-2, seq_len=8, loss_positions="all", seed=4), progress=False)
+    assert rc.losses != ra.losses
+
+
+@pytest.mark.parametrize("fixed_dataset", [None, 64])
+def test_resuming_from_a_checkpoint_matches_an_uninterrupted_run(tmp_path, fixed_dataset):
+    config = TrainConfig(steps=40, lr=1e-2, seq_len=8, loss_positions="all", schedule="cosine",
+                         checkpoint_every=10, fixed_dataset=fixed_dataset, batch_size=32)
+    straight = _ola()
+    train(straight, SYSTEM, config, checkpoint_dir=tmp_path / "a", progress=False)
+
+    interrupted = _ola()
+    # Simulate a crash after step 20: train with the same config, then delete the later
+    # checkpoints so only step_0000020 is left to resume from.
+    train(interrupted, SYSTEM, config, checkpoint_dir=tmp_path / "b", progress=False)
+    for name in ("step_0000030", "step_0000040"):
+        for file in (tmp_path / "b" / name).iterdir():
+            file.unlink()
+        (tmp_path / "b" / name).rmdir()
+    assert latest_checkpoint(tmp_path / "b").name == "step_0000020"
+    resumed = _ola()
+    with torch.no_grad():  # scramble the weights: everything must come from the checkpoint
+        for parameter in resumed.parameters():
+            parameter.normal_()
+    result = train(resumed, SYSTEM, config, checkpoint_dir=tmp_path / "b", resume=True, progress=False)
+    assert result.resumed_from == 20 and len(result.losses) == 40
+    assert all(torch.equal(p, q) for p, q in zip(straight.parameters(), resumed.parameters()))
+
+
+def test_resume_refuses_a_different_config(tmp_path):
+    config = TrainConfig(steps=10, seq_len=8, loss_positions="all", checkpoint_every=5)
+    train(_ola(), SYSTEM, config, checkpoint_dir=tmp_path, progress=False)
+    with pytest.raises(ValueError, match="different TrainConfig"):
+        train(_ola(), SYSTEM, TrainConfig(steps=20, seq_len=8, loss_positions="all", checkpoint_every=5, lr=5e-3),
+              checkpoint_dir=tmp_path, resume=True, progress=False)
+    with pytest.raises(ValueError, match="different config"):
+        train(_ola(d_model=4, d_head=4), SYSTEM, config, checkpoint_dir=tmp_path, resume=True, progress=False)
+
+
+def test_leakage_rule():
+    leaky = OscillatorTransformer(TransformerConfig(causal=False, n_ctx=8, dtype="float64"))
+    config = TrainConfig(steps=2, seq_len=8, loss_positions="all")
+    with pytest.raises(LeakageError, match="read its own target"):
+        train(leaky, SYSTEM, config, progress=False)
+    with pytest.warns(UserWarning, match="TARGET LEAKAGE"):
+        train(leaky, SYSTEM, TrainConfig(steps=2, seq_len=8, loss_positions="all", allow_leakage=True), progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        train(leaky, SYSTEM, TrainConfig(steps=2, seq_len=8, loss_positions="last"), progress=False)
+        train(_ola(causal=False), SYSTEM, config, progress=False)  # window 1 sees only itself
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [(dict(steps=0), "steps"), (dict(lr=-1.0), "lr"), (dict(schedule="linear"), "schedule"),
+     (dict(loss_positions="first"), "loss_positions"), (dict(min_lr=1.0), "min_lr"),
+     (dict(batch_size=2.5), "batch_size"), (dict(weight_decay=float("nan")), "weight_decay")],
+)
+def test_bad_train_configs(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**kwargs)
+
+
+def test_sequence_longer_than_context_is_refused():
+    with pytest.raises(ValueError, match="seq_len must be <= the model's n_ctx"):
+        train(_ola(), SYSTEM, TrainConfig(steps=1, seq_len=9), progress=False)
+
+
+def test_cosine_schedule_with_warmup():
+    config = TrainConfig(steps=100, lr=1e-2, min_lr=1e-4, schedule="cosine", warmup_steps=10)
+    assert config.lr_at(0) == pytest.approx(1e-3)
+    assert config.lr_at(10) == pytest.approx(1e-2)
+    assert config.lr_at(99) == pytest.approx(1e-4, rel=0.05)
+
+
+def test_checkpoint_round_trip_reproduces_outputs_exactly(tmp_path):
+    model = OscillatorTransformer(TransformerConfig(d_model=8, n_heads=2, d_head=4, attn_only=False,
+                                                    layer_norm=True, positional_embedding=True, seed=4))
+    path = save_checkpoint(tmp_path / "ckpt", model, metadata={"note": "x"})
+    loaded, metadata = load_checkpoint(path)
+    x = torch.randn(3, 7, 2)
+    assert torch.equal(model(x), loaded(x)) and metadata == {"note": "x"}
+    assert json.loads((path / "config.json").read_text())["model_class"] == "OscillatorTransformer"
+    assert {p.name for p in path.iterdir()} == {"model.safetensors", "config.json"}
+
+
+def test_checkpoints_load_without_unpickling(tmp_path, monkeypatch):
+    path = save_checkpoint(tmp_path / "ckpt", _ola())
+    import pickle
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("checkpoint loading must not unpickle")
+
+    monkeypatch.setattr(torch, "load", forbidden)
+    monkeypatch.setattr(pickle, "loads", forbidden)
+    monkeypatch.setattr(pickle, "load", forbidden)
+    load_checkpoint(path)
+    load_state(path)
+
+
+def test_checkpoint_writes_are_atomic_and_never_overwrite_silently(tmp_path, monkeypatch):
+    path = save_checkpoint(tmp_path / "ckpt", _ola())
+    with pytest.raises(FileExistsError, match="refusing to overwrite"):
+        save_checkpoint(path, _ola())
+    # A crash while writing leaves the previous checkpoint intact and no complete-looking directory.
+    import physlens.training.checkpoints as checkpoints
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    before = (path / "model.safetensors").read_bytes()
+    monkeypatch.setattr(checkpoints, "save_safetensors_bytes", crash)
+    with pytest.raises(RuntimeError, match="disk full"):
+        save_checkpoint(path, _ola(seed=8), overwrite=True)
+    with pytest.raises(RuntimeError, match="disk full"):
+        save_checkpoint(tmp_path / "step_0000005", _ola())
+    assert (path / "model.safetensors").read_bytes() == before
+    assert not (tmp_path / "step_0000005").exists()
+    assert latest_checkpoint(tmp_path) is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+
+
+def test_loading_something_that_is_not_a_checkpoint(tmp_path):
+    with pytest.raises(FileNotFoundError, match="is not a checkpoint"):
+        load_checkpoint(tmp_path)
+    partial = tmp_path / ".partial-ckpt.abc"
+    partial.mkdir()
+    with pytest.raises(ValueError, match="incomplete checkpoint"):
+        load_checkpoint(partial)
+    path = save_checkpoint(tmp_path / "ckpt", _ola())
+    config = json.loads((path / "config.json").read_text())
+    config["model_class"] = "Nope"
+    (path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="model_class 'Nope' is unknown"):
+        load_checkpoint(path)
+
+
+def test_rollout_of_the_exact_model_matches_the_true_trajectory():
+    model = _exact_model()
+    initial = torch.tensor([[1.0, 0.0], [0.3, -2.0]], dtype=torch.float64)
+    truth = evolve(initial, 2.0, 0.1, 0.1, 301)
+    predicted = rollout(model, truth[:, :1], 300)
+    assert_allclose(predicted.numpy(), truth[:, 1:].numpy(), rtol=1e-10, atol=1e-13)
+    assert float(relative_error(predicted, truth[:, 1:]).max()) < 1e-10
+
+
+def test_rollout_uses_a_sliding_window():
+    seen = []
+
+    class Recorder(torch.nn.Module):
+        def forward(self, history):
+            seen.append(history.shape[1])
+            return history + 1
+
+    out = rollout(Recorder(), torch.zeros(1, 3, 2), 4)
+    assert seen == [3, 3, 3, 3]
+    assert out[0, :, 0].tolist() == [1, 2, 3, 4]  # each step continues from the newest state
+    rollout(Recorder(), torch.zeros(1, 5, 2), 2, window=2)
+    assert seen[-2:] == [2, 2]
+
+
+def test_rollout_and_error_validation():
+    model = _exact_model()
+    with pytest.raises(ValueError, match="context must have shape"):
+        rollout(model, torch.zeros(3, 2), 5)
+    with pytest.raises(ValueError, match="finite"):
+        rollout(model, torch.full((1, 1, 2), float("nan"), dtype=torch.float64), 5)
+    with pytest.raises(ValueError, match="window must be <= the model's n_ctx"):
+        rollout(model, torch.zeros(1, 9, 2, dtype=torch.float64), 5)
+    with pytest.raises(ValueError, match="n_steps"):
+        rollout(model, torch.zeros(1, 1, 2, dtype=torch.float64), 0)
+    with pytest.raises(ValueError, match="same shape"):
+        relative_error(torch.zeros(1, 2, 2), torch.ones(1, 3, 2))
+    with pytest.raises(ValueError, match="zero state"):
+        relative_error(torch.zeros(1, 2, 2), torch.zeros(1, 2, 2))
+
+
+def test_relative_error_is_the_norm_ratio():
+    pred = torch.tensor([[[3.0, 4.0]]])
+    true = torch.tensor([[[0.0, 1.0]]])
+    assert float(relative_error(pred, true)) == pytest.approx(((9 + 9) ** 0.5) / 1.0)
+
+
+def test_diverging_rollouts_report_infinite_error_instead_of_crashing():
+    model = _exact_model()
+    with torch.no_grad():
+        model.W_U.mul_(1e3)
+    evaluation = evaluate_rollout(model, SYSTEM, n_traj=2, n_steps=200, context_len=1, seed=0)
+    assert not torch.isfinite(evaluation.error[:, -1]).any()
