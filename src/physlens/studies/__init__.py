@@ -19,6 +19,7 @@ from physlens.studies.report import Report, StudySpecError, format_number, secti
 
 STUDY_KINDS: dict[str, str] = {
     "oscillator": "physlens.studies.oscillator",
+    "fma": "physlens.studies.fma",
 }
 """Study kind (``[study] kind`` in the TOML file) → module that runs it."""
 

@@ -1,0 +1,86 @@
+"""The tiny MLP and the stacked ensemble: forward maths, hooks, init, members, checkpoints, bad input."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from numpy.testing import assert_allclose
+
+from physlens.models.mlp import EnsembleConfig, MLPConfig, MLPEnsemble, TinyMLP, init_mlp_parameters
+from physlens.training.checkpoints import load_checkpoint, save_checkpoint
+
+
+def test_forward_is_linear_relu_linear(torch_gen):
+    model = TinyMLP(MLPConfig(d_hidden=3, seed=4, dtype="float64"))
+    x = torch.rand(10, 2, generator=torch_gen, dtype=torch.float64)
+    expected = torch.relu(x @ model.W_in + model.b_in) @ model.W_out + model.b_out
+    assert_allclose(model(x).detach(), expected.detach(), rtol=1e-12)
+    out, cache = model.run_with_cache(x)
+    assert cache["hook_pre"].shape == (10, 3) and cache["hook_post"].shape == (10, 3)
+    assert_allclose(cache["hook_post"], torch.relu(cache["hook_pre"]), rtol=0)
+    assert model.hook_names == ["hook_pre", "hook_post"]
+
+
+def test_init_matches_torch_linear_bounds():
+    params = init_mlp_parameters(64, seed=1, dtype="float64")
+    assert float(params["W_in"].abs().max()) <= 1 / math.sqrt(2)
+    assert float(params["W_out"].abs().max()) <= 1 / math.sqrt(64)
+    assert float(params["W_in"].abs().max()) > 0.6 / math.sqrt(2)  # draws fill the range
+    again = init_mlp_parameters(64, seed=1, dtype="float64")
+    assert all(torch.equal(params[k], again[k]) for k in params)
+    assert not torch.equal(params["W_in"], init_mlp_parameters(64, seed=2, dtype="float64")["W_in"])
+
+
+def test_ensemble_members_equal_standalone_networks(torch_gen):
+    seeds = [3, 9, 27]
+    ensemble = MLPEnsemble(EnsembleConfig(seeds=seeds, d_hidden=2, dtype="float64"))
+    x = torch.rand(3, 7, 2, generator=torch_gen, dtype=torch.float64)
+    out = ensemble(x)
+    for i, s in enumerate(seeds):
+        alone = TinyMLP(MLPConfig(seed=s, dtype="float64"))
+        member = ensemble.member(i)
+        for name in ("W_in", "b_in", "W_out", "b_out"):
+            assert torch.equal(getattr(alone, name), getattr(member, name))
+        assert_allclose(out[i].detach(), alone(x[i]).detach(), rtol=1e-12)
+    _, cache = ensemble.run_with_cache(x)
+    assert cache["hook_pre"].shape == (3, 7, 2)
+    rebuilt = MLPEnsemble.from_members([ensemble.member(i) for i in range(3)])
+    assert torch.equal(rebuilt.W_in, ensemble.W_in) and rebuilt.cfg.seeds == seeds
+
+
+def test_checkpoints_round_trip(tmp_path, torch_gen):
+    model = TinyMLP(MLPConfig(d_hidden=4, seed=7))
+    ensemble = MLPEnsemble(EnsembleConfig(seeds=[1, 2], d_hidden=3))
+    save_checkpoint(tmp_path / "mlp", model)
+    save_checkpoint(tmp_path / "ens", ensemble)
+    loaded, _ = load_checkpoint(tmp_path / "mlp")
+    loaded_ens, _ = load_checkpoint(tmp_path / "ens")
+    assert isinstance(loaded, TinyMLP) and torch.equal(loaded.W_in, model.W_in)
+    assert isinstance(loaded_ens, MLPEnsemble) and torch.equal(loaded_ens.b_out, ensemble.b_out)
+    assert loaded_ens.cfg.seeds == [1, 2]
+
+
+def test_bad_configs_and_inputs_are_refused():
+    for width in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="d_hidden must be a positive integer"):
+            MLPConfig(d_hidden=width)
+    with pytest.raises(ValueError, match="seeds must be a non-empty list"):
+        EnsembleConfig(seeds=[])
+    with pytest.raises(ValueError, match="seeds"):
+        EnsembleConfig(seeds=[1, -2])
+    model = TinyMLP(MLPConfig())
+    with pytest.raises(ValueError, match=r"inputs must have shape \[batch, 2\]"):
+        model(torch.zeros(4, 3))
+    with pytest.raises(ValueError, match="dtype"):
+        model(torch.zeros(4, 2, dtype=torch.float64))
+    with pytest.raises(ValueError, match="finite"):
+        model(torch.tensor([[float("inf"), 1.0]]))
+    ensemble = MLPEnsemble(EnsembleConfig(seeds=[0, 1]))
+    with pytest.raises(ValueError, match=r"model=2"):
+        ensemble(torch.zeros(3, 4, 2))
+    with pytest.raises(ValueError, match="index must be an integer"):
+        ensemble.member(2)
+    with pytest.raises(ValueError, match="share d_hidden"):
+        MLPEnsemble.from_members([TinyMLP(MLPConfig(d_hidden=2)), TinyMLP(MLPConfig(d_hidden=3))])
