@@ -245,4 +245,7 @@ def test_diverging_rollouts_report_infinite_error_instead_of_crashing():
     with torch.no_grad():
         model.W_U.mul_(1e3)
     evaluation = evaluate_rollout(model, SYSTEM, n_traj=2, n_steps=200, context_len=1, seed=0)
-    assert not torch.isfinite(evaluation.error[:, -1]).any()
+    assert torch.isinf(evaluation.error[:, -1]).all()
+    assert evaluation.summary()["median_final_error"] == float("inf")
+    nan_prediction = torch.full((1, 1, 2), float("nan"))
+    assert float(relative_error(nan_prediction, torch.ones(1, 1, 2))) == float("inf")

@@ -50,13 +50,18 @@ def rollout(
 
 
 def relative_error(pred: Float[Tensor, "batch step d"], true: Float[Tensor, "batch step d"]) -> Float[Tensor, "batch step"]:
-    """‖pred − true‖ / ‖true‖ over the state components, at every step."""
+    """‖pred − true‖ / ‖true‖ over the state components, at every step.
+
+    A non-finite prediction (a diverged rollout) counts as an infinite error, so medians and
+    maxima rank it last instead of turning into NaN.
+    """
     if pred.shape != true.shape:
         raise ValueError(f"pred and true must have the same shape, got {list(pred.shape)} and {list(true.shape)}")
     norm = torch.linalg.vector_norm(true, dim=-1)
     if bool((norm == 0).any()):
         raise ValueError("true contains a zero state, where the relative error is undefined")
-    return torch.linalg.vector_norm(pred - true, dim=-1) / norm
+    error = torch.linalg.vector_norm(pred - true, dim=-1) / norm
+    return torch.where(torch.isnan(error), torch.full_like(error, float("inf")), error)
 
 
 @dataclass
