@@ -122,8 +122,14 @@ def ridge_solve(gram: Tensor, cross: Tensor, alpha: float) -> Tensor:
     """
     eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
     lower, info = torch.linalg.cholesky_ex(gram + alpha * eye)
+    pivots = lower.diagonal(dim1=-2, dim2=-1) ** 2
+    # A pivot lost in round-off means (gram + αI) is numerically singular: Cholesky "succeeds" but
+    # its inverse is noise, so such matrices also take the eigendecomposition route.
+    well_posed = pivots.amin(dim=-1) > gram.shape[-1] * torch.finfo(gram.dtype).eps * pivots.amax(dim=-1)
+    factorised = (info == 0) & well_posed
+    lower = torch.where(factorised[..., None, None], lower, eye)  # placeholders, solved below
     weights = torch.cholesky_inverse(lower) @ cross
-    failed = (info != 0) | ~torch.isfinite(weights).flatten(-2).all(dim=-1)
+    failed = ~factorised | ~torch.isfinite(weights).flatten(-2).all(dim=-1)
     if bool(failed.any()):
         eigvals, eigvecs = torch.linalg.eigh(gram[failed])
         shifted = eigvals.clamp_min(0) + alpha
