@@ -18,6 +18,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from physlens._validation import (
+    check_choice,
     check_finite_float,
     check_nonnegative_int,
     check_positive_float,
@@ -25,7 +26,7 @@ from physlens._validation import (
 )
 from physlens.models.siamese import BottleneckNetwork, SiameseTower
 from physlens.systems.central import OrbitTrajectories, angular_momentum
-from physlens.systems.oscillator import OscillatorSystem, Trajectories
+from physlens.systems.oscillator import OscillatorSystem, Trajectories, propagator
 
 
 @dataclass
@@ -105,7 +106,7 @@ class SiameseTrainConfig:
 
     steps: int = 3000  # optimizer steps
     batch_size: int = 512  # pairs per step, drawn fresh from the pool
-    lr: float = 3e-3  # Adam learning rate (cosine-decayed to lr/100)
+    lr: float = 1e-2  # AdamW learning rate (cosine-decayed to lr/100); smaller rates sit long on a plateau
     margin: float = 1.0  # latent distance different pairs are pushed beyond
     min_gap: float = 0.3  # different training pairs differ in L by at least this much
     weight_decay: float = 0.0  # AdamW decoupled weight decay
@@ -169,16 +170,43 @@ def pair_accuracy(model: SiameseTower, pairs: StatePairs, threshold: float) -> f
     return float(((distance < threshold) == pairs.same.to(distance.device)).double().mean())
 
 
+BOTTLENECK_QUERIES = ("independent", "last")
+"""What the bottleneck decoder is asked about: a fresh state of the same oscillator, or the window's last state."""
+
+
 def oscillator_windows(
-    trajectories: Trajectories, window: int
+    trajectories: Trajectories,
+    window: int,
+    *,
+    query: str = "independent",
+    generator: torch.Generator | None = None,
 ) -> tuple[Float[Tensor, "batch d_in"], Float[Tensor, "batch 2"], Float[Tensor, "batch 2"]]:
-    """Bottleneck data from each trajectory's first ``window + 1`` states: the flattened window
-    (x₀, p₀, …, x_{w−1}, p_{w−1}), the side input (its last state) and the target (the next state)."""
+    """Bottleneck data: the flattened window (x₀, p₀, …, x_{w−1}, p_{w−1}) of each trajectory, a
+    query state for the decoder, and the target, the query's next state under that trajectory's
+    (ω0, γ).
+
+    ``query="independent"``: the query is a fresh state (the window of another, randomly chosen
+    trajectory of the batch, at a random step) evolved with this trajectory's parameters, so the
+    bottleneck must carry the oscillator's parameters. ``query="last"``: the query is the window's
+    last state, and the bottleneck may carry a state-dependent quantity (the force) instead.
+    """
     window = check_positive_int("window", window)
+    check_choice("query", query, BOTTLENECK_QUERIES)
     if trajectories.n_steps < window + 1:
         raise ValueError(f"trajectories need at least window + 1 = {window + 1} steps, got {trajectories.n_steps}")
     states = trajectories.states
-    return states[:, :window].reshape(len(trajectories), 2 * window), states[:, window - 1], states[:, window]
+    n = len(trajectories)
+    inputs = states[:, :window].reshape(n, 2 * window)
+    if query == "last":
+        return inputs, states[:, window - 1], states[:, window]
+    if generator is None:
+        raise ValueError("query='independent' draws random query states: pass a generator")
+    donor = torch.randint(n, (n,), generator=generator, device=generator.device).to(states.device)
+    step = torch.randint(window, (n,), generator=generator, device=generator.device).to(states.device)
+    side = states[donor, step]
+    kernel = propagator(trajectories.omega0.double(), trajectories.gamma.double(), trajectories.dt)  # [batch, 2, 2]
+    target = torch.einsum("bij,bj->bi", kernel.to(states.device), side.double()).to(states.dtype)
+    return inputs, side, target
 
 
 @dataclass
@@ -188,6 +216,7 @@ class BottleneckTrainConfig:
     steps: int = 3000  # optimizer steps
     batch_size: int = 512  # trajectories per step, drawn fresh every step
     window: int = 4  # states the encoder sees
+    query: str = "independent"  # decoder query: "independent" (a fresh state) or "last" (the window's last)
     lr: float = 3e-3  # Adam learning rate (cosine-decayed to lr/100)
     seed: int = 0  # seed of the batch draws
 
@@ -195,6 +224,7 @@ class BottleneckTrainConfig:
         for name in ("steps", "batch_size", "window"):
             check_positive_int(name, getattr(self, name))
         check_positive_float("lr", self.lr)
+        check_choice("query", self.query, BOTTLENECK_QUERIES)
         check_nonnegative_int("seed", self.seed)
 
 
@@ -203,8 +233,8 @@ def train_bottleneck(
 ) -> list[float]:
     """Train ``model`` in place on fresh windows from ``system``; returns the MSE loss per step.
 
-    The model must take ``2·window`` inputs, a side input of 2 (the window's last state) and predict
-    2 outputs (the next state); it has to route the oscillator's parameters through the bottleneck.
+    The model must take ``2·window`` inputs, a side input of 2 (the query state) and predict 2
+    outputs (the query's next state); see :func:`oscillator_windows` for what the bottleneck must carry.
     """
     if not isinstance(model, BottleneckNetwork):
         raise TypeError(f"model must be a BottleneckNetwork, got {type(model).__name__}")
@@ -222,7 +252,7 @@ def train_bottleneck(
     model.train()
     for _ in tqdm(range(config.steps), desc="bottleneck", disable=not progress, leave=False):
         batch = system.sample(config.batch_size, config.window + 1, generator=generator).to(model.device, dtype)
-        inputs, side, target = oscillator_windows(batch, config.window)
+        inputs, side, target = oscillator_windows(batch, config.window, query=config.query, generator=generator)
         loss = F.mse_loss(model(inputs, side), target)
         optimizer.zero_grad()
         loss.backward()
@@ -234,6 +264,7 @@ def train_bottleneck(
 
 
 __all__ = [
+    "BOTTLENECK_QUERIES",
     "BottleneckTrainConfig",
     "SiameseTrainConfig",
     "SiameseTrainResult",
