@@ -51,10 +51,10 @@ class LinearAutoregressive(BaseEstimator):
     :func:`physlens.training.rollout` can roll it out like a transformer.
     """
 
-    def __init__(self, window: int = 1, alpha: float = 0.0, rcond: float = 1e-10, dtype: str = "float64", device: str | None = None) -> None:
+    def __init__(self, window: int = 1, alpha: float = 0.0, rcond: float | None = None, dtype: str = "float64", device: str | None = None) -> None:
         self.window = window  # how many past states the prediction reads
         self.alpha = alpha  # ridge penalty on the coefficients (0: plain least squares)
-        self.rcond = rcond  # singular values below rcond · the largest are treated as zero
+        self.rcond = rcond  # singular values below rcond · the largest count as zero (None: eps · max(n, features), as numpy)
         self.dtype = dtype  # dtype of the solve and the fitted coefficients
         self.device = device  # where to solve; None: where the data lives
 
@@ -82,7 +82,8 @@ class LinearAutoregressive(BaseEstimator):
         design = windows.reshape(n, window * d_in)
         x_mean, y_mean = design.mean(dim=0), targets.mean(dim=0)
         u, s, vh = torch.linalg.svd(design - x_mean, full_matrices=False)
-        keep = s > self.rcond * s.max().clamp_min(torch.finfo(dtype).tiny)
+        rcond = torch.finfo(dtype).eps * max(design.shape) if self.rcond is None else float(self.rcond)
+        keep = s > rcond * s.max().clamp_min(torch.finfo(dtype).tiny)
         gain = torch.where(keep, s / (s**2 + float(self.alpha)), torch.zeros_like(s))
         coef = vh.T @ (gain[:, None] * (u.T @ (targets - y_mean)))  # [window·d_in, d_out]
         self.coef_ = coef.reshape(window, d_in, -1)
