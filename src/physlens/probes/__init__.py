@@ -1,0 +1,56 @@
+"""Interpretability tools: activations, linear probes with controls, ablation, patching, saliency,
+linear surrogates and weight circuits. Each works on any TransformerLens ``HookedRootModule``."""
+
+from physlens.probes.ablation import AblationResult, Component, ablation_hook, ablation_sweep, model_components, next_step_loss
+from physlens.probes.activations import Activations, capture_activations, collect_activations, iter_activations
+from physlens.probes.linear_probe import (
+    DEFAULT_ALPHAS,
+    LinearProbe,
+    ProbeResult,
+    ProbeStatistics,
+    RidgeProbeSweep,
+    grouped_folds,
+    probe_sweep,
+    random_init_copy,
+    ridge_solve,
+)
+from physlens.probes.patching import PatchingResult, patching_grid, patching_pairs, patching_sweep, recovery
+from physlens.probes.saliency import off_diagonal_fraction, saliency, saliency_matrix
+from physlens.probes.surrogate import LinearSurrogate, SurrogateFidelity
+from physlens.probes.weights import HeadCircuits, full_ov_circuit, head_circuits, singular_values
+
+__all__ = [
+    "DEFAULT_ALPHAS",
+    "AblationResult",
+    "Activations",
+    "Component",
+    "HeadCircuits",
+    "LinearProbe",
+    "LinearSurrogate",
+    "PatchingResult",
+    "ProbeResult",
+    "ProbeStatistics",
+    "RidgeProbeSweep",
+    "SurrogateFidelity",
+    "ablation_hook",
+    "ablation_sweep",
+    "capture_activations",
+    "collect_activations",
+    "full_ov_circuit",
+    "grouped_folds",
+    "head_circuits",
+    "iter_activations",
+    "model_components",
+    "next_step_loss",
+    "off_diagonal_fraction",
+    "patching_grid",
+    "patching_pairs",
+    "patching_sweep",
+    "probe_sweep",
+    "random_init_copy",
+    "recovery",
+    "ridge_solve",
+    "saliency",
+    "saliency_matrix",
+    "singular_values",
+]
