@@ -266,6 +266,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The seed's best variable-ω0 model: 8 layers, d_model 32, d_head 16, no causal mask, T = 40.
     "nLA": dict(d_model=32, n_layers=8, n_heads=2, d_head=16, n_ctx=40, causal=False, attn_only=True),
 }
+"""Named configurations of the seed's models, as :class:`TransformerConfig` keyword arguments."""
 
 
 def preset_config(name: str, **overrides: Any) -> TransformerConfig:
