@@ -84,6 +84,7 @@ class Choice:
 
 
 ParamSpec = Union[Fixed, Uniform, Choice]
+"""Any per-trajectory parameter specification: :class:`Fixed`, :class:`Uniform` or :class:`Choice`."""
 
 
 def as_param_spec(name: str, spec: Any) -> ParamSpec:
