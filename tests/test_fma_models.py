@@ -63,9 +63,11 @@ def test_checkpoints_round_trip(tmp_path, torch_gen):
 
 
 def test_bad_configs_and_inputs_are_refused():
-    for width in (0, -1, 2.5, True):
+    for width in (0, -1, True):
         with pytest.raises(ValueError, match="d_hidden must be a positive integer"):
             MLPConfig(d_hidden=width)
+    with pytest.raises((ValueError, TypeError), match="d_hidden"):  # TypeError under runtime type checking
+        MLPConfig(d_hidden=2.5)
     with pytest.raises(ValueError, match="seeds must be a non-empty list"):
         EnsembleConfig(seeds=[])
     with pytest.raises(ValueError, match="seeds"):

@@ -21,6 +21,7 @@ gives the coarser class "how many ReLU kinks does the function use".
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,10 +38,10 @@ DEAD, ACTIVE, STRADDLING = 0, 1, 2
 MODES = ("1", "2", "2.5", "3", "other")
 """Width-2 mechanism labels, in the seed's order, plus ``"other"`` for patterns outside them."""
 
-NetworkLike = TinyMLP | MLPEnsemble | Mapping[str, Tensor | np.ndarray]
+NetworkLike = TinyMLP | MLPEnsemble | Mapping[str, Any]
 
 
-def network_parameters(network: NetworkLike) -> dict[str, Float[Tensor, "model ..."]]:
+def network_parameters(network: NetworkLike | torch.nn.Module) -> dict[str, Float[Tensor, "model ..."]]:
     """The parameters of one or many tiny MLPs, stacked with a leading model axis.
 
     Accepts a :class:`TinyMLP`, an :class:`MLPEnsemble`, or a mapping with ``W_in``
@@ -207,11 +208,12 @@ def handcrafted_mode3_network(
         raise ValueError(f"alpha must exceed beta so that the planes cross on the diagonal, got {alpha} and {beta}")
     model = TinyMLP(MLPConfig(d_hidden=2, seed=0, dtype=dtype, device=device))
     kink = alpha - beta
+    exact = dict(dtype=torch.float64)  # cast once from float64, never through float32
     with torch.no_grad():
-        model.W_in.copy_(torch.tensor([[kink, -alpha], [-kink, -beta]]))
-        model.b_in.copy_(torch.tensor([0.0, offset]))
-        model.W_out.copy_(torch.tensor([[-1.0], [-1.0]]))
-        model.b_out.copy_(torch.tensor([offset - gamma]))
+        model.W_in.copy_(torch.tensor([[kink, -alpha], [-kink, -beta]], **exact))
+        model.b_in.copy_(torch.tensor([0.0, offset], **exact))
+        model.W_out.copy_(torch.tensor([[-1.0], [-1.0]], **exact))
+        model.b_out.copy_(torch.tensor([offset - gamma], **exact))
     return model
 
 

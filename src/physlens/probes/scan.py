@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from numpy.typing import ArrayLike
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.metrics import roc_auc_score, roc_curve
@@ -143,7 +144,7 @@ class AlgorithmScan(ClassifierMixin, BaseEstimator):
     def _features(self, X: np.ndarray) -> np.ndarray:
         return scan_features(X, check_positive_int("d_hidden", self.d_hidden), distribution=self.distribution)
 
-    def fit(self, X: np.ndarray, y: np.ndarray) -> AlgorithmScan:
+    def fit(self, X: ArrayLike, y: ArrayLike) -> AlgorithmScan:
         """Fit the forest on the features of ``X`` and the labels ``y``; returns ``self``."""
         y = np.asarray(y)
         X = np.asarray(X, dtype=np.float64)
@@ -211,7 +212,7 @@ class RocResult:
     n_negative: int
 
 
-def roc_auc(positive_scores: np.ndarray, negative_scores: np.ndarray) -> RocResult:
+def roc_auc(positive_scores: ArrayLike, negative_scores: ArrayLike) -> RocResult:
     """ROC curve and AUC of a score that should be higher for positives (ties count one half)."""
     pos, neg = np.asarray(positive_scores, dtype=np.float64).ravel(), np.asarray(negative_scores, dtype=np.float64).ravel()
     if pos.size == 0 or neg.size == 0:
