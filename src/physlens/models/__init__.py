@@ -9,8 +9,14 @@ from physlens.models.transformer import (
     attention_mask,
     preset_config,
 )
+from physlens.models.mlp import EnsembleConfig, MLPConfig, MLPEnsemble, TinyMLP, init_mlp_parameters
 
 __all__ = [
+    "EnsembleConfig",
+    "MLPConfig",
+    "MLPEnsemble",
+    "TinyMLP",
+    "init_mlp_parameters",
     "BottleneckConfig",
     "BottleneckNetwork",
     "SiameseConfig",

@@ -8,8 +8,20 @@ from physlens.plots.probes import (
     plot_rollout,
     plot_saliency,
 )
+from physlens.plots.fma import (
+    plot_loss_by_mode,
+    plot_mode_gallery,
+    plot_mode_over_time,
+    plot_preactivation_maps,
+    plot_roc_curves,
+)
 
 __all__ = [
+    "plot_loss_by_mode",
+    "plot_mode_gallery",
+    "plot_mode_over_time",
+    "plot_preactivation_maps",
+    "plot_roc_curves",
     "plot_ablation_grid",
     "plot_attention_patterns",
     "plot_patching",

@@ -18,8 +18,31 @@ from physlens.probes.patching import PatchingResult, patching_grid, patching_pai
 from physlens.probes.saliency import off_diagonal_fraction, saliency, saliency_matrix
 from physlens.probes.surrogate import LinearSurrogate, SurrogateFidelity
 from physlens.probes.weights import HeadCircuits, full_ov_circuit, head_circuits, singular_values
+from physlens.probes.mechanisms import (
+    MODES,
+    handcrafted_mode3_network,
+    kink_labels,
+    mechanism_labels,
+    network_parameters,
+    unit_pattern_labels,
+    unit_states,
+)
+from physlens.probes.scan import AlgorithmScan, RocResult, flatten_parameters, roc_auc, scan_features, seed_mode3_score
 
 __all__ = [
+    "MODES",
+    "handcrafted_mode3_network",
+    "kink_labels",
+    "mechanism_labels",
+    "network_parameters",
+    "unit_pattern_labels",
+    "unit_states",
+    "AlgorithmScan",
+    "RocResult",
+    "flatten_parameters",
+    "roc_auc",
+    "scan_features",
+    "seed_mode3_score",
     "DEFAULT_ALPHAS",
     "AblationResult",
     "Activations",

@@ -24,8 +24,14 @@ from physlens.systems.oscillator import (
     propagator,
 )
 from physlens.systems.params import Choice, Fixed, ParamSpec, Uniform, as_param_spec
+from physlens.systems.fma import FmaSplit, fma_split, fma_splits, sample_fma, support_vertices
 
 __all__ = [
+    "FmaSplit",
+    "fma_split",
+    "fma_splits",
+    "sample_fma",
+    "support_vertices",
     "CONSERVATION_TOLERANCE",
     "ORBIT_LABEL_NAMES",
     "ORBIT_STATE_NAMES",

@@ -30,8 +30,22 @@ from physlens.training.trainer import (
     config_from_dict,
     train,
 )
+from physlens.training.ensemble import (
+    EnsembleTrainConfig,
+    EnsembleTrainResult,
+    MLPTrainResult,
+    ensemble_mse,
+    train_ensemble,
+    train_mlp,
+)
 
 __all__ = [
+    "EnsembleTrainConfig",
+    "EnsembleTrainResult",
+    "MLPTrainResult",
+    "ensemble_mse",
+    "train_ensemble",
+    "train_mlp",
     "BottleneckTrainConfig",
     "SiameseTrainConfig",
     "SiameseTrainResult",
