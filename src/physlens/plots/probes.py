@@ -43,7 +43,7 @@ def plot_probe_r2(result: Any, target: str, *, vmin: float = 0.0) -> Figure:
         ax.set_xticks(ticks, [str(result.positions[i]) for i in ticks])
     axes[0][0].set_yticks(range(len(result.hooks)), [_short(h) for h in result.hooks])
     fig.colorbar(image, ax=axes[0].tolist(), label="held-out R²")
-    fig.suptitle(f"linear probe for {target}")
+    fig.suptitle(f"linear probe for {target}", y=1.03)
     return fig
 
 

@@ -35,6 +35,8 @@ class SurrogateFidelity:
     divergence: np.ndarray
     threshold: float
     divergence_step: int | None
+    model_path: Tensor | None = None  # the model's rollout [traj, n_steps, d]
+    surrogate_path: Tensor | None = None  # the surrogate's rollout [traj, n_steps, d]
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary."""
@@ -95,7 +97,8 @@ class LinearSurrogate(BaseEstimator):
         surrogate_path = rollout(self.linear_, contexts[:, -self.window_ :], n_steps).to(model_path)
         divergence = relative_error(surrogate_path, model_path).median(dim=0).values.cpu().numpy()
         over = np.nonzero(~(divergence <= threshold))[0]
-        return SurrogateFidelity(one_step_r2, divergence, threshold, int(over[0]) + 1 if len(over) else None)
+        step = int(over[0]) + 1 if len(over) else None
+        return SurrogateFidelity(one_step_r2, divergence, threshold, step, model_path, surrogate_path)
 
 
 __all__ = ["LinearSurrogate", "SurrogateFidelity"]
