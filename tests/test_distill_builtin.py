@@ -143,3 +143,10 @@ def test_pysr_backend_explains_what_is_missing(monkeypatch: pytest.MonkeyPatch, 
     X = rng.normal(size=(20, 2))
     with pytest.raises(ImportError, match=r"pip install 'physlens\[pysr\]'.*Julia|Julia.*pip install"):
         SymbolicDistiller(backend="pysr").fit(X, X[:, 0])
+
+
+def test_constant_target_gives_the_constant(rng: np.random.Generator) -> None:
+    X = rng.normal(size=(50, 2))
+    distiller = SymbolicDistiller().fit(X, np.full(50, 0.25))
+    assert distiller.expression_ == sympy.Rational(1, 4)
+    assert distiller.selected_.nmse == 0.0

@@ -68,6 +68,13 @@ def _unary_terms(name: str, symbol: sympy.Symbol, column: np.ndarray, unary: Seq
     return out
 
 
+def _relative_error(mse: float, variance: float, mean_square: float) -> float:
+    """MSE / Var(y); for a constant target, 0 when the fit is exact to round-off and inf otherwise."""
+    if variance > 1e-24 * max(mean_square, 1e-300):
+        return mse / variance
+    return 0.0 if mse <= 1e-24 * max(mean_square, 1e-300) else math.inf
+
+
 def _node_count(expression: sympy.Expr) -> int:
     return sum(1 for _ in sympy.preorder_traversal(expression))
 
@@ -268,7 +275,7 @@ class SymbolicDistiller(RegressorMixin, BaseEstimator):
             coef, mse = snapped_coef, snapped_mse
         else:
             expression = sum((sympy.Float(float(c), 6) * exprs[i] for c, i in zip(coef, subset)), sympy.Integer(0))
-        nmse = mse / variance if variance > 0 else (0.0 if mse == 0 else math.inf)
+        nmse = _relative_error(mse, variance, float(np.mean(y**2)))
         terms = tuple(str(exprs[i]) for i in subset)
         return FormulaCandidate(expression, _node_count(expression), mse, nmse, terms), coef
 
@@ -295,7 +302,7 @@ class SymbolicDistiller(RegressorMixin, BaseEstimator):
         front, best_error = [], math.inf
         for item in scored:
             error = max(item[0].nmse, floor)
-            if error < best_error:
+            if error < best_error or not front:
                 front.append(item)
                 best_error = error
         chosen = self._select([item[0] for item in front], floor)

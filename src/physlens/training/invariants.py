@@ -170,6 +170,26 @@ def pair_accuracy(model: SiameseTower, pairs: StatePairs, threshold: float) -> f
     return float(((distance < threshold) == pairs.same.to(distance.device)).double().mean())
 
 
+@torch.no_grad()
+def best_threshold(model: SiameseTower, pairs: StatePairs) -> float:
+    """The latent-distance threshold that classifies ``pairs`` best (choose it on training pairs,
+    then report accuracy on held-out ones): the midpoint between consecutive sorted distances with
+    the most correct calls."""
+    dtype = next(model.parameters()).dtype
+    distance = model.pair_distance(pairs.first.to(model.device, dtype), pairs.second.to(model.device, dtype))
+    distance = distance.double().cpu()
+    order = torch.argsort(distance)
+    sorted_distance, same = distance[order], pairs.same.cpu()[order].double()
+    # threshold after the k smallest distances: k calls "same"; correct = same among them + different after
+    correct = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(2 * same - 1, 0)]) + (1 - same).sum()
+    k = int(torch.argmax(correct))
+    if k == 0:
+        return float(sorted_distance[0]) / 2 or 1e-12
+    if k == len(sorted_distance):
+        return float(sorted_distance[-1]) * 1.001 + 1e-12
+    return float(0.5 * (sorted_distance[k - 1] + sorted_distance[k])) or 1e-12
+
+
 BOTTLENECK_QUERIES = ("independent", "last")
 """What the bottleneck decoder is asked about: a fresh state of the same oscillator, or the window's last state."""
 
@@ -269,6 +289,7 @@ __all__ = [
     "SiameseTrainConfig",
     "SiameseTrainResult",
     "StatePairs",
+    "best_threshold",
     "contrastive_loss",
     "make_pairs",
     "oscillator_windows",
