@@ -20,6 +20,7 @@ from physlens.studies.report import Report, StudySpecError, format_number, secti
 STUDY_KINDS: dict[str, str] = {
     "oscillator": "physlens.studies.oscillator",
     "fma": "physlens.studies.fma",
+    "invariants": "physlens.studies.invariants",
 }
 """Study kind (``[study] kind`` in the TOML file) → module that runs it."""
 
