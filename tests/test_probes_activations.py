@@ -59,3 +59,29 @@ def test_bad_input(model, data):
         resolve_positions([1, -7], 8)
     with pytest.raises(ValueError, match="'all'"):
         resolve_positions("last", 8)
+
+
+def test_tools_work_on_a_plain_hooked_root_module():
+    """Not a physlens model: a bare TransformerLens HookedRootModule with one hook point."""
+    from transformer_lens.hook_points import HookPoint
+    from transformer_lens.HookedRootModule import HookedRootModule
+
+    from physlens.probes.linear_probe import probe_sweep
+
+    class Plain(HookedRootModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear = torch.nn.Linear(2, 3, dtype=torch.float64)
+            self.hook_hidden = HookPoint()
+            self.setup()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.hook_hidden(self.linear(x))
+
+    model = Plain().eval()
+    data = OscillatorSystem(omega0=Uniform(1.0, 4.0), dtype="float64").sample(30, 5, seed=0)
+    acts = collect_activations(model, data, ["hook_hidden"], positions=[4])
+    torch.testing.assert_close(acts.acts["hook_hidden"][:, 0], model(data.states)[:, 4].detach())
+    labels = {"x": data.states[:, :, 0]}
+    result = probe_sweep(model, data.states, ["hook_hidden"], labels=labels, targets=["x"], control_model=None)
+    assert result.r2.min() > 1 - 1e-9  # the hidden layer is affine in x
