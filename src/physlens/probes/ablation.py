@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from physlens._validation import check_choice, check_nonnegative_int, check_positive_int
+from physlens._validation import check_choice, check_nonnegative_int
 from physlens.probes.activations import capture_activations, check_hooks, model_device
 from physlens.training.rollout import relative_error, rollout
 
