@@ -51,7 +51,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "weights": {"rtol": 1e-3},
     "probes": {
         "hooks": ["hook_embed", "resid_post"],
-        "targets": ["omega0", "omega0_sq", "Omega", "cos_Omega_dt", "gamma", "damping_factor", "energy"],
+        "targets": ["omega0", "omega0_sq", "Omega", "cos_Omega_dt", "gamma", "damping_factor", "energy", "acceleration"],
         "positions": "all",
         "n_trajectories": 512,
         "n_folds": 5,
@@ -155,7 +155,7 @@ def _run_weights(ctx, model, dtype, opts, batch_size, seed, report, metrics, fin
 def _run_probes(ctx, model, dtype, opts, batch_size, seed, report, metrics, findings) -> None:
     hooks = expand_hooks(model, opts["hooks"])
     data = _sample(ctx, opts["n_trajectories"], ctx.seq_len, seed, dtype)
-    labels = data.labels()
+    labels = with_acceleration(data)
     unknown = [t for t in opts["targets"] if t not in labels]
     if unknown:
         raise StudySpecError(f"[analyses.probes] targets {unknown} are not labels; choose from {sorted(labels)}")
@@ -170,7 +170,7 @@ def _run_probes(ctx, model, dtype, opts, batch_size, seed, report, metrics, find
     positions = opts["positions"]
     control = OscillatorTransformer(dataclasses.replace(model.cfg, seed=opts["control_seed"])).to(ctx.device).eval()
     result = probe_sweep(
-        model, data, hooks, targets=targets, positions=positions, control_model=control,
+        model, data.states, hooks, labels=labels, targets=targets, positions=positions, control_model=control,
         n_folds=opts["n_folds"], batch_size=batch_size, seed=seed, progress=ctx.progress,
     )
     report.paragraph(
@@ -202,9 +202,24 @@ def _run_probes(ctx, model, dtype, opts, batch_size, seed, report, metrics, find
             f"Of the frequency parametrisations, {ranked[0]} is represented most linearly (best-site R² "
             f"{format_number(scores[ranked[0]])}), then " + ", ".join(f"{t} ({format_number(scores[t])})" for t in ranked[1:]) + "."
         )
+    if "acceleration" in targets:
+        best = result.best_site("acceleration")
+        findings.append(
+            f"The acceleration ẍ = −ω0² x − 2γ p of the current state (the product the update needs) decodes with held-out R² "
+            f"{format_number(best['r2'])} at {best['hook']} position {best['position']} (random-init control "
+            f"{format_number(best['control_r2'])}, selectivity {format_number(best['selectivity'])})."
+        )
     if "energy" in targets:
         best = result.best_site("energy")
         findings.append(f"Energy decodes with held-out R² up to {format_number(best['r2'])} ({best['hook']}, position {best['position']}; selectivity {format_number(best['selectivity'])}).")
+
+
+def with_acceleration(data: Any) -> dict[str, torch.Tensor]:
+    """The trajectories' labels plus ``acceleration`` = ẍ = −ω0² x − 2γ p at every step ``[traj, step]``."""
+    labels = data.labels()
+    x, p = data.states[..., 0], data.states[..., 1]
+    labels["acceleration"] = -(data.omega0[:, None] ** 2 * x + 2 * data.gamma[:, None] * p)
+    return labels
 
 
 def _run_ablation(ctx, model, dtype, opts, batch_size, seed, report, metrics, findings) -> None:
@@ -360,4 +375,4 @@ def _run_surrogate(ctx, model, dtype, opts, batch_size, seed, report, metrics, f
     )
 
 
-__all__ = ["ANALYSES", "DEFAULTS", "expand_hooks", "parse_analyses", "run_analyses"]
+__all__ = ["ANALYSES", "DEFAULTS", "expand_hooks", "parse_analyses", "run_analyses", "with_acceleration"]
