@@ -137,3 +137,24 @@ def test_bottleneck_training_reduces_the_loss() -> None:
     wrong = BottleneckNetwork(BottleneckConfig(d_in=6, d_out=2, d_side=2, d_hidden=4))
     with pytest.raises(ValueError, match="d_in"):
         train_bottleneck(wrong, system, BottleneckTrainConfig(steps=1, window=4), progress=False)
+
+
+def test_best_threshold_separates_known_distances() -> None:
+    from physlens.training import StatePairs, best_threshold
+
+    model = SiameseTower(SiameseConfig(n_layers=0, dtype="float64"))
+    with torch.no_grad():
+        model.W_out.copy_(torch.tensor([[1.0], [0.0], [0.0], [0.0]]))  # latent = x
+    gaps = torch.tensor([0.1, 0.2, 0.3, 0.9, 1.0, 1.1, 0.5], dtype=torch.float64)
+    first = torch.zeros(7, 4, dtype=torch.float64)
+    second = first.clone()
+    second[:, 0] = gaps
+    same = torch.tensor([True, True, True, False, False, False, False])
+    pairs = StatePairs(first, second, same)
+    threshold = best_threshold(model, pairs)
+    # same pairs at 0.1, 0.2, 0.3, different ones from 0.5 up: the cut falls halfway, at 0.4
+    assert threshold == pytest.approx(0.4)
+    assert pair_accuracy(model, pairs, threshold) == 1.0
+    # move one same pair beyond every different one: it can only be missed
+    second[2, 0] = 2.0
+    assert pair_accuracy(model, pairs, best_threshold(model, pairs)) == pytest.approx(6 / 7)

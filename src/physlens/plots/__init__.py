@@ -8,6 +8,12 @@ from physlens.plots.probes import (
     plot_rollout,
     plot_saliency,
 )
+from physlens.plots.invariants import (
+    plot_bottleneck_matches,
+    plot_formula_front,
+    plot_latent_vs_invariant,
+    plot_loss_curves,
+)
 from physlens.plots.fma import (
     plot_loss_by_mode,
     plot_mode_gallery,
@@ -17,6 +23,10 @@ from physlens.plots.fma import (
 )
 
 __all__ = [
+    "plot_bottleneck_matches",
+    "plot_formula_front",
+    "plot_latent_vs_invariant",
+    "plot_loss_curves",
     "plot_loss_by_mode",
     "plot_mode_gallery",
     "plot_mode_over_time",

@@ -3,6 +3,15 @@ linear surrogates and weight circuits. Each works on any TransformerLens ``Hooke
 
 from physlens.probes.ablation import AblationResult, Component, ablation_hook, ablation_sweep, model_components, next_step_loss
 from physlens.probes.activations import Activations, capture_activations, collect_activations, iter_activations
+from physlens.probes.distill import UNARY_FUNCTIONS, FormulaCandidate, SymbolicDistiller, distill, record_io
+from physlens.probes.invariants import (
+    PolynomialLatentRegression,
+    QuantityMatch,
+    match_quantities,
+    monomial_exponents,
+    monomial_name,
+    polynomial_features,
+)
 from physlens.probes.linear_probe import (
     DEFAULT_ALPHAS,
     LinearProbe,
@@ -30,6 +39,17 @@ from physlens.probes.mechanisms import (
 from physlens.probes.scan import AlgorithmScan, RocResult, flatten_parameters, roc_auc, scan_features, seed_mode3_score
 
 __all__ = [
+    "UNARY_FUNCTIONS",
+    "FormulaCandidate",
+    "PolynomialLatentRegression",
+    "QuantityMatch",
+    "SymbolicDistiller",
+    "distill",
+    "match_quantities",
+    "monomial_exponents",
+    "monomial_name",
+    "polynomial_features",
+    "record_io",
     "MODES",
     "handcrafted_mode3_network",
     "kink_labels",

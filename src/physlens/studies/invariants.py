@@ -343,5 +343,48 @@ def _fma_section(report: Report, opts: dict[str, Any], distiller_args: dict[str,
 
 # ------------------------------------------------------------------------------------- transformer
 def _transformer_section(report: Report, opts: dict[str, Any], distiller_args: dict[str, Any], seed: int, progress: bool) -> None:
+    from physlens.models.transformer import OscillatorTransformer, preset_config
+    from physlens.systems.oscillator import propagator
+    from physlens.training.trainer import TrainConfig, train
+
+    try:
+        from physlens.probes.linear_probe import LinearProbe
+    except ImportError as error:
+        report.heading("4. A probe direction of the oscillator transformer")
+        report.paragraph(f"Skipped: {error}.")
+        return
+    omega0, gamma = opts.get("omega0", 2.0), opts.get("gamma", 0.1)
+    seq_len = opts.get("seq_len", 10)
+    try:
+        system = OscillatorSystem(omega0=omega0, gamma=gamma)
+        model = OscillatorTransformer(preset_config("OLA", seed=seed))
+        config = TrainConfig(steps=opts.get("steps", 1000), seq_len=seq_len, lr=1e-2, schedule="cosine", seed=seed)
+    except ValueError as error:
+        raise StudySpecError(f"[transformer] is invalid: {error}") from None
+    result = train(model, system, config, progress=progress)
+    test = system.sample(opts.get("n_probe", 2000), seq_len + 1, seed=seed + 20)
+    inputs, targets = test.inputs_targets()
+    hook = "blocks.0.hook_resid_post"
+    with torch.no_grad():
+        _, cache = model.run_with_cache(inputs, names_filter=hook)
+    resid = cache[hook][:, -1].double().numpy()  # [traj, d_model] at the last position
+    next_x = targets[:, -1, 0].double().numpy()
+    probe = LinearProbe(n_folds=5, seed=seed).fit(resid, next_x)
+    direction = torch.as_tensor(np.asarray(probe.coef_), dtype=torch.float64)
+    X, y = record_io(model, inputs, output_hook=hook, position=-1, direction=direction.to(inputs.dtype))
+    X_last = X[:, -2:]  # the current state (x_t, p_t) of each sequence
+    distiller = SymbolicDistiller(variable_names=["x", "p"], max_terms=3, max_degree=2, unary=()).fit(X_last, y + probe.intercept_)
+    exact = propagator(omega0, gamma, system.dt)[0].tolist()
     report.heading("4. A probe direction of the oscillator transformer")
-    report.paragraph("Not run in this configuration.")
+    report.paragraph(
+        f"The seed's OLA (d_model 2, one head) trained {config.steps} steps on ω0 = {omega0}, γ = {gamma} "
+        f"(final loss {format_number(float(np.mean(result.losses[-20:])))}). A ridge probe on `{hook}` at the last "
+        f"position reads the next x with cross-validated R² {format_number(probe.cv_r2_, 4)}. The probe's "
+        f"value, distilled as a function of the current state (x, p): {_formula(distiller.expression_)} "
+        f"(relative error {format_number(distiller.selected_.nmse)}); the exact propagator gives "
+        f"x(t+Δt) = {exact[0]:.4f}·x + {exact[1]:.4f}·p."
+    )
+    report.metrics["transformer"] = {
+        "final_loss": float(np.mean(result.losses[-20:])), "probe_cv_r2": probe.cv_r2_,
+        "formula": str(distiller.expression_), "formula_nmse": distiller.selected_.nmse, "exact_row": exact,
+    }

@@ -1,0 +1,104 @@
+"""The invariants study end to end on a tiny configuration, its spec checks, and its figures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import sympy
+from matplotlib.figure import Figure
+
+from physlens.plots.invariants import plot_bottleneck_matches, plot_formula_front, plot_latent_vs_invariant, plot_loss_curves
+from physlens.probes.distill import FormulaCandidate
+from physlens.studies import STUDY_KINDS, StudySpecError, run_study
+
+TINY = """
+[study]
+name = "tiny-invariants"
+kind = "invariants"
+seed = 0
+
+[orbits]
+n_train = 200
+n_test = 50
+states_per_orbit = 8
+
+[siamese]
+d_hidden = 16
+steps = 60
+batch_size = 128
+n_test_pairs = 500
+
+[latent]
+n_distill = 300
+
+[bottleneck]
+steps = 30
+batch_size = 64
+d_hidden = 8
+n_test = 200
+
+[fma]
+n_models = 4
+epochs = 30
+n_train = 100
+n_val = 100
+
+[transformer]
+enabled = false
+
+[distill]
+max_terms = 2
+unary = []
+"""
+
+
+def test_tiny_study_writes_report_metrics_and_figures(tmp_path: Path) -> None:
+    assert STUDY_KINDS["invariants"] == "physlens.studies.invariants"
+    spec = tmp_path / "tiny.toml"
+    spec.write_text(TINY)
+    out = run_study(spec, output_root=tmp_path / "runs", progress=False)
+    metrics = json.loads((out / "metrics.json").read_text())
+    siamese = metrics["siamese"]
+    for key in ("test_accuracy", "train_accuracy", "latent_linear_r2_L", "coef_ratio", "distilled"):
+        assert key in siamese
+    assert 0.0 <= siamese["test_accuracy"] <= 1.0
+    assert metrics["orbits"]["max_drift_L"] < 1e-10
+    assert set(metrics["bottleneck"]["raw"]) == {"ω0", "ω0²", "Ω", "energy"}
+    assert metrics["fma"]  # at least one mode was distilled
+    report = (out / "report.md").read_text()
+    assert "Siamese" in report and "bottleneck" in report and "F = m·a" in report
+    for name in ("latent_vs_L", "siamese_formula_front", "bottleneck_vs_candidates", "loss_curves"):
+        assert (out / "figures" / f"{name}.png").is_file()
+
+
+def test_study_refuses_unknown_keys(tmp_path: Path) -> None:
+    spec = tmp_path / "bad.toml"
+    spec.write_text(TINY.replace("d_hidden = 16", "d_hidden = 16\nwidth = 3"))
+    with pytest.raises(StudySpecError, match="unknown keys"):
+        run_study(spec, output_root=tmp_path / "runs", progress=False)
+    spec.write_text(TINY.replace("[orbits]", "[orbits]\nenergy_range = [-0.5, 0.2]"))
+    with pytest.raises(StudySpecError, match="bound orbits"):
+        run_study(spec, output_root=tmp_path / "runs", progress=False)
+    spec.write_text(TINY + "\n[extra]\nx = 1\n")
+    with pytest.raises(StudySpecError, match="unknown sections"):
+        run_study(spec, output_root=tmp_path / "runs", progress=False)
+
+
+def test_plots_return_figures_and_check_input() -> None:
+    rng = np.random.default_rng(0)
+    invariant = rng.normal(size=200)
+    assert isinstance(plot_latent_vs_invariant(3 * invariant + 1, invariant, color=invariant**2, color_name="E"), Figure)
+    with pytest.raises(ValueError, match="same length"):
+        plot_latent_vs_invariant(invariant[:10], invariant)
+    x = sympy.Symbol("x")
+    front = [FormulaCandidate(sympy.Float(0.5), 1, 1.0, 1.0), FormulaCandidate(2 * x, 3, 1e-3, 1e-3)]
+    assert isinstance(plot_formula_front(front, selected=front[1], title="t"), Figure)
+    with pytest.raises(ValueError, match="at least one formula"):
+        plot_formula_front([])
+    assert isinstance(plot_bottleneck_matches(invariant, {"a": invariant, "b": -invariant}), Figure)
+    with pytest.raises(ValueError, match="200 values"):
+        plot_bottleneck_matches(invariant, {"a": invariant[:5]})
+    assert isinstance(plot_loss_curves({"run": [1.0, 0.5, 0.1]}), Figure)
