@@ -183,7 +183,7 @@ def _run_probes(ctx, model, dtype, opts, batch_size, seed, report, metrics, find
         best = result.best_site(target)
         rows.append([target, best["hook"], best["position"], best["r2"], best["control_r2"], best["selectivity"], best["shuffled_r2"]])
     report.table(["target", "best hook", "position", "held-out R²", "random-init R²", "selectivity", "shuffled-label R²"], rows)
-    shown = [t for t in ("omega0", "energy") if t in targets] or targets[:1]
+    shown = [t for t in ("omega0", "acceleration", "energy") if t in targets] or targets[:1]
     for target in shown:
         report.figure(f"probe_r2_{target}", plot_probe_r2(result, target), f"Held-out R² of linear probes for {target} per hook and position, with controls.")
     metrics["probes"] = {**result.to_dict(), "skipped_constant_targets": constant}
