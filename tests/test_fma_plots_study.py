@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from matplotlib.figure import Figure
 
 from physlens.models.mlp import EnsembleConfig, MLPEnsemble
@@ -55,6 +56,7 @@ n_seeds = 24
 epochs = 60
 lr = 0.01
 snapshot_every = 20
+threads = 1
 [scan]
 n_random = 20
 n_estimators = 10
@@ -68,7 +70,13 @@ def test_study_runs_end_to_end_and_reports(tmp_path):
     assert STUDY_KINDS["fma"] == "physlens.studies.fma"
     spec = tmp_path / "fma_tiny.toml"
     spec.write_text(TINY)
-    out = run_study(spec, output_root=tmp_path / "runs", progress=False)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        out = run_study(spec, output_root=tmp_path / "runs", progress=False)
+        assert torch.get_num_threads() == 2  # the study's thread setting is undone afterwards
+    finally:
+        torch.set_num_threads(before)
     report = (out / "report.md").read_text()
     metrics = json.loads((out / "metrics.json").read_text())
     assert "Algorithm scan" in report and "Wider networks" in report
@@ -86,6 +94,9 @@ def test_study_refuses_bad_specs(tmp_path):
         run_study(spec, output_root=tmp_path / "runs", progress=False)
     spec.write_text(TINY.replace("widths = [3]", "widths = [0]"))
     with pytest.raises(StudySpecError, match="widths"):
+        run_study(spec, output_root=tmp_path / "runs", progress=False)
+    spec.write_text(TINY.replace("threads = 1", "threads = -1"))
+    with pytest.raises(StudySpecError, match="threads"):
         run_study(spec, output_root=tmp_path / "runs", progress=False)
     spec.write_text(TINY.replace("lr = 0.01", "lr = 0.01\nmomentum = 0.9"))
     with pytest.raises(StudySpecError, match="unknown keys"):
