@@ -37,6 +37,14 @@ def _evaluate(params: Mapping[str, torch.Tensor], index: int, points: torch.Tens
     return pre.numpy(), out[:, 0].numpy()
 
 
+def _in_support(distribution: str, mm: np.ndarray, aa: np.ndarray) -> np.ndarray:
+    """True where (m, a) can be drawn from ``distribution``."""
+    if distribution == "uniform":
+        return (mm <= 1) & (aa <= 1)
+    with np.errstate(divide="ignore"):
+        return ((aa >= 0.5) & (aa <= 1) & (mm * aa <= 1)) | ((mm >= 0.5) & (mm <= 1) & (mm * aa <= 1))
+
+
 def _image(ax: plt.Axes, values: np.ndarray, mm: np.ndarray, **style: object) -> None:
     # imshow renders far faster than pcolormesh for the many small panels of a gallery
     top = float(mm.max())
@@ -126,7 +134,8 @@ def plot_mode_gallery(
             index = int(members[c])
             pre, out = _evaluate(params, index, points)
             error = (out - (mm * aa).ravel()).reshape(mm.shape)
-            _image(ax, error, mm, cmap="RdBu_r", vmin=-0.3, vmax=0.3)
+            error[~_in_support(distribution, mm, aa)] = np.nan  # only where data can lie
+            _image(ax, error, mm, cmap="RdBu_r", vmin=-0.15, vmax=0.15)
             for unit in range(pre.shape[1]):
                 values = pre[:, unit].reshape(mm.shape)
                 if values.min() < 0 < values.max():
@@ -135,7 +144,7 @@ def plot_mode_gallery(
             loss = f", val {losses[index]:.2e}" if losses is not None else ""
             ax.set_title(f"mode {mode} #{index}{loss}", fontsize=7)
             ax.tick_params(labelsize=5)
-    fig.suptitle("F̂ − m·a (red: too high); black lines: unit kinks", fontsize=9)
+    fig.suptitle("F̂ − m·a on the data's support (red: too high, ±0.15); black lines: unit kinks", fontsize=9)
     fig.tight_layout()
     return fig
 

@@ -289,9 +289,9 @@ def _run(spec: dict[str, Any], opts: dict[str, dict[str, Any]], out_dir: Path, p
         "The seed-style score counts mode 3's sign conditions (0–4)."
     )
     scan_metrics: dict[str, Any] = {}
-    rows, curves, scan_results = [], {}, {}
+    rows, curves, scan_results, handcrafted_scores = [], {}, {}, {}
     for rule in ("seed", "function"):
-        _, results, held = _scan(X, labels[rule], random_X, 2, opts, seed)
+        scan, results, held = _scan(X, labels[rule], random_X, 2, opts, seed)
         scan_results[rule] = results
         positive3 = held["y_test"] == "3"
         baseline = seed_mode3_score(held["X_test"])
@@ -311,6 +311,9 @@ def _run(spec: dict[str, Any], opts: dict[str, dict[str, Any]], out_dir: Path, p
             else:
                 row += ["—", "—"]
             rows.append(row)
+        if "3" in scan.classes_:
+            handcrafted_X = flatten_parameters(handcrafted)
+            handcrafted_scores[rule] = float(scan.mode_score(handcrafted_X, "3")[0])
         scan_metrics[rule] = {
             mode: {k: (v.auc if isinstance(v, RocResult) else v) for k, v in entry.items()} for mode, entry in results.items()
         }
@@ -319,6 +322,14 @@ def _run(spec: dict[str, Any], opts: dict[str, dict[str, Any]], out_dir: Path, p
          "seed score AUC vs random", "seed score AUC vs other"],
         rows,
     )
+    report.bullets([
+        f"hand-crafted network: seed-style score {seed_mode3_score(flatten_parameters(handcrafted))[0]:.0f} of 4; "
+        + ", ".join(f"scan's P(mode 3) {p:.2f} ({rule} rule)" for rule, p in handcrafted_scores.items())
+        if handcrafted_scores else "hand-crafted network: no mode-3 class was fitted",
+        f"networks carrying the seed's full mode-3 signature among {n_seeds} trained: "
+        f"{int((labels['seed'] == '3').sum())} (a mode needs held-out positives to get an AUC)",
+    ])
+    scan_metrics["handcrafted_mode3_probability"] = handcrafted_scores
     if curves:
         report.figure("roc_mode3", plot_roc_curves(curves, title="Mode 3: scan vs seed-style score"),
                       "ROC curves for mode 3 on held-out seeds")
