@@ -72,6 +72,9 @@ def test_tools_work_on_a_plain_hooked_root_module():
         def __init__(self) -> None:
             super().__init__()
             self.linear = torch.nn.Linear(2, 3, dtype=torch.float64)
+            with torch.no_grad():  # fixed weights: no draw from the global generator
+                self.linear.weight.copy_(torch.tensor([[1.0, 0.5], [-0.3, 1.0], [0.2, 0.7]]))
+                self.linear.bias.copy_(torch.tensor([0.1, -0.2, 0.3]))
             self.hook_hidden = HookPoint()
             self.setup()
 
