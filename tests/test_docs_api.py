@@ -117,23 +117,55 @@ def test_every_subpackage_has_an_api_page(subpackage: str) -> None:
     assert f"api/{subpackage}.md" in (ROOT / "mkdocs.yml").read_text(), f"api/{subpackage}.md is not in the nav"
 
 
+def _needs_own_directive(package: ModuleType, name: str, submodules: set[str]) -> str | None:
+    """The ``:::`` path a public name needs when ``::: physlens.<subpackage>`` cannot render it, else None.
+
+    Two cases: the name is also a submodule's name (``physlens.training.rollout`` is a module and
+    the function it exports; the static renderer sees the module), or the object is defined outside
+    physlens (a re-export such as TransformerLens's ``PatchingResult``, which the renderer does not
+    follow).
+    """
+    obj = getattr(package, name, None)
+    if obj is None or isinstance(obj, ModuleType) or not (inspect.isclass(obj) or inspect.isroutine(obj)):
+        return None
+    path = f"{obj.__module__}.{obj.__qualname__}"
+    if name in submodules or not obj.__module__.startswith("physlens."):
+        return path
+    return None
+
+
 @pytest.mark.parametrize("subpackage", SUBPACKAGES)
-def test_names_shadowed_by_a_submodule_are_rendered_explicitly(subpackage: str) -> None:
-    """``physlens.training.rollout`` is both a module and the function it exports; the static
-    reference renderer sees the module, so the function needs its own ``:::`` directive."""
+def test_names_the_package_directive_misses_are_rendered_explicitly(subpackage: str) -> None:
     package = _subpackage(subpackage)
     submodules = {info.name for info in pkgutil.iter_modules(package.__path__)}
     text = (DOCS / "api" / f"{subpackage}.md").read_text()
     missing = []
     for name in getattr(package, "__all__", []):
-        if name in submodules and not isinstance(getattr(package, name, None), ModuleType):
-            path = f"{getattr(package, name).__module__}.{name}"
-            if not re.search(rf"^::: {re.escape(path)}\s*$", text, re.MULTILINE):
-                missing.append(path)
+        path = _needs_own_directive(package, name, submodules)
+        if path is not None and not re.search(rf"^::: {re.escape(path)}\s*$", text, re.MULTILINE):
+            missing.append(path)
     assert not missing, (
-        f"names of physlens.{subpackage} shadowed by a submodule of the same name need their own "
-        f"directive in docs/api/{subpackage}.md: " + ", ".join(f"'::: {path}'" for path in missing)
+        f"public names of physlens.{subpackage} that '::: physlens.{subpackage}' cannot render (shadowed by a "
+        f"submodule, or defined outside physlens) need their own directive in docs/api/{subpackage}.md: "
+        + ", ".join(f"'::: {path}'" for path in missing)
     )
+
+
+def test_tutorials_are_in_the_nav_and_their_code_compiles() -> None:
+    """Every tutorial is reachable, and every executed block is valid Python (the full execution is
+    the slow docs build)."""
+    nav = (ROOT / "mkdocs.yml").read_text()
+    tutorials = sorted((DOCS / "tutorials").glob("*.md"))
+    assert tutorials
+    for page in tutorials:
+        assert f"tutorials/{page.name}" in nav, f"{page.name} is not in the mkdocs nav"
+        blocks = re.findall(r'```python exec="on"[^\n]*\n(.*?)\n```', page.read_text(), re.DOTALL)
+        assert blocks, f"{page.name} has no executed code block"
+        assert any("torch.set_num_threads(1)" in block for block in blocks[:1]), (
+            f"{page.name} should start with torch.set_num_threads(1): tiny models run fastest on one thread"
+        )
+        for index, block in enumerate(blocks):
+            compile(block, f"{page.name}, block {index}", "exec")
 
 
 def test_attribute_docstring_detection() -> None:
