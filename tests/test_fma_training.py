@@ -9,7 +9,13 @@ from numpy.testing import assert_allclose
 from physlens.models.mlp import EnsembleConfig, MLPConfig, MLPEnsemble, TinyMLP
 from physlens.systems.fma import fma_split, fma_splits
 from physlens.training import ensemble as ensemble_training
-from physlens.training.ensemble import EnsembleTrainConfig, ensemble_loss_and_grads, train_ensemble, train_mlp
+from physlens.training.ensemble import (
+    EnsembleTrainConfig,
+    ensemble_loss_and_grads,
+    fused_loss_and_grads,
+    train_ensemble,
+    train_mlp,
+)
 
 NAMES = ("W_in", "b_in", "W_out", "b_out")
 
@@ -25,14 +31,17 @@ def test_hand_written_gradients_equal_autograd(torch_gen):
     x = torch.rand(n_models, 2, n, generator=torch_gen, dtype=torch.float64)
     y = x[:, 0] * x[:, 1]
     loss, grads = ensemble_loss_and_grads(*params, x, y)
+    fused_loss, fused_grads = fused_loss_and_grads(*params, x, y)
     leaves = [p.clone().requires_grad_() for p in params]
     pre = torch.einsum("mdn,mdh->mnh", x, leaves[0]) + leaves[1][:, None, :]
     out = torch.relu(pre) @ leaves[2] + leaves[3][:, None, :]
     reference = (out[..., 0] - y).square().mean(dim=1)
     auto = torch.autograd.grad(reference.sum(), leaves)
     assert_allclose(loss, reference.detach(), rtol=1e-12)
-    for g, a in zip(grads, auto):
+    assert_allclose(fused_loss, reference.detach(), rtol=1e-12)
+    for g, f, a in zip(grads, fused_grads, auto):
         assert_allclose(g, a, rtol=1e-10, atol=1e-14)
+        assert_allclose(f, a, rtol=1e-10, atol=1e-14)
 
 
 @pytest.mark.parametrize("width", [2, 3])
@@ -98,3 +107,16 @@ def test_bad_training_input_is_refused():
         EnsembleTrainConfig(epochs=1.5)
     with pytest.raises(ValueError, match="beta2"):
         EnsembleTrainConfig(beta2=1.0)
+
+
+@pytest.mark.slow
+def test_compiled_step_trains_like_the_eager_step():
+    seeds = [1, 2, 3]
+    config = dict(epochs=100, lr=1e-2)
+    data = fma_splits(seeds, n_train=64, n_val=16, dtype="float64")
+    eager = MLPEnsemble(EnsembleConfig(seeds=seeds, dtype="float64"))
+    compiled = MLPEnsemble(EnsembleConfig(seeds=seeds, dtype="float64"))
+    train_ensemble(eager, data, EnsembleTrainConfig(**config), progress=False)
+    train_ensemble(compiled, data, EnsembleTrainConfig(**config, compile=True), progress=False)
+    for name in NAMES:
+        assert_allclose(getattr(compiled, name).detach(), getattr(eager, name).detach(), rtol=1e-8, atol=1e-10)
