@@ -28,7 +28,18 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def time_ensemble(n_models: int, n_train: int, epochs: int, device: str, compile_step: bool) -> float:
+class _Clock:
+    """Wall-clock and process CPU seconds of a block (CPU time is fairer on a busy shared machine)."""
+
+    def __enter__(self) -> _Clock:
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.wall, self.cpu = time.perf_counter() - self.wall, time.process_time() - self.cpu
+
+
+def time_ensemble(n_models: int, n_train: int, epochs: int, device: str, compile_step: bool) -> tuple[float, float]:
     """Seconds per epoch for the whole ensemble (after one untimed warm-up call)."""
     seeds = list(range(n_models))
     data = fma_splits(seeds, n_train=n_train, n_val=16, device=device)
@@ -36,30 +47,30 @@ def time_ensemble(n_models: int, n_train: int, epochs: int, device: str, compile
     train_ensemble(warm, data, EnsembleTrainConfig(epochs=2, compile=compile_step), progress=False)
     ensemble = MLPEnsemble(EnsembleConfig(seeds=seeds, device=device))
     _sync(device)
-    start = time.perf_counter()
-    train_ensemble(ensemble, data, EnsembleTrainConfig(epochs=epochs, compile=compile_step), progress=False)
-    _sync(device)
-    return (time.perf_counter() - start) / epochs
+    with _Clock() as clock:
+        train_ensemble(ensemble, data, EnsembleTrainConfig(epochs=epochs, compile=compile_step), progress=False)
+        _sync(device)
+    return clock.wall / epochs, clock.cpu / epochs
 
 
-def time_loop(n_models: int, n_train: int, epochs: int, device: str) -> float:
+def time_loop(n_models: int, n_train: int, epochs: int, device: str) -> tuple[float, float]:
     """Seconds per epoch per network for one TinyMLP after another (train_mlp)."""
     train_mlp(TinyMLP(MLPConfig(seed=0, device=device)), fma_split(0, n_train=n_train, n_val=16, device=device),
               EnsembleTrainConfig(epochs=2))
     splits = [fma_split(s, n_train=n_train, n_val=16, device=device) for s in range(n_models)]
     _sync(device)
-    start = time.perf_counter()
-    for s, split in enumerate(splits):
-        train_mlp(TinyMLP(MLPConfig(seed=s, device=device)), split, EnsembleTrainConfig(epochs=epochs))
-    _sync(device)
-    return (time.perf_counter() - start) / epochs / n_models
+    with _Clock() as clock:
+        for s, split in enumerate(splits):
+            train_mlp(TinyMLP(MLPConfig(seed=s, device=device)), split, EnsembleTrainConfig(epochs=epochs))
+        _sync(device)
+    return clock.wall / epochs / n_models, clock.cpu / epochs / n_models
 
 
-def time_bare_loop(n_models: int, n_train: int, epochs: int, device: str) -> float:
+def time_bare_loop(n_models: int, n_train: int, epochs: int, device: str) -> tuple[float, float]:
     """Seconds per epoch per network for the most plain PyTorch: nn.Sequential + Adam, no hooks."""
     splits = [fma_split(s, n_train=n_train, n_val=16, device=device) for s in range(n_models)]
     _sync(device)
-    start = time.perf_counter()
+    clock = _Clock().__enter__()
     for split in splits:
         net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.ReLU(), torch.nn.Linear(2, 1)).to(device)
         optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
@@ -69,7 +80,8 @@ def time_bare_loop(n_models: int, n_train: int, epochs: int, device: str) -> flo
             loss.backward()
             optimizer.step()
     _sync(device)
-    return (time.perf_counter() - start) / epochs / n_models
+    clock.__exit__()
+    return clock.wall / epochs / n_models, clock.cpu / epochs / n_models
 
 
 def main() -> None:
@@ -87,21 +99,20 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"device {args.device}, torch threads {torch.get_num_threads()}, {args.n_train} training points per network")
-    ensemble_epoch = time_ensemble(args.n_models, args.n_train, args.epochs, args.device, args.compile)
-    loop_epoch = time_loop(args.loop_models, args.n_train, args.epochs, args.device)
-    bare_epoch = time_bare_loop(args.loop_models, args.n_train, args.epochs, args.device)
-    full = args.full_epochs
-    ensemble_total = ensemble_epoch * full
-    loop_total = loop_epoch * full * args.n_models
-    bare_total = bare_epoch * full * args.n_models
+    ensemble = time_ensemble(args.n_models, args.n_train, args.epochs, args.device, args.compile)
+    loop = time_loop(args.loop_models, args.n_train, args.epochs, args.device)
+    bare = time_bare_loop(args.loop_models, args.n_train, args.epochs, args.device)
+    full, n = args.full_epochs, args.n_models
     step = "compiled" if args.compile else "eager"
-    print(f"measured: ensemble ({step}) of {args.n_models} networks: {ensemble_epoch * 1e3:.1f} ms per epoch "
-          f"({ensemble_epoch / args.n_models * 1e6:.1f} µs per network-epoch), over {args.epochs} epochs")
-    print(f"measured: loop of train_mlp over {args.loop_models} networks: {loop_epoch * 1e6:.1f} µs per network-epoch")
-    print(f"measured: bare nn.Sequential loop over {args.loop_models} networks: {bare_epoch * 1e6:.1f} µs per network-epoch")
-    print(f"extrapolated to {args.n_models} networks x {full} epochs: ensemble {ensemble_total:.0f} s, "
-          f"train_mlp loop {loop_total:.0f} s, bare loop {bare_total:.0f} s")
-    print(f"ratio (loop / ensemble): {loop_total / ensemble_total:.1f}x vs train_mlp, {bare_total / ensemble_total:.1f}x vs bare loop")
+    for k, clock in enumerate(("wall-clock", "CPU")):
+        print(f"[{clock} time] measured over {args.epochs} epochs: ensemble ({step}) of {n} networks "
+              f"{ensemble[k] * 1e3:.1f} ms per epoch ({ensemble[k] / n * 1e6:.1f} µs per network-epoch); "
+              f"train_mlp loop over {args.loop_models} networks {loop[k] * 1e6:.1f} µs per network-epoch; "
+              f"bare nn.Sequential loop {bare[k] * 1e6:.1f} µs per network-epoch")
+        print(f"[{clock} time] extrapolated to {n} networks x {full} epochs: ensemble {ensemble[k] * full:.0f} s, "
+              f"train_mlp loop {loop[k] * full * n:.0f} s, bare loop {bare[k] * full * n:.0f} s")
+        print(f"[{clock} time] ratio loop / ensemble: {loop[k] * n / ensemble[k]:.1f}x vs train_mlp, "
+              f"{bare[k] * n / ensemble[k]:.1f}x vs bare loop")
 
 
 if __name__ == "__main__":
