@@ -125,3 +125,24 @@ def test_shipped_study_files_parse():
     for file in files:
         spec = load_study(file)
         assert spec["study"]["name"]
+
+
+def test_thread_count_is_applied_for_the_run_and_restored(tmp_path, monkeypatch):
+    import torch
+
+    import physlens.studies.oscillator as oscillator
+
+    seen = []
+    real_train = oscillator.train
+
+    def recording_train(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(oscillator, "train", recording_train)
+    before = torch.get_num_threads()
+    study = _write(tmp_path, TINY.replace("steps = 600", "steps = 5").replace("seed = 1", "seed = 1\nthreads = 1"))
+    run_study(study, output_root=tmp_path / "runs", progress=False)
+    assert seen == [1] and torch.get_num_threads() == before
+    with pytest.raises(StudySpecError, match="threads must be >= 0"):
+        run_study(_write(tmp_path, TINY.replace("seed = 1", "seed = 1\nthreads = -2"), "bad.toml"), output_root=tmp_path / "runs")

@@ -16,13 +16,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--output", default="runs", help="directory that receives <study name>/ (default: runs)")
     run.add_argument("--overwrite", action="store_true", help="replace an earlier run of the same study")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.add_argument("--threads", type=int, default=None, help="torch threads for the run (default: the study's [study] threads)")
     args = parser.parse_args(argv)
 
     from physlens.studies import StudySpecError, run_study
 
     try:
-        out = run_study(args.study, output_root=args.output, overwrite=args.overwrite, progress=not args.quiet)
-    except (StudySpecError, FileNotFoundError, FileExistsError) as error:
+        out = run_study(args.study, output_root=args.output, overwrite=args.overwrite, progress=not args.quiet,
+                          threads=args.threads)
+    except (StudySpecError, FileNotFoundError, FileExistsError, ValueError) as error:
         print(f"physlens: error: {error}", file=sys.stderr)
         return 2
     print(f"report written to {out / 'report.md'}")
