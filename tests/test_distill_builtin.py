@@ -16,7 +16,7 @@ from physlens.probes.distill import SymbolicDistiller, distill, record_io
 
 
 def _symbols(*names: str) -> list[sympy.Symbol]:
-    return [sympy.Symbol(n, real=True) for n in names]
+    return [sympy.Symbol(n) for n in names]
 
 
 def _same(expression: sympy.Expr, truth: sympy.Expr) -> bool:

@@ -287,7 +287,7 @@ class SymbolicDistiller(RegressorMixin, BaseEstimator):
         self.n_features_in_ = X.shape[1]
         if self.backend == "pysr":
             return self._fit_pysr(X, y, names)
-        symbols = list(sympy.symbols(names, real=True))
+        symbols = list(sympy.symbols(names))
         exprs, features = self._library(X, symbols)
         variance = float(np.var(y))
         subsets = self._search(features, y)

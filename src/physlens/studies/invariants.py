@@ -302,7 +302,6 @@ def _fma_section(report: Report, opts: dict[str, Any], distiller_args: dict[str,
         raise StudySpecError(f"[fma] is invalid: {error}") from None
     modes = mechanism_labels(ensemble, data.val_inputs)
     rows, metrics, fronts = [], {}, {}
-    m_sym, a_sym = sympy.symbols("m a", real=True)
     for mode in sorted(set(modes)):
         members = np.flatnonzero(modes == mode)
         best = int(members[np.argmin(result.val_loss[members].numpy())])
@@ -316,7 +315,7 @@ def _fma_section(report: Report, opts: dict[str, Any], distiller_args: dict[str,
         for unit in range(network.cfg.d_hidden):
             Xh, yh = record_io(network, inputs, output_hook="hook_pre", component=unit)
             pre = SymbolicDistiller(variable_names=["m", "a"], max_terms=3, max_degree=1, unary=()).fit(Xh, yh).expression_
-            exact += sympy.Float(float(network.W_out.detach()[unit, 0]), 4) * sympy.Max(0, pre.subs({"m": m_sym, "a": a_sym}))
+            exact += sympy.Float(float(network.W_out.detach()[unit, 0]), 4) * sympy.Max(0, pre)
         rows.append([mode, len(members), float(result.val_loss[best]), _formula(exact), _formula(distiller.expression_), distiller.selected_.nmse])
         metrics[mode] = {
             "count": len(members), "network_val_mse": float(result.val_loss[best]), "exact_form": str(exact),
