@@ -48,6 +48,7 @@ TINY = """
 name = "fma_tiny"
 kind = "fma"
 seed = 1
+threads = 1
 [data]
 n_train = 64
 n_val = 32
@@ -56,7 +57,6 @@ n_seeds = 24
 epochs = 60
 lr = 0.01
 snapshot_every = 20
-threads = 1
 [scan]
 n_random = 20
 n_estimators = 10
@@ -95,8 +95,8 @@ def test_study_refuses_bad_specs(tmp_path):
     spec.write_text(TINY.replace("widths = [3]", "widths = [0]"))
     with pytest.raises(StudySpecError, match="widths"):
         run_study(spec, output_root=tmp_path / "runs", progress=False)
-    spec.write_text(TINY.replace("threads = 1", "threads = -1"))
-    with pytest.raises(StudySpecError, match="threads"):
+    spec.write_text(TINY.replace("snapshot_every = 20", "snapshot_every = 20\nthreads = 1"))
+    with pytest.raises(StudySpecError, match="unknown keys"):  # threads belong to [study]
         run_study(spec, output_root=tmp_path / "runs", progress=False)
     spec.write_text(TINY.replace("lr = 0.01", "lr = 0.01\nmomentum = 0.9"))
     with pytest.raises(StudySpecError, match="unknown keys"):

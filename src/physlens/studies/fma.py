@@ -37,7 +37,7 @@ from physlens.systems.fma import FmaSplit, fma_splits
 from physlens.training.ensemble import EnsembleTrainConfig, EnsembleTrainResult, train_ensemble
 
 DATA_KEYS = {"distribution": str, "n_train": int, "n_val": int, "dtype": str, "device": str}
-TRAIN_KEYS = {"n_seeds": int, "epochs": int, "lr": float, "snapshot_every": int, "compile": bool, "threads": int}
+TRAIN_KEYS = {"n_seeds": int, "epochs": int, "lr": float, "snapshot_every": int, "compile": bool}
 SCAN_KEYS = {"holdout_fraction": float, "n_random": int, "n_estimators": int}
 WIDTH_KEYS = {"widths": list, "n_seeds": int}
 UNTRAINED = "untrained"
@@ -47,7 +47,7 @@ RANDOM_SEED_OFFSET = 500_000  # random-init networks draw seeds far from the tra
 def _options(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
     data = {"distribution": "product", "n_train": 512, "n_val": 512, "dtype": "float32", "device": "cpu"}
     data |= section(spec, "data", DATA_KEYS)
-    train = {"n_seeds": 1024, "epochs": 4000, "lr": 1e-3, "snapshot_every": 200, "compile": False, "threads": 0}
+    train = {"n_seeds": 1024, "epochs": 4000, "lr": 1e-3, "snapshot_every": 200, "compile": False}
     train |= section(spec, "train", TRAIN_KEYS)
     scan = {"holdout_fraction": 0.3, "n_random": 2000, "n_estimators": 300} | section(spec, "scan", SCAN_KEYS)
     widths = {"widths": [3, 4, 8], "n_seeds": 128} | section(spec, "widths", WIDTH_KEYS)
@@ -57,8 +57,6 @@ def _options(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
         value = {"train": train, "scan": scan, "widths": widths}[table][key]
         if value < 4:
             raise StudySpecError(f"[{table}] {key} must be an integer >= 4, got {value}")
-    if train["threads"] < 0:
-        raise StudySpecError(f"[train] threads must be >= 0 (0: leave torch's setting), got {train['threads']}")
     if not all(isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in widths["widths"]):
         raise StudySpecError(f"[widths] widths must be a list of positive integers, got {widths['widths']}")
     return {"data": data, "train": train, "scan": scan, "widths": widths}
@@ -149,24 +147,8 @@ def _switches(snapshot_labels: np.ndarray, epochs: list[int]) -> dict[str, Any]:
 
 
 def run(spec: dict[str, Any], out_dir: Path, *, progress: bool) -> None:
-    """Run the study described by ``spec`` and write its report into ``out_dir``.
-
-    ``[train] threads`` > 0 sets torch's intra-op threads for the duration of the study (restored
-    afterwards): the batched steps work on cache-sized blocks, where one thread avoids OpenMP
-    synchronisation stalls on a busy machine.
-    """
+    """Run the study described by ``spec`` and write its report into ``out_dir``."""
     opts = _options(spec)
-    threads = opts["train"]["threads"]
-    previous = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
-        _run(spec, opts, out_dir, progress)
-    finally:
-        torch.set_num_threads(previous)
-
-
-def _run(spec: dict[str, Any], opts: dict[str, dict[str, Any]], out_dir: Path, progress: bool) -> None:
     seed = int(spec["study"].get("seed", 0))
     distribution = opts["data"]["distribution"]
     report = Report(spec["study"].get("name", "fma"))
