@@ -66,9 +66,10 @@ def plot_formula_front(
     error = [max(c.nmse, floor) for c in front]
     fig, ax = plt.subplots(figsize=(6.5, 4))
     ax.plot(complexity, error, marker="o", lw=1)
-    for c, e, candidate in zip(complexity, error, front):
+    for i, (c, e, candidate) in enumerate(zip(complexity, error, front)):
         label = str(sympy.N(candidate.expression, 3))
-        ax.annotate(label if len(label) < 40 else label[:37] + "…", (c, e), fontsize=7, xytext=(4, 4), textcoords="offset points")
+        # stagger the labels: neighbouring formulas often sit at nearly the same error
+        ax.annotate(label if len(label) < 40 else label[:37] + "…", (c, e), fontsize=7, xytext=(4, 4 - 11 * (i % 3)), textcoords="offset points")
     if selected is not None:
         ax.scatter([selected.complexity], [max(selected.nmse, floor)], s=160, facecolors="none", edgecolors="red", label="selected")
         ax.legend(loc="upper right", fontsize=8)
