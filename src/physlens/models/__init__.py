@@ -1,6 +1,7 @@
 """Hooked networks: every intermediate activation is a TransformerLens ``HookPoint``."""
 
 from physlens.models.base import MODEL_REGISTRY, HookedModel, register_model
+from physlens.models.linear import LinearAutoregressive, sliding_windows
 from physlens.models.siamese import BottleneckConfig, BottleneckNetwork, SiameseConfig, SiameseTower
 from physlens.models.transformer import (
     PRESETS,
@@ -13,6 +14,8 @@ from physlens.models.mlp import EnsembleConfig, MLPConfig, MLPEnsemble, TinyMLP,
 
 __all__ = [
     "EnsembleConfig",
+    "LinearAutoregressive",
+    "sliding_windows",
     "MLPConfig",
     "MLPEnsemble",
     "TinyMLP",

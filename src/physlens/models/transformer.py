@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from jaxtyping import Float
+from jaxtyping import Bool, Float
 from torch import Tensor, nn
 
 from physlens._validation import check_positive_int, resolve_dtype
@@ -67,7 +67,7 @@ class TransformerConfig:
         return not self.causal and (self.attn_window is None or self.attn_window > 1)
 
 
-def attention_mask(n_ctx: int, causal: bool, window: int | None, device: Any = None) -> Float[Tensor, "q k"]:
+def attention_mask(n_ctx: int, causal: bool, window: int | None, device: Any = None) -> Bool[Tensor, "q k"]:
     """Boolean [q, k] matrix of allowed attention edges for the given masking rules."""
     q = torch.arange(n_ctx, device=device)[:, None]
     k = torch.arange(n_ctx, device=device)[None, :]

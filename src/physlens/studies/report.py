@@ -70,7 +70,7 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def format_number(value: float, digits: int = 3) -> str:
+def format_number(value: float | int | None, digits: int = 3) -> str:
     """A compact human-readable number: 3 significant digits, scientific when tiny or huge."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
