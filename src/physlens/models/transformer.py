@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import einops
 import torch
 import torch.nn.functional as F
 from jaxtyping import Bool, Float
@@ -110,15 +111,19 @@ class Attention(nn.Module):
 
     def forward(self, resid: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
         n_pos = resid.shape[1]
-        q = self.hook_q(torch.einsum("bpd,hde->bphe", resid, self.W_Q))
-        k = self.hook_k(torch.einsum("bpd,hde->bphe", resid, self.W_K))
-        v = self.hook_v(torch.einsum("bpd,hde->bphe", resid, self.W_V))
-        scores = torch.einsum("bqhe,bkhe->bhqk", q, k) / math.sqrt(self.cfg.d_head)
+        project = "batch pos d_model, head d_model d_head -> batch pos head d_head"
+        q = self.hook_q(einops.einsum(resid, self.W_Q, project))
+        k = self.hook_k(einops.einsum(resid, self.W_K, project))
+        v = self.hook_v(einops.einsum(resid, self.W_V, project))
+        scores = einops.einsum(q, k, "batch q head d_head, batch k head d_head -> batch head q k")
+        scores = scores / math.sqrt(self.cfg.d_head)
         allowed = self.mask[:n_pos, :n_pos]
         scores = self.hook_attn_scores(scores.masked_fill(~allowed, float("-inf")))
         pattern = self.hook_pattern(torch.softmax(scores, dim=-1))
-        z = self.hook_z(torch.einsum("bhqk,bkhe->bqhe", pattern, v))
-        result = self.hook_result(torch.einsum("bqhe,hed->bqhd", z, self.W_O))
+        z = self.hook_z(einops.einsum(pattern, v, "batch head q k, batch k head d_head -> batch q head d_head"))
+        result = self.hook_result(
+            einops.einsum(z, self.W_O, "batch pos head d_head, head d_head d_model -> batch pos head d_model")
+        )
         return result.sum(dim=2)
 
 
