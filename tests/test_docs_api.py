@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import importlib
+import importlib.util
 import inspect
 import pkgutil
 import re
@@ -175,3 +176,14 @@ def test_attribute_docstring_detection() -> None:
     assert _has_attribute_docstring(base, "MODEL_REGISTRY")
     assert not _has_attribute_docstring(base, "M")  # a TypeVar with no docstring after it
     assert not _has_attribute_docstring(base, "no_such_name")
+
+
+def test_sphinx_roles_render_as_inline_code() -> None:
+    """The API reference's griffe extension turns Sphinx roles into Markdown code spans."""
+    pytest.importorskip("griffe", reason="the docs extra is not installed")
+    spec = importlib.util.spec_from_file_location("sphinx_roles", DOCS / "hooks" / "sphinx_roles.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    text = "a :class:`~physlens.systems.Uniform`, :func:`physlens.training.train` and :meth:`fit`; ``code`` stays"
+    assert module.strip_roles(text) == "a `Uniform`, `physlens.training.train` and `fit`; ``code`` stays"
+    assert module.ROLE.search(":class:`X`") and not module.ROLE.search("`X`")
