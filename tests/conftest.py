@@ -28,3 +28,12 @@ def rng(seed: int) -> np.random.Generator:
 def torch_gen(seed: int) -> torch.Generator:
     """A seeded torch generator."""
     return torch.Generator().manual_seed(seed)
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    """Close every matplotlib figure a test opened, so figure-heavy tests do not accumulate them."""
+    yield
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
