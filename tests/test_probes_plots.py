@@ -60,7 +60,9 @@ def test_patching_saliency_attention_rollout_figures(setup):
     _, cache = model.run_with_cache(clean.states, names_filter=["blocks.0.attn.hook_pattern"])
     fig = plot_attention_patterns(cache["blocks.0.attn.hook_pattern"].mean(0))
     assert len(fig.axes) == 3  # two heads and a colour bar
-    fig = plot_rollout(clean.states[0], {"model": clean.states[0] + 0.01})
+    fig = plot_rollout(clean.states[0], {"model": clean.states[0] + 0.01, "diverged": clean.states[0] * 1e30})
     assert len(fig.axes) == 2
+    bound = 3 * float(clean.states[0, :, 0].abs().max())
+    assert fig.axes[0].get_ylim() == pytest.approx((-bound, bound))  # the truth's scale, not the blow-up's
     with pytest.raises(ValueError, match="shape"):
         plot_rollout(clean.states[0], {"model": torch.zeros(3, 2)})

@@ -139,7 +139,11 @@ def plot_saliency(matrix: Any, *, d_out: int = 2, d_in: int = 2, title: str = "s
 
 
 def plot_rollout(truth: Any, predictions: Mapping[str, Any], *, dt: float = 1.0, components: Sequence[str] = ("x", "p")) -> Figure:
-    """One trajectory's true states ``[steps, d]`` against rolled-out predictions (``name → [steps, d]``)."""
+    """One trajectory's true states ``[steps, d]`` against rolled-out predictions (``name → [steps, d]``).
+
+    The vertical range follows the truth (three times its largest magnitude), so a prediction that
+    diverges leaves the panel visibly instead of squashing every other curve into a flat line.
+    """
     truth = _numpy(truth)
     if truth.ndim != 2:
         raise ValueError(f"truth must have shape [steps, d], got {list(truth.shape)}")
@@ -152,6 +156,8 @@ def plot_rollout(truth: Any, predictions: Mapping[str, Any], *, dt: float = 1.0,
             if pred.shape != truth.shape:
                 raise ValueError(f"prediction {name!r} has shape {list(pred.shape)}, truth has {list(truth.shape)}")
             ax.plot(time, pred[:, i], lw=1.2, ls="--", label=name)
+        scale = 3 * float(np.max(np.abs(truth[:, i]))) or 1.0
+        ax.set_ylim(-scale, scale)
         ax.set_ylabel(components[i] if i < len(components) else f"state {i}")
     axes[0, 0].legend(loc="upper right", fontsize=8)
     axes[-1, 0].set_xlabel("time")
