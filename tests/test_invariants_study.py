@@ -10,7 +10,7 @@ import pytest
 import sympy
 from matplotlib.figure import Figure
 
-from physlens.plots.invariants import plot_bottleneck_matches, plot_formula_front, plot_latent_vs_invariant, plot_loss_curves
+from physlens.plots.invariants import plot_bottleneck_matches, plot_formula_front, plot_latent_vs_invariant
 from physlens.probes.distill import FormulaCandidate
 from physlens.studies import STUDY_KINDS, StudySpecError, run_study
 
@@ -101,4 +101,3 @@ def test_plots_return_figures_and_check_input() -> None:
     assert isinstance(plot_bottleneck_matches(invariant, {"a": invariant, "b": -invariant}), Figure)
     with pytest.raises(ValueError, match="200 values"):
         plot_bottleneck_matches(invariant, {"a": invariant[:5]})
-    assert isinstance(plot_loss_curves({"run": [1.0, 0.5, 0.1]}), Figure)

@@ -12,8 +12,8 @@ from physlens.plots.invariants import (
     plot_bottleneck_matches,
     plot_formula_front,
     plot_latent_vs_invariant,
-    plot_loss_curves,
 )
+from physlens.plots.training import plot_loss_curve, plot_phase_space, plot_rollout_error
 from physlens.plots.fma import (
     plot_loss_by_mode,
     plot_mode_gallery,
@@ -26,7 +26,9 @@ __all__ = [
     "plot_bottleneck_matches",
     "plot_formula_front",
     "plot_latent_vs_invariant",
-    "plot_loss_curves",
+    "plot_loss_curve",
+    "plot_phase_space",
+    "plot_rollout_error",
     "plot_loss_by_mode",
     "plot_mode_gallery",
     "plot_mode_over_time",

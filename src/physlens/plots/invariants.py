@@ -99,17 +99,4 @@ def plot_bottleneck_matches(bottleneck: Sequence[float] | np.ndarray, candidates
     return fig
 
 
-def plot_loss_curves(curves: Mapping[str, Sequence[float]]) -> Figure:
-    """Training loss per step (log scale) of each named run."""
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    for name, losses in curves.items():
-        ax.plot(np.asarray(losses, dtype=float), lw=1, label=name)
-    ax.set_yscale("log")
-    ax.set_xlabel("step")
-    ax.set_ylabel("training loss")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
-__all__ = ["plot_bottleneck_matches", "plot_formula_front", "plot_latent_vs_invariant", "plot_loss_curves"]
+__all__ = ["plot_bottleneck_matches", "plot_formula_front", "plot_latent_vs_invariant"]

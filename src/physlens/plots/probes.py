@@ -111,7 +111,8 @@ def plot_attention_patterns(pattern: Any, *, title: str = "attention pattern") -
     if pattern.ndim != 3:
         raise ValueError(f"pattern must have shape [head, q, k] or [q, k], got {list(pattern.shape)}")
     n = pattern.shape[0]
-    fig, axes = plt.subplots(1, n, figsize=(3.2 * n + 1, 3.2), squeeze=False)
+    # constrained layout keeps the figure title clear of the per-head titles and the colour bar
+    fig, axes = plt.subplots(1, n, figsize=(3.2 * n + 1, 3.6), squeeze=False, layout="constrained")
     for h, ax in enumerate(axes[0]):
         image = ax.imshow(pattern[h], cmap="Blues", vmin=0, vmax=max(float(pattern.max()), 1e-12), interpolation="nearest")
         ax.set_title(f"head {h}")

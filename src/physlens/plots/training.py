@@ -6,7 +6,7 @@ notebooks can display it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import matplotlib
 
@@ -23,17 +23,24 @@ def _numpy(values: torch.Tensor | np.ndarray | Sequence[float]) -> np.ndarray:
     return np.asarray(values, dtype=float)
 
 
-def plot_loss_curve(losses: Sequence[float] | torch.Tensor, *, title: str = "training loss") -> Figure:
-    """Training loss against step on a log scale."""
-    values = _numpy(losses)
-    if values.ndim != 1 or values.size == 0:
-        raise ValueError(f"losses must be a non-empty 1-d sequence, got shape {list(values.shape)}")
+def plot_loss_curve(
+    losses: Sequence[float] | torch.Tensor | Mapping[str, Sequence[float] | torch.Tensor], *, title: str = "training loss"
+) -> Figure:
+    """Training loss against step on a log scale: one curve, or one per name from a mapping."""
+    curves = losses if isinstance(losses, Mapping) else {"": losses}
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.semilogy(np.arange(1, values.size + 1), np.clip(values, np.finfo(float).tiny, None), lw=1)
+    for name, curve in curves.items():
+        values = _numpy(curve)
+        if values.ndim != 1 or values.size == 0:
+            raise ValueError(f"losses{'[' + repr(name) + ']' if name else ''} must be a non-empty 1-d sequence, "
+                             f"got shape {list(values.shape)}")
+        ax.semilogy(np.arange(1, values.size + 1), np.clip(values, np.finfo(float).tiny, None), lw=1, label=name or None)
     ax.set_xlabel("step")
-    ax.set_ylabel("MSE")
+    ax.set_ylabel("loss")
     ax.set_title(title)
     ax.grid(alpha=0.3)
+    if len(curves) > 1 or "" not in curves:
+        ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
 

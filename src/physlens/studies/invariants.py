@@ -16,7 +16,8 @@ import sympy
 import torch
 
 from physlens.models.siamese import BottleneckConfig, BottleneckNetwork, SiameseConfig, SiameseTower
-from physlens.plots.invariants import plot_bottleneck_matches, plot_formula_front, plot_latent_vs_invariant, plot_loss_curves
+from physlens.plots.invariants import plot_bottleneck_matches, plot_formula_front, plot_latent_vs_invariant
+from physlens.plots.training import plot_loss_curve
 from physlens.probes.distill import SymbolicDistiller, record_io
 from physlens.probes.invariants import PolynomialLatentRegression, match_quantities
 from physlens.studies.report import Report, StudySpecError, format_number, section
@@ -101,7 +102,7 @@ def run(spec: dict[str, Any], out_dir: Path, *, progress: bool = True) -> None:
         start = time.perf_counter()
         _transformer_section(report, transformer_opts, distiller_args, seed, progress)
         timings["transformer"] = time.perf_counter() - start
-    report.figure("loss_curves", plot_loss_curves(curves), "Training loss of the Siamese tower (contrastive) and the bottleneck network (MSE).")
+    report.figure("loss_curves", plot_loss_curve(curves), "Training loss of the Siamese tower (contrastive) and the bottleneck network (MSE).")
     report.heading("Run time")
     report.table(["part", "seconds"], [[k, v] for k, v in timings.items()])
     report.metrics["seconds"] = timings
