@@ -90,25 +90,24 @@ def _snap(value: float, tolerance: float) -> sympy.Expr | None:
 class SymbolicDistiller(RegressorMixin, BaseEstimator):
     """Find a compact formula y ≈ f(X): sparse search over a term library, with a Pareto front.
 
-    Parameters
-    ----------
-    variable_names : names of the columns of X (default ``x0, x1, …``); they become sympy symbols.
-    max_degree : monomials of total degree 1…``max_degree`` in the inputs enter the library.
-    unary : functions from :data:`UNARY_FUNCTIONS` applied to each input (only where defined and
-        finite on the data: √ needs v ≥ 0, 1/x needs v away from 0, log needs v > 0).
-    unary_products : also include each input times each unary term (e.g. x·sin(t)).
-    include_constant : allow a constant term.
-    max_terms : largest number of library terms in one formula.
-    beam_width : subsets kept per size when the search is not exhaustive.
-    max_exhaustive : try every subset of a size when there are at most this many.
-    tolerance : relative error (nmse) below which a fit counts as exact; errors are floored there
-        when building the front, so round-off cannot make a longer formula look better.
-    snap_tolerance : coefficients within this relative distance of a small rational p/q print as it.
-    model_selection : ``"best"`` (PySR's rule: among formulas within 1.5× of the lowest error, the
-        one with the steepest drop in log-error per unit of complexity) or ``"accuracy"`` (lowest
-        error; ties go to the simpler formula).
-    backend : ``"builtin"`` or ``"pysr"``.
-    pysr_params : keyword arguments passed to ``pysr.PySRRegressor`` (``backend="pysr"`` only).
+    Args:
+        variable_names: names of the columns of X (default ``x0, x1, …``); they become sympy symbols.
+        max_degree: monomials of total degree 1…``max_degree`` in the inputs enter the library.
+        unary: functions from :data:`UNARY_FUNCTIONS` applied to each input (only where defined and
+            finite on the data: √ needs v ≥ 0, 1/x needs v away from 0, log needs v > 0).
+        unary_products: also include each input times each unary term (e.g. x·sin(t)).
+        include_constant: allow a constant term.
+        max_terms: largest number of library terms in one formula.
+        beam_width: subsets kept per size when the search is not exhaustive.
+        max_exhaustive: try every subset of a size when there are at most this many.
+        tolerance: relative error (nmse) below which a fit counts as exact; errors are floored there
+            when building the front, so round-off cannot make a longer formula look better.
+        snap_tolerance: coefficients within this relative distance of a small rational p/q print as it.
+        model_selection: ``"best"`` (PySR's rule: among formulas within 1.5× of the lowest error, the
+            one with the steepest drop in log-error per unit of complexity) or ``"accuracy"`` (lowest
+            error; ties go to the simpler formula).
+        backend: ``"builtin"`` or ``"pysr"``.
+        pysr_params: keyword arguments passed to ``pysr.PySRRegressor`` (``backend="pysr"`` only).
 
     Fitted attributes: ``expression_`` (sympy), ``front_`` (list of :class:`FormulaCandidate`,
     simplest first), ``selected_`` (the chosen candidate), ``library_`` (term names searched),
