@@ -11,14 +11,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-
-def _numpy(value: Any) -> np.ndarray:
-    if isinstance(value, torch.Tensor):
-        return value.detach().cpu().double().numpy()
-    return np.asarray(value, dtype=float)
+from physlens.plots._arrays import to_numpy  # noqa: E402
 
 
 def _short(hook: str) -> str:
@@ -78,9 +73,9 @@ def plot_patching(result: Any, *, title: str = "activation patching", confidence
     from physlens.probes.patching import patching_grid
 
     grid, columns = patching_grid(result)
-    grid = _numpy(grid)
+    grid = to_numpy(grid)
     if grid.ndim == 1:
-        low, high = (_numpy(v) for v in result.bootstrap_ci(confidence=confidence, seed=seed, n_resamples=500))
+        low, high = (to_numpy(v) for v in result.bootstrap_ci(confidence=confidence, seed=seed, n_resamples=500))
         fig, ax = plt.subplots(figsize=(max(4, 0.5 * len(grid) + 2), 3.2))
         x = np.arange(len(grid))
         ax.bar(x, grid, color="tab:blue")
@@ -105,7 +100,7 @@ def plot_patching(result: Any, *, title: str = "activation patching", confidence
 
 def plot_attention_patterns(pattern: Any, *, title: str = "attention pattern") -> Figure:
     """Attention patterns ``[head, q, k]`` (e.g. a batch mean of ``hook_pattern``), one panel per head."""
-    pattern = _numpy(pattern)
+    pattern = to_numpy(pattern)
     if pattern.ndim == 2:
         pattern = pattern[None]
     if pattern.ndim != 3:
@@ -126,7 +121,7 @@ def plot_attention_patterns(pattern: Any, *, title: str = "attention pattern") -
 def plot_saliency(matrix: Any, *, d_out: int = 2, d_in: int = 2, title: str = "saliency |∂Y/∂X|") -> Figure:
     """A ``[pos_out · d_out, pos_in · d_in]`` saliency matrix (see ``probes.saliency.saliency_matrix``),
     the seed's Fig. 2, on a log colour scale."""
-    matrix = np.abs(_numpy(matrix))
+    matrix = np.abs(to_numpy(matrix))
     if matrix.ndim != 2:
         raise ValueError(f"matrix must be 2-D [pos_out·d_out, pos_in·d_in], got {list(matrix.shape)}")
     floor = max(float(matrix.max()) * 1e-8, 1e-300)
@@ -145,7 +140,7 @@ def plot_rollout(truth: Any, predictions: Mapping[str, Any], *, dt: float = 1.0,
     The vertical range follows the truth (three times its largest magnitude), so a prediction that
     diverges leaves the panel visibly instead of squashing every other curve into a flat line.
     """
-    truth = _numpy(truth)
+    truth = to_numpy(truth)
     if truth.ndim != 2:
         raise ValueError(f"truth must have shape [steps, d], got {list(truth.shape)}")
     fig, axes = plt.subplots(truth.shape[1], 1, figsize=(7, 2.2 * truth.shape[1]), sharex=True, squeeze=False)
@@ -153,7 +148,7 @@ def plot_rollout(truth: Any, predictions: Mapping[str, Any], *, dt: float = 1.0,
     for i, ax in enumerate(axes[:, 0]):
         ax.plot(time, truth[:, i], color="black", lw=2, label="truth")
         for name, pred in predictions.items():
-            pred = _numpy(pred)
+            pred = to_numpy(pred)
             if pred.shape != truth.shape:
                 raise ValueError(f"prediction {name!r} has shape {list(pred.shape)}, truth has {list(truth.shape)}")
             ax.plot(time, pred[:, i], lw=1.2, ls="--", label=name)

@@ -16,11 +16,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-
-def _numpy(values: torch.Tensor | np.ndarray | Sequence[float]) -> np.ndarray:
-    if isinstance(values, torch.Tensor):
-        return values.detach().cpu().double().numpy()
-    return np.asarray(values, dtype=float)
+from physlens.plots._arrays import to_numpy  # noqa: E402
 
 
 def plot_loss_curve(
@@ -30,7 +26,7 @@ def plot_loss_curve(
     curves = losses if isinstance(losses, Mapping) else {"": losses}
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for name, curve in curves.items():
-        values = _numpy(curve)
+        values = to_numpy(curve)
         if values.ndim != 1 or values.size == 0:
             raise ValueError(f"losses{'[' + repr(name) + ']' if name else ''} must be a non-empty 1-d sequence, "
                              f"got shape {list(values.shape)}")
@@ -56,7 +52,7 @@ def plot_phase_space(
 
     ``true`` and ``predicted`` are ``[traj, step, 2]``.
     """
-    true_np, pred_np = _numpy(true), _numpy(predicted)
+    true_np, pred_np = to_numpy(true), to_numpy(predicted)
     if true_np.shape != pred_np.shape or true_np.ndim != 3 or true_np.shape[-1] != 2:
         raise ValueError(
             f"true and predicted must both have shape [traj, step, 2], got {list(true_np.shape)} and {list(pred_np.shape)}"
@@ -82,7 +78,7 @@ def plot_rollout_error(
     series = errors if isinstance(errors, dict) else {"model": errors}
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for i, (name, error) in enumerate(series.items()):
-        values = _numpy(error)
+        values = to_numpy(error)
         if values.ndim != 2:
             raise ValueError(f"errors[{name!r}] must have shape [traj, step], got {list(values.shape)}")
         steps = np.arange(1, values.shape[1] + 1)
