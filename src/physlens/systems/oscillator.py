@@ -23,7 +23,7 @@ from physlens._validation import (
     check_shape,
     resolve_dtype,
 )
-from physlens.systems.params import Fixed, ParamSpec, as_param_spec, spec_to_json
+from physlens.systems.params import ParamSpec, as_param_spec, spec_to_json
 
 STATE_DIM = 2  # (x, p)
 
