@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from physlens._validation import check_choice, check_nonnegative_int
 from physlens.probes.activations import capture_activations, check_hooks, model_device
 from physlens.training.rollout import relative_error, rollout
+from physlens.training.trainer import loss_slice
 
 METHODS = ("zero", "mean", "resample")
 
@@ -94,12 +95,11 @@ def model_components(model: Any, *, heads: bool = True, layers: bool = True) -> 
     return components
 
 
-def next_step_loss(pred: Tensor, target: Tensor, loss_positions: str = "last") -> Tensor:
-    """Per-example mean squared error of next-step predictions, on the last or on all positions."""
-    check_choice("loss_positions", loss_positions, ("last", "all"))
-    if loss_positions == "last":
-        pred, target = pred[:, -1:], target[:, -1:]
-    return ((pred - target) ** 2).mean(dim=(1, 2))
+def next_step_loss(pred: Tensor, target: Tensor, loss_positions: str | int = "last") -> Tensor:
+    """Per-example mean squared error of next-step predictions on the scored positions
+    (``"last"``, ``"all"`` or the first scored position ``k``, as in training)."""
+    scored = loss_slice(loss_positions, pred.shape[1])
+    return ((pred[:, scored] - target[:, scored]) ** 2).mean(dim=(1, 2))
 
 
 @dataclass
@@ -140,7 +140,7 @@ def ablation_sweep(
     reference: Tensor | None = None,
     components: Sequence[Component] | None = None,
     head_hook: str = "z",
-    loss_positions: str = "last",
+    loss_positions: str | int = "last",
     rollout_context: Tensor | None = None,
     rollout_truth: Tensor | None = None,
     seed: int = 0,

@@ -54,7 +54,7 @@ class TrainConfig:
     warmup_steps: int = 0  # linear warm-up from 0 to lr
     weight_decay: float = 0.0  # AdamW decoupled decay; 0 because decay biases an exact linear solution
     betas: tuple[float, float] = (0.9, 0.999)  # AdamW moment decay rates
-    loss_positions: str = "last"  # "last": loss on the final position only; "all": every position
+    loss_positions: str | int = "last"  # "last": final position only; "all": every position; k: positions k.. (skips the first k)
     allow_leakage: bool = False  # permit "all" on a model that sees the future (warns loudly)
     fixed_dataset: int | None = None  # if set, draw this many trajectories once and sample batches from them
     grad_clip: float | None = None  # clip the global gradient norm to this value
@@ -76,7 +76,7 @@ class TrainConfig:
             raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
         self.betas = (float(self.betas[0]), float(self.betas[1]))
         check_choice("schedule", self.schedule, ("constant", "cosine"))
-        check_choice("loss_positions", self.loss_positions, ("last", "all"))
+        check_loss_positions(self.loss_positions, self.seq_len)
         if self.fixed_dataset is not None:
             check_positive_int("fixed_dataset", self.fixed_dataset)
         if self.grad_clip is not None:
@@ -111,16 +111,42 @@ class TrainResult:
         return float(sum(self.losses[-tail:]) / tail)
 
 
+def check_loss_positions(loss_positions: Any, seq_len: int | None = None) -> str | int:
+    """Return ``loss_positions`` if it is ``"last"``, ``"all"`` or a first scored position ``k >= 0``
+    (below ``seq_len`` when given), else raise a ``ValueError`` naming the argument."""
+    if isinstance(loss_positions, str):
+        return check_choice("loss_positions", loss_positions, ("last", "all"))
+    if isinstance(loss_positions, bool) or not isinstance(loss_positions, int) or loss_positions < 0:
+        raise ValueError(
+            f"loss_positions must be 'last', 'all' or the first scored position (an int >= 0), got {loss_positions!r}"
+        )
+    if seq_len is not None and loss_positions >= seq_len:
+        raise ValueError(
+            f"loss_positions={loss_positions} starts beyond the sequence: seq_len={seq_len} gives positions "
+            f"0..{seq_len - 1}, so the first scored position must be <= {seq_len - 1}"
+        )
+    return loss_positions
+
+
+def loss_slice(loss_positions: str | int, n_pos: int) -> slice:
+    """The positions a next-step loss scores: ``"last"`` → the final one, ``"all"`` → every one,
+    ``k`` → positions ``k..n_pos-1`` (the first ``k`` have too little context to infer ω0)."""
+    loss_positions = check_loss_positions(loss_positions, n_pos)
+    if loss_positions == "last":
+        return slice(n_pos - 1, n_pos)
+    return slice(0 if loss_positions == "all" else loss_positions, n_pos)
+
+
 def check_leakage(model: nn.Module, config: TrainConfig) -> None:
-    """Refuse (or, with ``allow_leakage``, loudly warn about) an all-positions loss on a model that
-    can attend to later positions."""
-    if config.loss_positions != "all":
+    """Refuse (or, with ``allow_leakage``, loudly warn about) a loss on positions other than the last
+    for a model that can attend to later positions."""
+    if loss_slice(config.loss_positions, config.seq_len).start == config.seq_len - 1:
         return
     sees_future = getattr(getattr(model, "cfg", None), "sees_future", None)
     if sees_future is False:
         return
     reason = (
-        "loss_positions='all' on a model whose attention can see later positions (no causal mask and "
+        f"loss_positions={config.loss_positions!r} on a model whose attention can see later positions (no causal mask and "
         "attn_window > 1 or unset) lets position t read its own target, the state at t + 1, from the input: "
         "the loss can reach zero without learning any dynamics"
     )
@@ -131,12 +157,10 @@ def check_leakage(model: nn.Module, config: TrainConfig) -> None:
     warnings.warn("TARGET LEAKAGE: " + reason + " (allowed by allow_leakage=True).", stacklevel=3)
 
 
-def _batch_loss(model: nn.Module, batch: Trajectories, loss_positions: str) -> Tensor:
+def _batch_loss(model: nn.Module, batch: Trajectories, loss_positions: str | int) -> Tensor:
     inputs, targets = batch.inputs_targets()
-    predictions = model(inputs)
-    if loss_positions == "last":
-        predictions, targets = predictions[:, -1], targets[:, -1]
-    return (predictions - targets).pow(2).mean()
+    scored = loss_slice(loss_positions, inputs.shape[1])
+    return (model(inputs)[:, scored] - targets[:, scored]).pow(2).mean()
 
 
 def _to_model(batch: Trajectories, model: nn.Module) -> Trajectories:
@@ -271,4 +295,13 @@ def config_from_dict(values: dict[str, Any]) -> TrainConfig:
     return TrainConfig(**values)
 
 
-__all__ = ["LeakageError", "TrainConfig", "TrainResult", "check_leakage", "config_from_dict", "train"]
+__all__ = [
+    "LeakageError",
+    "TrainConfig",
+    "TrainResult",
+    "check_leakage",
+    "check_loss_positions",
+    "config_from_dict",
+    "loss_slice",
+    "train",
+]
