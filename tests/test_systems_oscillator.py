@@ -11,6 +11,7 @@ from numpy.testing import assert_allclose
 from scipy.linalg import expm
 
 from physlens.systems import (
+    EVEN_LABELS,
     Choice,
     Fixed,
     OscillatorSystem,
@@ -21,6 +22,9 @@ from physlens.systems import (
     damped_frequency,
     energy,
     evolve,
+    evolve_backward,
+    fit_propagator,
+    parameters_from_propagator,
     propagator,
 )
 
@@ -77,7 +81,8 @@ def test_trajectory_states_follow_the_propagator():
 def test_labels_are_consistent():
     traj = OscillatorSystem(omega0={"range": [1, 4]}, gamma={"range": [0.0, 0.5]}, dtype="float64").sample(64, 5, seed=2)
     labels = traj.labels()
-    assert set(labels) == {"omega0", "gamma", "Omega", "energy", "omega0_sq", "cos_Omega_dt", "damping_factor"}
+    assert set(labels) == {"omega0", "gamma", "Omega", "energy", "omega0_sq", "cos_Omega_dt", "damping_factor",
+                           "acceleration", "omega0_sq_x", "gamma_p"}
     assert_allclose(labels["Omega"].numpy(), damped_frequency(traj.omega0, traj.gamma).numpy())
     assert_allclose(labels["omega0_sq"].numpy(), traj.omega0.numpy() ** 2)
     assert_allclose(labels["cos_Omega_dt"].numpy(), np.cos(labels["Omega"].numpy() * 0.1))
@@ -170,3 +175,75 @@ def test_energy_formula():
     states = torch.tensor([[1.0, 2.0]], dtype=torch.float64)
     assert float(energy(states, 3.0)[0]) == pytest.approx(0.5 * (4 + 9))
     assert math.isclose(float(damped_frequency(2.0, 0.1)), math.sqrt(4 - 0.01))
+
+
+def test_update_products_are_per_step_labels_computed_from_the_states():
+    traj = OscillatorSystem(omega0={"range": [1.0, 4.0]}, gamma={"range": [0.05, 0.3]}, dtype="float64").sample(8, 5, seed=3)
+    labels = traj.labels()
+    x, p = traj.states[..., 0].numpy(), traj.states[..., 1].numpy()
+    w, g = traj.omega0.numpy()[:, None], traj.gamma.numpy()[:, None]
+    assert_allclose(labels["omega0_sq_x"].numpy(), w**2 * x, rtol=1e-15)
+    assert_allclose(labels["gamma_p"].numpy(), g * p, rtol=1e-15)
+    assert_allclose(labels["acceleration"].numpy(), -(w**2) * x - 2 * g * p, rtol=1e-14)
+
+
+def test_even_labels_do_not_change_when_the_states_flip_sign():
+    traj = OscillatorSystem(omega0={"range": [1.0, 4.0]}, dtype="float64").sample(8, 5, seed=4)
+    flipped = Trajectories(-traj.states, traj.omega0, traj.gamma, traj.dt)
+    for name, value in traj.labels().items():
+        sign = 1.0 if name in EVEN_LABELS else -1.0
+        assert_allclose(flipped.labels()[name].numpy(), sign * value.numpy(), err_msg=name)
+
+
+def test_backward_evolution_retraces_the_forward_trajectory():
+    omega0, gamma = torch.tensor([1.3, 3.7]), torch.tensor([0.1, 0.25])
+    initial = torch.tensor([[0.4, -0.2], [-0.1, 0.9]], dtype=torch.float64)
+    forward = evolve(initial, omega0, gamma, 0.1, 40)
+    backward = evolve_backward(forward[:, -1], omega0, gamma, 0.1, 40)
+    assert_allclose(backward.numpy(), forward.numpy(), atol=1e-13)
+    assert torch.equal(backward[:, -1], forward[:, -1])
+
+
+def test_in_context_least_squares_recovers_the_exact_propagator():
+    # Three noiseless states (two transitions) determine K; scipy's expm is the independent truth.
+    traj = OscillatorSystem(omega0={"range": [1.0, 4.0]}, gamma={"range": [0.0, 0.3]}, dtype="float64").sample(50, 3, seed=5)
+    fitted = fit_propagator(traj.states).numpy()
+    for i in range(50):
+        w, g = float(traj.omega0[i]), float(traj.gamma[i])
+        assert_allclose(fitted[i], expm(np.array([[0.0, 1.0], [-w * w, -2 * g]]) * 0.1), atol=1e-11)
+
+
+def test_two_states_give_the_minimum_norm_map():
+    states = torch.tensor([[[1.0, 0.0], [0.5, -0.3]]], dtype=torch.float64)
+    fitted = fit_propagator(states)[0]
+    # One transition from (1, 0): K's first column is fixed, the minimum-norm K has a zero second column.
+    assert_allclose(fitted.numpy(), [[0.5, 0.0], [-0.3, 0.0]], atol=1e-15)
+
+
+def test_parameters_are_read_back_from_a_propagator():
+    omega0, gamma = torch.tensor([1.0, 2.5, 4.0], dtype=torch.float64), torch.tensor([0.0, 0.1, 0.3], dtype=torch.float64)
+    found = parameters_from_propagator(propagator(omega0, gamma, 0.1), 0.1)
+    assert_allclose(found["omega0"].numpy(), omega0.numpy(), rtol=1e-12)
+    assert_allclose(found["gamma"].numpy(), gamma.numpy(), atol=1e-12)
+    # A reflection is no rotation: no frequency is made up for it.
+    assert torch.isnan(parameters_from_propagator(torch.diag(torch.tensor([1.0, -1.0])), 0.1)["omega0"])
+
+
+def test_swap_pairs_share_the_final_state_and_differ_in_omega0():
+    system = OscillatorSystem(omega0={"range": [1.0, 4.0]}, gamma=0.1, dtype="float64")
+    a, b = system.sample_swap_pairs(64, 40, seed=6, min_change=0.5)
+    assert torch.equal(a.states[:, -1], b.states[:, -1])
+    assert bool(((a.omega0 - b.omega0).abs() >= 0.5).all())
+    assert bool(((b.omega0 >= 1.0) & (b.omega0 <= 4.0)).all())
+    # Both contexts follow their own oscillator exactly and start inside the training energies.
+    for traj in (a, b):
+        assert_allclose(evolve(traj.states[:, 0], traj.omega0, traj.gamma, 0.1, 40).numpy(), traj.states.numpy(), atol=1e-12)
+        start = energy(traj.states[:, 0], traj.omega0)
+        assert bool(((start >= 0.0) & (start <= 1.0)).all())
+
+
+def test_swap_pairs_refuse_a_fixed_parameter():
+    with pytest.raises(ValueError, match="vary='omega0'.*spans \\[2, 2\\]"):
+        OscillatorSystem(omega0=2.0).sample_swap_pairs(4, 10, seed=0)
+    with pytest.raises(ValueError, match="vary must be one of"):
+        OscillatorSystem(omega0={"range": [1.0, 4.0]}).sample_swap_pairs(4, 10, seed=0, vary="dt")

@@ -14,6 +14,7 @@ from physlens.systems.central import (
     propagate_orbit,
 )
 from physlens.systems.oscillator import (
+    EVEN_LABELS,
     LABEL_NAMES,
     OscillatorSystem,
     Trajectories,
@@ -21,6 +22,9 @@ from physlens.systems.oscillator import (
     damped_frequency,
     energy,
     evolve,
+    evolve_backward,
+    fit_propagator,
+    parameters_from_propagator,
     propagator,
 )
 from physlens.systems.params import Choice, Fixed, ParamSpec, Uniform, as_param_spec
@@ -43,6 +47,7 @@ __all__ = [
     "orbit_state",
     "perihelion",
     "propagate_orbit",
+    "EVEN_LABELS",
     "LABEL_NAMES",
     "Choice",
     "Fixed",
@@ -55,5 +60,8 @@ __all__ = [
     "damped_frequency",
     "energy",
     "evolve",
+    "evolve_backward",
+    "fit_propagator",
+    "parameters_from_propagator",
     "propagator",
 ]

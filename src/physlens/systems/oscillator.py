@@ -16,6 +16,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from physlens._validation import (
+    check_choice,
     check_finite,
     check_nonnegative_int,
     check_positive_float,
@@ -27,8 +28,16 @@ from physlens.systems.params import ParamSpec, as_param_spec, spec_to_json
 
 STATE_DIM = 2  # (x, p)
 
-LABEL_NAMES = ("omega0", "gamma", "Omega", "energy", "omega0_sq", "cos_Omega_dt", "damping_factor")
-"""Targets a probe can ask for: the parameters and the parametrisations the propagator uses."""
+LABEL_NAMES = (
+    "omega0", "gamma", "Omega", "energy", "omega0_sq", "cos_Omega_dt", "damping_factor",
+    "acceleration", "omega0_sq_x", "gamma_p",
+)
+"""Targets a probe can ask for: the parameters, the parametrisations the propagator uses, and the
+per-step terms of the update (the acceleration ẍ = −ω0² x − 2γ p and its two products)."""
+
+EVEN_LABELS = frozenset({"omega0", "gamma", "Omega", "energy", "omega0_sq", "cos_Omega_dt", "damping_factor"})
+"""Labels unchanged when every state flips sign (s → −s): a readout that is odd in the states
+cannot decode them. The remaining labels (acceleration and its products) flip sign with s."""
 
 
 def _as_tensor(name: str, value: Tensor | float, dtype: torch.dtype | None = None) -> Tensor:
@@ -132,8 +141,12 @@ class Trajectories:
         return energy(self.states, self.omega0[:, None])
 
     def labels(self) -> dict[str, Tensor]:
-        """Every label in :data:`LABEL_NAMES`: per trajectory ``[traj]``, except ``energy`` ``[traj, step]``."""
+        """Every label in :data:`LABEL_NAMES`: per trajectory ``[traj]``, or per step ``[traj, step]``
+        for ``energy``, ``acceleration`` (ẍ = −ω0² x − 2γ p), ``omega0_sq_x`` (ω0² x) and ``gamma_p`` (γ p)."""
         omega = self.Omega
+        x, p = self.states[..., 0], self.states[..., 1]
+        omega0_sq_x = self.omega0[:, None] ** 2 * x
+        gamma_p = self.gamma[:, None] * p
         return {
             "omega0": self.omega0,
             "gamma": self.gamma,
@@ -142,6 +155,9 @@ class Trajectories:
             "omega0_sq": self.omega0**2,
             "cos_Omega_dt": torch.cos(omega * self.dt),
             "damping_factor": torch.exp(-self.gamma * self.dt),
+            "acceleration": -(omega0_sq_x + 2 * gamma_p),
+            "omega0_sq_x": omega0_sq_x,
+            "gamma_p": gamma_p,
         }
 
     def subset(self, index: Tensor | slice) -> Trajectories:
@@ -254,6 +270,71 @@ class OscillatorSystem:
         traj = Trajectories(states, omega0, gamma, self.dt)
         return traj.to(device=self.device, dtype=dtype)
 
+    def sample_swap_pairs(
+        self,
+        n_pairs: int,
+        n_steps: int,
+        *,
+        seed: int,
+        vary: str = "omega0",
+        min_change: float = 0.5,
+        max_tries: int = 1000,
+    ) -> tuple[Trajectories, Trajectories]:
+        """Pairs of contexts that end in the same state but come from different ``vary`` (ω0 or γ).
+
+        Context ``a`` is an ordinary draw; context ``b`` runs backwards from ``a``'s final state under
+        a second value of ``vary`` drawn from the system's spec at least ``min_change`` away. A pair is
+        redrawn until both contexts start with an energy inside the training ``energy_range``, so both
+        look like training data. Because the final states agree, a model's outputs can differ only
+        through what it inferred from the earlier states: the context-swap test and ω0 patching rely on it.
+        """
+        check_choice("vary", vary, ("omega0", "gamma"))
+        n_pairs = check_positive_int("n_pairs", n_pairs)
+        n_steps = check_positive_int("n_steps", n_steps)
+        if n_steps < 2:
+            raise ValueError(f"n_steps must be >= 2 for contexts that differ before their shared final state, got {n_steps}")
+        min_change = check_positive_float("min_change", min_change)
+        spec = self._omega0 if vary == "omega0" else self._gamma
+        low, high = spec.bounds
+        if high - low < min_change:
+            raise ValueError(
+                f"vary={vary!r} needs a system whose {vary} varies by at least min_change={min_change:g}, "
+                f"but its spec spans [{low:g}, {high:g}]: a swap test asks how outputs move with {vary}"
+            )
+        generator = torch.Generator().manual_seed(check_nonnegative_int("seed", seed))
+        e_low, e_high = self.energy_range
+        a_states = torch.empty(n_pairs, n_steps, STATE_DIM, dtype=torch.float64)
+        b_states = torch.empty_like(a_states)
+        params = {name: torch.empty(n_pairs, 2, dtype=torch.float64) for name in ("omega0", "gamma")}
+        todo = torch.arange(n_pairs)
+        for _ in range(max_tries):
+            draw = self.sample(len(todo), n_steps, generator=generator).to(dtype=torch.float64, device="cpu")
+            other = draw.omega0 if vary == "omega0" else draw.gamma
+            swapped = spec.sample(len(todo), generator=generator, dtype=torch.float64, device="cpu")
+            omega0_b = swapped if vary == "omega0" else draw.omega0
+            gamma_b = swapped if vary == "gamma" else draw.gamma
+            ok = (swapped - other).abs() >= min_change
+            context_b = evolve_backward(draw.states[:, -1], omega0_b, gamma_b, draw.dt, n_steps)
+            start_energy = energy(context_b[:, 0], omega0_b)
+            ok &= (start_energy >= e_low) & (start_energy <= e_high)
+            kept, todo_kept = ok.nonzero().squeeze(1), todo[ok]
+            a_states[todo_kept], b_states[todo_kept] = draw.states[kept], context_b[kept]
+            params["omega0"][todo_kept] = torch.stack([draw.omega0[kept], omega0_b[kept]], dim=1)
+            params["gamma"][todo_kept] = torch.stack([draw.gamma[kept], gamma_b[kept]], dim=1)
+            todo = todo[~ok]
+            if len(todo) == 0:
+                break
+        else:
+            raise ValueError(
+                f"could not draw {n_pairs} swap pairs in {max_tries} tries: {len(todo)} still need a {vary} at least "
+                f"min_change={min_change:g} away whose context starts inside energy_range {self.energy_range}; "
+                "lower min_change or widen the spec"
+            )
+        dtype = resolve_dtype(self.dtype)
+        a = Trajectories(a_states, params["omega0"][:, 0], params["gamma"][:, 0], self.dt)
+        b = Trajectories(b_states, params["omega0"][:, 1], params["gamma"][:, 1], self.dt)
+        return a.to(device=self.device, dtype=dtype), b.to(device=self.device, dtype=dtype)
+
     def batches(
         self, batch_size: int, n_steps: int, *, seed: int | None = None, generator: torch.Generator | None = None
     ) -> Iterator[Trajectories]:
@@ -297,3 +378,71 @@ def evolve(
         kernels = propagator(omega0_t, gamma_t, times[1:].reshape(1, -1))  # [traj, step-1, 2, 2]
         states[:, 1:] = torch.einsum("tsij,tj->tsi", kernels, initial.to(torch.float64))
     return states
+
+
+def evolve_backward(
+    final: Float[Tensor, "traj 2"],
+    omega0: Tensor | float,
+    gamma: Tensor | float,
+    dt: float,
+    n_steps: int,
+) -> Float[Tensor, "traj step 2"]:
+    """The ``n_steps`` states at times ``−(n_steps−1)·dt, …, −dt, 0`` that end in ``final``, in float64.
+
+    Uses the inverse of the exact propagator for each elapsed time (det K(t) = e^{−2γt}), so the
+    last state equals ``final`` exactly and a forward :func:`evolve` from the first state returns
+    the same sequence to round-off.
+    """
+    check_shape("final", final, (None, STATE_DIM), "[traj, 2]")
+    check_finite("final", final)
+    n_steps = check_positive_int("n_steps", n_steps)
+    dt = check_positive_float("dt", dt)
+    n = final.shape[0]
+    omega0_t = torch.as_tensor(omega0, dtype=torch.float64).expand(n).reshape(n, 1)
+    gamma_t = torch.as_tensor(gamma, dtype=torch.float64).expand(n).reshape(n, 1)
+    final = final.to(torch.float64)
+    states = torch.empty(n, n_steps, STATE_DIM, dtype=torch.float64)
+    states[:, -1] = final
+    if n_steps > 1:
+        elapsed = dt * torch.arange(n_steps - 1, 0, -1, dtype=torch.float64)  # time from each state to the end
+        forward = propagator(omega0_t, gamma_t, elapsed.reshape(1, -1))  # [traj, step-1, 2, 2]
+        (a, b), (c, d) = forward.unbind(-2)[0].unbind(-1), forward.unbind(-2)[1].unbind(-1)
+        det = torch.exp(-2 * gamma_t * elapsed.reshape(1, -1))
+        inverse = torch.stack([torch.stack([d, -b], -1), torch.stack([-c, a], -1)], -2) / det[..., None, None]
+        states[:, :-1] = torch.einsum("tsij,tj->tsi", inverse, final)
+    return states
+
+
+def fit_propagator(states: Float[Tensor, "*batch step 2"]) -> Float[Tensor, "*batch 2 2"]:
+    """The least-squares one-step map K with s_{t+1} ≈ K s_t over consecutive ``states``, per trajectory.
+
+    This is in-context least squares: it reads K off the states alone, with no labels. Three or
+    more states of an oscillator (two transitions) determine K exactly; with two states the
+    problem is underdetermined and the minimum-norm K is returned.
+    """
+    if states.ndim < 2 or states.shape[-1] != STATE_DIM:
+        raise ValueError(f"states must have shape [..., step, 2], got {list(states.shape)}")
+    if states.shape[-2] < 2:
+        raise ValueError(f"states need at least 2 steps to fit a one-step map, got {states.shape[-2]}")
+    current, following = states[..., :-1, :], states[..., 1:, :]
+    return (torch.linalg.pinv(current) @ following).transpose(-1, -2)
+
+
+def parameters_from_propagator(kernel: Float[Tensor, "*batch 2 2"], dt: float) -> dict[str, Tensor]:
+    """ω0, γ and Ω of the damped oscillator whose one-step map over ``dt`` is ``kernel``.
+
+    From det K = e^{−2γΔt} and tr K = 2 e^{−γΔt} cos ΩΔt. Maps that are no underdamped rotation
+    (det ≤ 0 or |cos ΩΔt| > 1) give NaN rather than a made-up frequency.
+    """
+    if kernel.shape[-2:] != (STATE_DIM, STATE_DIM):
+        raise ValueError(f"kernel must have shape [..., 2, 2], got {list(kernel.shape)}")
+    dt = check_positive_float("dt", dt)
+    det = torch.linalg.det(kernel)
+    trace = kernel.diagonal(dim1=-2, dim2=-1).sum(-1)
+    nan = torch.full_like(det, float("nan"))
+    root = torch.sqrt(det.clamp_min(torch.finfo(det.dtype).tiny))
+    cosine = trace / (2 * root)
+    valid = (det > 0) & (cosine.abs() < 1)
+    gamma = torch.where(valid, -torch.log(root) / dt, nan)
+    omega = torch.where(valid, torch.acos(cosine.clamp(-1, 1)) / dt, nan)
+    return {"omega0": torch.sqrt(omega**2 + gamma**2), "gamma": gamma, "Omega": omega}
