@@ -2,6 +2,7 @@
 
 from physlens.models.base import MODEL_REGISTRY, HookedModel, register_model
 from physlens.models.linear import LinearAutoregressive, sliding_windows
+from physlens.models.reference import ExactStep, InContextLeastSquares
 from physlens.models.siamese import BottleneckConfig, BottleneckNetwork, SiameseConfig, SiameseTower
 from physlens.models.transformer import (
     PRESETS,
@@ -14,6 +15,8 @@ from physlens.models.mlp import EnsembleConfig, MLPConfig, MLPEnsemble, TinyMLP,
 
 __all__ = [
     "EnsembleConfig",
+    "ExactStep",
+    "InContextLeastSquares",
     "LinearAutoregressive",
     "sliding_windows",
     "MLPConfig",

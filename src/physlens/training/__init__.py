@@ -23,12 +23,25 @@ from physlens.training.invariants import (
     train_siamese,
 )
 from physlens.training.rollout import RolloutEvaluation, evaluate_rollout, relative_error, rollout
+from physlens.training.evaluation import (
+    Check,
+    PredictorScores,
+    TaskCriteria,
+    TaskEvaluation,
+    TaskVerdict,
+    evaluate_task,
+    fit_linear_references,
+    float64_system,
+    score_predictor,
+)
 from physlens.training.trainer import (
     LeakageError,
     TrainConfig,
     TrainResult,
     check_leakage,
+    check_loss_positions,
     config_from_dict,
+    loss_slice,
     train,
 )
 from physlens.training.ensemble import (
@@ -41,6 +54,17 @@ from physlens.training.ensemble import (
 )
 
 __all__ = [
+    "Check",
+    "PredictorScores",
+    "TaskCriteria",
+    "TaskEvaluation",
+    "TaskVerdict",
+    "evaluate_task",
+    "fit_linear_references",
+    "float64_system",
+    "score_predictor",
+    "check_loss_positions",
+    "loss_slice",
     "EnsembleTrainConfig",
     "EnsembleTrainResult",
     "MLPTrainResult",

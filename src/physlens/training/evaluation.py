@@ -1,0 +1,329 @@
+"""Does a model do its task? Its errors beside reference predictors on the same trajectories, with intervals.
+
+Before a model of the oscillator is interpreted, it is scored against four references on the very
+same held-out trajectories: the exact propagator (an oracle that knows ω0 and γ), in-context least
+squares (K read off the context, no labels), the linear autoregressive model over the whole
+context fitted in closed form in float64, and the current-state-only linear map (the trivial
+baseline). Every median comes with a bootstrap interval, and "the model beats a reference" is
+decided by the paired interval of the difference, never by two point estimates.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from physlens._validation import check_positive_int
+from physlens.models.linear import LinearAutoregressive
+from physlens.models.reference import ExactStep, InContextLeastSquares
+from physlens.seeding import stream_seeds
+from physlens.stats import Interval, bootstrap_interval, paired_difference_interval
+from physlens.systems.oscillator import OscillatorSystem, Trajectories
+from physlens.training.rollout import relative_error, rollout
+
+MODEL = "model"
+ORACLE = "oracle: exact propagator"
+IN_CONTEXT = "in-context least squares"
+LINEAR_AR = "linear AR over the context (float64)"
+CURRENT_STATE = "current state only (float64)"
+REFERENCES = (ORACLE, IN_CONTEXT, LINEAR_AR, CURRENT_STATE)
+"""Reference predictors, best first. The last is the trivial baseline a working model must beat."""
+
+
+@dataclass
+class PredictorScores:
+    """One predictor's errors on the evaluation trajectories."""
+
+    one_step_squared_error: np.ndarray  # [traj] squared error of the next state after the context, mean over (x, p)
+    one_step_relative_error: np.ndarray  # [traj] ‖ŷ − y‖ / ‖y‖ of that next state
+    rollout_error: np.ndarray  # [traj, step] relative error of the autoregressive rollout at every step
+
+
+@dataclass
+class TaskEvaluation:
+    """A model's errors beside the references on the same held-out trajectories.
+
+    ``scores`` maps ``"model"`` and each name in :data:`REFERENCES` to its :class:`PredictorScores`.
+    """
+
+    context_len: int  # true states every predictor was given
+    n_steps: int  # rollout length
+    energy_range: tuple[float, float]  # initial energies of the evaluation trajectories
+    seeds: dict[str, int]  # the streams the trajectories and the reference fits were drawn from
+    scores: dict[str, PredictorScores] = field(default_factory=dict)
+    n_resamples: int = 2000  # bootstrap resamples behind every interval
+
+    @property
+    def n_trajectories(self) -> int:
+        """Number of evaluation trajectories."""
+        return int(next(iter(self.scores.values())).rollout_error.shape[0])
+
+    def _predictor(self, name: str) -> PredictorScores:
+        if name not in self.scores:
+            raise ValueError(f"predictor must be one of {list(self.scores)}, got {name!r}")
+        return self.scores[name]
+
+    def _step(self, horizon: int) -> int:
+        if isinstance(horizon, bool) or not isinstance(horizon, int) or not 1 <= horizon <= self.n_steps:
+            raise ValueError(f"horizon must be a rollout step in 1..{self.n_steps}, got {horizon!r}")
+        return horizon - 1
+
+    def next_step_mse(self, name: str = MODEL) -> Interval:
+        """Mean squared error of the next state after the context (the training loss at the last position)."""
+        return bootstrap_interval(self._predictor(name).one_step_squared_error, _mean, n_resamples=self.n_resamples,
+                                  seed=self.seeds["bootstrap"])
+
+    def rollout_median(self, name: str = MODEL, horizon: int | None = None) -> Interval:
+        """Median over trajectories of the relative rollout error at step ``horizon`` (default: the last)."""
+        step = self._step(self.n_steps if horizon is None else horizon)
+        return bootstrap_interval(self._predictor(name).rollout_error[:, step], n_resamples=self.n_resamples,
+                                  seed=self.seeds["bootstrap"])
+
+    def rollout_difference(self, name: str, reference: str, horizon: int | None = None) -> Interval:
+        """Paired interval of median error(``name``) − median error(``reference``) at ``horizon``:
+        below zero means ``name`` rolls out better than ``reference`` on these trajectories."""
+        step = self._step(self.n_steps if horizon is None else horizon)
+        return paired_difference_interval(
+            self._predictor(name).rollout_error[:, step], self._predictor(reference).rollout_error[:, step],
+            n_resamples=self.n_resamples, seed=self.seeds["bootstrap"],
+        )
+
+    def judge(self, criteria: TaskCriteria, *, label: str = "") -> TaskVerdict:
+        """Check every criterion on these trajectories (see :class:`TaskCriteria`); ``label`` (e.g.
+        ``"out of distribution"``) is appended to each requirement."""
+        horizon = self.n_steps if criteria.horizon is None else criteria.horizon
+        self._step(horizon)
+        checks = []
+        if criteria.max_next_step_mse is not None:
+            mse = self.next_step_mse(MODEL)
+            checks.append(Check(f"next-step MSE ≤ {criteria.max_next_step_mse:g}", mse, mse.estimate <= criteria.max_next_step_mse,
+                                "next-step MSE of the model"))
+        if criteria.max_rollout_error is not None:
+            error = self.rollout_median(MODEL, horizon)
+            checks.append(Check(f"median error at step {horizon} ≤ {criteria.max_rollout_error:g}", error,
+                                error.estimate <= criteria.max_rollout_error, "median relative error of the model"))
+        must_beat = criteria.must_beat
+        if must_beat is None:  # every fitted linear reference that is not itself exact at the horizon
+            must_beat = tuple(r for r in (LINEAR_AR, CURRENT_STATE) if self.rollout_median(r, horizon).estimate > EXACT)
+        for reference in must_beat:
+            difference = self.rollout_difference(MODEL, reference, horizon)
+            checks.append(Check(f"beats {reference} at step {horizon}", difference, difference.high < 0,
+                                "median error of the model − of the reference; must be below 0 with its whole interval"))
+        if label:
+            checks = [dataclasses.replace(check, requirement=f"{check.requirement} ({label})") for check in checks]
+        return TaskVerdict(checks=tuple(checks), horizon=horizon)
+
+    def to_dict(self, horizons: list[int] | None = None) -> dict[str, Any]:
+        """JSON-ready summary: next-step MSE and rollout medians with intervals for every predictor."""
+        horizons = sorted({1, self.n_steps, *(horizons or [])})
+        out: dict[str, Any] = {
+            "context_len": self.context_len, "n_steps": self.n_steps, "energy_range": list(self.energy_range),
+            "n_trajectories": self.n_trajectories, "seeds": self.seeds, "predictors": {},
+        }
+        for name in self.scores:
+            out["predictors"][name] = {
+                "next_step_mse": self.next_step_mse(name).to_dict(),
+                "rollout_median": {str(h): self.rollout_median(name, h).to_dict() for h in horizons},
+            }
+        out["model_minus_reference"] = {
+            reference: {str(h): self.rollout_difference(MODEL, reference, h).to_dict() for h in horizons}
+            for reference in REFERENCES if reference in self.scores
+        }
+        return out
+
+
+EXACT = 1e-8
+"""A reference whose median rollout error stays below this is exact: there is nothing to beat."""
+
+
+@dataclass(frozen=True)
+class TaskCriteria:
+    """What "the model does its task" means for a study, fixed before the model is trained.
+
+    ``must_beat=None`` requires beating every fitted linear reference that is not itself exact at
+    the horizon (with a fixed ω0 the linear map is the exact answer, so only the error targets remain).
+    """
+
+    horizon: int | None = None  # rollout step the criteria read (None: the last step)
+    max_rollout_error: float | None = None  # the model's median relative error at the horizon must not exceed this
+    max_next_step_mse: float | None = None  # nor its next-step MSE this
+    must_beat: tuple[str, ...] | None = None  # references to beat beyond the paired interval
+
+    def __post_init__(self) -> None:
+        if self.horizon is not None:
+            check_positive_int("horizon", self.horizon)
+        for name in ("max_rollout_error", "max_next_step_mse"):
+            value = getattr(self, name)
+            if value is not None and not (np.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+        if self.must_beat is not None:
+            unknown = [r for r in self.must_beat if r not in REFERENCES]
+            if unknown:
+                raise ValueError(f"must_beat names unknown references {unknown}; choose from {list(REFERENCES)}")
+
+
+@dataclass(frozen=True)
+class Check:
+    """One criterion: what was required, what was measured (with its interval) and whether it held."""
+
+    requirement: str
+    measured: Interval
+    passed: bool
+    quantity: str  # what ``measured`` is
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {"requirement": self.requirement, "quantity": self.quantity, "measured": self.measured.to_dict(), "passed": self.passed}
+
+
+@dataclass(frozen=True)
+class TaskVerdict:
+    """The outcome of :meth:`TaskEvaluation.judge`: the model works when every check passed (and
+    there was at least one)."""
+
+    checks: tuple[Check, ...]
+    horizon: int
+
+    def combine(self, other: TaskVerdict) -> TaskVerdict:
+        """One verdict holding the checks of both (e.g. in and out of distribution)."""
+        if other.horizon != self.horizon:
+            raise ValueError(f"verdicts must read the same horizon to be combined, got {self.horizon} and {other.horizon}")
+        return TaskVerdict(checks=self.checks + other.checks, horizon=self.horizon)
+
+    @property
+    def works(self) -> bool:
+        """True when there were checks and all of them passed."""
+        return bool(self.checks) and all(check.passed for check in self.checks)
+
+    @property
+    def status(self) -> str:
+        """``"works"``, ``"no criterion"``, or ``"fails k of n criteria"``."""
+        if not self.checks:
+            return "no criterion"
+        failed = sum(not check.passed for check in self.checks)
+        return "works" if not failed else f"fails {failed} of {len(self.checks)} criteria"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {"works": self.works, "status": self.status, "horizon": self.horizon, "checks": [c.to_dict() for c in self.checks]}
+
+
+def _mean(sample: np.ndarray, axis: int = -1) -> np.ndarray:
+    return np.mean(sample, axis=axis)
+
+
+def float64_system(system: OscillatorSystem) -> OscillatorSystem:
+    """The same family of oscillators sampled in float64: identical draws for the same seed."""
+    return OscillatorSystem(**{**system.to_dict(), "dtype": "float64", "device": "cpu"})
+
+
+def fit_linear_references(
+    system: OscillatorSystem, context_len: int, *, seed: int, n_traj: int = 2048, windows_per_traj: int = 20
+) -> dict[str, LinearAutoregressive]:
+    """The two fitted references, in closed form and float64 on fresh trajectories of ``system``:
+    the linear AR over ``context_len`` states and the current-state-only linear map."""
+    context_len = check_positive_int("context_len", context_len)
+    train = float64_system(system).sample(n_traj, context_len + check_positive_int("windows_per_traj", windows_per_traj), seed=seed)
+    return {
+        LINEAR_AR: LinearAutoregressive(window=context_len).fit(train.states),
+        CURRENT_STATE: LinearAutoregressive(window=1).fit(train.states),
+    }
+
+
+def score_predictor(
+    predictor: Callable[[Tensor], Tensor], trajectories: Trajectories, context_len: int, n_steps: int
+) -> PredictorScores:
+    """Errors of ``predictor`` (a model or a reference, called on ``[batch, pos, 2]``) on ``trajectories``:
+    the next state after the first ``context_len`` states, and an ``n_steps`` rollout from them.
+
+    Inputs are cast to the predictor's parameter dtype and device when it has parameters; errors
+    are computed in float64 against the float64 truth.
+    """
+    parameters = list(predictor.parameters()) if hasattr(predictor, "parameters") else []
+    dtype = parameters[0].dtype if parameters else trajectories.states.dtype
+    device = parameters[0].device if parameters else trajectories.states.device
+    states = trajectories.states.to(device=device, dtype=dtype)
+    context, truth = states[:, :context_len], trajectories.states[:, context_len:].to(torch.float64)
+    with torch.no_grad():
+        next_state = predictor(context)[:, -1].to(torch.float64).cpu()
+    path = rollout(predictor, context, n_steps).to(torch.float64).cpu()
+    truth = truth.cpu()
+    squared = (next_state - truth[:, 0]).pow(2).mean(dim=-1)
+    relative = relative_error(next_state[:, None], truth[:, :1])[:, 0]
+    return PredictorScores(squared.numpy(), relative.numpy(), relative_error(path, truth[:, :n_steps]).numpy())
+
+
+def evaluate_task(
+    model: Callable[[Tensor], Tensor],
+    system: OscillatorSystem,
+    *,
+    n_traj: int,
+    context_len: int,
+    n_steps: int,
+    seed: int,
+    energy_range: tuple[float, float] | None = None,
+    references: dict[str, LinearAutoregressive] | None = None,
+    n_resamples: int = 2000,
+) -> TaskEvaluation:
+    """Score ``model`` and the references on the same ``n_traj`` fresh trajectories of ``system``.
+
+    In-context least squares needs a transition, so it is left out when ``context_len`` is 1.
+
+    Trajectories are drawn in float64 (the model sees them in its own dtype) from the stream
+    ``"trajectories"`` of ``seed``; the linear references are fitted on the stream ``"reference fit"``
+    unless ``references`` (from :func:`fit_linear_references`) are passed in, e.g. to share one fit
+    between in- and out-of-distribution evaluations.
+    """
+    n_traj = check_positive_int("n_traj", n_traj)
+    context_len = check_positive_int("context_len", context_len)
+    n_steps = check_positive_int("n_steps", n_steps)
+    seeds = stream_seeds(seed, ["trajectories", "reference fit", "bootstrap"])
+    if references is None:
+        references = fit_linear_references(system, context_len, seed=seeds["reference fit"])
+    missing = [name for name in (LINEAR_AR, CURRENT_STATE) if name not in references]
+    if missing:
+        raise ValueError(f"references must hold {[LINEAR_AR, CURRENT_STATE]} (see fit_linear_references), missing {missing}")
+    if references[LINEAR_AR].window != context_len:
+        raise ValueError(f"the linear AR reference reads {references[LINEAR_AR].window} states but context_len is {context_len}")
+    trajectories = float64_system(system).sample(n_traj, context_len + n_steps, seed=seeds["trajectories"], energy_range=energy_range)
+    predictors: dict[str, Callable[[Tensor], Tensor]] = {
+        MODEL: model,
+        ORACLE: ExactStep(trajectories.omega0, trajectories.gamma, trajectories.dt),
+        IN_CONTEXT: InContextLeastSquares(),
+        LINEAR_AR: references[LINEAR_AR],
+        CURRENT_STATE: references[CURRENT_STATE],
+    }
+    if context_len < 2:  # one state holds no transition to read K from
+        del predictors[IN_CONTEXT]
+    evaluation = TaskEvaluation(
+        context_len=context_len, n_steps=n_steps, energy_range=tuple(energy_range or system.energy_range), seeds=seeds,
+        n_resamples=n_resamples,
+    )
+    for name, predictor in predictors.items():
+        evaluation.scores[name] = score_predictor(predictor, trajectories, context_len, n_steps)
+    return evaluation
+
+
+__all__ = [
+    "CURRENT_STATE",
+    "IN_CONTEXT",
+    "LINEAR_AR",
+    "MODEL",
+    "ORACLE",
+    "EXACT",
+    "REFERENCES",
+    "Check",
+    "PredictorScores",
+    "TaskCriteria",
+    "TaskEvaluation",
+    "TaskVerdict",
+    "evaluate_task",
+    "fit_linear_references",
+    "float64_system",
+    "score_predictor",
+]
