@@ -14,6 +14,7 @@ from physlens.plots.invariants import (
     plot_latent_vs_invariant,
 )
 from physlens.plots.training import plot_loss_curve, plot_phase_space, plot_rollout_error
+from physlens.plots.evidence import plot_algorithm_comparison, plot_steering, plot_swap_test
 from physlens.plots.fma import (
     plot_loss_by_mode,
     plot_mode_gallery,
@@ -23,6 +24,9 @@ from physlens.plots.fma import (
 )
 
 __all__ = [
+    "plot_algorithm_comparison",
+    "plot_steering",
+    "plot_swap_test",
     "plot_bottleneck_matches",
     "plot_formula_front",
     "plot_latent_vs_invariant",

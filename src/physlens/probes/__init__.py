@@ -37,8 +37,34 @@ from physlens.probes.mechanisms import (
     unit_states,
 )
 from physlens.probes.scan import AlgorithmScan, RocResult, flatten_parameters, roc_auc, scan_features, seed_mode3_score
+from physlens.probes.algorithms import AlgorithmComparison, compare_algorithms, fit_ar_candidates
+from physlens.probes.context_swap import SwapTestResult, context_swap_test
+from physlens.probes.nonlinear import mlp_probe, mlp_probe_r2
+from physlens.probes.parity import ParityReport, parity_report, pattern_features, quadratic_features
+from physlens.probes.selection import SiteSelection, nested_cv_r2, select_sites, site_features
+from physlens.probes.steering import ProbeDirection, SteeringResult, fit_probe_direction, model_fingerprint, steering_sweep
 
 __all__ = [
+    "AlgorithmComparison",
+    "compare_algorithms",
+    "fit_ar_candidates",
+    "SwapTestResult",
+    "context_swap_test",
+    "mlp_probe",
+    "mlp_probe_r2",
+    "ParityReport",
+    "parity_report",
+    "pattern_features",
+    "quadratic_features",
+    "SiteSelection",
+    "nested_cv_r2",
+    "select_sites",
+    "site_features",
+    "ProbeDirection",
+    "SteeringResult",
+    "fit_probe_direction",
+    "model_fingerprint",
+    "steering_sweep",
     "UNARY_FUNCTIONS",
     "FormulaCandidate",
     "PolynomialLatentRegression",

@@ -1,0 +1,97 @@
+"""Figures for the evidence that a sequence model infers ω0: algorithm comparison, context swap, steering.
+
+Each function takes the result object of the analysis it draws and returns a matplotlib ``Figure``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+
+def plot_algorithm_comparison(comparison: Any) -> Figure:
+    """Errors and shared errors of the model and every candidate algorithm against context length k.
+
+    ``comparison`` is an :class:`~physlens.probes.algorithms.AlgorithmComparison`. Top row: median
+    relative error one step ahead and at the rollout horizon; bottom row: the share of the model's
+    error each candidate reproduces (1 = the same mistakes).
+    """
+    ks = np.asarray(comparison.context_lengths)
+    fig, axes = plt.subplots(2, 2, figsize=(10, 6.5), sharex=True)
+    floor = np.finfo(float).tiny
+    panels = [
+        (axes[0, 0], comparison.model_error, comparison.error, "one step ahead: median ‖ŷ − y‖/‖y‖", True),
+        (axes[0, 1], comparison.model_rollout_error, comparison.rollout_error,
+         f"after {comparison.horizon} rollout steps: median error", True),
+        (axes[1, 0], None, comparison.shared, "share of the model's one-step error reproduced", False),
+        (axes[1, 1], None, comparison.rollout_shared, "share of the model's rollout error reproduced", False),
+    ]
+    for ax, model, series, title, log in panels:
+        if model is not None:
+            ax.plot(ks, np.clip(model, floor, None), color="k", lw=2, label="model")
+        for i, (name, values) in enumerate(series.items()):
+            values = np.asarray(values)
+            ax.plot(ks, np.clip(values, floor, None) if log else values, color=f"C{i}", lw=1.2, marker=".", label=name)
+        if log:
+            ax.set_yscale("log")
+        else:
+            ax.axhline(0.5, color="0.5", ls=":", lw=1)
+            ax.set_ylim(-0.1, 1.05)
+        ax.set_title(title, fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    for ax in axes[1]:
+        ax.set_xlabel("context length k (states the predictors see)")
+    axes[0, 0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def plot_swap_test(result: Any, *, title: str = "context swap: same final state, different ω0") -> Figure:
+    """The model's output difference against the true difference K(ω_a)s − K(ω_b)s, per component,
+    with the identity line (the exact dynamics) and the fitted slope."""
+    model_diff, true_diff = np.asarray(result.model_difference), np.asarray(result.true_difference)
+    fig, ax = plt.subplots(figsize=(4.5, 4.2))
+    for c, name in enumerate(("x", "p")):
+        ax.scatter(true_diff[:, c], model_diff[:, c], s=8, alpha=0.6, color=f"C{c}", label=f"Δ{name}")
+    span = float(np.abs(true_diff).max()) if true_diff.size else 1.0
+    line = np.array([-span, span])
+    ax.plot(line, line, color="0.4", ls="--", lw=1, label="exact dynamics (slope 1)")
+    ax.plot(line, result.slope.estimate * line, color="k", lw=1, label=f"fit: slope {result.slope.format()}")
+    ax.set_xlabel("true difference of next states")
+    ax.set_ylabel("model's difference of predictions")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def plot_steering(result: Any, *, title: str = "steering along the probe direction") -> Figure:
+    """ω0 read off steered rollouts minus the unsteered one, against the push α: the probe direction
+    (median and 25–75 % band over trajectories) and a random direction of equal size."""
+    alphas = np.asarray(result.alphas)
+    fig, ax = plt.subplots(figsize=(5, 3.8))
+    for values, name, color in ((result.omega0_shift, "probe direction", "C0"), (result.control_shift, "random direction", "C7")):
+        values = np.asarray(values)
+        low, median, high = (np.nanquantile(values, q, axis=1) for q in (0.25, 0.5, 0.75))
+        ax.plot(alphas, median, marker="o", color=color, label=name)
+        ax.fill_between(alphas, low, high, color=color, alpha=0.2)
+    ax.plot(alphas, alphas, color="0.4", ls="--", lw=1, label="shift = α (reads ω0 one for one)")
+    ax.set_xlabel("push α (units of the probe's reading)")
+    ax.set_ylabel("ω0 of the rollout − unsteered")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+__all__ = ["plot_algorithm_comparison", "plot_steering", "plot_swap_test"]
