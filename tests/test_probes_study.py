@@ -1,4 +1,5 @@
-"""The oscillator study's [analyses] runner: strict schema, every analysis on a tiny model, Findings."""
+"""The oscillator study's [analyses]: strict options checked before training, every analysis on a tiny
+model, Findings led by the task verdict, and load_run reopening a finished run."""
 
 from __future__ import annotations
 
@@ -8,69 +9,152 @@ import pytest
 import torch
 
 from physlens.models import OscillatorTransformer, TransformerConfig
-from physlens.studies.oscillator import StudyContext
-from physlens.studies.oscillator_analyses import parse_analyses, run_analyses, with_acceleration
-from physlens.studies.report import Report, StudySpecError, format_number
+from physlens.studies import StudySpecError, run_study
+from physlens.studies.oscillator import parse_study
+from physlens.studies.oscillator_analyses import AnalysisContext, parse_analyses, run_analyses
+from physlens.studies.report import Report
+from physlens.studies.runs import load_run
 from physlens.systems import OscillatorSystem, Uniform
+from physlens.training.evaluation import Check, TaskVerdict
+from physlens.stats import Interval
 
 TINY = {
-    "run": ["weights", "probes", "ablation", "patching", "saliency", "surrogate"],
-    "batch_size": 64,
-    "probes": {"hooks": ["hook_embed", "resid_post"], "targets": ["omega0", "omega0_sq", "gamma", "energy", "acceleration"], "n_trajectories": 40},
+    "run": ["weights", "algorithms", "swap", "probes", "steering", "ablation", "patching", "saliency", "surrogate"],
+    "algorithms": {"n_trajectories": 16, "horizon": 3, "n_reference_trajectories": 32},
+    "swap": {"n_pairs": 12},
+    "probes": {"hooks": ["hook_embed", "resid_post"], "targets": ["omega0", "gamma", "energy", "omega0_sq_x"],
+               "n_trajectories": 40, "n_permutations": 5, "sites": [["blocks.1.hook_resid_post", 5]], "nonlinear": False},
+    "steering": {"site": ["blocks.1.hook_resid_post", 5], "n_trajectories": 6, "n_probe_trajectories": 40, "n_steps": 4},
     "ablation": {"methods": ["zero"], "n_trajectories": 16, "rollout_trajectories": 4, "rollout_steps": 3},
     "patching": {"n_pairs": 6, "position_stride": 3},
     "saliency": {"n_trajectories": 3},
     "surrogate": {"n_trajectories": 40, "rollout_trajectories": 4, "rollout_steps": 5},
 }
+SYSTEM = OscillatorSystem(omega0=Uniform(1.0, 4.0), gamma=0.1, dtype="float64")
 
 
-def context(tmp_path=None) -> StudyContext:
-    cfg = TransformerConfig(d_model=4, n_layers=2, n_heads=2, d_head=2, n_ctx=6, causal=False, dtype="float64")
-    system = OscillatorSystem(omega0=Uniform(1.0, 4.0), gamma=0.1, dtype="float64")
-    return StudyContext(model=OscillatorTransformer(cfg).eval(), system=system, seq_len=6, loss_positions="last",
-                        eval_energy_range=(1.0, 5.0), seed=0, progress=False, device="cpu")
+def _model() -> OscillatorTransformer:
+    cfg = TransformerConfig(d_model=4, n_layers=2, n_heads=2, d_head=2, n_ctx=6, causal=True, attn_only=False,
+                            positional_embedding=True, dtype="float64", seed=11)
+    return OscillatorTransformer(cfg).eval()
 
 
-def test_every_analysis_runs_and_findings_come_from_numbers(tmp_path):
+def _failing_verdict() -> TaskVerdict:
+    return TaskVerdict(checks=(Check("median error at step 5 ≤ 0.2", Interval(3.0, 2.0, 4.0, 0.95, 8), False, "median error"),), horizon=5)
+
+
+def test_every_analysis_runs_and_findings_lead_with_the_verdict(tmp_path):
+    model = _model()
+    options = parse_analyses(TINY, model, SYSTEM, 6)
+    assert list(options) == TINY["run"]
     report = Report("tiny")
-    run_analyses(context(), TINY, report)
+    ctx = AnalysisContext(model=model, system=SYSTEM, seq_len=6, loss_positions="all", seed=0, progress=False,
+                          verdict=_failing_verdict(), report=report)
+    run_analyses(ctx, options)
     analyses = report.metrics["analyses"]
     assert set(TINY["run"]) <= set(analyses)
     assert analyses["probes"]["skipped_constant_targets"] == ["gamma"]
-    best = analyses["probes"]["best"]["omega0"]
     text = "\n".join(report.lines)
-    assert "### Findings" in text
-    assert f"with held-out R² {format_number(best['r2'])}" in text  # the sentence quotes the computed metric
-    assert "Of the frequency parametrisations" in text
-    assert "The acceleration" in text
+    findings = text[text.index("### Findings"):]
+    assert findings.splitlines()[2].startswith("- **The model fails its task (fails 1 of 1 criteria)**")
+    assert "Context swap: with the final state fixed" in findings
+    # An untrained model's rollouts are no oscillation: steering says why it cannot read a frequency.
+    assert "Steering was skipped: fewer than 2 steered rollouts" in findings and "skipped" in analyses["steering"]
+    nested = analyses["probes"]["model"]["summary"]["omega0"]["nested_r2"]
+    assert f"the nested R² is {nested:.3g}" in findings or "nested R² is" in findings
+    # Every analysis drew from its own named stream, and the streams are recorded for load_run.
+    seeds = analyses["seeds"]
+    assert {"probes trajectories", "swap pairs", "random-init control"} <= set(seeds)
+    assert len(set(seeds.values())) == len(seeds)
     report.write(tmp_path)
     json.loads((tmp_path / "metrics.json").read_text())
-    assert (tmp_path / "figures" / "probe_r2_omega0.png").exists()
+    for figure in ("algorithms", "context_swap", "probe_r2_omega0"):
+        assert (tmp_path / "figures" / f"{figure}.png").exists()
 
 
 @pytest.mark.parametrize(
-    "spec",
+    "spec, message",
     [
-        {"run": ["probes", "dance"]},
-        {"run": ["probes"], "probes": {"hooks": ["resid_post"], "colour": "red"}},
-        {"run": ["probes"], "ablation": {"methods": ["zero"]}},
-        {"run": ["probes"], "probes": {"n_trajectories": 0}},
-        {"run": "probes"},
+        ({"run": ["probes", "dance"]}, "run must list distinct analyses"),
+        ({"run": ["probes"], "probes": {"hooks": ["resid_post"], "colour": "red"}}, "unknown keys"),
+        ({"run": ["probes"], "ablation": {"methods": ["zero"]}}, "is not in \\[analyses\\] run"),
+        ({"run": ["probes"], "probes": {"n_trajectories": 0}}, "n_trajectories: must be >= 1"),
+        ({"run": ["probes"], "probes": {"sites": [["blocks.7.hook_resid_post", 0]]}}, "do not exist in this model"),
+        ({"run": ["probes"], "probes": {"sites": [["blocks.0.hook_resid_post", 6]]}}, "outside the 6 positions"),
+        ({"run": ["probes"], "probes": {"n_folds": 2}}, "n_folds: must be >= 3"),
+        ({"run": ["steering"]}, "steering\\] site: must be set"),
+        ({"run": ["steering"], "steering": {"site": ["hook_embed", 1], "alphas": [0.1, 0.2]}}, "alphas: must be a list of numbers holding 0"),
+        ({"run": ["algorithms"], "algorithms": {"context_lengths": [1, 2]}}, "context_lengths: must lie in 2..6"),
+        ({"run": "probes"}, "run must be list"),
     ],
 )
-def test_schema_is_strict(spec):
-    with pytest.raises(StudySpecError):
-        parse_analyses(spec)
+def test_bad_options_are_refused_before_training(spec, message):
+    with pytest.raises(StudySpecError, match=message):
+        parse_analyses(spec, _model(), SYSTEM, 6)
 
 
-def test_defaults_fill_in():
-    run, batch_size, options = parse_analyses({"run": ["weights"]})
-    assert run == ["weights"] and batch_size == 256 and options["weights"]["rtol"] == 1e-3
+def test_a_swap_test_on_a_fixed_omega0_system_is_refused():
+    fixed = OscillatorSystem(omega0=2.0, gamma=0.1, dtype="float64")
+    with pytest.raises(StudySpecError, match=r"\[analyses.swap\] vary: the system's omega0 spans \[2, 2\]"):
+        parse_analyses({"run": ["swap"]}, _model(), fixed, 6)
+    with pytest.raises(StudySpecError, match=r"\[analyses.patching\] vary"):
+        parse_analyses({"run": ["patching"]}, _model(), fixed, 6)
 
 
-def test_acceleration_label_matches_the_equation_of_motion():
-    data = OscillatorSystem(omega0=Uniform(1.0, 4.0), gamma=0.2, dtype="float64").sample(5, 30, seed=0)
-    acceleration = with_acceleration(data)["acceleration"]
-    velocity = data.states[:, :, 1]  # p = ẋ for m = 1
-    central = (velocity[:, 2:] - velocity[:, :-2]) / (2 * data.dt)
-    torch.testing.assert_close(central, acceleration[:, 1:-1], rtol=0, atol=0.05 * float(acceleration.abs().max()))
+STUDY = """
+[study]
+name = "reopen"
+kind = "oscillator"
+seed = 3
+
+[system]
+omega0 = { range = [1.0, 4.0] }
+dtype = "float64"
+
+[model]
+preset = "nLA"
+n_layers = 1
+d_model = 4
+d_head = 2
+n_ctx = 6
+causal = true
+dtype = "float64"
+
+[training]
+steps = 5
+seq_len = 6
+loss_positions = 2
+
+[evaluation]
+rollout_steps = 4
+n_trajectories = 8
+target_error = 0.5
+
+[analyses]
+run = ["swap"]
+
+[analyses.swap]
+n_pairs = 8
+"""
+
+
+def test_load_run_returns_the_trained_model_system_study_and_seeds(tmp_path):
+    path = tmp_path / "study.toml"
+    path.write_text(STUDY)
+    out = run_study(path, output_root=tmp_path / "runs", progress=False)
+    loaded = load_run(out)
+    assert not loaded.model.training
+    assert loaded.system.to_dict()["omega0"] == {"range": [1.0, 4.0]}
+    assert loaded.study.train_config.loss_positions == 2
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert loaded.seeds["model init"] == metrics["seeds"]["model init"] and "swap pairs" in loaded.seeds
+    # The reloaded weights are the trained ones: they differ from a fresh init and reproduce the report's swap test.
+    fresh = parse_study(__import__("tomllib").loads(STUDY)).model
+    assert not torch.equal(fresh.W_E, loaded.model.W_E)
+    from physlens.probes.context_swap import context_swap_test
+
+    a, b = loaded.system.sample_swap_pairs(8, 6, seed=loaded.seeds["swap pairs"])
+    slope = context_swap_test(loaded.model, a, b, seed=loaded.seeds["swap bootstrap"]).slope.estimate
+    assert slope == pytest.approx(metrics["analyses"]["swap"]["model"]["slope"]["estimate"], rel=1e-9)
+    with pytest.raises(FileNotFoundError, match="not a complete physlens run"):
+        load_run(tmp_path)

@@ -90,6 +90,7 @@ def run_study(
     start = time.perf_counter()
     try:
         with atomic_directory(target, overwrite=overwrite) as staging:
+            (staging / "study.toml").write_bytes(Path(path).read_bytes())  # what load_run rebuilds the study from
             module.run(spec, staging, progress=progress)
             elapsed = time.perf_counter() - start
             (staging / "run_time.txt").write_text(f"{elapsed:.1f} s\n")
@@ -98,4 +99,6 @@ def run_study(
     return target
 
 
-__all__ = ["STUDY_KINDS", "Report", "StudySpecError", "format_number", "load_study", "run_study", "section"]
+from physlens.studies.runs import LoadedRun, load_run  # noqa: E402  (after run_study: runs imports the study kinds)
+
+__all__ = ["STUDY_KINDS", "LoadedRun", "Report", "StudySpecError", "format_number", "load_run", "load_study", "run_study", "section"]

@@ -1,7 +1,9 @@
-"""The oscillator study: train a hooked transformer on a damped oscillator, roll it out, report.
+"""The oscillator study: train a hooked transformer on a damped oscillator, check it does its task, report.
 
 ``probes/oscillator.toml`` is the main job (the seed's OLA, fixed ω0 and γ);
-``probes/oscillator_variable.toml`` trains the variable-ω0 model and adds the probe analyses.
+``probes/oscillator_variable.toml`` trains a model on ω0 ~ U[1, 4] and adds the analyses. Every
+option is read and checked by :func:`parse_study` before anything is trained; the report opens with
+whether the model does its task, judged against reference predictors on the same trajectories.
 """
 
 from __future__ import annotations
@@ -16,44 +18,77 @@ import torch
 
 from physlens.models.transformer import OscillatorTransformer, TransformerConfig, preset_config
 from physlens.plots.training import plot_loss_curve, plot_phase_space, plot_rollout_error
+from physlens.seeding import stream_seeds
+from physlens.studies.oscillator_analyses import AnalysisContext, parse_analyses, run_analyses
+from physlens.studies.report import Report, StudySpecError, dataclass_schema, format_number, section
 from physlens.systems.oscillator import OscillatorSystem, propagator
 from physlens.systems.params import Fixed
 from physlens.training.checkpoints import save_checkpoint
-from physlens.training.rollout import evaluate_rollout
-from physlens.training.trainer import TrainConfig, TrainResult, config_from_dict, train
-from physlens.studies.report import Report, StudySpecError, format_number, section
+from physlens.training.evaluation import (
+    CURRENT_STATE,
+    LINEAR_AR,
+    TaskCriteria,
+    TaskEvaluation,
+    TaskVerdict,
+    evaluate_task,
+    fit_linear_references,
+)
+from physlens.training.rollout import rollout
+from physlens.training.trainer import TrainConfig, TrainResult, check_leakage, config_from_dict, train
 
-SYSTEM_KEYS = {"omega0": (float, dict), "gamma": (float, dict), "dt": float, "energy_range": list, "dtype": str}
-MODEL_KEYS = {"preset": str, **{f.name: (int, bool, str, float) for f in dataclasses.fields(TransformerConfig)}}
-TRAINING_KEYS = {f.name: (int, float, str, bool, list) for f in dataclasses.fields(TrainConfig)}
+SYSTEM_KEYS = dataclass_schema(OscillatorSystem)
+MODEL_KEYS = {"preset": (str,), **dataclass_schema(TransformerConfig, exclude=("seed",))}
+TRAINING_KEYS = dataclass_schema(TrainConfig, exclude=("seed",))
 EVALUATION_KEYS = {
     "rollout_steps": int,
     "n_trajectories": int,
     "context_len": int,
     "energy_range": list,
+    "horizon": int,
     "target_error": float,
+    "target_mse": float,
+    "target_error_ood": float,
+    "must_beat": list,
 }
+MUST_BEAT_NAMES = {"linear_ar": LINEAR_AR, "current_state": CURRENT_STATE}
+"""Names of the fitted references in ``[evaluation] must_beat``."""
+
+SEED_STREAMS = ("model init", "training batches", "evaluation", "evaluation out of distribution", "reference fits")
+"""Named random streams of the study itself; each analysis adds its own (see ``metrics.json`` ``seeds``)."""
 
 
 @dataclass
-class StudyContext:
-    """Everything an analysis needs about the trained model of an oscillator study."""
+class EvaluationOptions:
+    """The ``[evaluation]`` table: how the trained model is scored and what counts as doing the task."""
 
-    model: OscillatorTransformer  # the trained model, in eval mode
-    system: OscillatorSystem  # the training distribution
-    seq_len: int  # positions the model was trained on
-    loss_positions: str  # "last" or "all"
-    eval_energy_range: tuple[float, float]  # energies used for out-of-distribution evaluation
-    seed: int  # the study's seed
-    progress: bool  # show progress bars
-    device: str  # where the model lives
+    rollout_steps: int  # length of the evaluation rollouts
+    n_trajectories: int  # fresh trajectories per evaluation set
+    context_len: int  # true states given before the rollout
+    energy_range: tuple[float, float] | None  # out-of-distribution initial energies (None: no such set)
+    criteria: TaskCriteria  # pre-registered criteria on the in-distribution set
+    target_error_ood: float | None  # pre-registered median-error target on the out-of-distribution set
+
+
+@dataclass
+class OscillatorStudy:
+    """A fully parsed oscillator study: everything is checked, nothing is trained yet."""
+
+    name: str
+    description: str
+    seed: int
+    seeds: dict[str, int]  # the study's named random streams
+    system: OscillatorSystem
+    model: OscillatorTransformer  # freshly initialised from the "model init" stream
+    train_config: TrainConfig
+    evaluation: EvaluationOptions
+    analyses: dict[str, dict[str, Any]]  # parsed [analyses] options, empty when there are none
 
 
 def build_model(options: dict[str, Any], seed: int) -> OscillatorTransformer:
     """An :class:`OscillatorTransformer` from a study's ``[model]`` table (a preset plus overrides)."""
     options = dict(options)
     preset = options.pop("preset", None)
-    options.setdefault("seed", seed)
+    options["seed"] = seed
     try:
         config = preset_config(preset, **options) if preset is not None else TransformerConfig(**options)
     except (TypeError, ValueError) as error:
@@ -72,6 +107,75 @@ def build_system(options: dict[str, Any]) -> OscillatorSystem:
         raise StudySpecError(f"[system] is invalid: {error}") from None
 
 
+def _evaluation_options(table: dict[str, Any], train_config: TrainConfig, system: OscillatorSystem) -> EvaluationOptions:
+    def positive(key: str, default: int) -> int:
+        value = table.get(key, default)
+        if value < 1:
+            raise StudySpecError(f"[evaluation] {key} must be >= 1, got {value}")
+        return value
+
+    steps = positive("rollout_steps", 200)
+    n_traj = positive("n_trajectories", 512)
+    context_len = positive("context_len", train_config.seq_len)
+    if n_traj < 2:
+        raise StudySpecError(f"[evaluation] n_trajectories must be >= 2 for intervals, got {n_traj}")
+    if context_len > train_config.seq_len:
+        raise StudySpecError(f"[evaluation] context_len must be <= [training] seq_len = {train_config.seq_len}, got {context_len}")
+    energy_range = None
+    if "energy_range" in table:
+        value = table["energy_range"]
+        if len(value) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value) or not 0 <= value[0] < value[1]:
+            raise StudySpecError(f"[evaluation] energy_range must be [low, high] with 0 <= low < high, got {value!r}")
+        energy_range = (float(value[0]), float(value[1]))
+    horizon = table.get("horizon", steps)
+    if not 1 <= horizon <= steps:
+        raise StudySpecError(f"[evaluation] horizon must be a rollout step in 1..rollout_steps={steps}, got {horizon}")
+    must_beat = table.get("must_beat")
+    if must_beat is not None:
+        unknown = [m for m in must_beat if m not in MUST_BEAT_NAMES]
+        if unknown:
+            raise StudySpecError(f"[evaluation] must_beat names unknown references {unknown}; choose from {sorted(MUST_BEAT_NAMES)}")
+        must_beat = tuple(MUST_BEAT_NAMES[m] for m in must_beat)
+    for key in ("target_error", "target_mse", "target_error_ood"):
+        if key in table and not table[key] > 0:
+            raise StudySpecError(f"[evaluation] {key} must be > 0, got {table[key]}")
+    if "target_error_ood" in table and energy_range is None:
+        raise StudySpecError("[evaluation] target_error_ood needs energy_range, the out-of-distribution initial energies")
+    criteria = TaskCriteria(horizon=horizon, max_rollout_error=table.get("target_error"), max_next_step_mse=table.get("target_mse"),
+                            must_beat=must_beat)
+    return EvaluationOptions(steps, n_traj, context_len, energy_range, criteria, table.get("target_error_ood"))
+
+
+def parse_study(spec: dict[str, Any]) -> OscillatorStudy:
+    """Read and check every section of an oscillator study file before anything is trained."""
+    header = spec["study"]
+    seed = int(header.get("seed", 0))
+    allowed_sections = {"study", "system", "model", "training", "evaluation", "analyses"}
+    unknown = sorted(set(spec) - allowed_sections)
+    if unknown:
+        raise StudySpecError(f"unknown sections {unknown}; an oscillator study has {sorted(allowed_sections)}")
+    seeds = stream_seeds(seed, SEED_STREAMS)
+    system = build_system(section(spec, "system", SYSTEM_KEYS))
+    model = build_model(section(spec, "model", MODEL_KEYS), seeds["model init"])
+    training_options = section(spec, "training", TRAINING_KEYS)
+    training_options["seed"] = seeds["training batches"]
+    try:
+        train_config = config_from_dict(training_options)
+        check_leakage(model, train_config)
+    except (TypeError, ValueError) as error:
+        raise StudySpecError(f"[training] is invalid: {error}") from None
+    if train_config.seq_len > model.cfg.n_ctx:
+        raise StudySpecError(f"[training] seq_len must be <= the model's n_ctx ({model.cfg.n_ctx}), got {train_config.seq_len}")
+    if model.cfg.dtype != system.dtype:
+        raise StudySpecError(f"[model] dtype {model.cfg.dtype!r} differs from [system] dtype {system.dtype!r}; set both")
+    evaluation = _evaluation_options(section(spec, "evaluation", EVALUATION_KEYS), train_config, system)
+    analyses = parse_analyses(spec["analyses"], model, system, train_config.seq_len) if "analyses" in spec else {}
+    return OscillatorStudy(
+        name=header["name"], description=header.get("description", ""), seed=seed, seeds=seeds, system=system, model=model,
+        train_config=train_config, evaluation=evaluation, analyses=analyses,
+    )
+
+
 def learned_linear_map(model: OscillatorTransformer) -> tuple[torch.Tensor, torch.Tensor]:
     """For a single-position input, the affine map y = M x + c the model computes: returns (M, c).
 
@@ -87,125 +191,117 @@ def learned_linear_map(model: OscillatorTransformer) -> tuple[torch.Tensor, torc
 
 
 def run(spec: dict[str, Any], out_dir: Path, *, progress: bool) -> None:
-    """Train, evaluate and report one oscillator study into ``out_dir``."""
-    header = spec["study"]
-    seed = int(header.get("seed", 0))
-    allowed_sections = {"study", "system", "model", "training", "evaluation", "analyses"}
-    unknown = sorted(set(spec) - allowed_sections)
-    if unknown:
-        raise StudySpecError(f"unknown sections {unknown}; an oscillator study has {sorted(allowed_sections)}")
-    system = build_system(section(spec, "system", SYSTEM_KEYS))
-    model = build_model(section(spec, "model", MODEL_KEYS), seed)
-    training_options = section(spec, "training", TRAINING_KEYS)
-    training_options.setdefault("seed", seed)
-    try:
-        train_config = config_from_dict(training_options)
-    except (TypeError, ValueError) as error:
-        raise StudySpecError(f"[training] is invalid: {error}") from None
-    evaluation = section(spec, "evaluation", EVALUATION_KEYS)
-    n_steps = evaluation.get("rollout_steps", 200)
-    n_traj = evaluation.get("n_trajectories", 64)
-    context_len = evaluation.get("context_len", train_config.seq_len)
-    train_high = system.energy_range[1]
-    eval_range = tuple(evaluation.get("energy_range", (train_high, 5 * train_high)))
-    target = evaluation.get("target_error")
-
+    """Parse, train, judge, analyse and report one oscillator study into ``out_dir``."""
+    study = parse_study(spec)
+    model, system, config, options = study.model, study.system, study.train_config, study.evaluation
     start = time.perf_counter()
-    checkpoint_dir = out_dir / "checkpoints" if train_config.checkpoint_every else None
-    result = train(model, system, train_config, checkpoint_dir=checkpoint_dir, progress=progress)
-    save_checkpoint(out_dir / "model", model, metadata={"study": header["name"], "steps": train_config.steps})
+    checkpoint_dir = out_dir / "checkpoints" if config.checkpoint_every else None
+    result = train(model, system, config, checkpoint_dir=checkpoint_dir, progress=progress)
+    save_checkpoint(out_dir / "model", model, metadata={"study": study.name, "steps": config.steps})
+    model.eval()
 
-    def evaluate(energy_range: tuple[float, float], offset: int):
-        return evaluate_rollout(
-            model, system, n_traj=n_traj, n_steps=n_steps, context_len=context_len,
-            seed=seed + offset, energy_range=energy_range,
-        )
+    references = fit_linear_references(system, options.context_len, seed=study.seeds["reference fits"])
+    in_dist = evaluate_task(model, system, n_traj=options.n_trajectories, context_len=options.context_len,
+                            n_steps=options.rollout_steps, seed=study.seeds["evaluation"], references=references)
+    ood = None
+    if options.energy_range is not None:
+        ood = evaluate_task(model, system, n_traj=options.n_trajectories, context_len=options.context_len,
+                            n_steps=options.rollout_steps, seed=study.seeds["evaluation out of distribution"],
+                            energy_range=options.energy_range, references=references)
+    verdict = in_dist.judge(options.criteria)
+    if options.target_error_ood is not None:
+        criteria = TaskCriteria(horizon=options.criteria.horizon, max_rollout_error=options.target_error_ood, must_beat=())
+        verdict = verdict.combine(ood.judge(criteria, label="out of distribution"))
 
-    ood = evaluate(eval_range, 1_000_003)
-    in_dist = evaluate(system.energy_range, 2_000_003)
-
-    report = Report(f"Study {header['name']}")
-    if header.get("description"):
-        report.paragraph(header["description"])
-    _report_setup(report, system, model, train_config, result)
-    _report_rollout(report, ood, in_dist, eval_range, system, target)
+    report = Report(f"Study {study.name}")
+    if study.description:
+        report.paragraph(study.description)
+    _report_task(report, verdict, in_dist, ood, options, model, system, study.seeds["evaluation"])
+    _report_setup(report, system, model, config, result)
     if model.cfg.attn_window == 1 and model.cfg.attn_only:
         _report_linear_map(report, model, system)
-
-    if "analyses" in spec:
-        from physlens.studies.oscillator_analyses import run_analyses
-
-        context = StudyContext(
-            model=model, system=system, seq_len=train_config.seq_len, loss_positions=train_config.loss_positions,
-            eval_energy_range=eval_range, seed=seed, progress=progress, device=model.cfg.device,
-        )
-        run_analyses(context, spec["analyses"], report)
-
-    report.metrics["wall_time_s"] = time.perf_counter() - start
-    report.paragraph(f"Study wall time: {report.metrics['wall_time_s']:.1f} s.")
+    report.metrics["seeds"] = dict(study.seeds)
+    if study.analyses:
+        context = AnalysisContext(model=model, system=system, seq_len=config.seq_len, loss_positions=config.loss_positions,
+                                  seed=study.seed, progress=progress, verdict=verdict, report=report)
+        run_analyses(context, study.analyses)
+    report.timings["study_s"] = time.perf_counter() - start
     report.write(out_dir)
+
+
+def _interval_cell(interval: Any) -> str:
+    return interval.format()
+
+
+def _report_task(report: Report, verdict: TaskVerdict, in_dist: TaskEvaluation, ood: TaskEvaluation | None,
+                 options: EvaluationOptions, model: OscillatorTransformer, system: OscillatorSystem, seed: int) -> None:
+    horizon = verdict.horizon
+    report.heading("Does the model do its task?")
+    if verdict.works:
+        report.paragraph(f"**Yes.** Every pre-registered criterion holds on {in_dist.n_trajectories} fresh in-distribution trajectories.")
+    elif not verdict.checks:
+        report.paragraph("**Not judged:** the study sets no criterion and every fitted reference is exact here, so there is "
+                         "nothing to beat; set `[evaluation] target_error`.")
+    else:
+        report.paragraph(f"**No — the model fails its task** ({verdict.status}). Everything below describes a model that does not work.")
+    report.table(["criterion", "measured", "value [95 % CI]", "holds"],
+                 [[check.requirement, check.quantity, check.measured.format(), "yes" if check.passed else "**no**"]
+                  for check in verdict.checks] or [["(none)", "", "", ""]])
+    for evaluation, label in ((in_dist, "in distribution"), (ood, "out of distribution")):
+        if evaluation is None:
+            continue
+        low, high = evaluation.energy_range
+        steps = sorted({1, horizon, evaluation.n_steps})
+        report.paragraph(
+            f"**{label.capitalize()}**: {evaluation.n_trajectories} fresh trajectories with initial energies in [{low:g}, {high:g}]; "
+            f"every predictor gets the same {evaluation.context_len} true state(s) and rolls out {evaluation.n_steps} steps. "
+            "Relative error ‖pred − true‖/‖true‖; medians over trajectories with 95 % bootstrap intervals."
+        )
+        rows = []
+        for name in evaluation.scores:
+            rows.append([name, _interval_cell(evaluation.next_step_mse(name))]
+                        + [_interval_cell(evaluation.rollout_median(name, h)) for h in steps])
+        report.table(["predictor", "next-step MSE"] + [f"median error at step {h}" for h in steps], rows)
+        report.metrics[f"task_{label.replace(' ', '_')}"] = evaluation.to_dict([horizon])
+        report.figure(f"rollout_error_{label.replace(' ', '_')}",
+                      plot_rollout_error({name: scores.rollout_error for name, scores in evaluation.scores.items()},
+                                         title=f"rollout error, {label}"),
+                      f"Relative error per rollout step ({label}): median and 10–90 % band, the model beside the references.")
+    report.metrics["verdict"] = verdict.to_dict()
+    examples = system.sample(4, options.context_len + options.rollout_steps, seed=seed, energy_range=options.energy_range)
+    examples = examples.to(dtype=model.W_E.dtype, device=model.cfg.device)
+    predicted = rollout(model, examples.states[:, : options.context_len], options.rollout_steps)
+    report.figure("rollout_phase_space", plot_phase_space(examples.states[:, options.context_len :], predicted),
+                  f"Model rollouts (dashed) against the truth, {options.rollout_steps} steps.")
 
 
 def _report_setup(report: Report, system: OscillatorSystem, model: OscillatorTransformer,
                   config: TrainConfig, result: TrainResult) -> None:
     n_params = sum(p.numel() for p in model.parameters())
     report.heading("Setup")
+    cfg = model.cfg
     report.table(
         ["what", "value"],
         [
             ["system", f"ω0 {system.to_dict()['omega0']}, γ {system.to_dict()['gamma']}, Δt {system.dt}"],
             ["training energies", f"[{system.energy_range[0]:g}, {system.energy_range[1]:g}]"],
-            ["model", f"{model.cfg.n_layers} layer(s), d_model {model.cfg.d_model}, {model.cfg.n_heads} head(s), "
-                      f"causal={model.cfg.causal}, window={model.cfg.attn_window}, attn_only={model.cfg.attn_only}"],
+            ["model", f"{cfg.n_layers} layer(s), d_model {cfg.d_model}, {cfg.n_heads} head(s), causal={cfg.causal}, "
+                      f"window={cfg.attn_window}, attn_only={cfg.attn_only}, positional embedding={cfg.positional_embedding}, "
+                      f"layer norm={cfg.layer_norm}"],
             ["parameters", n_params],
-            ["dtype", model.cfg.dtype],
+            ["dtype", cfg.dtype],
             ["training", f"{config.steps} AdamW steps, batch {config.batch_size}, T = {config.seq_len}, "
-                         f"lr {config.lr:g} ({config.schedule}), loss on {config.loss_positions} position(s)"],
+                         f"lr {config.lr:g} ({config.schedule}), loss positions: {config.loss_positions}"],
             ["final training loss", result.final_loss],
             ["training time", f"{result.wall_time:.1f} s"],
         ],
     )
     report.figure("loss_curve", plot_loss_curve(result.losses), "Training loss (MSE) per step.")
     report.metrics.update(
-        final_train_loss=result.final_loss, train_time_s=result.wall_time, n_parameters=n_params,
+        final_train_loss=result.final_loss, n_parameters=n_params,
         model_config=model.config_dict(), train_config=dataclasses.asdict(config), system=system.to_dict(),
     )
-
-
-def _report_rollout(report: Report, ood, in_dist, eval_range, system: OscillatorSystem, target: float | None) -> None:
-    n_steps = ood.error.shape[1]
-    report.heading("Autoregressive rollout")
-    ood_summary, in_summary = ood.summary(), in_dist.summary()
-    report.paragraph(
-        f"{ood_summary['n_trajectories']} fresh trajectories per energy range, {n_steps} steps rolled out from "
-        f"{ood.context_len} true state(s); relative error ‖pred − true‖/‖true‖ per step."
-    )
-    report.table(
-        ["initial energies", "median error at last step", "median over all steps", "worst at last step"],
-        [
-            [f"in distribution [{system.energy_range[0]:g}, {system.energy_range[1]:g}]",
-             in_summary["median_final_error"], in_summary["median_error_all_steps"], in_summary["max_final_error"]],
-            [f"out of distribution [{eval_range[0]:g}, {eval_range[1]:g}]",
-             ood_summary["median_final_error"], ood_summary["median_error_all_steps"], ood_summary["max_final_error"]],
-        ],
-    )
-    if target is not None:
-        verdict = "meets" if ood_summary["median_final_error"] <= target else "misses"
-        report.paragraph(
-            f"The median out-of-distribution error after {n_steps} steps is "
-            f"{format_number(ood_summary['median_final_error'])}, which **{verdict}** the target of "
-            f"{format_number(target)} (the seed reported ~1e-4 for its OLA)."
-        )
-    report.figure("rollout_phase_space", plot_phase_space(ood.true, ood.predicted),
-                  f"Rollouts from out-of-distribution energies (dashed) against the truth, {n_steps} steps.")
-    report.figure("rollout_error", plot_rollout_error({"out of distribution": ood.error, "in distribution": in_dist.error}),
-                  "Relative error per rollout step: median and 10–90 % band over trajectories.")
-    report.metrics["rollout_ood"] = {**ood_summary, "energy_range": list(eval_range),
-                                     "median_error_per_step": ood.median_error().tolist()}
-    report.metrics["rollout_in_distribution"] = in_summary
-    if target is not None:
-        report.metrics["target_error"] = target
-        report.metrics["meets_target"] = ood_summary["median_final_error"] <= target
+    report.timings["train_s"] = result.wall_time
 
 
 def _report_linear_map(report: Report, model: OscillatorTransformer, system: OscillatorSystem) -> None:
@@ -236,4 +332,4 @@ def _matrix_text(matrix: torch.Tensor) -> str:
     return "[" + "; ".join(" ".join(f"{float(v):+.8f}" for v in row) for row in matrix) + "]"
 
 
-__all__ = ["StudyContext", "build_model", "build_system", "learned_linear_map", "run"]
+__all__ = ["EvaluationOptions", "OscillatorStudy", "build_model", "build_system", "learned_linear_map", "parse_study", "run"]

@@ -1,21 +1,26 @@
-"""The ``[analyses]`` part of an oscillator study: probes, ablation, patching, saliency, surrogate, weights.
+"""The ``[analyses]`` of an oscillator study: which algorithm, causal tests, honest probes, interventions.
 
-Called by :mod:`physlens.studies.oscillator` after training with the trained model; every number in
-the report, the Findings sentences included, is computed here from the model.
+:func:`parse_analyses` reads and checks every option against the model and the system before
+anything is trained; :func:`run_analyses` calls the library for each analysis named in ``run`` (an
+explicit table, :data:`ANALYSES`) and adds sections, figures, metrics and Findings to the report.
+Every number in the report, the Findings sentences included, is computed here from the model, and
+every analysis draws from its own named random stream.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
-from physlens.models.linear import LinearAutoregressive
+from physlens.models.reference import InContextLeastSquares
 from physlens.models.transformer import OscillatorTransformer
+from physlens.plots.evidence import plot_algorithm_comparison, plot_steering, plot_swap_test
 from physlens.plots.probes import (
     plot_ablation_grid,
     plot_attention_patterns,
@@ -26,111 +31,153 @@ from physlens.plots.probes import (
 )
 from physlens.probes.ablation import ablation_sweep
 from physlens.probes.activations import capture_activations
-from physlens.probes.linear_probe import probe_sweep
-from physlens.probes.patching import patching_grid, patching_pairs, patching_sweep
+from physlens.probes.algorithms import compare_algorithms, fit_ar_candidates
+from physlens.probes.context_swap import context_swap_test
+from physlens.probes.linear_probe import LinearProbe, ProbeResult
+from physlens.probes.nonlinear import mlp_probe_r2
+from physlens.probes.parity import parity_report, pattern_features, quadratic_features
+from physlens.probes.patching import patching_grid, patching_sweep
 from physlens.probes.saliency import off_diagonal_fraction, saliency, saliency_matrix
+from physlens.probes.selection import SiteSelection, select_sites, site_features
+from physlens.probes.steering import fit_probe_direction, steering_sweep
 from physlens.probes.surrogate import LinearSurrogate
 from physlens.probes.weights import head_circuits
+from physlens.seeding import stream_seed
 from physlens.studies.report import Report, StudySpecError, format_number, section
-from physlens.training.rollout import relative_error, rollout
+from physlens.systems.oscillator import EVEN_LABELS, LABEL_NAMES, OscillatorSystem
+from physlens.training.evaluation import TaskVerdict
 
-ANALYSES = ("weights", "probes", "ablation", "patching", "saliency", "surrogate")
-FREQUENCY_FORMS = ("omega0", "omega0_sq", "Omega", "cos_Omega_dt")
-"""Parametrisations of the frequency compared in the Findings."""
-
-TOP_KEYS = {"run": list, "batch_size": int, **{name: dict for name in ANALYSES}}
-OPTION_KEYS: dict[str, dict[str, Any]] = {
-    "weights": {"rtol": float},
-    "probes": {"hooks": list, "targets": list, "positions": (str, list), "n_trajectories": int, "n_folds": int, "control_seed": int},
-    "ablation": {"methods": list, "n_trajectories": int, "rollout_trajectories": int, "rollout_steps": int, "head_hook": str},
-    "patching": {"vary": str, "n_pairs": int, "sites": list, "position_stride": int, "head_site": str, "min_change": float},
-    "saliency": {"n_trajectories": int},
-    "surrogate": {"n_trajectories": int, "rollout_trajectories": int, "rollout_steps": int, "threshold": float},
-}
-DEFAULTS: dict[str, dict[str, Any]] = {
-    "weights": {"rtol": 1e-3},
-    "probes": {
-        "hooks": ["hook_embed", "resid_post"],
-        "targets": ["omega0", "omega0_sq", "Omega", "cos_Omega_dt", "gamma", "damping_factor", "energy", "acceleration"],
-        "positions": "all",
-        "n_trajectories": 512,
-        "n_folds": 5,
-        "control_seed": 12345,
-    },
-    "ablation": {"methods": ["zero", "mean"], "n_trajectories": 256, "rollout_trajectories": 16, "rollout_steps": 10, "head_hook": "z"},
-    "patching": {"vary": "omega0", "n_pairs": 32, "sites": ["resid_pre", "attn_out"], "position_stride": 4, "head_site": "z", "min_change": 0.5},
-    "saliency": {"n_trajectories": 16},
-    "surrogate": {"n_trajectories": 512, "rollout_trajectories": 32, "rollout_steps": 50, "threshold": 0.1},
-}
 LAYER_HOOKS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
+"""Short hook names that expand to one hook per layer."""
+
+HEADLINE_TARGET = "omega0"
 
 
-def parse_analyses(spec: Mapping[str, Any]) -> tuple[list[str], int, dict[str, dict[str, Any]]]:
-    """Read the ``[analyses]`` table strictly: which analyses to run, the batch size, and every
-    analysis's options with defaults filled in."""
-    top = section({"analyses": spec}, "analyses", TOP_KEYS)
-    run = top.get("run", list(ANALYSES))
-    bad = [name for name in run if name not in ANALYSES]
-    if bad or not run or len(set(run)) != len(run):
-        raise StudySpecError(f"[analyses] run must list distinct analyses from {list(ANALYSES)}, got {run!r}")
-    batch_size = top.get("batch_size", 256)
-    if batch_size < 1:
-        raise StudySpecError(f"[analyses] batch_size must be >= 1, got {batch_size}")
-    options = {}
-    for name in ANALYSES:
-        table = section(top, name, OPTION_KEYS[name])
-        options[name] = {**DEFAULTS[name], **table}
-        if name not in run and table:
-            raise StudySpecError(f"[analyses.{name}] is given but {name!r} is not in [analyses] run")
-    for name, opts in options.items():
-        for key, value in opts.items():
-            if isinstance(value, int) and not isinstance(value, bool) and key not in ("control_seed",) and value < 1:
-                raise StudySpecError(f"[analyses.{name}] {key} must be >= 1, got {value}")
-    return list(run), batch_size, options
+@dataclass
+class AnalysisContext:
+    """What every analysis reads: the trained model, its system, the study's seed and the report."""
+
+    model: OscillatorTransformer  # the trained model, in eval mode
+    system: OscillatorSystem  # the training distribution
+    seq_len: int  # positions the model was trained on
+    loss_positions: str | int  # the training loss's positions ("last", "all" or the first scored one)
+    seed: int  # the study's seed: every analysis derives its own streams from it
+    progress: bool  # show progress bars
+    verdict: TaskVerdict | None = None  # whether the model does its task, judged before any analysis
+    report: Report = field(default_factory=lambda: Report("analyses"))
+    metrics: dict[str, Any] = field(default_factory=dict)
+    findings: list[str] = field(default_factory=list)
+    seeds: dict[str, int] = field(default_factory=dict)  # every stream an analysis drew from, by name
+    shared: dict[str, Any] = field(default_factory=dict)  # results one analysis hands to a later one
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The model's parameter dtype."""
+        return self.model.W_E.dtype
+
+    def stream(self, name: str) -> int:
+        """The seed of the named random stream (recorded so ``load_run`` can replay it)."""
+        self.seeds[name] = stream_seed(self.seed, name)
+        return self.seeds[name]
+
+    def sample(self, name: str, n: int, n_steps: int):
+        """``n`` fresh trajectories of ``n_steps`` from the stream ``name``, in the model's dtype."""
+        return self.system.sample(n, n_steps, seed=self.stream(name)).to(device=self.model.cfg.device, dtype=self.dtype)
+
+    def control_model(self) -> OscillatorTransformer:
+        """A randomly initialised copy of the model from its own stream (never the model's own seed)."""
+        seed = self.stream("random-init control")
+        if seed == self.model.cfg.seed:
+            seed = self.stream("random-init control (second draw)")
+        return OscillatorTransformer(dataclasses.replace(self.model.cfg, seed=seed)).to(self.model.cfg.device).eval()
 
 
-def expand_hooks(model: OscillatorTransformer, hooks: list[str]) -> list[str]:
+@dataclass(frozen=True)
+class Analysis:
+    """One entry of :data:`ANALYSES`: its option types, defaults, a pre-training check and the runner."""
+
+    keys: Mapping[str, Any]
+    defaults: Mapping[str, Any]
+    check: Callable[[dict[str, Any], OscillatorTransformer, OscillatorSystem, int], None]
+    run: Callable[[AnalysisContext, dict[str, Any]], None]
+
+
+def _error(name: str, key: str, message: str) -> StudySpecError:
+    return StudySpecError(f"[analyses.{name}] {key}: {message}")
+
+
+def _check_positive(name: str, opts: Mapping[str, Any], keys: tuple[str, ...]) -> None:
+    for key in keys:
+        if key in opts and opts[key] < 1:
+            raise _error(name, key, f"must be >= 1, got {opts[key]}")
+
+
+def _check_varies(name: str, system: OscillatorSystem, vary: str, min_change: float) -> None:
+    if vary not in ("omega0", "gamma"):
+        raise _error(name, "vary", f"must be 'omega0' or 'gamma', got {vary!r}")
+    if not min_change > 0:
+        raise _error(name, "min_change", f"must be > 0, got {min_change}")
+    low, high = (system.omega0 if vary == "omega0" else system.gamma).bounds
+    if high - low < min_change:
+        raise _error(
+            name, "vary",
+            f"the system's {vary} spans [{low:g}, {high:g}], so there are no contexts that differ in {vary} by "
+            f"min_change={min_change:g}: this analysis needs a system whose {vary} varies",
+        )
+
+
+def expand_hooks(model: OscillatorTransformer, hooks: list[str], where: str = "[analyses.probes] hooks") -> list[str]:
     """Short names (``resid_post``, ``attn_out``…) become one hook per layer; full names pass through."""
     names = []
     for hook in hooks:
+        if not isinstance(hook, str):
+            raise StudySpecError(f"{where}: every hook must be a string, got {hook!r}")
         if hook in LAYER_HOOKS:
             names += [f"blocks.{layer}.hook_{hook}" for layer in range(model.cfg.n_layers)]
         else:
             names.append(hook)
     missing = [n for n in names if n not in model.hook_dict]
     if missing:
-        raise StudySpecError(f"[analyses.probes] hooks {missing} do not exist in this model; short forms are {list(LAYER_HOOKS)}")
+        raise StudySpecError(f"{where}: {missing} do not exist in this model; short forms are {list(LAYER_HOOKS)}")
     return names
 
 
-def run_analyses(ctx: Any, spec: Mapping[str, Any], report: Report) -> None:
-    """Run the analyses listed in ``spec`` (the study's ``[analyses]`` table) on ``ctx.model`` and
-    add their sections, figures, metrics and a Findings section to ``report``."""
-    run, batch_size, options = parse_analyses(spec)
-    model = ctx.model.eval()
-    dtype = model.W_E.dtype
-    metrics: dict[str, Any] = {}
-    findings: list[str] = []
-    timings: dict[str, float] = {}
-    report.heading("Interpretability analyses")
-    for offset, name in enumerate(run):
-        start = time.perf_counter()
-        seed = ctx.seed + 7919 * (offset + 1)
-        handler = globals()[f"_run_{name}"]
-        handler(ctx, model, dtype, options[name], batch_size, seed, report, metrics, findings)
-        timings[name] = time.perf_counter() - start
-    metrics["wall_time_s"] = timings
-    report.heading("Findings", level=3)
-    report.bullets(findings or ["No analysis produced a finding."])
-    report.metrics["analyses"] = metrics
+def _sites(opts_sites: list[Any], model: OscillatorTransformer, seq_len: int, where: str) -> list[tuple[str, int]]:
+    sites = []
+    for site in opts_sites:
+        if not (isinstance(site, list) and len(site) == 2 and isinstance(site[0], str) and isinstance(site[1], int)
+                and not isinstance(site[1], bool)):
+            raise StudySpecError(f"{where}: every site must be [hook, position], got {site!r}")
+        hook = expand_hooks(model, [site[0]], where)
+        if len(hook) != 1:
+            raise StudySpecError(f"{where}: a site names one hook, not the short form {site[0]!r}")
+        position = site[1] % seq_len if -seq_len <= site[1] < seq_len else None
+        if position is None:
+            raise StudySpecError(f"{where}: position {site[1]} is outside the {seq_len} positions of the context")
+        sites.append((hook[0], position))
+    return sites
 
 
-def _sample(ctx: Any, n: int, n_steps: int, seed: int, dtype: torch.dtype, energy_range: Any = None):
-    trajectories = ctx.system.sample(n, n_steps, seed=seed, energy_range=energy_range)
-    return trajectories.to(device=ctx.device, dtype=dtype)
+def _positions(value: Any, seq_len: int, where: str) -> list[int]:
+    if value == "all":
+        return list(range(seq_len))
+    if not isinstance(value, list) or not value or not all(isinstance(p, int) and not isinstance(p, bool) for p in value):
+        raise StudySpecError(f"{where}: must be 'all' or a non-empty list of positions, got {value!r}")
+    bad = [p for p in value if not -seq_len <= p < seq_len]
+    if bad:
+        raise StudySpecError(f"{where}: positions {bad} are outside the {seq_len} positions of the context")
+    return sorted({p % seq_len for p in value})
 
 
-def _run_weights(ctx, model, dtype, opts, batch_size, seed, report, metrics, findings) -> None:
+# --- weights -----------------------------------------------------------------------------------
+
+def _check_weights(opts, model, system, seq_len) -> None:
+    if not opts["rtol"] > 0:
+        raise _error("weights", "rtol", f"must be > 0, got {opts['rtol']}")
+
+
+def _run_weights(ctx: AnalysisContext, opts: dict[str, Any]) -> None:
+    model, report = ctx.model, ctx.report
     circuits = head_circuits(model, rtol=opts["rtol"])
     report.heading("Weights: OV and QK circuits", level=3)
     rows = []
@@ -140,165 +187,460 @@ def _run_weights(ctx, model, dtype, opts, batch_size, seed, report, metrics, fin
                          float(circuits.qk_singular_values[layer, head, 0]), "yes" if bool(circuits.silent[layer, head]) else "no"])
     report.table(["layer", "head", "OV gain (σ_max)", "‖W_O‖_F", "QK σ_max", f"silent (gain < {format_number(opts['rtol'])})"], rows)
     silent = circuits.silent_heads()
-    metrics["weights"] = circuits.to_dict()
+    ctx.metrics["weights"] = circuits.to_dict()
     n_heads = model.cfg.n_layers * model.cfg.n_heads
     if silent:
-        findings.append(f"{len(silent)} of {n_heads} heads write almost nothing (OV gain below {format_number(opts['rtol'])}): {silent}.")
+        ctx.findings.append(f"{len(silent)} of {n_heads} heads write almost nothing (OV gain below {format_number(opts['rtol'])}): {silent}.")
     else:
         weakest = np.unravel_index(int(torch.argmin(circuits.ov_gain)), tuple(circuits.ov_gain.shape))
-        findings.append(
+        ctx.findings.append(
             f"No head is silent: the weakest OV gain is {format_number(float(circuits.ov_gain.min()))} "
             f"(layer {weakest[0]}, head {weakest[1]}), so unlike the seed's OLA (W_O ≈ 0) every head writes to the residual stream."
         )
 
 
-def _run_probes(ctx, model, dtype, opts, batch_size, seed, report, metrics, findings) -> None:
+# --- algorithms --------------------------------------------------------------------------------
+
+def _check_algorithms(opts, model, system, seq_len) -> None:
+    _check_positive("algorithms", opts, ("n_trajectories", "horizon", "n_reference_trajectories"))
+    if opts["context_lengths"] != "all":
+        ks = opts["context_lengths"]
+        if not isinstance(ks, list) or not ks or not all(isinstance(k, int) and not isinstance(k, bool) for k in ks):
+            raise _error("algorithms", "context_lengths", f"must be 'all' or a list of integers, got {ks!r}")
+        if min(ks) < 2 or max(ks) > seq_len:
+            raise _error("algorithms", "context_lengths", f"must lie in 2..{seq_len} (the model's context), got {ks}")
+
+
+def _run_algorithms(ctx: AnalysisContext, opts: dict[str, Any]) -> None:
+    ks = list(range(2, ctx.seq_len + 1)) if opts["context_lengths"] == "all" else sorted(set(opts["context_lengths"]))
+    horizon = opts["horizon"]
+    data = ctx.system.sample(opts["n_trajectories"], max(ks) + horizon, seed=ctx.stream("algorithms trajectories"))
+    data = data.to(dtype=torch.float64)
+    candidates = fit_ar_candidates(ctx.system, ks, seed=ctx.stream("algorithms AR fits"), n_traj=opts["n_reference_trajectories"])
+    comparison = compare_algorithms(ctx.model, data, ks, candidates, horizon=horizon)
+    report = ctx.report
+    report.heading("Which algorithm? The model beside candidate algorithms, by context length", level=3)
+    report.paragraph(
+        f"{len(data)} fresh trajectories. For every context length k the model and each candidate see the first k states "
+        f"and predict the next one, then roll out {horizon} steps keeping a window of k states. Candidates: in-context "
+        "least squares on the k states (infer K, then step — exact from k = 3 on noiseless data), the linear AR-k filter "
+        "fitted in closed form in float64, the current-state-only map, and the exact propagator. *Shared error* is the "
+        "share of the model's squared error a candidate reproduces (1: the same mistakes; ≤ 0: none of them)."
+    )
+    rows = []
+    best = comparison.best_match()
+    shown = sorted({k for k in (2, 3, 4, 5, 8, 10, 20, 30, 40, ks[-1]) if k in ks})
+    for k in shown:
+        i = ks.index(k)
+        rows.append([k, comparison.model_error[i], comparison.model_rollout_error[i],
+                     comparison.rollout_error["in-context least squares (k states)"][i],
+                     comparison.rollout_error["linear AR-k (float64)"][i],
+                     comparison.rollout_error["current state only"][i], best[i] or "none (its own)"])
+    report.table(["k", "model one-step error", f"model {horizon}-step error", f"least squares {horizon}-step",
+                  f"AR-k {horizon}-step", f"current state {horizon}-step", "best match (rollout)"], rows)
+    report.figure("algorithms", plot_algorithm_comparison(comparison),
+                  "Model and candidate algorithms against context length: errors (top) and the share of the model's error each candidate reproduces (bottom).")
+    ctx.metrics["algorithms"] = comparison.to_dict()
+    beats_ar = comparison.more_accurate_than("linear AR-k (float64)")
+    ctx.findings.append(
+        f"Which algorithm: {comparison.verdict()}. The model's {horizon}-step rollouts are more accurate than the fitted AR-k "
+        f"filter at {len(beats_ar)} of {len(ks)} context lengths"
+        + (f" (k = {beats_ar[0]}…{beats_ar[-1]})" if beats_ar else "")
+        + "; in-context least squares is exact from k = 3, so no learned model can match it exactly."
+    )
+
+
+# --- context swap ------------------------------------------------------------------------------
+
+def _check_swap(opts, model, system, seq_len) -> None:
+    _check_positive("swap", opts, ("n_pairs",))
+    _check_varies("swap", system, opts["vary"], opts["min_change"])
+
+
+def _run_swap(ctx: AnalysisContext, opts: dict[str, Any]) -> None:
+    a, b = ctx.system.sample_swap_pairs(opts["n_pairs"], ctx.seq_len, seed=ctx.stream("swap pairs"), vary=opts["vary"],
+                                        min_change=opts["min_change"])
+    a, b = a.to(dtype=ctx.dtype), b.to(dtype=ctx.dtype)
+    result = context_swap_test(ctx.model, a, b, seed=ctx.stream("swap bootstrap"))
+    control = context_swap_test(ctx.control_model(), a, b, seed=ctx.stream("swap bootstrap"))
+    exact = context_swap_test(InContextLeastSquares(), a.to(dtype=torch.float64), b.to(dtype=torch.float64), n_resamples=200)
+    vary = "ω0" if opts["vary"] == "omega0" else "γ"
+    report = ctx.report
+    report.heading(f"Causal test: context swap ({vary})", level=3)
+    report.paragraph(
+        f"{result.n_pairs} pairs of {ctx.seq_len}-state contexts end in the same state s but come from different {vary} "
+        f"(at least {format_number(opts['min_change'])} apart). The difference of the model's predictions is regressed "
+        "(through the origin, x and p pooled) on the true difference K(a)s − K(b)s; 95 % intervals from a bootstrap over pairs."
+    )
+    report.table(["predictor", "slope [95 % CI]", "R²"], [
+        ["trained model", result.slope.format(), result.r2],
+        ["random-init control", control.slope.format(), control.r2],
+        ["in-context least squares (exact)", exact.slope.format(), exact.r2],
+    ])
+    report.figure("context_swap", plot_swap_test(result, title=f"context swap: same final state, different {vary}"),
+                  f"The model's prediction difference against the true difference for swap pairs differing in {vary}.")
+    ctx.metrics["swap"] = {"model": result.to_dict(), "random_init_control": control.to_dict(), "exact": exact.to_dict(), "vary": opts["vary"]}
+    slope = result.slope
+    if slope.low <= 1 <= slope.high:
+        what = f"moves with {vary} exactly as the true propagator does (slope 1 lies in the interval)"
+    elif slope.low > 0:
+        what = f"moves with {vary} in the right direction but by {format_number(100 * slope.estimate)} % of the true amount"
+    else:
+        what = f"does not move with {vary} (the interval includes 0)"
+    ctx.findings.append(
+        f"Context swap: with the final state fixed, the model's prediction {what}: slope {slope.format()}, R² {format_number(result.r2)} "
+        f"(random-init control: slope {control.slope.format()}, R² {format_number(control.r2)})."
+    )
+    ctx.shared["swap_pairs"] = (a, b)
+
+
+# --- probes ------------------------------------------------------------------------------------
+
+def _check_probes(opts, model, system, seq_len) -> None:
+    _check_positive("probes", opts, ("n_trajectories", "n_folds"))
+    if opts["n_folds"] < 3:
+        raise _error("probes", "n_folds", f"must be >= 3 for nested cross-validation, got {opts['n_folds']}")
+    if opts["n_permutations"] < 0:
+        raise _error("probes", "n_permutations", f"must be >= 0, got {opts['n_permutations']}")
+    expand_hooks(model, opts["hooks"])
+    _positions(opts["positions"], seq_len, "[analyses.probes] positions")
+    unknown = [t for t in opts["targets"] if t not in LABEL_NAMES]
+    if unknown or not opts["targets"]:
+        raise _error("probes", "targets", f"must name labels from {list(LABEL_NAMES)}, got unknown {unknown}")
+    _sites(opts["sites"], model, seq_len, "[analyses.probes] sites")
+    if opts["n_trajectories"] < 2 * opts["n_folds"]:
+        raise _error("probes", "n_trajectories", f"must be at least 2 × n_folds = {2 * opts['n_folds']}, got {opts['n_trajectories']}")
+
+
+def _constant_targets(system: OscillatorSystem, targets: list[str], seq_len: int) -> list[str]:
+    """Targets that do not vary in this system (e.g. γ when it is fixed): nothing to decode."""
+    labels = system.sample(64, seq_len, seed=0).labels()
+    return [t for t in targets if float(labels[t].max() - labels[t].min()) <= 1e-12 * float(labels[t].abs().max() + 1e-300)]
+
+
+def _label_matrix(data: Any, targets: list[str], sites: list[tuple[str, int]]) -> torch.Tensor:
+    labels = data.labels()
+    columns = []
+    for target in targets:
+        value = labels[target].double().cpu()
+        positions = torch.tensor([p for _, p in sites])
+        columns.append(value[:, positions] if value.ndim == 2 else value[:, None].expand(-1, len(sites)))
+    return torch.stack(columns, dim=-1)  # [n, site, t]
+
+
+def _probe_result(selection: SiteSelection, control: SiteSelection, hooks: list[str], positions: list[int]) -> ProbeResult:
+    shape = (len(hooks), len(positions), len(selection.targets))
+    return ProbeResult(hooks=hooks, positions=positions, targets=selection.targets, r2=selection.cv_r2.reshape(shape),
+                       alpha=np.full(shape, np.nan), control_r2=control.cv_r2.reshape(shape), shuffled_r2=None,
+                       folds=torch.empty(0, dtype=torch.long), n_trajectories=selection.n_samples)
+
+
+def _cv_r2(features: torch.Tensor, y: np.ndarray, seed: int, n_folds: int) -> float:
+    return float(LinearProbe(n_folds=n_folds, seed=seed).fit(features.double().cpu().numpy(), y).cv_r2_)
+
+
+def _run_probes(ctx: AnalysisContext, opts: dict[str, Any]) -> None:
+    model, report, seq_len = ctx.model, ctx.report, ctx.seq_len
     hooks = expand_hooks(model, opts["hooks"])
-    data = _sample(ctx, opts["n_trajectories"], ctx.seq_len, seed, dtype)
-    labels = with_acceleration(data)
-    unknown = [t for t in opts["targets"] if t not in labels]
-    if unknown:
-        raise StudySpecError(f"[analyses.probes] targets {unknown} are not labels; choose from {sorted(labels)}")
-    constant = [t for t in opts["targets"] if float(labels[t].max() - labels[t].min()) <= 1e-12 * float(labels[t].abs().max() + 1e-300)]
+    positions = _positions(opts["positions"], seq_len, "[analyses.probes] positions")
+    constant = _constant_targets(ctx.system, opts["targets"], seq_len)
     targets = [t for t in opts["targets"] if t not in constant]
-    report.heading("Linear probes", level=3)
+    registered = _sites(opts["sites"], model, seq_len, "[analyses.probes] sites")
+    report.heading("Linear probes with controls, nested cross-validation and a permutation null", level=3)
     if constant:
         report.paragraph(f"Skipped targets that are constant in this system (nothing to decode): {', '.join(constant)}.")
     if not targets:
-        findings.append("Probes were skipped: every requested target is constant in this system.")
+        ctx.findings.append("Probes were skipped: every requested target is constant in this system.")
         return
-    positions = opts["positions"]
-    control = OscillatorTransformer(dataclasses.replace(model.cfg, seed=opts["control_seed"])).to(ctx.device).eval()
-    result = probe_sweep(
-        model, data.states, hooks, labels=labels, targets=targets, positions=positions, control_model=control,
-        n_folds=opts["n_folds"], batch_size=batch_size, seed=seed, progress=ctx.progress,
-    )
+    data = ctx.sample("probes trajectories", opts["n_trajectories"], seq_len)
+    control = ctx.control_model()
+    X, sites = site_features(model, data.states, hooks, positions)
+    X_control, _ = site_features(control, data.states, hooks, positions)
+    y = _label_matrix(data, targets, sites)
+    seed = ctx.stream("probes folds and permutations")
+    kwargs = dict(n_folds=opts["n_folds"], n_permutations=opts["n_permutations"], seed=seed)
+    selection = select_sites(X, y, sites, targets, **kwargs)
+    control_selection = select_sites(X_control, y, sites, targets, **kwargs)
+    parity = parity_report(model, data.states, hooks, positions)
     report.paragraph(
-        f"Ridge probes (α by grouped {opts['n_folds']}-fold CV, folds by trajectory) on {result.n_trajectories} fresh "
-        f"trajectories at {len(hooks)} hooks × {len(result.positions)} positions. Control: the same probe on a randomly "
-        "initialised copy of the model; selectivity = R² − control R². Shuffled: labels permuted across trajectories."
+        f"Ridge probes on {len(data)} fresh trajectories at {len(hooks)} hooks × {len(positions)} positions = {len(sites)} "
+        f"sites; folds by trajectory ({opts['n_folds']}). The same probes on a randomly initialised copy of the model are the "
+        "control. **Pre-registered sites** (fixed in the study file) need no correction. Over all sites, the *nested* R² "
+        "chooses the site and the penalty inside each training fold, and the maximum over sites is compared with its "
+        f"permutation null ({opts['n_permutations']} label shuffles across trajectories). *Even share*: the share of the "
+        "site's variance that is even under s → −s; a linear probe for an even label (ω0, γ, energy) can use only that part."
     )
+    if registered:
+        rows = []
+        for site in registered:
+            for target in targets:
+                possible = parity.linear_readout_possible(site, target) if site in parity.sites else True
+                share = float(parity.even_share[parity.sites.index(site)]) if site in parity.sites else float("nan")
+                rows.append([f"{site[0]} @ {site[1]}", target, selection.r2_at(site, target), control_selection.r2_at(site, target),
+                             share, "" if possible else "odd site: no linear readout of an even label"])
+        report.table(["pre-registered site", "target", "held-out R²", "random-init R²", "even share", "note"], rows)
     rows = []
     for target in targets:
-        best = result.best_site(target)
-        rows.append([target, best["hook"], best["position"], best["r2"], best["control_r2"], best["selectivity"], best["shuffled_r2"]])
-    report.table(["target", "best hook", "position", "held-out R²", "random-init R²", "selectivity", "shuffled-label R²"], rows)
-    shown = [t for t in ("omega0", "acceleration", "energy") if t in targets] or targets[:1]
-    for target in shown:
-        report.figure(f"probe_r2_{target}", plot_probe_r2(result, target), f"Held-out R² of linear probes for {target} per hook and position, with controls.")
-    metrics["probes"] = {**result.to_dict(), "skipped_constant_targets": constant}
-    if "omega0" in targets:
-        best = result.best_site("omega0")
-        findings.append(
-            f"ω0 is decoded best at {best['hook']} position {best['position']} with held-out R² {format_number(best['r2'])}; "
-            f"the same probe on a random-init copy reaches {format_number(best['control_r2'])} (selectivity "
-            f"{format_number(best['selectivity'])}), shuffled labels {format_number(best['shuffled_r2'])}."
-        )
-    forms = [t for t in FREQUENCY_FORMS if t in targets]
-    if len(forms) > 1:
-        scores = {t: result.best_site(t)["r2"] for t in forms}
-        ranked = sorted(scores, key=scores.get, reverse=True)
-        findings.append(
-            f"Of the frequency parametrisations, {ranked[0]} is represented most linearly (best-site R² "
-            f"{format_number(scores[ranked[0]])}), then " + ", ".join(f"{t} ({format_number(scores[t])})" for t in ranked[1:]) + "."
-        )
-    if "acceleration" in targets:
-        best = result.best_site("acceleration")
-        findings.append(
-            f"The acceleration ẍ = −ω0² x − 2γ p of the current state (the product the update needs) decodes with held-out R² "
-            f"{format_number(best['r2'])} at {best['hook']} position {best['position']} (random-init control "
-            f"{format_number(best['control_r2'])}, selectivity {format_number(best['selectivity'])})."
-        )
-    if "energy" in targets:
-        best = result.best_site("energy")
-        findings.append(f"Energy decodes with held-out R² up to {format_number(best['r2'])} ({best['hook']}, position {best['position']}; selectivity {format_number(best['selectivity'])}).")
+        s, c = selection.summary(target), control_selection.summary(target)
+        rows.append([target, s["nested_r2"], c["nested_r2"], f"{format_number(s['max_r2'])} ({_short_site(selection.best_site(target))})",
+                     f"{format_number(c['max_r2'])} ({_short_site(control_selection.best_site(target))})",
+                     s["p_value_of_max"], s["null_max_95"]])
+    report.table(["target", "nested R²", "control nested R²", "max over sites (best site)", "control max (its best site)",
+                  "p of the max", "null 95 % of the max"], rows)
+    probe_result = _probe_result(selection, control_selection, hooks, positions)
+    for target in [t for t in (HEADLINE_TARGET, "omega0_sq_x", "energy") if t in targets] or targets[:1]:
+        report.figure(f"probe_r2_{target}", plot_probe_r2(probe_result, target),
+                      f"Held-out R² of linear probes for {target} per hook and position, trained model beside its random-init control.")
+    metrics: dict[str, Any] = {"model": selection.to_dict(), "random_init_control": control_selection.to_dict(),
+                               "parity": parity.to_dict(), "pre_registered_sites": [list(s) for s in registered],
+                               "skipped_constant_targets": constant}
+    even_rows, even_metrics = _even_features(ctx, opts, data, control, targets, registered)
+    if even_rows:
+        report.paragraph("Even features, for even labels: attention weights at the last query of every layer (q·k is even when "
+                         "q and k are odd) and quadratic features (top-8 principal components and their products) at each "
+                         "pre-registered site; and an MLP probe at each pre-registered site. Each beside the same probe on the "
+                         "random-init control; held-out R² by grouped cross-validation.")
+        report.table(["features", "target", "held-out R²", "random-init R²"], even_rows)
+    metrics["even_features"] = even_metrics
+    ctx.metrics["probes"] = metrics
+    ctx.shared["probe_sites"] = registered
+    _probe_findings(ctx, targets, registered, selection, control_selection, parity, even_metrics)
 
 
-def with_acceleration(data: Any) -> dict[str, torch.Tensor]:
-    """The trajectories' labels plus ``acceleration`` = ẍ = −ω0² x − 2γ p at every step ``[traj, step]``."""
+def _short_site(site: tuple[str, int]) -> str:
+    return f"{site[0].replace('blocks.', 'L').replace('.hook_', ' ').replace('hook_', '')} @ {site[1]}"
+
+
+def _even_features(ctx, opts, data, control, targets, registered) -> tuple[list[list[Any]], list[dict[str, Any]]]:
+    even_targets = [t for t in targets if t in EVEN_LABELS]
+    rows, metrics = [], []
+    if not even_targets:
+        return rows, metrics
     labels = data.labels()
-    x, p = data.states[..., 0], data.states[..., 1]
-    labels["acceleration"] = -(data.omega0[:, None] ** 2 * x + 2 * data.gamma[:, None] * p)
-    return labels
+    seed = ctx.stream("even-feature probes")
+    n_folds = opts["n_folds"]
+
+    def add(name: str, target: str, model_features: torch.Tensor, control_features: torch.Tensor, nonlinear: bool = False) -> None:
+        y = labels[target].double().cpu().numpy()
+        if nonlinear:
+            r2 = mlp_probe_r2(model_features.double().cpu().numpy(), y, n_folds=n_folds, seed=seed)
+            r2_control = mlp_probe_r2(control_features.double().cpu().numpy(), y, n_folds=n_folds, seed=seed)
+        else:
+            r2, r2_control = _cv_r2(model_features, y, seed, n_folds), _cv_r2(control_features, y, seed, n_folds)
+        rows.append([name, target, r2, r2_control])
+        metrics.append({"features": name, "target": target, "r2": r2, "control_r2": r2_control})
+
+    last = ctx.seq_len - 1
+    for target in even_targets:
+        if labels[target].ndim != 1:
+            continue  # per-step even labels (energy) are probed at the sites above
+        for layer in range(ctx.model.cfg.n_layers):
+            add(f"attention weights, layer {layer}, query {last}", target, pattern_features(ctx.model, data.states, layer, last),
+                pattern_features(control, data.states, layer, last))
+        for hook, position in registered:
+            model_acts = site_features(ctx.model, data.states, [hook], [position])[0][:, 0]
+            control_acts = site_features(control, data.states, [hook], [position])[0][:, 0]
+            add(f"quadratic features, {_short_site((hook, position))}", target, quadratic_features(model_acts), quadratic_features(control_acts))
+            if opts["nonlinear"]:
+                add(f"MLP probe, {_short_site((hook, position))}", target, model_acts, control_acts, nonlinear=True)
+    return rows, metrics
 
 
-def _run_ablation(ctx, model, dtype, opts, batch_size, seed, report, metrics, findings) -> None:
-    data = _sample(ctx, opts["n_trajectories"], ctx.seq_len + 1, seed, dtype)
+def _probe_findings(ctx, targets, registered, selection, control_selection, parity, even_metrics) -> None:
+    for target in targets:
+        s, c = selection.summary(target), control_selection.summary(target)
+        sentence = f"{target}: "
+        if registered:
+            site = registered[0]
+            sentence += (f"at the pre-registered site {_short_site(site)} a linear probe reaches held-out R² "
+                         f"{format_number(selection.r2_at(site, target))} (random-init control {format_number(control_selection.r2_at(site, target))}); ")
+        significant = s["p_value_of_max"] <= 0.05
+        sentence += (f"over all {len(selection.sites)} sites the nested R² is {format_number(s['nested_r2'])} (control "
+                     f"{format_number(c['nested_r2'])}); the best site's {format_number(s['max_r2'])} "
+                     + ("exceeds" if significant else "does not exceed")
+                     + f" the permutation null of the maximum (p = {format_number(s['p_value_of_max'])}).")
+        if target in EVEN_LABELS:
+            odd = [site for site in parity.sites if parity.is_odd(site)]
+            if len(odd) == len(parity.sites):
+                sentence += (" Every probed site is odd under s → −s (even share < "
+                             f"{format_number(parity.tolerance)}), so no linear probe there can read this even label, whatever the model knows.")
+            elif odd:
+                sentence += f" {len(odd)} of {len(parity.sites)} sites are odd under s → −s and cannot carry it linearly."
+        for entry in even_metrics:
+            if entry["target"] == target and entry["features"].startswith("MLP"):
+                gap = entry["r2"] - entry["control_r2"]
+                sentence += (f" An MLP probe ({entry['features'][len('MLP probe, '):]}) reaches {format_number(entry['r2'])} against "
+                             f"{format_number(entry['control_r2'])} on the random-init control"
+                             + (": the context alone carries it, so this says little about training." if gap < 0.05 else ".")
+                             )
+        ctx.findings.append(sentence)
+
+
+# --- steering ----------------------------------------------------------------------------------
+
+def _check_steering(opts, model, system, seq_len) -> None:
+    _check_positive("steering", opts, ("n_trajectories", "n_probe_trajectories", "n_steps"))
+    if opts["n_steps"] < 3:
+        raise _error("steering", "n_steps", f"must be >= 3 to read a frequency off the rollout, got {opts['n_steps']}")
+    alphas = opts["alphas"]
+    if not isinstance(alphas, list) or not all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in alphas) or 0 not in alphas or len(alphas) < 2:
+        raise _error("steering", "alphas", f"must be a list of numbers holding 0 and at least one push, got {alphas!r}")
+    if opts["site"] is None:
+        raise _error("steering", "site", "must be set to [hook, position] (the probe's pre-registered site)")
+    _sites([opts["site"]], model, seq_len, "[analyses.steering] site")
+    if opts["target"] not in LABEL_NAMES:
+        raise _error("steering", "target", f"must be a label from {list(LABEL_NAMES)}, got {opts['target']!r}")
+    if opts["target"] in ("omega0", "Omega", "omega0_sq", "cos_Omega_dt"):
+        _check_varies("steering", system, "omega0", 1e-9)
+
+
+def _run_steering(ctx: AnalysisContext, opts: dict[str, Any]) -> None:
+    (hook, position), = _sites([opts["site"]], ctx.model, ctx.seq_len, "[analyses.steering] site")
+    train = ctx.sample("steering probe trajectories", opts["n_probe_trajectories"], ctx.seq_len)
+    direction = fit_probe_direction(ctx.model, train, hook, position, opts["target"], seq_len=ctx.seq_len,
+                                    seed=ctx.stream("steering probe folds"))
+    contexts = ctx.sample("steering contexts", opts["n_trajectories"], ctx.seq_len)
+    report = ctx.report
+    report.heading(f"Intervention: steering along the {opts['target']} probe direction", level=3)
+    try:
+        result = steering_sweep(ctx.model, direction, contexts, [float(a) for a in opts["alphas"]], n_steps=opts["n_steps"],
+                                seed=ctx.stream("steering control direction"))
+    except ValueError as error:  # the model's rollouts are no oscillation to read a frequency from
+        report.paragraph(f"Skipped: {error}.")
+        ctx.findings.append(f"Steering was skipped: {error}.")
+        ctx.metrics["steering"] = {"skipped": str(error), "direction": direction.to_dict()}
+        return
+    report.paragraph(
+        f"A ridge probe for {opts['target']} at {_short_site((hook, position))} (held-out R² {format_number(direction.cv_r2)}) gives "
+        "a direction w; adding α·w/‖w‖² there moves the probe's reading by α. For every α the model rolls out "
+        f"{opts['n_steps']} steps from {len(contexts)} contexts with the push applied at every step, and ω0 is read off the "
+        "rollout by least squares. Control: a random direction of the same size. Slopes: median over trajectories of "
+        "dω0/dα, 95 % bootstrap interval."
+    )
+    report.table(["direction", "slope dω0/dα [95 % CI]", "rollouts with a readable frequency"], [
+        ["probe", result.slope.format(), f"{format_number(100 * result.valid_fraction)} %"],
+        ["random (control)", result.control_slope.format(), ""],
+    ])
+    report.figure("steering", plot_steering(result, title=f"steering along the {opts['target']} direction at {_short_site((hook, position))}"),
+                  "ω0 of steered rollouts minus the unsteered rollout, against the push α.")
+    ctx.metrics["steering"] = {**result.to_dict(), "direction": direction.to_dict()}
+    slope, control = result.slope, result.control_slope
+    if slope.low > 0 and slope.low > control.high:
+        verdict = "the model reads this direction: pushing along it raises the rollout's frequency"
+    elif slope.high < 0 and slope.high < control.low:
+        verdict = "pushing along it changes the rollout's frequency, with the opposite sign"
+    else:
+        verdict = "pushing along it changes the frequency no more than a random push of the same size: the probe decodes ω0 but the model does not use that direction"
+    ctx.findings.append(
+        f"Steering along the {opts['target']} probe direction at {_short_site((hook, position))}: dω0/dα = {slope.format()} against "
+        f"{control.format()} for a random direction — {verdict}."
+    )
+
+
+# --- ablation, patching, saliency, surrogate ---------------------------------------------------
+
+def _check_ablation(opts, model, system, seq_len) -> None:
+    _check_positive("ablation", opts, ("n_trajectories", "rollout_trajectories", "rollout_steps"))
+    bad = [m for m in opts["methods"] if m not in ("zero", "mean", "resample")]
+    if bad or not opts["methods"]:
+        raise _error("ablation", "methods", f"must list methods among zero, mean, resample; got {opts['methods']!r}")
+    if opts["head_hook"] not in ("z", "result"):
+        raise _error("ablation", "head_hook", f"must be 'z' or 'result', got {opts['head_hook']!r}")
+
+
+def _run_ablation(ctx: AnalysisContext, opts: dict[str, Any]) -> None:
+    model, report = ctx.model, ctx.report
+    data = ctx.sample("ablation trajectories", opts["n_trajectories"], ctx.seq_len + 1)
     inputs, targets = data.inputs_targets()
     steps = opts["rollout_steps"]
-    roll = _sample(ctx, opts["rollout_trajectories"], ctx.seq_len + steps, seed + 1, dtype)
+    roll = ctx.sample("ablation rollouts", opts["rollout_trajectories"], ctx.seq_len + steps)
     report.heading("Ablation", level=3)
     report.paragraph(
         f"Each head (via hook_{opts['head_hook']}) and each attention layer is replaced in turn; next-step loss on "
-        f"{len(inputs)} trajectories ({ctx.loss_positions} position(s)) and the median mean relative error of "
+        f"{len(inputs)} trajectories (loss positions: {ctx.loss_positions}) and the median mean relative error of "
         f"{steps}-step rollouts from {len(roll)} contexts."
     )
-    out = {}
-    rows = []
+    out, rows = {}, []
     for method in opts["methods"]:
-        if method not in ("zero", "mean", "resample"):
-            raise StudySpecError(f"[analyses.ablation] methods must be among zero, mean, resample; got {method!r}")
         result = ablation_sweep(
             model, inputs, targets, method=method, head_hook=opts["head_hook"], loss_positions=ctx.loss_positions,
-            rollout_context=roll.states[:, : ctx.seq_len], rollout_truth=roll.states[:, ctx.seq_len :], seed=seed, progress=ctx.progress,
+            rollout_context=roll.states[:, : ctx.seq_len], rollout_truth=roll.states[:, ctx.seq_len :],
+            seed=ctx.stream(f"ablation {method}"), progress=ctx.progress,
         )
         out[method] = result.to_dict()
         layer, head = result.most_important_head()
         worst_layer = int(np.argmax(result.attn_loss))
         rows.append([method, result.baseline_loss, f"L{layer} H{head}", result.head_loss[layer, head], f"L{worst_layer}", result.attn_loss[worst_layer]])
         report.figure(f"ablation_{method}", plot_ablation_grid(result), f"{method} ablation: next-step loss relative to the unablated model.")
-        findings.append(
+        ctx.findings.append(
             f"{method.capitalize()}-ablating layer {layer} head {head} hurts most among heads: next-step loss "
             f"{format_number(result.head_loss[layer, head])} vs {format_number(result.baseline_loss)} unablated "
             f"(×{format_number(result.head_loss[layer, head] / result.baseline_loss)}); the whole attention layer {worst_layer} "
             f"gives ×{format_number(result.attn_loss[worst_layer] / result.baseline_loss)}."
         )
     report.table(["method", "unablated loss", "worst head", "its loss", "worst attention layer", "its loss"], rows)
-    metrics["ablation"] = out
+    ctx.metrics["ablation"] = out
 
 
-def _run_patching(ctx, model, dtype, opts, batch_size, seed, report, metrics, findings) -> None:
-    try:
-        clean, corrupted = patching_pairs(ctx.system, opts["n_pairs"], ctx.seq_len, vary=opts["vary"], min_change=opts["min_change"], seed=seed)
-    except ValueError as error:
-        report.heading("Activation patching", level=3)
-        report.paragraph(f"Skipped: {error}.")
-        findings.append(f"Patching was skipped: {error}.")
-        return
-    clean, corrupted = clean.to(device=ctx.device, dtype=dtype), corrupted.to(device=ctx.device, dtype=dtype)
+def _check_patching(opts, model, system, seq_len) -> None:
+    _check_positive("patching", opts, ("n_pairs", "position_stride"))
+    _check_varies("patching", system, opts["vary"], opts["min_change"])
+    bad = [s for s in opts["sites"] if f"blocks.0.hook_{s}" not in model.hook_dict]
+    if bad:
+        raise _error("patching", "sites", f"{bad} do not exist in this model")
+    if opts["head_site"] and f"blocks.0.attn.hook_{opts['head_site']}" not in model.hook_dict:
+        raise _error("patching", "head_site", f"{opts['head_site']!r} does not exist in this model (use 'z' or 'result')")
+
+
+def _run_patching(ctx: AnalysisContext, opts: dict[str, Any]) -> None:
+    model, report = ctx.model, ctx.report
+    clean, corrupted = ctx.system.sample_swap_pairs(opts["n_pairs"], ctx.seq_len, seed=ctx.stream("patching pairs"),
+                                                    vary=opts["vary"], min_change=opts["min_change"])
+    clean, corrupted = clean.to(dtype=ctx.dtype), corrupted.to(dtype=ctx.dtype)
     stride = opts["position_stride"]
     positions = list(range(ctx.seq_len - 1, -1, -stride))[::-1]
     report.heading("Activation patching", level=3)
     report.paragraph(
-        f"{len(clean.states)} clean/corrupted pairs share the initial state and differ in {opts['vary']} (by ≥ {format_number(opts['min_change'])}). "
-        f"Metric: recovery 1 − ‖y_patched − y_clean‖/‖y_corrupted − y_clean‖ of the last-position prediction (1 = clean restored); "
+        f"{len(clean.states)} clean/corrupted pairs **share their final state** and differ in {opts['vary']} (by ≥ "
+        f"{format_number(opts['min_change'])}), so the prediction can change only through what the model inferred from the "
+        "earlier states: patching shows where that information flows, not where the current state is copied. Metric: recovery "
+        "1 − ‖y_patched − y_clean‖/‖y_corrupted − y_clean‖ of the last-position prediction (1 = clean restored); "
         f"positions every {stride} steps."
     )
     out = {}
     sites = list(opts["sites"]) + ([opts["head_site"]] if opts["head_site"] else [])
     for site in sites:
         per_position = site not in ("z", "result")
-        hook_site = f"blocks.0.hook_{site}" if per_position else f"blocks.0.attn.hook_{site}"
-        if hook_site not in model.hook_dict:
-            raise StudySpecError(f"[analyses.patching] site {site!r} does not exist in this model")
-        result = patching_sweep(model, clean.states, corrupted.states, site=site, positions=positions, per_position=per_position, progress=ctx.progress)
+        try:
+            result = patching_sweep(model, clean.states, corrupted.states, site=site, positions=positions, per_position=per_position,
+                                    progress=ctx.progress)
+        except ValueError as error:
+            report.paragraph(f"Patching {site} skipped: {error}.")
+            ctx.findings.append(f"Patching {site} was skipped: {error}.")
+            continue
         grid, columns = patching_grid(result)
         stderr, _ = patching_grid(result, "stderr")
         out[site] = {"columns": columns, "mean": grid.tolist(), "stderr": stderr.tolist(),
                      "index": result.index_df.values.tolist(),
-                     "p_value": result.permutation_pvalue(n_permutations=500, seed=seed).tolist()}
-        report.figure(f"patching_{site}", plot_patching(result, title=f"patching {site} ({opts['vary']} corrupted)"),
+                     "p_value": result.permutation_pvalue(n_permutations=500, seed=ctx.stream(f"patching {site} permutations")).tolist()}
+        report.figure(f"patching_{site}", plot_patching(result, title=f"patching {site} ({opts['vary']} corrupted, final state shared)"),
                       f"Mean recovery when patching {site} from the clean run, per {' × '.join(columns)}.")
         flat = torch.nan_to_num(grid, nan=-np.inf)
         cell = np.unravel_index(int(torch.argmax(flat)), tuple(grid.shape))
         where = ", ".join(f"{c} {result.index_df[c].sort_values().unique()[i]}" for c, i in zip(columns, cell))
-        findings.append(f"Patching {site}: the best single cell ({where}) recovers {format_number(float(grid[cell]))} ± {format_number(float(stderr[cell]))} of the clean prediction.")
-    metrics["patching"] = out
+        ctx.findings.append(f"Patching {site}: the best single cell ({where}) recovers {format_number(float(grid[cell]))} ± "
+                            f"{format_number(float(stderr[cell]))} of the clean prediction.")
+    ctx.metrics["patching"] = out
 
 
-def _run_saliency(ctx, model, dtype, opts, batch_size, seed, report, metrics, findings) -> None:
-    data = _sample(ctx, opts["n_trajectories"], ctx.seq_len, seed, dtype)
-    jacobian = saliency(model, data.states, batch_size=batch_size)
+def _check_saliency(opts, model, system, seq_len) -> None:
+    _check_positive("saliency", opts, ("n_trajectories",))
+
+
+def _run_saliency(ctx: AnalysisContext, opts: dict[str, Any]) -> None:
+    model, report = ctx.model, ctx.report
+    data = ctx.sample("saliency trajectories", opts["n_trajectories"], ctx.seq_len)
+    jacobian = saliency(model, data.states)
     matrix = saliency_matrix(jacobian)
     off = off_diagonal_fraction(jacobian)
     last = jacobian[:, -1].pow(2).sum(dim=(0, 1, 3))  # [pos_in]: what the last prediction reads
@@ -313,66 +655,148 @@ def _run_saliency(ctx, model, dtype, opts, batch_size, seed, report, metrics, fi
     with torch.no_grad():
         patterns = capture_activations(model, data.states, [f"blocks.{model.cfg.n_layers - 1}.attn.hook_pattern"], None)
     pattern = next(iter(patterns.values())).mean(dim=0)
-    report.figure("attention_last_layer", plot_attention_patterns(pattern, title="last layer attention (batch mean)"), "Attention patterns of the last layer, averaged over trajectories.")
-    metrics["saliency"] = {"off_diagonal_fraction": off, "last_prediction_share_from_last_input": share_last_input, "matrix": matrix.tolist()}
+    report.figure("attention_last_layer", plot_attention_patterns(pattern, title="last layer attention (batch mean)"),
+                  "Attention patterns of the last layer, averaged over trajectories.")
+    ctx.metrics["saliency"] = {"off_diagonal_fraction": off, "last_prediction_share_from_last_input": share_last_input, "matrix": matrix.tolist()}
     if off < 1e-3:
         verdict = "is block-diagonal in position: each prediction reads only its own time step, as in the seed's OLA"
     elif off < 0.1:
         verdict = "is mostly diagonal: each prediction reads mainly its own time step"
     else:
         verdict = "mixes time steps strongly"
-    findings.append(
+    ctx.findings.append(
         f"The saliency map {verdict} ({format_number(100 * off)} % of ‖∂Y/∂X‖² off the diagonal; the last prediction takes "
         f"{format_number(100 * share_last_input)} % of its sensitivity from the last input state)."
     )
 
 
-def _run_surrogate(ctx, model, dtype, opts, batch_size, seed, report, metrics, findings) -> None:
+def _check_surrogate(opts, model, system, seq_len) -> None:
+    _check_positive("surrogate", opts, ("n_trajectories", "rollout_trajectories", "rollout_steps"))
+    if not opts["threshold"] > 0:
+        raise _error("surrogate", "threshold", f"must be > 0, got {opts['threshold']}")
+
+
+def _run_surrogate(ctx: AnalysisContext, opts: dict[str, Any]) -> None:
+    report = ctx.report
     steps = opts["rollout_steps"]
-    train = _sample(ctx, opts["n_trajectories"], ctx.seq_len + 20, seed, dtype)  # 20 windows each for the baseline
-    held_out = _sample(ctx, opts["rollout_trajectories"], ctx.seq_len + steps, seed + 1, dtype)
+    train = ctx.sample("surrogate fit trajectories", opts["n_trajectories"], ctx.seq_len)
+    held_out = ctx.sample("surrogate rollouts", opts["rollout_trajectories"], ctx.seq_len + steps)
     contexts, truth = held_out.states[:, : ctx.seq_len], held_out.states[:, ctx.seq_len :]
-    surrogate = LinearSurrogate().fit(model, train.states[:, : ctx.seq_len])
-    fidelity = surrogate.fidelity(model, contexts, steps, threshold=opts["threshold"])
-    baseline = LinearAutoregressive(window=ctx.seq_len).fit(train.states)
-    model_path, surrogate_path = fidelity.model_path, fidelity.surrogate_path
-    baseline_path = rollout(baseline, contexts, steps).to(model_path)
-    model_error = relative_error(model_path, truth).median(dim=0).values
-    baseline_error = relative_error(baseline_path, truth).median(dim=0).values
-    report.heading("Linear baseline and linear surrogate", level=3)
+    surrogate = LinearSurrogate().fit(ctx.model, train.states)
+    fidelity = surrogate.fidelity(ctx.model, contexts, steps, threshold=opts["threshold"])
+    report.heading("Linear surrogate", level=3)
     report.paragraph(
-        f"A closed-form linear autoregressive model over T = {ctx.seq_len} states fitted to the physics (baseline), and one "
-        f"fitted to the transformer's own predictions (surrogate), both on {len(train.states)} trajectories; "
-        f"{steps}-step rollouts from {len(contexts)} held-out contexts."
+        f"A closed-form linear autoregressive model over T = {ctx.seq_len} states fitted to the transformer's own next-step "
+        f"predictions on {len(train.states)} trajectories (the seed's Fig. 8); {steps}-step rollouts of both from "
+        f"{len(contexts)} held-out contexts. (The linear AR fitted to the physics is a reference in the task section above.)"
     )
-    report.table(
-        ["quantity", "value"],
-        [
-            ["surrogate one-step R² vs the model (held out)", fidelity.one_step_r2],
-            [f"surrogate diverges from the model (median deviation > {format_number(opts['threshold'])}) at step",
-             fidelity.divergence_step if fidelity.divergence_step is not None else f"never within {steps}"],
-            ["surrogate–model deviation at the last step", float(fidelity.divergence[-1])],
-            ["transformer median rollout error, last step", float(model_error[-1])],
-            ["linear baseline median rollout error, last step", float(baseline_error[-1])],
-        ],
-    )
-    report.figure("rollout_vs_linear", plot_rollout(truth[0], {"transformer": model_path[0], "linear baseline": baseline_path[0], "linear surrogate": surrogate_path[0]}, dt=ctx.system.dt),
-                  "One held-out trajectory: truth, transformer, linear baseline and the transformer's linear surrogate (the seed's Fig. 8).")
-    metrics["surrogate"] = {**fidelity.to_dict(), "model_median_error": model_error.tolist(), "baseline_median_error": baseline_error.tolist(),
-                            "surrogate_fit_r2": surrogate.fit_r2_}
+    report.table(["quantity", "value"], [
+        ["surrogate one-step R² vs the model (held out)", fidelity.one_step_r2],
+        [f"surrogate diverges from the model (median deviation > {format_number(opts['threshold'])}) at step",
+         fidelity.divergence_step if fidelity.divergence_step is not None else f"never within {steps}"],
+        ["surrogate–model deviation at the last step", float(fidelity.divergence[-1])],
+    ])
+    report.figure("rollout_vs_surrogate", plot_rollout(truth[0], {"transformer": fidelity.model_path[0], "linear surrogate": fidelity.surrogate_path[0]},
+                                                       dt=ctx.system.dt),
+                  "One held-out trajectory: truth, transformer and the transformer's linear surrogate.")
+    ctx.metrics["surrogate"] = {**fidelity.to_dict(), "surrogate_fit_r2": surrogate.fit_r2_}
     if fidelity.divergence_step is None:
-        findings.append(f"A linear surrogate tracks the transformer for all {steps} rollout steps (deviation ≤ {format_number(opts['threshold'])}): the model behaves like a linear map of its window here.")
+        ctx.findings.append(f"A linear surrogate tracks the transformer for all {steps} rollout steps (deviation ≤ "
+                            f"{format_number(opts['threshold'])}): the model behaves like a linear map of its window here.")
     else:
-        findings.append(
+        ctx.findings.append(
             f"The linear surrogate matches the transformer one step ahead with R² {format_number(fidelity.one_step_r2)} but its rollout "
             f"departs from the model's (median deviation > {format_number(opts['threshold'])}) after {fidelity.divergence_step} step(s): "
             "the transformer did not reduce to a linear model."
         )
-    better = "beats" if float(model_error[-1]) < float(baseline_error[-1]) else "does not beat"
-    findings.append(
-        f"After {steps} steps the transformer's median rollout error is {format_number(float(model_error[-1]))}, the linear baseline's "
-        f"{format_number(float(baseline_error[-1]))}: the transformer {better} the linear baseline."
-    )
 
 
-__all__ = ["ANALYSES", "DEFAULTS", "expand_hooks", "parse_analyses", "run_analyses", "with_acceleration"]
+ANALYSES: dict[str, Analysis] = {
+    "weights": Analysis({"rtol": float}, {"rtol": 1e-3}, _check_weights, _run_weights),
+    "algorithms": Analysis(
+        {"n_trajectories": int, "context_lengths": (str, list), "horizon": int, "n_reference_trajectories": int},
+        {"n_trajectories": 256, "context_lengths": "all", "horizon": 20, "n_reference_trajectories": 1024},
+        _check_algorithms, _run_algorithms),
+    "swap": Analysis({"n_pairs": int, "vary": str, "min_change": float}, {"n_pairs": 256, "vary": "omega0", "min_change": 0.5},
+                     _check_swap, _run_swap),
+    "probes": Analysis(
+        {"hooks": list, "targets": list, "positions": (str, list), "n_trajectories": int, "n_folds": int, "n_permutations": int,
+         "sites": list, "nonlinear": bool},
+        {"hooks": ["hook_embed", "resid_post"], "targets": ["omega0", "omega0_sq", "energy", "acceleration", "omega0_sq_x", "gamma_p"],
+         "positions": "all", "n_trajectories": 512, "n_folds": 5, "n_permutations": 100, "sites": [], "nonlinear": True},
+        _check_probes, _run_probes),
+    "steering": Analysis(
+        {"site": list, "target": str, "alphas": list, "n_trajectories": int, "n_probe_trajectories": int, "n_steps": int},
+        {"site": None, "target": "omega0", "alphas": [-0.5, -0.25, 0.0, 0.25, 0.5], "n_trajectories": 128,
+         "n_probe_trajectories": 512, "n_steps": 10},
+        _check_steering, _run_steering),
+    "ablation": Analysis(
+        {"methods": list, "n_trajectories": int, "rollout_trajectories": int, "rollout_steps": int, "head_hook": str},
+        {"methods": ["zero", "mean"], "n_trajectories": 256, "rollout_trajectories": 16, "rollout_steps": 10, "head_hook": "z"},
+        _check_ablation, _run_ablation),
+    "patching": Analysis(
+        {"vary": str, "n_pairs": int, "sites": list, "position_stride": int, "head_site": str, "min_change": float},
+        {"vary": "omega0", "n_pairs": 32, "sites": ["resid_pre", "attn_out"], "position_stride": 4, "head_site": "z", "min_change": 0.5},
+        _check_patching, _run_patching),
+    "saliency": Analysis({"n_trajectories": int}, {"n_trajectories": 16}, _check_saliency, _run_saliency),
+    "surrogate": Analysis(
+        {"n_trajectories": int, "rollout_trajectories": int, "rollout_steps": int, "threshold": float},
+        {"n_trajectories": 512, "rollout_trajectories": 32, "rollout_steps": 50, "threshold": 0.1},
+        _check_surrogate, _run_surrogate),
+}
+"""Every analysis an oscillator study can run, in the order the report shows them."""
+
+
+def parse_analyses(spec: Mapping[str, Any], model: OscillatorTransformer, system: OscillatorSystem, seq_len: int) -> dict[str, dict[str, Any]]:
+    """Read and check the ``[analyses]`` table against ``model`` and ``system`` before any training.
+
+    Returns ``{analysis: options}`` for the analyses in ``run`` (in :data:`ANALYSES` order), defaults
+    filled in. Unknown analyses or keys, wrong types, out-of-range values, hooks or sites the model
+    lacks and interventions the system cannot support are :class:`StudySpecError` naming the key.
+    """
+    top = section({"analyses": spec}, "analyses", {"run": list, **{name: dict for name in ANALYSES}})
+    run = top.get("run", list(ANALYSES))
+    bad = [name for name in run if name not in ANALYSES]
+    if bad or not run or len(set(run)) != len(run):
+        raise StudySpecError(f"[analyses] run must list distinct analyses from {list(ANALYSES)}, got {run!r}")
+    options = {}
+    for name, analysis in ANALYSES.items():
+        table = section(top, name, analysis.keys)
+        if name not in run:
+            if table:
+                raise StudySpecError(f"[analyses.{name}] is given but {name!r} is not in [analyses] run")
+            continue
+        opts = {**analysis.defaults, **table}
+        analysis.check(opts, model, system, seq_len)
+        options[name] = opts
+    if "steering" in options and "site" not in spec.get("steering", {}):
+        raise _error("steering", "site", "must be set to [hook, position] (the site whose probe direction is pushed)")
+    return options
+
+
+def run_analyses(ctx: AnalysisContext, options: Mapping[str, dict[str, Any]]) -> None:
+    """Run the parsed analyses on ``ctx.model`` in :data:`ANALYSES` order and add their sections,
+    figures, metrics and a Findings section to ``ctx.report``. When the model failed its task the
+    Findings say so first, and every later finding describes a model that does not work."""
+    ctx.model.eval()
+    timings: dict[str, float] = {}
+    report = ctx.report
+    report.heading("Interpretability analyses")
+    if ctx.verdict is not None and not ctx.verdict.works:
+        report.paragraph(f"**The model does not do its task ({ctx.verdict.status}); the analyses below describe a model that fails.**")
+    for name, opts in options.items():
+        start = time.perf_counter()
+        ANALYSES[name].run(ctx, opts)
+        timings[name] = time.perf_counter() - start
+    report.heading("Findings", level=3)
+    findings = list(ctx.findings)
+    if ctx.verdict is not None:
+        lead = ("The model does its task" if ctx.verdict.works else f"**The model fails its task ({ctx.verdict.status})**; read every finding below as describing a model that does not work")
+        findings.insert(0, lead + f" — see the first section (verdict at {ctx.verdict.horizon} rollout steps).")
+    report.bullets(findings or ["No analysis produced a finding."])
+    ctx.metrics["seeds"] = dict(ctx.seeds)
+    report.metrics["analyses"] = ctx.metrics
+    report.timings["analyses"] = timings
+
+
+__all__ = ["ANALYSES", "Analysis", "AnalysisContext", "LAYER_HOOKS", "expand_hooks", "parse_analyses", "run_analyses"]

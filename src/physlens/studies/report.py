@@ -6,8 +6,11 @@ output directory; the CLI renames that directory into place only when the study 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import types
+import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +55,40 @@ def section(spec: Mapping[str, Any], name: str, allowed: Mapping[str, type | tup
     return checked
 
 
+_TOML_TYPES = (bool, int, float, str, list, dict)
+
+
+def _toml_types(hint: Any) -> tuple[type, ...]:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return tuple(dict.fromkeys(t for arg in typing.get_args(hint) for t in _toml_types(arg)))
+    if hint in _TOML_TYPES:
+        return (hint,)
+    if origin in (tuple, list) or hint in (tuple, list):
+        return (list,)
+    if origin is dict or hint is dict:
+        return (dict,)
+    return ()  # None and non-TOML classes (e.g. a ParamSpec object) cannot be written in a study file
+
+
+def dataclass_schema(cls: type, *, exclude: Sequence[str] = ()) -> dict[str, tuple[type, ...]]:
+    """The keys a study table may set for dataclass ``cls`` and the TOML types each accepts, read
+    from the field annotations: ``bool`` only for bools, numbers for ``float``, ``str | int`` for a
+    field that takes either, lists for tuples. For use with :func:`section`."""
+    if not dataclasses.is_dataclass(cls):
+        raise TypeError(f"cls must be a dataclass, got {cls!r}")
+    hints = typing.get_type_hints(cls)
+    schema = {}
+    for f in dataclasses.fields(cls):
+        if not f.init or f.name in exclude or f.name.startswith("_"):
+            continue
+        accepted = _toml_types(hints[f.name])
+        if not accepted:
+            raise TypeError(f"field {cls.__name__}.{f.name} has no TOML type ({hints[f.name]!r}); exclude it")
+        schema[f.name] = accepted
+    return schema
+
+
 def _type_names(types: Sequence[type]) -> str:
     return " or ".join(sorted({t.__name__ for t in types}))
 
@@ -90,6 +127,7 @@ class Report:
     lines: list[str] = field(default_factory=list)
     metrics: dict[str, Any] = field(default_factory=dict)
     figures: dict[str, Figure] = field(default_factory=dict)
+    timings: dict[str, Any] = field(default_factory=dict)  # wall times, kept out of metrics.json so it is reproducible
 
     def heading(self, text: str, level: int = 2) -> None:
         """Add a markdown heading."""
@@ -121,7 +159,8 @@ class Report:
         self.lines += [f"![{caption}](figures/{name}.png)", "", f"*{caption}*", ""]
 
     def write(self, directory: str | Path) -> None:
-        """Write ``report.md``, ``metrics.json`` and ``figures/*.png`` into ``directory`` and close the figures."""
+        """Write ``report.md``, ``metrics.json``, ``timings.json`` and ``figures/*.png`` into ``directory``
+        and close the figures."""
         out = Path(directory)
         (out / "figures").mkdir(parents=True, exist_ok=True)
         for name, fig in self.figures.items():
@@ -129,6 +168,7 @@ class Report:
             plt.close(fig)
         (out / "report.md").write_text("# " + self.title + "\n\n" + "\n".join(self.lines).rstrip() + "\n")
         (out / "metrics.json").write_text(json.dumps(_json_safe(self.metrics), indent=2, sort_keys=True) + "\n")
+        (out / "timings.json").write_text(json.dumps(_json_safe(self.timings), indent=2, sort_keys=True) + "\n")
 
 
-__all__ = ["Report", "StudySpecError", "format_number", "section"]
+__all__ = ["Report", "StudySpecError", "dataclass_schema", "format_number", "section"]
