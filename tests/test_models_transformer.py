@@ -206,3 +206,161 @@ def test_stacked_weight_views():
     model = _model(n_layers=3, d_model=4, n_heads=2, d_head=2)
     assert model.W_Q.shape == (3, 2, 4, 2) and model.W_O.shape == (3, 2, 2, 4)
     assert torch.equal(model.W_V[1], model.blocks[1].attn.W_V)
+
+
+def test_models_are_built_in_eval_mode():
+    model = _model()
+    assert not model.training and not any(module.training for module in model.modules())
+
+
+def test_loss_return_type_is_the_mean_squared_error():
+    model = _model(d_model=4, n_heads=2, d_head=2, seed=6)
+    x, y = _states(3, 6, seed=1), _states(3, 6, seed=2)
+    expected = ((model(x) - y) ** 2).mean()
+    torch.testing.assert_close(model(x, return_type="loss", targets=y), expected)
+    output, loss = model(x, return_type="both", targets=y)
+    torch.testing.assert_close(output, model(x))
+    torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(model(x, "loss", targets=y, loss_positions="last"), ((model(x)[:, -1] - y[:, -1]) ** 2).mean())
+    assert model(x, return_type=None) is None
+    with pytest.raises(ValueError, match="needs targets shaped like states"):
+        model(x, return_type="loss")
+    with pytest.raises(ValueError, match="return_type must be"):
+        model(x, return_type="logits")
+    with pytest.raises(ValueError, match="targets are only used"):
+        model(x, targets=y)
+
+
+def _gradient_at(model, name, x, y):
+    """d loss / d activation, found by adding a zero tensor at the hook and differentiating w.r.t. it."""
+    shift = {}
+
+    def add_zero(activation, hook):
+        shift["zero"] = torch.zeros_like(activation, requires_grad=True)
+        return activation + shift["zero"]
+
+    loss = model.run_with_hooks(x, return_type="loss", targets=y, fwd_hooks=[(name, add_zero)])
+    return torch.autograd.grad(loss, shift["zero"])[0]
+
+
+def test_gradient_caching_with_a_loss_returning_forward():
+    model = _model(d_model=4, n_heads=2, d_head=2, n_layers=2, attn_only=False, seed=7)
+    x, y = _states(3, 6, seed=1), _states(3, 6, seed=2)
+    loss, cache = model.run_with_cache(x, return_type="loss", targets=y, incl_bwd=True)
+    assert loss.ndim == 0
+    for name in ("hook_embed", "blocks.0.hook_resid_pre", "blocks.1.attn.hook_z", "blocks.1.mlp.hook_post", "blocks.1.hook_resid_post"):
+        assert_allclose(cache[name + "_grad"].numpy(), _gradient_at(model, name, x, y).numpy(), atol=1e-12)
+    model.zero_grad()
+    with pytest.raises(ValueError, match="return_type='loss'"):
+        model.run_with_cache(x, incl_bwd=True)
+
+
+def test_backward_hooks_through_run_with_hooks():
+    model = _model(d_model=4, n_heads=2, d_head=2, n_layers=2, seed=8)
+    x, y = _states(2, 5, seed=3), _states(2, 5, seed=4)
+    seen = {}
+
+    def record(grad, hook):
+        seen[hook.name] = grad.detach().clone()
+
+    name = "blocks.1.hook_attn_out"
+    loss = model.run_with_hooks(x, return_type="loss", targets=y, bwd_hooks=[(name, record)], reset_hooks_end=False)
+    loss.backward()
+    model.reset_hooks()
+    assert_allclose(seen[name].numpy(), _gradient_at(model, name, x, y).numpy(), atol=1e-12)
+    assert all(not hp.bwd_hooks for hp in model.hook_dict.values())
+
+
+def test_stacked_mlp_views_and_missing_mlp():
+    model = _model(n_layers=2, d_model=4, n_heads=2, d_head=2, attn_only=False)
+    assert model.W_in.shape == (2, 4, 16) and model.W_out.shape == (2, 16, 4)
+    assert model.b_in.shape == (2, 16) and model.b_out.shape == (2, 4)
+    assert torch.equal(model.W_out[1], model.blocks[1].mlp.W_out)
+    with pytest.raises(AttributeError, match="W_in"):  # attention-only: hasattr(model, "W_in") is False
+        _model().W_in
+
+
+def test_ov_and_qk_circuits_are_transformer_lens_factored_matrices():
+    from transformer_lens import FactoredMatrix
+    from transformer_lens.utilities import composition_scores
+
+    model = _model(n_layers=2, d_model=4, n_heads=2, d_head=2, seed=9)
+    ov, qk = model.OV, model.QK
+    assert isinstance(ov, FactoredMatrix) and ov.shape == (2, 2, 4, 4)
+    w_v, w_o, w_q, w_k = (getattr(model, n).detach() for n in ("W_V", "W_O", "W_Q", "W_K"))
+    assert_allclose(ov.AB.detach().numpy(), (w_v @ w_o).numpy(), atol=1e-12)
+    assert_allclose(qk.AB.detach().numpy(), (w_q @ w_k.transpose(-1, -2)).numpy(), atol=1e-12)
+    assert_allclose(ov[1, 0].AB.detach().numpy(), (w_v[1, 0] @ w_o[1, 0]).numpy(), atol=1e-12)
+    assert_allclose(model.blocks[1].attn.QK.AB.detach().numpy(), qk.AB[1].detach().numpy(), atol=1e-12)
+    # the SVD of the factored form equals the SVD of the full product (rank d_head = 2)
+    assert_allclose(ov.S.detach().numpy(), torch.linalg.svdvals(w_v @ w_o)[..., :2].numpy(), atol=1e-10)
+    # TransformerLens's circuit code: Q-composition of layer-0 heads into layer-1 heads
+    scores = composition_scores(ov[0], qk[1])  # [head 0, head 1]
+    left, right = (w_v[0] @ w_o[0]), (w_q[1] @ w_k[1].transpose(-1, -2))
+    expected = torch.linalg.matrix_norm(left[:, None] @ right[None]) / (
+        torch.linalg.matrix_norm(left)[:, None] * torch.linalg.matrix_norm(right)[None]
+    )
+    assert_allclose(scores.detach().numpy(), expected.numpy(), atol=1e-10)
+
+
+def _hand_patch_heads(model, corrupted, clean_cache, metric, name):
+    """Patch every head's activation at all positions, one (layer, head) at a time."""
+    values = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
+    for layer in range(model.cfg.n_layers):
+        for head in range(model.cfg.n_heads):
+            hook_name = f"blocks.{layer}.attn.hook_{name}"
+
+            def patch(activation, hook, head=head):
+                activation = activation.clone()
+                if name == "pattern":
+                    activation[:, head] = clean_cache[hook.name][:, head]
+                else:
+                    activation[:, :, head] = clean_cache[hook.name][:, :, head]
+                return activation
+
+            with torch.no_grad():
+                values[layer, head] = metric(model.run_with_hooks(corrupted, fwd_hooks=[(hook_name, patch)]))
+    return values
+
+
+@pytest.mark.parametrize(
+    "helper", ["get_act_patch_resid_pre", "get_act_patch_resid_mid", "get_act_patch_attn_out", "get_act_patch_mlp_out",
+               "get_act_patch_attn_head_out_by_pos", "get_act_patch_attn_head_q_by_pos", "get_act_patch_attn_head_v_by_pos",
+               "get_act_patch_attn_head_pattern_by_pos", "get_act_patch_attn_head_pattern_dest_src_pos",
+               "get_act_patch_block_every", "get_act_patch_attn_head_by_pos_every"],
+)
+def test_transformer_lens_sweeps_over_positions_are_refused_with_the_physlens_name(helper):
+    model = _model(d_model=4, n_heads=2, d_head=2, n_layers=2, attn_only=False, seed=4)
+    clean, corrupted = _states(3, 6, seed=1), _states(3, 6, seed=2)
+    _, cache = model.run_with_cache(clean)
+    with pytest.raises(ValueError, match=r"last axis.*6 positions.*physlens\.probes\.patching\.get_act_patch_"):
+        getattr(patching, helper)(model, corrupted, cache, lambda out: out[:, -1, 0].mean())
+
+
+@pytest.mark.parametrize("name", ["out", "q", "k", "v", "pattern"])
+def test_transformer_lens_all_position_head_sweeps_are_right(name):
+    model = _model(d_model=4, n_heads=2, d_head=2, n_layers=2, causal=False, seed=4)
+    clean, corrupted = _states(3, 6, seed=1), _states(3, 6, seed=2)
+    _, cache = model.run_with_cache(clean)
+
+    def metric(out):
+        return out[:, -1, 0].mean()
+
+    result = getattr(patching, f"get_act_patch_attn_head_{name}_all_pos")(model, corrupted, cache, metric)
+    expected = _hand_patch_heads(model, corrupted, cache, metric, "z" if name == "out" else name)
+    assert_allclose(result.numpy(), expected.numpy(), atol=1e-6)
+    assert not torch.allclose(result, torch.full_like(result, float(metric(model(corrupted)).detach())))
+
+
+def test_freshly_built_and_loaded_models_run_transformer_lens_patching(tmp_path):
+    from physlens.training.checkpoints import load_checkpoint, save_checkpoint
+
+    model = _model(d_model=4, n_heads=2, d_head=2, seed=5)
+    model.train()
+    save_checkpoint(tmp_path / "ckpt", model)
+    loaded, _ = load_checkpoint(tmp_path / "ckpt")
+    assert not loaded.training and not any(m.training for m in loaded.modules())
+    clean, corrupted = _states(2, 4, seed=1), _states(2, 4, seed=2)
+    _, cache = loaded.run_with_cache(clean)
+    result = patching.get_act_patch_attn_head_out_all_pos(loaded, corrupted, cache, lambda out: out.sum())
+    assert result.shape == (1, 2)
