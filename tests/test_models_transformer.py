@@ -364,3 +364,48 @@ def test_freshly_built_and_loaded_models_run_transformer_lens_patching(tmp_path)
     _, cache = loaded.run_with_cache(clean)
     result = patching.get_act_patch_attn_head_out_all_pos(loaded, corrupted, cache, lambda out: out.sum())
     assert result.shape == (1, 2)
+
+
+def test_split_qkv_input_changes_nothing_until_patched():
+    model = _model(d_model=4, n_heads=2, d_head=2, n_layers=2, layer_norm=True, attn_only=False, seed=12)
+    x = _states(2, 5)
+    plain = model(x)
+    model.set_use_split_qkv_input(True)
+    try:
+        out, cache = model.run_with_cache(x)
+        assert cache["blocks.1.attn.hook_k_input"].shape == (2, 5, 2, 4)
+        assert_allclose(out.detach().numpy(), plain.detach().numpy(), atol=1e-12)
+    finally:
+        model.set_use_split_qkv_input(False)
+    assert "blocks.1.attn.hook_k_input" not in model.run_with_cache(x)[1]
+
+
+@pytest.mark.parametrize("component", ["q", "k", "v"])
+def test_transformer_lens_direct_path_patching_runs_and_is_right(component):
+    model = _model(d_model=4, n_heads=2, d_head=2, n_layers=3, causal=False, seed=13)
+    clean, corrupted = _states(3, 5, seed=1), _states(3, 5, seed=2)
+    _, clean_cache = model.run_with_cache(clean)
+    _, corrupted_cache = model.run_with_cache(corrupted)
+
+    def metric(out):
+        return out[:, -1, 0].mean()
+
+    result = patching.get_act_patch_direct_path(model, corrupted, clean_cache, corrupted_cache, metric, 0, 1, component, verbose=False)
+    assert not model.cfg.use_split_qkv_input  # restored
+    # by hand, without the split input: head 1 of layer 0 writes delta; only head h of layer l reads it,
+    # through its own projection (no LayerNorm here), so add delta @ W_{component}[l, h] to that head's hook_{component}
+    w_o = model.blocks[0].attn.W_O[1]
+    delta = (clean_cache["blocks.0.attn.hook_z"][:, :, 1] - corrupted_cache["blocks.0.attn.hook_z"][:, :, 1]) @ w_o
+    for layer in (1, 2):
+        for head in range(2):
+            projection = getattr(model.blocks[layer].attn, f"W_{component.upper()}")[head]
+
+            def add(activation, hook, head=head, projection=projection):
+                activation = activation.clone()
+                activation[:, :, head] += delta @ projection
+                return activation
+
+            with torch.no_grad():
+                expected = metric(model.run_with_hooks(corrupted, fwd_hooks=[(f"blocks.{layer}.attn.hook_{component}", add)]))
+            assert float(result[layer, head]) == pytest.approx(float(expected), abs=1e-6)
+    assert torch.all(result[0] == 0)

@@ -44,6 +44,7 @@ class TransformerConfig:
     dtype: str = "float32"  # parameter dtype ("float64" for exact work)
     device: str = "cpu"  # where parameters live
     n_key_value_heads: int | None = None  # TransformerLens field; always equals n_heads here
+    use_split_qkv_input: bool = False  # TransformerLens flag: each head reads its own copy of the block input (hook_q_input ...)
 
     def __post_init__(self) -> None:
         for name in ("d_model", "n_layers", "n_heads", "d_head", "n_ctx", "d_in"):
@@ -119,13 +120,29 @@ class Attention(nn.Module):
         self.hook_pattern = HookPoint()  # [batch, head, q, k]
         self.hook_z = HookPoint()  # [batch, pos, head, d_head]
         self.hook_result = HookPoint()  # [batch, pos, head, d_model]: each head's write to the residual stream
+        # Only with cfg.use_split_qkv_input: each head's own copy of the block input, before ln1.
+        self.hook_q_input = HookPoint()  # [batch, pos, head, d_model]
+        self.hook_k_input = HookPoint()  # [batch, pos, head, d_model]
+        self.hook_v_input = HookPoint()  # [batch, pos, head, d_model]
 
-    def forward(self, resid: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
+    def forward(self, resid: Float[Tensor, "batch pos d_model"], norm: nn.Module | None = None) -> Float[Tensor, "batch pos d_model"]:
+        """Attend over ``norm(resid)`` (``norm`` is the block's ln1; None: identity).
+
+        With ``cfg.use_split_qkv_input`` every head's query, key and value read their own copy of
+        ``resid`` (hooked as ``hook_q_input`` ...), so a path into one head can be patched alone.
+        """
+        norm = norm if norm is not None else nn.Identity()
         n_pos = resid.shape[1]
-        project = "batch pos d_model, head d_model d_head -> batch pos head d_head"
-        q = self.hook_q(einops.einsum(resid, self.W_Q, project))
-        k = self.hook_k(einops.einsum(resid, self.W_K, project))
-        v = self.hook_v(einops.einsum(resid, self.W_V, project))
+        if self.cfg.use_split_qkv_input:
+            copies = einops.repeat(resid, "batch pos d_model -> batch pos head d_model", head=self.cfg.n_heads)
+            inputs = [norm(hook(copies)) for hook in (self.hook_q_input, self.hook_k_input, self.hook_v_input)]
+            project = "batch pos head d_model, head d_model d_head -> batch pos head d_head"
+        else:
+            inputs = [norm(resid)] * 3
+            project = "batch pos d_model, head d_model d_head -> batch pos head d_head"
+        q = self.hook_q(einops.einsum(inputs[0], self.W_Q, project))
+        k = self.hook_k(einops.einsum(inputs[1], self.W_K, project))
+        v = self.hook_v(einops.einsum(inputs[2], self.W_V, project))
         scores = einops.einsum(q, k, "batch q head d_head, batch k head d_head -> batch head q k")
         scores = scores / math.sqrt(self.cfg.d_head)
         allowed = self.mask[:n_pos, :n_pos]
@@ -205,7 +222,7 @@ class Block(nn.Module):
 
     def forward(self, resid: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
         resid = self.hook_resid_pre(resid)
-        resid = resid + self.hook_attn_out(self.attn(self.ln1(resid)))
+        resid = resid + self.hook_attn_out(self.attn(resid, self.ln1))
         if not self.cfg.attn_only:
             resid = self.hook_resid_mid(resid)
             resid = resid + self.hook_mlp_out(self.mlp(self.ln2(resid)))
@@ -399,6 +416,14 @@ class OscillatorTransformer(HookedModel):
         if index.numel() and not bool(((index >= 0) & (index < self.cfg.d_in)).all()):
             raise ValueError(f"tokens must lie in 0..{self.cfg.d_in - 1} (the output components), got {index.tolist()}")
         return self.W_U[:, index].movedim(0, -1)
+
+    def set_use_split_qkv_input(self, use_split_qkv_input: bool) -> None:
+        """TransformerLens's switch for per-head copies of each block's input (``attn.hook_q_input``,
+        ``hook_k_input``, ``hook_v_input``), which path patching
+        (``transformer_lens.patching.get_act_patch_direct_path``) patches. Outputs are unchanged."""
+        if not isinstance(use_split_qkv_input, bool):
+            raise ValueError(f"use_split_qkv_input must be a bool, got {use_split_qkv_input!r}")
+        self.cfg.use_split_qkv_input = use_split_qkv_input
 
     def _scalar_output_hint(self) -> str:
         return "Call it with return_type='loss' and targets=..., e.g. model.run_with_cache(x, return_type='loss', targets=y, incl_bwd=True)."
