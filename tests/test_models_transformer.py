@@ -409,3 +409,27 @@ def test_transformer_lens_direct_path_patching_runs_and_is_right(component):
                 expected = metric(model.run_with_hooks(corrupted, fwd_hooks=[(f"blocks.{layer}.attn.hook_{component}", add)]))
             assert float(result[layer, head]) == pytest.approx(float(expected), abs=1e-6)
     assert torch.all(result[0] == 0)
+
+
+def test_svd_interpreter_reads_ov_directions_out_through_the_unembedding():
+    from transformer_lens import SVDInterpreter
+
+    model = _model(d_model=4, n_heads=2, d_head=3, n_layers=2, attn_only=False, seed=14)
+    vectors = SVDInterpreter(model).get_singular_vectors("OV", layer_index=1, num_vectors=2, head_index=0)
+    assert vectors.shape == (2, 1, 2)  # [output component, 1, singular direction]
+    _, _, vh = torch.linalg.svd((model.W_V[1, 0] @ model.W_O[1, 0]).detach())
+    expected = model.W_U.detach().T @ vh[:2].T  # singular vectors are defined up to sign
+    assert_allclose(vectors[:, 0].abs().numpy(), expected.abs().numpy(), atol=1e-10)
+    assert SVDInterpreter(model).get_singular_vectors("w_in", layer_index=0, num_vectors=2).shape == (2, 1, 2)
+
+
+def test_tokenizer_tools_are_refused_loudly():
+    from transformer_lens.head_detector import detect_head
+    from transformer_lens.model_protocol import TransformerLensModel
+
+    model = _model()
+    assert isinstance(model, TransformerLensModel)
+    with pytest.raises(NotImplementedError, match="continuous states, not tokens"):
+        detect_head(model, "a prompt", "previous_token_head")
+    with pytest.raises(NotImplementedError, match="continuous states, not tokens"):
+        model.to_str_tokens(_states(1, 3))

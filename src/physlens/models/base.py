@@ -195,6 +195,20 @@ class HookedModel(HookedRootModule):
             f"Instead, {instead}, which counts positions on axis {axis}."
         )
 
+    def to_tokens(self, *args: Any, **kwargs: Any) -> Tensor:
+        """Refused: physlens models read continuous states, there is no text to tokenize. (Having the
+        method makes the model a TransformerLens ``TransformerLensModel``, whose tools then fail
+        here, loudly, when they need tokens.)"""
+        raise NotImplementedError(
+            f"{type(self).__name__} reads continuous states, not tokens; TransformerLens tools that tokenize text "
+            "(to_tokens, head_detector, string prompts) do not apply. Pass the input tensor itself."
+        )
+
+    def to_str_tokens(self, *args: Any, **kwargs: Any) -> list[str]:
+        """Refused, as :meth:`to_tokens`: there are no tokens to name."""
+        self.to_tokens()
+        return []
+
     def config_dict(self) -> dict[str, Any]:
         """The model's config as a JSON-ready dict."""
         return dataclasses.asdict(self.cfg)

@@ -417,6 +417,15 @@ class OscillatorTransformer(HookedModel):
             raise ValueError(f"tokens must lie in 0..{self.cfg.d_in - 1} (the output components), got {index.tolist()}")
         return self.W_U[:, index].movedim(0, -1)
 
+    def tl_parameters(self) -> dict[str, Tensor]:
+        """The parameters under TransformerLens's names (``embed.W_E``, ``unembed.W_U``,
+        ``blocks.{l}.attn.W_V`` ...), as ``transformer_lens.SVDInterpreter`` reads them."""
+        params = dict(self.named_parameters())
+        for name, tl_name in (("W_E", "embed.W_E"), ("b_E", "embed.b_E"), ("W_pos", "pos_embed.W_pos"), ("W_U", "unembed.W_U"), ("b_U", "unembed.b_U")):
+            if name in params:
+                params[tl_name] = params.pop(name)
+        return params
+
     def set_use_split_qkv_input(self, use_split_qkv_input: bool) -> None:
         """TransformerLens's switch for per-head copies of each block's input (``attn.hook_q_input``,
         ``hook_k_input``, ``hook_v_input``), which path patching
