@@ -411,7 +411,7 @@ class OscillatorTransformer(HookedModel):
         if isinstance(tokens, str):
             self.to_single_token(tokens)
         index = torch.as_tensor(tokens, device=self.W_U.device)
-        if index.dtype in (torch.bool,) or index.is_floating_point() or index.is_complex():
+        if index.dtype == torch.bool or index.is_floating_point() or index.is_complex():
             raise ValueError(f"tokens must be integer output-component indices, got dtype {index.dtype}")
         if index.numel() and not bool(((index >= 0) & (index < self.cfg.d_in)).all()):
             raise ValueError(f"tokens must lie in 0..{self.cfg.d_in - 1} (the output components), got {index.tolist()}")

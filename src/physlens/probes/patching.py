@@ -306,6 +306,11 @@ def _transformer_lens_sweep(name: str) -> Callable[..., Any]:
 
     sweep.__name__ = sweep.__qualname__ = name
     sweep.__module__ = __name__
+    sweep.__doc__ = (
+        f"``transformer_lens.patching.{name}`` with positions counted on the input's axis 1 (the model's "
+        f"``input_position_axis``), not its last axis; same arguments and results, over axes {list(axes)}.\n\n"
+        f"TransformerLens's description:\n{helper.__doc__ or ''}"
+    )
     return sweep
 
 
