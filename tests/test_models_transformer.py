@@ -206,3 +206,230 @@ def test_stacked_weight_views():
     model = _model(n_layers=3, d_model=4, n_heads=2, d_head=2)
     assert model.W_Q.shape == (3, 2, 4, 2) and model.W_O.shape == (3, 2, 2, 4)
     assert torch.equal(model.W_V[1], model.blocks[1].attn.W_V)
+
+
+def test_models_are_built_in_eval_mode():
+    model = _model()
+    assert not model.training and not any(module.training for module in model.modules())
+
+
+def test_loss_return_type_is_the_mean_squared_error():
+    model = _model(d_model=4, n_heads=2, d_head=2, seed=6)
+    x, y = _states(3, 6, seed=1), _states(3, 6, seed=2)
+    expected = ((model(x) - y) ** 2).mean()
+    torch.testing.assert_close(model(x, return_type="loss", targets=y), expected)
+    output, loss = model(x, return_type="both", targets=y)
+    torch.testing.assert_close(output, model(x))
+    torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(model(x, "loss", targets=y, loss_positions="last"), ((model(x)[:, -1] - y[:, -1]) ** 2).mean())
+    assert model(x, return_type=None) is None
+    with pytest.raises(ValueError, match="needs targets shaped like states"):
+        model(x, return_type="loss")
+    with pytest.raises(ValueError, match="return_type must be"):
+        model(x, return_type="logits")
+    with pytest.raises(ValueError, match="targets are only used"):
+        model(x, targets=y)
+
+
+def _gradient_at(model, name, x, y):
+    """d loss / d activation, found by adding a zero tensor at the hook and differentiating w.r.t. it."""
+    shift = {}
+
+    def add_zero(activation, hook):
+        shift["zero"] = torch.zeros_like(activation, requires_grad=True)
+        return activation + shift["zero"]
+
+    loss = model.run_with_hooks(x, return_type="loss", targets=y, fwd_hooks=[(name, add_zero)])
+    return torch.autograd.grad(loss, shift["zero"])[0]
+
+
+def test_gradient_caching_with_a_loss_returning_forward():
+    model = _model(d_model=4, n_heads=2, d_head=2, n_layers=2, attn_only=False, seed=7)
+    x, y = _states(3, 6, seed=1), _states(3, 6, seed=2)
+    loss, cache = model.run_with_cache(x, return_type="loss", targets=y, incl_bwd=True)
+    assert loss.ndim == 0
+    for name in ("hook_embed", "blocks.0.hook_resid_pre", "blocks.1.attn.hook_z", "blocks.1.mlp.hook_post", "blocks.1.hook_resid_post"):
+        assert_allclose(cache[name + "_grad"].numpy(), _gradient_at(model, name, x, y).numpy(), atol=1e-12)
+    model.zero_grad()
+    with pytest.raises(ValueError, match="return_type='loss'"):
+        model.run_with_cache(x, incl_bwd=True)
+
+
+def test_backward_hooks_through_run_with_hooks():
+    model = _model(d_model=4, n_heads=2, d_head=2, n_layers=2, seed=8)
+    x, y = _states(2, 5, seed=3), _states(2, 5, seed=4)
+    seen = {}
+
+    def record(grad, hook):
+        seen[hook.name] = grad.detach().clone()
+
+    name = "blocks.1.hook_attn_out"
+    loss = model.run_with_hooks(x, return_type="loss", targets=y, bwd_hooks=[(name, record)], reset_hooks_end=False)
+    loss.backward()
+    model.reset_hooks()
+    assert_allclose(seen[name].numpy(), _gradient_at(model, name, x, y).numpy(), atol=1e-12)
+    assert all(not hp.bwd_hooks for hp in model.hook_dict.values())
+
+
+def test_stacked_mlp_views_and_missing_mlp():
+    model = _model(n_layers=2, d_model=4, n_heads=2, d_head=2, attn_only=False)
+    assert model.W_in.shape == (2, 4, 16) and model.W_out.shape == (2, 16, 4)
+    assert model.b_in.shape == (2, 16) and model.b_out.shape == (2, 4)
+    assert torch.equal(model.W_out[1], model.blocks[1].mlp.W_out)
+    with pytest.raises(AttributeError, match="W_in"):  # attention-only: hasattr(model, "W_in") is False
+        _model().W_in
+
+
+def test_ov_and_qk_circuits_are_transformer_lens_factored_matrices():
+    from transformer_lens import FactoredMatrix
+    from transformer_lens.utilities import composition_scores
+
+    model = _model(n_layers=2, d_model=4, n_heads=2, d_head=2, seed=9)
+    ov, qk = model.OV, model.QK
+    assert isinstance(ov, FactoredMatrix) and ov.shape == (2, 2, 4, 4)
+    w_v, w_o, w_q, w_k = (getattr(model, n).detach() for n in ("W_V", "W_O", "W_Q", "W_K"))
+    assert_allclose(ov.AB.detach().numpy(), (w_v @ w_o).numpy(), atol=1e-12)
+    assert_allclose(qk.AB.detach().numpy(), (w_q @ w_k.transpose(-1, -2)).numpy(), atol=1e-12)
+    assert_allclose(ov[1, 0].AB.detach().numpy(), (w_v[1, 0] @ w_o[1, 0]).numpy(), atol=1e-12)
+    assert_allclose(model.blocks[1].attn.QK.AB.detach().numpy(), qk.AB[1].detach().numpy(), atol=1e-12)
+    # the SVD of the factored form equals the SVD of the full product (rank d_head = 2)
+    assert_allclose(ov.S.detach().numpy(), torch.linalg.svdvals(w_v @ w_o)[..., :2].numpy(), atol=1e-10)
+    # TransformerLens's circuit code: Q-composition of layer-0 heads into layer-1 heads
+    scores = composition_scores(ov[0], qk[1])  # [head 0, head 1]
+    left, right = (w_v[0] @ w_o[0]), (w_q[1] @ w_k[1].transpose(-1, -2))
+    expected = torch.linalg.matrix_norm(left[:, None] @ right[None]) / (
+        torch.linalg.matrix_norm(left)[:, None] * torch.linalg.matrix_norm(right)[None]
+    )
+    assert_allclose(scores.detach().numpy(), expected.numpy(), atol=1e-10)
+
+
+def _hand_patch_heads(model, corrupted, clean_cache, metric, name):
+    """Patch every head's activation at all positions, one (layer, head) at a time."""
+    values = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
+    for layer in range(model.cfg.n_layers):
+        for head in range(model.cfg.n_heads):
+            hook_name = f"blocks.{layer}.attn.hook_{name}"
+
+            def patch(activation, hook, head=head):
+                activation = activation.clone()
+                if name == "pattern":
+                    activation[:, head] = clean_cache[hook.name][:, head]
+                else:
+                    activation[:, :, head] = clean_cache[hook.name][:, :, head]
+                return activation
+
+            with torch.no_grad():
+                values[layer, head] = metric(model.run_with_hooks(corrupted, fwd_hooks=[(hook_name, patch)]))
+    return values
+
+
+@pytest.mark.parametrize(
+    "helper", ["get_act_patch_resid_pre", "get_act_patch_resid_mid", "get_act_patch_attn_out", "get_act_patch_mlp_out",
+               "get_act_patch_attn_head_out_by_pos", "get_act_patch_attn_head_q_by_pos", "get_act_patch_attn_head_v_by_pos",
+               "get_act_patch_attn_head_pattern_by_pos", "get_act_patch_attn_head_pattern_dest_src_pos",
+               "get_act_patch_block_every", "get_act_patch_attn_head_by_pos_every"],
+)
+def test_transformer_lens_sweeps_over_positions_are_refused_with_the_physlens_name(helper):
+    model = _model(d_model=4, n_heads=2, d_head=2, n_layers=2, attn_only=False, seed=4)
+    clean, corrupted = _states(3, 6, seed=1), _states(3, 6, seed=2)
+    _, cache = model.run_with_cache(clean)
+    with pytest.raises(ValueError, match=r"last axis.*6 positions.*physlens\.probes\.patching\.get_act_patch_"):
+        getattr(patching, helper)(model, corrupted, cache, lambda out: out[:, -1, 0].mean())
+
+
+@pytest.mark.parametrize("name", ["out", "q", "k", "v", "pattern"])
+def test_transformer_lens_all_position_head_sweeps_are_right(name):
+    model = _model(d_model=4, n_heads=2, d_head=2, n_layers=2, causal=False, seed=4)
+    clean, corrupted = _states(3, 6, seed=1), _states(3, 6, seed=2)
+    _, cache = model.run_with_cache(clean)
+
+    def metric(out):
+        return out[:, -1, 0].mean()
+
+    result = getattr(patching, f"get_act_patch_attn_head_{name}_all_pos")(model, corrupted, cache, metric)
+    expected = _hand_patch_heads(model, corrupted, cache, metric, "z" if name == "out" else name)
+    assert_allclose(result.numpy(), expected.numpy(), atol=1e-6)
+    assert not torch.allclose(result, torch.full_like(result, float(metric(model(corrupted)).detach())))
+
+
+def test_freshly_built_and_loaded_models_run_transformer_lens_patching(tmp_path):
+    from physlens.training.checkpoints import load_checkpoint, save_checkpoint
+
+    model = _model(d_model=4, n_heads=2, d_head=2, seed=5)
+    model.train()
+    save_checkpoint(tmp_path / "ckpt", model)
+    loaded, _ = load_checkpoint(tmp_path / "ckpt")
+    assert not loaded.training and not any(m.training for m in loaded.modules())
+    clean, corrupted = _states(2, 4, seed=1), _states(2, 4, seed=2)
+    _, cache = loaded.run_with_cache(clean)
+    result = patching.get_act_patch_attn_head_out_all_pos(loaded, corrupted, cache, lambda out: out.sum())
+    assert result.shape == (1, 2)
+
+
+def test_split_qkv_input_changes_nothing_until_patched():
+    model = _model(d_model=4, n_heads=2, d_head=2, n_layers=2, layer_norm=True, attn_only=False, seed=12)
+    x = _states(2, 5)
+    plain = model(x)
+    model.set_use_split_qkv_input(True)
+    try:
+        out, cache = model.run_with_cache(x)
+        assert cache["blocks.1.attn.hook_k_input"].shape == (2, 5, 2, 4)
+        assert_allclose(out.detach().numpy(), plain.detach().numpy(), atol=1e-12)
+    finally:
+        model.set_use_split_qkv_input(False)
+    assert "blocks.1.attn.hook_k_input" not in model.run_with_cache(x)[1]
+
+
+@pytest.mark.parametrize("component", ["q", "k", "v"])
+def test_transformer_lens_direct_path_patching_runs_and_is_right(component):
+    model = _model(d_model=4, n_heads=2, d_head=2, n_layers=3, causal=False, seed=13)
+    clean, corrupted = _states(3, 5, seed=1), _states(3, 5, seed=2)
+    _, clean_cache = model.run_with_cache(clean)
+    _, corrupted_cache = model.run_with_cache(corrupted)
+
+    def metric(out):
+        return out[:, -1, 0].mean()
+
+    result = patching.get_act_patch_direct_path(model, corrupted, clean_cache, corrupted_cache, metric, 0, 1, component, verbose=False)
+    assert not model.cfg.use_split_qkv_input  # restored
+    # by hand, without the split input: head 1 of layer 0 writes delta; only head h of layer l reads it,
+    # through its own projection (no LayerNorm here), so add delta @ W_{component}[l, h] to that head's hook_{component}
+    w_o = model.blocks[0].attn.W_O[1]
+    delta = (clean_cache["blocks.0.attn.hook_z"][:, :, 1] - corrupted_cache["blocks.0.attn.hook_z"][:, :, 1]) @ w_o
+    for layer in (1, 2):
+        for head in range(2):
+            projection = getattr(model.blocks[layer].attn, f"W_{component.upper()}")[head]
+
+            def add(activation, hook, head=head, projection=projection):
+                activation = activation.clone()
+                activation[:, :, head] += delta @ projection
+                return activation
+
+            with torch.no_grad():
+                expected = metric(model.run_with_hooks(corrupted, fwd_hooks=[(f"blocks.{layer}.attn.hook_{component}", add)]))
+            assert float(result[layer, head]) == pytest.approx(float(expected), abs=1e-6)
+    assert torch.all(result[0] == 0)
+
+
+def test_svd_interpreter_reads_ov_directions_out_through_the_unembedding():
+    from transformer_lens import SVDInterpreter
+
+    model = _model(d_model=4, n_heads=2, d_head=3, n_layers=2, attn_only=False, seed=14)
+    vectors = SVDInterpreter(model).get_singular_vectors("OV", layer_index=1, num_vectors=2, head_index=0)
+    assert vectors.shape == (2, 1, 2)  # [output component, 1, singular direction]
+    _, _, vh = torch.linalg.svd((model.W_V[1, 0] @ model.W_O[1, 0]).detach())
+    expected = model.W_U.detach().T @ vh[:2].T  # singular vectors are defined up to sign
+    assert_allclose(vectors[:, 0].abs().numpy(), expected.abs().numpy(), atol=1e-10)
+    assert SVDInterpreter(model).get_singular_vectors("w_in", layer_index=0, num_vectors=2).shape == (2, 1, 2)
+
+
+def test_tokenizer_tools_are_refused_loudly():
+    from transformer_lens.head_detector import detect_head
+    from transformer_lens.model_protocol import TransformerLensModel
+
+    model = _model()
+    assert isinstance(model, TransformerLensModel)
+    with pytest.raises(NotImplementedError, match="continuous states, not tokens"):
+        detect_head(model, "a prompt", "previous_token_head")
+    with pytest.raises(NotImplementedError, match="continuous states, not tokens"):
+        model.to_str_tokens(_states(1, 3))

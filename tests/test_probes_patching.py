@@ -7,7 +7,7 @@ import torch
 from transformer_lens.patching import PatchingResult
 
 from physlens.models import OscillatorTransformer, TransformerConfig
-from physlens.probes.patching import patching_grid, patching_pairs, patching_sweep, recovery
+from physlens.probes.patching import patching_grid, patching_pairs, patching_sweep, recovery, recovery_metric
 from physlens.systems import OscillatorSystem, Uniform
 
 
@@ -82,3 +82,136 @@ def test_recovery_and_errors(model, pairs):
         patching_sweep(model, clean.states, corrupted.states, layers=[2])
     with pytest.raises(ValueError, match="nothing to corrupt"):
         patching_pairs(OscillatorSystem(dtype="float64"), 4, 8, seed=0)
+
+
+# TransformerLens's named sweeps, positions counted on axis 1, against a hand-written loop --------------
+
+from itertools import product  # noqa: E402
+
+from physlens.probes import patching as pl_patching  # noqa: E402
+
+_SWEEPS = {  # physlens name -> (hook, axes of the grid)
+    "get_act_patch_resid_pre": ("hook_resid_pre", ("layer", "pos")),
+    "get_act_patch_resid_mid": ("hook_resid_mid", ("layer", "pos")),
+    "get_act_patch_attn_out": ("hook_attn_out", ("layer", "pos")),
+    "get_act_patch_mlp_out": ("hook_mlp_out", ("layer", "pos")),
+    "get_act_patch_attn_head_out_by_pos": ("attn.hook_z", ("layer", "pos", "head")),
+    "get_act_patch_attn_head_q_by_pos": ("attn.hook_q", ("layer", "pos", "head")),
+    "get_act_patch_attn_head_k_by_pos": ("attn.hook_k", ("layer", "pos", "head")),
+    "get_act_patch_attn_head_v_by_pos": ("attn.hook_v", ("layer", "pos", "head")),
+    "get_act_patch_attn_head_pattern_by_pos": ("attn.hook_pattern", ("layer", "head", "dest")),
+    "get_act_patch_attn_head_pattern_dest_src_pos": ("attn.hook_pattern", ("layer", "head", "dest", "src")),
+    "get_act_patch_attn_head_out_all_pos": ("attn.hook_z", ("layer", "head_all")),
+    "get_act_patch_attn_head_q_all_pos": ("attn.hook_q", ("layer", "head_all")),
+    "get_act_patch_attn_head_k_all_pos": ("attn.hook_k", ("layer", "head_all")),
+    "get_act_patch_attn_head_v_all_pos": ("attn.hook_v", ("layer", "head_all")),
+    "get_act_patch_attn_head_pattern_all_pos": ("attn.hook_pattern", ("layer", "pattern_head")),
+}
+
+
+def _hand_loop(model, corrupted, clean_cache, metric, hook, axes):
+    """Patch one cell at a time with explicit indexing; return the metric per cell and example."""
+    sizes = {"layer": model.cfg.n_layers, "pos": corrupted.shape[1], "dest": corrupted.shape[1], "src": corrupted.shape[1],
+             "head": model.cfg.n_heads, "head_all": model.cfg.n_heads, "pattern_head": model.cfg.n_heads}
+    grid = torch.zeros([sizes[a] for a in axes] + [corrupted.shape[0]], dtype=torch.float64)
+    for cell in product(*(range(sizes[a]) for a in axes)):
+        at = dict(zip(axes, cell))
+        if "dest" in at:  # [batch, head, dest, src]
+            index = (slice(None), at["head"], at["dest"]) + ((at["src"],) if "src" in at else ())
+        elif "pattern_head" in at:
+            index = (slice(None), at["pattern_head"])
+        elif "head_all" in at:  # [batch, pos, head, d_head]
+            index = (slice(None), slice(None), at["head_all"])
+        elif "head" in at:
+            index = (slice(None), at["pos"], at["head"])
+        else:  # [batch, pos, d_model]
+            index = (slice(None), at["pos"])
+        name = f"blocks.{at['layer']}.{hook}"
+
+        def patch(activation, hook, index=index, name=name):
+            patched = activation.clone()
+            patched[index] = clean_cache[name][index]
+            return patched
+
+        with torch.no_grad():
+            grid[cell] = metric(model.run_with_hooks(corrupted, fwd_hooks=[(name, patch)]))
+    return grid
+
+
+@pytest.fixture(scope="module")
+def tl_setup():
+    cfg = TransformerConfig(d_model=4, n_layers=2, n_heads=2, d_head=2, n_ctx=8, causal=False, attn_only=False, dtype="float64", seed=11)
+    model = OscillatorTransformer(cfg)
+    system = OscillatorSystem(omega0=Uniform(1.0, 4.0), dtype="float64")
+    clean, corrupted = patching_pairs(system, 4, 5, seed=3)
+    _, cache = model.run_with_cache(clean.states)
+    return model, corrupted.states, cache
+
+
+@pytest.mark.parametrize("name", list(_SWEEPS))
+def test_physlens_named_sweeps_match_a_hand_written_loop(tl_setup, name):
+    model, corrupted, cache = tl_setup
+    hook, axes = _SWEEPS[name]
+
+    def per_example(out):
+        return out[:, -1].norm(dim=-1)
+
+    expected = _hand_loop(model, corrupted, cache, per_example, hook, axes)
+    sweep = getattr(pl_patching, name)
+    result = sweep(model, corrupted, cache, per_example, reduce="none", baseline=True)
+    assert isinstance(result, PatchingResult) and len(result.axis_names) == len(axes)
+    assert result.values.shape == expected.shape  # positions counted on axis 1: 5, not the 2 components
+    torch.testing.assert_close(result.values.double(), expected, atol=1e-6, rtol=0)
+    torch.testing.assert_close(result.baseline.double(), per_example(model(corrupted)).detach(), atol=1e-6, rtol=0)
+    scalar = sweep(model, corrupted, cache, lambda out: per_example(out).mean())
+    torch.testing.assert_close(scalar.double(), expected.mean(-1), atol=1e-6, rtol=0)
+    values, index_df = sweep(model, corrupted, cache, lambda out: per_example(out).mean(), return_index_df=True)
+    assert len(index_df) == values.numel()
+
+
+def test_physlens_every_sweeps_stack_the_single_sweeps(tl_setup):
+    model, corrupted, cache = tl_setup
+
+    def metric(out):
+        return out[:, -1, 1].mean()
+
+    block = pl_patching.get_act_patch_block_every(model, corrupted, cache, metric)
+    assert block.shape == (3, 2, 5)
+    torch.testing.assert_close(block[2], pl_patching.get_act_patch_mlp_out(model, corrupted, cache, metric))
+    by_pos = pl_patching.get_act_patch_attn_head_by_pos_every(model, corrupted, cache, metric)
+    assert by_pos.shape == (5, 2, 5, 2)
+    pattern = pl_patching.get_act_patch_attn_head_pattern_by_pos(model, corrupted, cache, metric)  # [layer, head, dest]
+    torch.testing.assert_close(by_pos[4], pattern.transpose(1, 2))
+    every = pl_patching.get_act_patch_attn_head_all_pos_every(model, corrupted, cache, lambda out: out[:, -1, 1], reduce="none", baseline=True)
+    assert every.axis_names == ["patch_type", "layer", "head"] and every.values.shape == (5, 2, 2, 4)
+    assert every.patch_type_names == ["out", "q", "k", "v", "pattern"]
+    torch.testing.assert_close(every.values[1], pl_patching.get_act_patch_attn_head_q_all_pos(model, corrupted, cache, lambda out: out[:, -1, 1], reduce="none").values)
+    grid, columns = patching_grid(pl_patching.get_act_patch_resid_pre(model, corrupted, cache, lambda out: out[:, -1, 1], reduce="none"))
+    assert columns == ["layer", "pos"] and grid.shape == (2, 5)
+    attn_only = OscillatorTransformer(TransformerConfig(d_model=4, n_ctx=8, dtype="float64"))
+    with pytest.raises(ValueError, match="attention-only"):
+        pl_patching.get_act_patch_block_every(attn_only, corrupted, cache, metric)
+
+
+def test_new_sites_match_a_hand_written_recovery_loop(model, pairs):
+    clean, corrupted = pairs
+    _, cache = model.run_with_cache(clean.states)
+    reference = recovery_metric(model, clean.states, corrupted.states, -1)
+    for site, hook, axes in (("q", "attn.hook_q", ("layer", "pos", "head")), ("post", "mlp.hook_post", ("layer", "pos")),
+                             ("pattern", "attn.hook_pattern", ("layer", "head", "dest"))):
+        result = patching_sweep(model, clean.states, corrupted.states, site=site)
+        grid = _hand_loop(model, corrupted.states, cache, reference, hook, axes)
+        if site == "pattern":  # the sweep's cells are (layer, query position, head)
+            grid = grid.permute(0, 2, 1, 3)
+        # TransformerLens stores patching results in float32
+        torch.testing.assert_close(result.values.double(), grid.reshape(-1, grid.shape[-1]), atol=1e-6, rtol=0)
+
+
+def test_sweep_with_a_custom_metric(model, pairs):
+    clean, corrupted = pairs
+    result = patching_sweep(model, clean.states, corrupted.states, site="resid_pre", per_position=False, metric=lambda out: out[:, 3, 0])
+    # layer 0's whole input is the clean one (values are TransformerLens's float32)
+    torch.testing.assert_close(result.values[0].double(), model(clean.states)[:, 3, 0].detach(), atol=1e-6, rtol=0)
+    torch.testing.assert_close(result.baseline.double(), model(corrupted.states)[:, 3, 0].detach(), atol=1e-6, rtol=0)
+    with pytest.raises(TypeError, match="metric must be a function"):
+        patching_sweep(model, clean.states, corrupted.states, metric=3)

@@ -1,6 +1,7 @@
 """Hooked networks: every intermediate activation is a TransformerLens ``HookPoint``."""
 
 from physlens.models.base import MODEL_REGISTRY, HookedModel, register_model
+from physlens.models.cache import HookedModelCache
 from physlens.models.linear import LinearAutoregressive, sliding_windows
 from physlens.models.reference import ExactStep, InContextLeastSquares
 from physlens.models.siamese import BottleneckConfig, BottleneckNetwork, SiameseConfig, SiameseTower
@@ -30,6 +31,7 @@ __all__ = [
     "MODEL_REGISTRY",
     "PRESETS",
     "HookedModel",
+    "HookedModelCache",
     "OscillatorTransformer",
     "TransformerConfig",
     "attention_mask",

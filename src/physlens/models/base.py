@@ -1,20 +1,28 @@
 """The hooked base class every physlens model shares, and the registry that checkpoints load from.
 
-Models subclass :class:`HookedModel` (a TransformerLens ``HookedRootModule``) so ``run_with_cache``,
-``run_with_hooks``, ``hooks()`` and ``transformer_lens.patching`` work on them, with hook names
-checked up front instead of failing with a bare ``KeyError``.
+Models subclass :class:`HookedModel` (a TransformerLens ``HookedRootModule``) so ``run_with_cache``
+(returning a TransformerLens ``ActivationCache``), ``run_with_hooks`` and ``hooks()`` work on them,
+with hook names checked up front instead of failing with a bare ``KeyError``, and with
+TransformerLens patching sweeps that would misread continuous inputs refused instead of run.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
+import sys
 from collections.abc import Callable, Iterable
+from types import FrameType
 from typing import Any, ClassVar, TypeVar
 
 import torch
+from torch import Tensor
+from transformer_lens import patching as tl_patching
 from transformer_lens.hook_points import HookPoint
 from transformer_lens.HookedRootModule import HookedRootModule
+
+from physlens.models.cache import HookedModelCache
 
 MODEL_REGISTRY: dict[str, type[HookedModel]] = {}
 """Model classes by name, so a checkpoint's JSON config can name the class to rebuild."""
@@ -30,14 +38,27 @@ def register_model(cls: M) -> M:
     return cls
 
 
+POSITION_AXES = ("pos", "dest_pos", "src_pos")
+"""Index axes of ``transformer_lens.patching`` sweeps that count sequence positions."""
+
+
 class HookedModel(HookedRootModule):
     """A ``HookedRootModule`` built from a dataclass config, with hook-name validation.
 
     Subclasses set ``config_class``, build their layers from ``cfg`` in ``__init__`` and call
-    ``self.setup()`` last.
+    ``self.setup()`` last. Models come out of ``setup()`` in eval mode, as TransformerLens's loaders
+    return them (none of them has dropout or batch norm, so the mode changes no number); training
+    switches to train mode itself.
+
+    Class attributes describe the layout TransformerLens's tools assume: ``input_position_axis`` is
+    the axis of the input that counts sequence positions (None: no positions), and
+    ``has_residual_stream`` says whether the model has TransformerLens's transformer layout
+    (``blocks.{l}.hook_resid_pre`` ...), which the residual-stream methods of the cache need.
     """
 
     config_class: ClassVar[type]
+    input_position_axis: ClassVar[int | None] = None
+    has_residual_stream: ClassVar[bool] = False
 
     def __init__(self, cfg: Any) -> None:
         super().__init__()
@@ -66,13 +87,127 @@ class HookedModel(HookedRootModule):
             self.check_hook_names([name])
         super()._enable_hook(name=name, hook=hook, dir=dir)
 
-    def run_with_cache(self, *model_args: Any, names_filter: Any = None, **kwargs: Any) -> tuple[Any, dict]:
-        """TransformerLens's ``run_with_cache``, refusing hook names this model does not have."""
+    def setup(self) -> None:
+        """TransformerLens's ``setup`` (names every module and hook point), then eval mode."""
+        super().setup()
+        self.eval()
+
+    def run_with_cache(
+        self,
+        *model_args: Any,
+        names_filter: Any = None,
+        device: Any = None,
+        remove_batch_dim: bool = False,
+        incl_bwd: bool = False,
+        reset_hooks_end: bool = True,
+        clear_contexts: bool = False,
+        pos_slice: Any = None,
+        **model_kwargs: Any,
+    ) -> tuple[Any, HookedModelCache]:
+        """TransformerLens's ``run_with_cache``: the model's output and a TransformerLens
+        ``ActivationCache`` (a :class:`~physlens.models.cache.HookedModelCache`) of every hook point
+        that passes ``names_filter``.
+
+        Hook names this model does not have are refused. ``incl_bwd=True`` also caches the
+        gradient of the output at every hook (as ``<name>_grad``), which needs a scalar output: on
+        the oscillator transformer pass ``return_type="loss"`` and ``targets``. ``pos_slice``
+        keeps some positions only, so it needs a model with positions.
+        """
         if isinstance(names_filter, str) or (
             isinstance(names_filter, (list, tuple)) and all(isinstance(n, str) for n in names_filter)
         ):
             self.check_hook_names(names_filter)
-        return super().run_with_cache(*model_args, names_filter=names_filter, **kwargs)
+            names_filter = [names_filter] if isinstance(names_filter, str) else list(names_filter)
+        if pos_slice is not None and self.input_position_axis is None:
+            raise ValueError(f"pos_slice keeps some positions, but {type(self).__name__}'s activations have no position axis")
+        if remove_batch_dim and model_args and isinstance(model_args[0], Tensor):
+            batch = model_args[0].shape[0] if model_args[0].ndim > 0 else 1
+            if batch != 1:
+                raise ValueError(f"remove_batch_dim=True needs a batch of one example, got {batch}")
+        cache_dict, fwd_hooks, bwd_hooks = self.get_caching_hooks(
+            names_filter, incl_bwd, device, remove_batch_dim=remove_batch_dim, pos_slice=pos_slice
+        )
+        with self.hooks(fwd_hooks=fwd_hooks, bwd_hooks=bwd_hooks, reset_hooks_end=reset_hooks_end, clear_contexts=clear_contexts):
+            output = self(*model_args, **model_kwargs)
+            if incl_bwd:
+                if not isinstance(output, Tensor) or output.ndim != 0:
+                    shape = list(output.shape) if isinstance(output, Tensor) else type(output).__name__
+                    raise ValueError(
+                        f"incl_bwd=True backpropagates the model's output, which must then be a scalar; "
+                        f"{type(self).__name__} returned {shape}. "
+                        + self._scalar_output_hint()
+                    )
+                output.backward()
+        return output, HookedModelCache(cache_dict, self, has_batch_dim=not remove_batch_dim)
+
+    def _scalar_output_hint(self) -> str:
+        return "For the gradient of a metric of your choice use physlens.probes.activation_gradients(model, inputs, metric, names)."
+
+    def run_with_hooks(
+        self,
+        *model_args: Any,
+        fwd_hooks: list = [],  # noqa: B006 - TransformerLens's signature; never mutated
+        bwd_hooks: list = [],  # noqa: B006
+        reset_hooks_end: bool = True,
+        clear_contexts: bool = False,
+        **model_kwargs: Any,
+    ) -> Any:
+        """TransformerLens's ``run_with_hooks``, refusing hook names this model does not have, and
+        refusing to serve a ``transformer_lens.patching`` sweep that counts positions on the wrong
+        input axis (see :meth:`check_patching_call`)."""
+        self.check_patching_call(sys._getframe(1))
+        return super().run_with_hooks(
+            *model_args, fwd_hooks=fwd_hooks, bwd_hooks=bwd_hooks, reset_hooks_end=reset_hooks_end,
+            clear_contexts=clear_contexts, **model_kwargs,
+        )
+
+    def check_patching_call(self, frame: FrameType | None) -> None:
+        """Raise if ``frame`` is ``transformer_lens.patching.generic_activation_patch`` sweeping
+        positions it counted on the input's last axis.
+
+        TransformerLens takes the number of positions from ``corrupted_tokens.shape[-1]``, right for
+        token ids ``[batch, pos]``. Continuous inputs ``[batch, pos, d_in]`` hold their positions on
+        axis 1 and the state's components on the last axis, so such a sweep would patch positions
+        ``0 .. d_in - 1`` only and report a grid of the wrong shape. Sweeps over explicit cells
+        (``index_df``) or over layers and heads only are unaffected and run.
+        """
+        if frame is None or frame.f_code is not tl_patching.generic_activation_patch.__code__:
+            return
+        if self.input_position_axis is None:
+            return
+        scope = frame.f_locals
+        axes = tuple(scope.get("index_axis_names") or ())
+        if scope.get("flattened_output", True) or not set(axes) & set(POSITION_AXES):
+            return
+        inputs = scope.get("corrupted_tokens")
+        axis = self.input_position_axis
+        if not isinstance(inputs, Tensor) or inputs.ndim <= axis:
+            return  # not this model's input: the forward pass refuses it with its own message
+        helper = _transformer_lens_helper(scope.get("activation_name"), axes)
+        if helper is not None:
+            name, instead = f"transformer_lens.patching.{helper}", f"use physlens.probes.patching.{helper} (same arguments)"
+        else:
+            name, instead = "transformer_lens.patching.generic_activation_patch", "pass index_df with the cells to patch instead of index_axis_names"
+        raise ValueError(
+            f"{name} reads the number of positions from the input's last axis, but {type(self).__name__} takes "
+            f"continuous inputs {list(inputs.shape)} with {inputs.shape[axis]} positions on axis {axis} and the state's "
+            f"{inputs.shape[-1]} components on the last axis, so it would patch positions 0..{inputs.shape[-1] - 1} only. "
+            f"Instead, {instead}, which counts positions on axis {axis}."
+        )
+
+    def to_tokens(self, *args: Any, **kwargs: Any) -> Tensor:
+        """Refused: physlens models read continuous states, there is no text to tokenize. (Having the
+        method makes the model a TransformerLens ``TransformerLensModel``, whose tools then fail
+        here, loudly, when they need tokens.)"""
+        raise NotImplementedError(
+            f"{type(self).__name__} reads continuous states, not tokens; TransformerLens tools that tokenize text "
+            "(to_tokens, head_detector, string prompts) do not apply. Pass the input tensor itself."
+        )
+
+    def to_str_tokens(self, *args: Any, **kwargs: Any) -> list[str]:
+        """Refused, as :meth:`to_tokens`: there are no tokens to name."""
+        self.to_tokens()
+        return []
 
     def config_dict(self) -> dict[str, Any]:
         """The model's config as a JSON-ready dict."""
@@ -91,6 +226,21 @@ class HookedModel(HookedRootModule):
     def device(self) -> torch.device:
         """Device of the model's parameters."""
         return next(self.parameters()).device
+
+
+@functools.cache
+def _transformer_lens_helpers() -> dict[tuple[str, tuple[str, ...]], str]:
+    """TransformerLens's named sweeps (partials of ``generic_activation_patch``) by (activation, axes)."""
+    helpers = {}
+    for name, obj in vars(tl_patching).items():
+        if isinstance(obj, functools.partial) and obj.func is tl_patching.generic_activation_patch:
+            keywords = obj.keywords
+            helpers[(keywords.get("activation_name"), tuple(keywords.get("index_axis_names") or ()))] = name
+    return helpers
+
+
+def _transformer_lens_helper(activation_name: Any, axes: tuple[str, ...]) -> str | None:
+    return _transformer_lens_helpers().get((activation_name, axes))
 
 
 __all__ = ["MODEL_REGISTRY", "HookPoint", "HookedModel", "register_model"]

@@ -14,8 +14,9 @@ from typing import Any
 import einops
 import torch
 import torch.nn.functional as F
-from jaxtyping import Bool, Float
+from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
+from transformer_lens.FactoredMatrix import FactoredMatrix
 
 from physlens._validation import check_positive_int, resolve_dtype
 from physlens.models.base import HookedModel, HookPoint, register_model
@@ -43,6 +44,7 @@ class TransformerConfig:
     dtype: str = "float32"  # parameter dtype ("float64" for exact work)
     device: str = "cpu"  # where parameters live
     n_key_value_heads: int | None = None  # TransformerLens field; always equals n_heads here
+    use_split_qkv_input: bool = False  # TransformerLens flag: each head reads its own copy of the block input (hook_q_input ...)
 
     def __post_init__(self) -> None:
         for name in ("d_model", "n_layers", "n_heads", "d_head", "n_ctx", "d_in"):
@@ -57,6 +59,16 @@ class TransformerConfig:
         if self.n_key_value_heads != self.n_heads:
             raise ValueError(f"n_key_value_heads must equal n_heads ({self.n_heads}), got {self.n_key_value_heads}")
         resolve_dtype(self.dtype)
+
+    @property
+    def normalization_type(self) -> str | None:
+        """TransformerLens's name for the normalisation: ``"LN"`` (unfolded LayerNorm) or None."""
+        return "LN" if self.layer_norm else None
+
+    @property
+    def d_vocab(self) -> int:
+        """TransformerLens's width of ``W_U``'s output: here the state's components, not a vocabulary."""
+        return self.d_in
 
     @property
     def sees_future(self) -> bool:
@@ -108,13 +120,29 @@ class Attention(nn.Module):
         self.hook_pattern = HookPoint()  # [batch, head, q, k]
         self.hook_z = HookPoint()  # [batch, pos, head, d_head]
         self.hook_result = HookPoint()  # [batch, pos, head, d_model]: each head's write to the residual stream
+        # Only with cfg.use_split_qkv_input: each head's own copy of the block input, before ln1.
+        self.hook_q_input = HookPoint()  # [batch, pos, head, d_model]
+        self.hook_k_input = HookPoint()  # [batch, pos, head, d_model]
+        self.hook_v_input = HookPoint()  # [batch, pos, head, d_model]
 
-    def forward(self, resid: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
+    def forward(self, resid: Float[Tensor, "batch pos d_model"], norm: nn.Module | None = None) -> Float[Tensor, "batch pos d_model"]:
+        """Attend over ``norm(resid)`` (``norm`` is the block's ln1; None: identity).
+
+        With ``cfg.use_split_qkv_input`` every head's query, key and value read their own copy of
+        ``resid`` (hooked as ``hook_q_input`` ...), so a path into one head can be patched alone.
+        """
+        norm = norm if norm is not None else nn.Identity()
         n_pos = resid.shape[1]
-        project = "batch pos d_model, head d_model d_head -> batch pos head d_head"
-        q = self.hook_q(einops.einsum(resid, self.W_Q, project))
-        k = self.hook_k(einops.einsum(resid, self.W_K, project))
-        v = self.hook_v(einops.einsum(resid, self.W_V, project))
+        if self.cfg.use_split_qkv_input:
+            copies = einops.repeat(resid, "batch pos d_model -> batch pos head d_model", head=self.cfg.n_heads)
+            inputs = [norm(hook(copies)) for hook in (self.hook_q_input, self.hook_k_input, self.hook_v_input)]
+            project = "batch pos head d_model, head d_model d_head -> batch pos head d_head"
+        else:
+            inputs = [norm(resid)] * 3
+            project = "batch pos d_model, head d_model d_head -> batch pos head d_head"
+        q = self.hook_q(einops.einsum(inputs[0], self.W_Q, project))
+        k = self.hook_k(einops.einsum(inputs[1], self.W_K, project))
+        v = self.hook_v(einops.einsum(inputs[2], self.W_V, project))
         scores = einops.einsum(q, k, "batch q head d_head, batch k head d_head -> batch head q k")
         scores = scores / math.sqrt(self.cfg.d_head)
         allowed = self.mask[:n_pos, :n_pos]
@@ -125,6 +153,16 @@ class Attention(nn.Module):
             einops.einsum(z, self.W_O, "batch pos head d_head, head d_head d_model -> batch pos head d_model")
         )
         return result.sum(dim=2)
+
+    @property
+    def OV(self) -> FactoredMatrix:  # noqa: N802
+        """Each head's OV circuit W_V W_O as a TransformerLens ``FactoredMatrix`` ``[head, d_model, d_model]``."""
+        return FactoredMatrix(self.W_V, self.W_O)
+
+    @property
+    def QK(self) -> FactoredMatrix:  # noqa: N802
+        """Each head's QK circuit W_Q W_Kᵀ as a TransformerLens ``FactoredMatrix`` ``[head, d_model, d_model]``."""
+        return FactoredMatrix(self.W_Q, self.W_K.transpose(-2, -1))
 
 
 class MLP(nn.Module):
@@ -165,6 +203,9 @@ class LayerNorm(nn.Module):
 class Block(nn.Module):
     """Residual block: attention, then (unless ``attn_only``) an MLP, each added to the stream."""
 
+    # TransformerLens's readout tools (logit_lens) check that hook_resid_post is the one residual stream.
+    hook_out_is_single_residual_stream = True
+
     def __init__(self, cfg: TransformerConfig, generator: torch.Generator) -> None:
         super().__init__()
         self.cfg = cfg
@@ -181,7 +222,7 @@ class Block(nn.Module):
 
     def forward(self, resid: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
         resid = self.hook_resid_pre(resid)
-        resid = resid + self.hook_attn_out(self.attn(self.ln1(resid)))
+        resid = resid + self.hook_attn_out(self.attn(resid, self.ln1))
         if not self.cfg.attn_only:
             resid = self.hook_resid_mid(resid)
             resid = resid + self.hook_mlp_out(self.mlp(self.ln2(resid)))
@@ -197,6 +238,8 @@ class OscillatorTransformer(HookedModel):
     """
 
     config_class = TransformerConfig
+    input_position_axis = 1
+    has_residual_stream = True
 
     def __init__(self, cfg: TransformerConfig) -> None:
         super().__init__(cfg)
@@ -213,8 +256,39 @@ class OscillatorTransformer(HookedModel):
         self.b_U = _zeros((cfg.d_in,), cfg) if cfg.unembed_bias else None
         self.setup()
 
-    def forward(self, states: Float[Tensor, "batch pos d_in"]) -> Float[Tensor, "batch pos d_in"]:
-        """Predict the next state at every position."""
+    def forward(
+        self,
+        states: Float[Tensor, "batch pos d_in"],
+        return_type: str | None = "output",
+        *,
+        targets: Float[Tensor, "batch pos d_in"] | None = None,
+        loss_positions: str = "all",
+    ) -> Any:
+        """Predict the next state at every position.
+
+        ``return_type`` follows TransformerLens: ``"output"`` (the predictions, ``[batch, pos,
+        d_in]``), ``"loss"`` (the mean squared error against ``targets``, a scalar, so
+        ``loss.backward()`` and ``run_with_cache(..., incl_bwd=True)`` work), ``"both"``
+        (``(output, loss)``) or None. ``loss_positions`` is ``"all"`` or ``"last"``, as in training.
+        """
+        if return_type not in ("output", "loss", "both", None):
+            raise ValueError(f"return_type must be 'output', 'loss', 'both' or None, got {return_type!r}")
+        if loss_positions not in ("all", "last"):
+            raise ValueError(f"loss_positions must be 'all' or 'last', got {loss_positions!r}")
+        wants_loss = return_type in ("loss", "both")
+        if wants_loss and (not isinstance(targets, Tensor) or targets.shape != states.shape):
+            got = list(targets.shape) if isinstance(targets, Tensor) else type(targets).__name__
+            raise ValueError(f"return_type={return_type!r} needs targets shaped like states {list(states.shape)}, got {got}")
+        if not wants_loss and targets is not None:
+            raise ValueError(f"targets are only used with return_type='loss' or 'both', got return_type={return_type!r}")
+        output = self._predict(states)
+        if not wants_loss:
+            return output if return_type == "output" else None
+        prediction, target = (output[:, -1:], targets[:, -1:]) if loss_positions == "last" else (output, targets)
+        loss = (prediction - target).pow(2).mean()
+        return loss if return_type == "loss" else (output, loss)
+
+    def _predict(self, states: Tensor) -> Tensor:
         self._check_input(states)
         resid = states @ self.W_E
         if self.b_E is not None:
@@ -224,7 +298,11 @@ class OscillatorTransformer(HookedModel):
             resid = resid + self.hook_pos_embed(self.W_pos[: states.shape[1]].expand_as(resid))
         for block in self.blocks:
             resid = block(resid)
-        out = self.ln_final(resid) @ self.W_U
+        return self.unembed(self.ln_final(resid))
+
+    def unembed(self, resid: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_in"]:
+        """Read a (final-normalised) residual-stream vector out as a state: ``resid @ W_U + b_U``."""
+        out = resid @ self.W_U
         return out + self.b_U if self.b_U is not None else out
 
     def _check_input(self, states: Tensor) -> None:
@@ -263,6 +341,101 @@ class OscillatorTransformer(HookedModel):
     def W_O(self) -> Float[Tensor, "layer head d_head d_model"]:  # noqa: N802
         """Output weights of every layer, stacked."""
         return self._stacked("W_O")
+
+    @property
+    def OV(self) -> FactoredMatrix:  # noqa: N802
+        """OV circuits W_V W_O of every head, a TransformerLens ``FactoredMatrix`` ``[layer, head, d_model, d_model]``."""
+        return FactoredMatrix(self.W_V, self.W_O)
+
+    @property
+    def QK(self) -> FactoredMatrix:  # noqa: N802
+        """QK circuits W_Q W_Kᵀ of every head, a TransformerLens ``FactoredMatrix`` ``[layer, head, d_model, d_model]``."""
+        return FactoredMatrix(self.W_Q, self.W_K.transpose(-2, -1))
+
+    def _stacked_mlp(self, name: str) -> Tensor:
+        if self.cfg.attn_only:  # so hasattr(model, name) is False, as for a TransformerLens model without MLPs
+            raise AttributeError(f"{name}: this model is attention-only (cfg.attn_only=True) and has no MLP weights")
+        return torch.stack([getattr(block.mlp, name) for block in self.blocks])
+
+    @property
+    def W_in(self) -> Float[Tensor, "layer d_model d_mlp"]:  # noqa: N802
+        """MLP input weights of every layer, stacked."""
+        return self._stacked_mlp("W_in")
+
+    @property
+    def b_in(self) -> Float[Tensor, "layer d_mlp"]:
+        """MLP input biases of every layer, stacked."""
+        return self._stacked_mlp("b_in")
+
+    @property
+    def W_out(self) -> Float[Tensor, "layer d_mlp d_model"]:  # noqa: N802
+        """MLP output weights of every layer, stacked."""
+        return self._stacked_mlp("W_out")
+
+    @property
+    def b_out(self) -> Float[Tensor, "layer d_model"]:
+        """MLP output biases of every layer, stacked."""
+        return self._stacked_mlp("b_out")
+
+    def accumulated_bias(self, layer: int, mlp_input: bool = False, include_mlp_biases: bool = True) -> Float[Tensor, " d_model"]:
+        """TransformerLens's ``accumulated_bias``: the biases written to the residual stream before
+        ``layer`` (attention has none here, so only MLP output biases, when ``include_mlp_biases``).
+
+        The embedding bias ``b_E`` is part of ``hook_embed`` and is not counted again.
+        """
+        if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer <= self.cfg.n_layers:
+            raise ValueError(f"layer must be an integer in 0..{self.cfg.n_layers}, got {layer!r}")
+        if mlp_input and layer == self.cfg.n_layers:
+            raise ValueError("mlp_input=True needs a layer below n_layers: the unembedding has no MLP input")
+        total = torch.zeros(self.cfg.d_model, dtype=self.W_E.dtype, device=self.W_E.device)
+        if include_mlp_biases and not self.cfg.attn_only:
+            for block in self.blocks[:layer]:
+                total = total + block.mlp.b_out
+        return total
+
+    def to_single_token(self, string: str) -> int:
+        """Refused: the model reads continuous states, it has no vocabulary to look ``string`` up in."""
+        raise ValueError(
+            f"{type(self).__name__} has no vocabulary, so {string!r} is no token; name an output component "
+            f"by its index instead (0..{self.cfg.d_in - 1}: 0 for x, 1 for p)"
+        )
+
+    def tokens_to_residual_directions(self, tokens: int | Int[Tensor, "..."]) -> Float[Tensor, "... d_model"]:
+        """TransformerLens's ``tokens_to_residual_directions`` with output components for tokens:
+        the columns of ``W_U`` (``[d_model]`` per index; 0 reads x, 1 reads p).
+
+        With it, ``cache.logit_attrs(stack, tokens=i)`` is the direct attribution of every
+        component of the residual stream to the predicted component ``i`` (exact without LayerNorm:
+        the attributions of a full decomposition plus ``b_U[i]`` sum to the prediction).
+        """
+        if isinstance(tokens, str):
+            self.to_single_token(tokens)
+        index = torch.as_tensor(tokens, device=self.W_U.device)
+        if index.dtype == torch.bool or index.is_floating_point() or index.is_complex():
+            raise ValueError(f"tokens must be integer output-component indices, got dtype {index.dtype}")
+        if index.numel() and not bool(((index >= 0) & (index < self.cfg.d_in)).all()):
+            raise ValueError(f"tokens must lie in 0..{self.cfg.d_in - 1} (the output components), got {index.tolist()}")
+        return self.W_U[:, index].movedim(0, -1)
+
+    def tl_parameters(self) -> dict[str, Tensor]:
+        """The parameters under TransformerLens's names (``embed.W_E``, ``unembed.W_U``,
+        ``blocks.{l}.attn.W_V`` ...), as ``transformer_lens.SVDInterpreter`` reads them."""
+        params = dict(self.named_parameters())
+        for name, tl_name in (("W_E", "embed.W_E"), ("b_E", "embed.b_E"), ("W_pos", "pos_embed.W_pos"), ("W_U", "unembed.W_U"), ("b_U", "unembed.b_U")):
+            if name in params:
+                params[tl_name] = params.pop(name)
+        return params
+
+    def set_use_split_qkv_input(self, use_split_qkv_input: bool) -> None:
+        """TransformerLens's switch for per-head copies of each block's input (``attn.hook_q_input``,
+        ``hook_k_input``, ``hook_v_input``), which path patching
+        (``transformer_lens.patching.get_act_patch_direct_path``) patches. Outputs are unchanged."""
+        if not isinstance(use_split_qkv_input, bool):
+            raise ValueError(f"use_split_qkv_input must be a bool, got {use_split_qkv_input!r}")
+        self.cfg.use_split_qkv_input = use_split_qkv_input
+
+    def _scalar_output_hint(self) -> str:
+        return "Call it with return_type='loss' and targets=..., e.g. model.run_with_cache(x, return_type='loss', targets=y, incl_bwd=True)."
 
 
 PRESETS: dict[str, dict[str, Any]] = {

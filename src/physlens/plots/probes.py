@@ -67,20 +67,30 @@ def plot_ablation_grid(result: Any, *, metric: str = "loss") -> Figure:
     return fig
 
 
+def _label_axis(axis: Any, values: Sequence[Any], max_ticks: int = 12) -> None:
+    """Integer ticks at the cells of an image axis, labelled by the real values they stand for
+    (thinned to at most ``max_ticks``, always keeping the first and the last)."""
+    n = len(values)
+    ticks = sorted({int(i) for i in np.linspace(0, n - 1, min(n, max_ticks)).round()})
+    axis.set_ticks(ticks, [str(values[i]) for i in ticks])
+
+
 def plot_patching(result: Any, *, title: str = "activation patching", confidence: float = 0.95, seed: int = 0) -> Figure:
     """Mean normalised recovery per cell of a TransformerLens ``PatchingResult``: a heatmap over the
-    first two index columns, or per-layer bars with bootstrap intervals when there is one column."""
+    first two index columns (ticks labelled with the real layers and positions swept; a head axis is
+    averaged), or per-layer bars with bootstrap intervals when there is one column."""
     from physlens.probes.patching import patching_grid
 
     grid, columns = patching_grid(result)
     grid = to_numpy(grid)
+    levels = [sorted(int(v) for v in result.index_df[c].unique()) for c in columns]
     if grid.ndim == 1:
-        low, high = (to_numpy(v) for v in result.bootstrap_ci(confidence=confidence, seed=seed, n_resamples=500))
+        low, high = (to_numpy(v).reshape(-1) for v in result.bootstrap_ci(confidence=confidence, seed=seed, n_resamples=500))
         fig, ax = plt.subplots(figsize=(max(4, 0.5 * len(grid) + 2), 3.2))
         x = np.arange(len(grid))
         ax.bar(x, grid, color="tab:blue")
         ax.errorbar(x, grid, yerr=[grid - low, high - grid], fmt="none", ecolor="black", capsize=3)
-        ax.set_xticks(x, [str(v) for v in sorted(result.index_df[columns[0]].unique())])
+        ax.set_xticks(x, [str(v) for v in levels[0]])
         ax.set_xlabel(columns[0])
         ax.set_ylabel("recovery")
         ax.axhline(1, color="grey", lw=0.8, ls="--")
@@ -88,9 +98,12 @@ def plot_patching(result: Any, *, title: str = "activation patching", confidence
         return fig
     if grid.ndim > 2:
         grid = np.nanmean(grid.reshape(grid.shape[0], grid.shape[1], -1), axis=-1)
+        title = f"{title} (mean over {', '.join(columns[2:])})"
         columns = columns[:2]
     fig, ax = plt.subplots(figsize=(min(12, 0.25 * grid.shape[1] + 3), 0.4 * grid.shape[0] + 2))
     image = ax.imshow(grid, aspect="auto", cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest")
+    _label_axis(ax.xaxis, levels[1])
+    _label_axis(ax.yaxis, levels[0])
     ax.set_xlabel(columns[1])
     ax.set_ylabel(columns[0])
     fig.colorbar(image, ax=ax, label="mean recovery")
@@ -110,6 +123,8 @@ def plot_attention_patterns(pattern: Any, *, title: str = "attention pattern") -
     fig, axes = plt.subplots(1, n, figsize=(3.2 * n + 1, 3.6), squeeze=False, layout="constrained")
     for h, ax in enumerate(axes[0]):
         image = ax.imshow(pattern[h], cmap="Blues", vmin=0, vmax=max(float(pattern.max()), 1e-12), interpolation="nearest")
+        _label_axis(ax.xaxis, list(range(pattern.shape[2])))
+        _label_axis(ax.yaxis, list(range(pattern.shape[1])))
         ax.set_title(f"head {h}")
         ax.set_xlabel("key position")
     axes[0][0].set_ylabel("query position")
@@ -124,11 +139,17 @@ def plot_saliency(matrix: Any, *, d_out: int = 2, d_in: int = 2, title: str = "s
     matrix = np.abs(to_numpy(matrix))
     if matrix.ndim != 2:
         raise ValueError(f"matrix must be 2-D [pos_out·d_out, pos_in·d_in], got {list(matrix.shape)}")
+    if matrix.shape[0] % d_out or matrix.shape[1] % d_in:
+        raise ValueError(f"matrix {list(matrix.shape)} does not split into positions of d_out={d_out} rows and d_in={d_in} columns")
     floor = max(float(matrix.max()) * 1e-8, 1e-300)
     fig, ax = plt.subplots(figsize=(5.5, 4.8))
     image = ax.imshow(np.log10(np.maximum(matrix, floor)), cmap="viridis", interpolation="nearest")
-    ax.set_xlabel(f"input position × component ({d_in} per position)")
-    ax.set_ylabel(f"output position × component ({d_out} per position)")
+    for axis, width in ((ax.xaxis, d_in), (ax.yaxis, d_out)):  # one tick per position, at its first component
+        n_pos = (matrix.shape[1] if axis is ax.xaxis else matrix.shape[0]) // width
+        ticks = sorted({int(i) for i in np.linspace(0, n_pos - 1, min(n_pos, 10)).round()})
+        axis.set_ticks([t * width for t in ticks], [str(t) for t in ticks])
+    ax.set_xlabel(f"input position ({d_in} components each)")
+    ax.set_ylabel(f"output position ({d_out} components each)")
     fig.colorbar(image, ax=ax, label="log10 |∂Y/∂X|")
     ax.set_title(title)
     return fig

@@ -1,6 +1,13 @@
 """Interpretability tools: activations, linear probes with controls, ablation, patching, saliency,
 linear surrogates and weight circuits. Each works on any TransformerLens ``HookedRootModule``."""
 
+from physlens.probes.attribution import (
+    PatchingAgreement,
+    activation_gradients,
+    attribution_patching_all_sites,
+    attribution_patching_sweep,
+    patching_agreement,
+)
 from physlens.probes.ablation import AblationResult, Component, ablation_hook, ablation_sweep, model_components, next_step_loss
 from physlens.probes.activations import Activations, capture_activations, collect_activations, iter_activations
 from physlens.probes.distill import UNARY_FUNCTIONS, FormulaCandidate, SymbolicDistiller, distill, record_io
@@ -24,7 +31,7 @@ from physlens.probes.linear_probe import (
     ridge_solve,
 )
 from physlens.probes.patching import PatchingResult, patching_grid, patching_pairs, patching_sweep, recovery
-from physlens.probes.saliency import off_diagonal_fraction, saliency, saliency_matrix
+from physlens.probes.saliency import InputAttribution, integrated_gradients, off_diagonal_fraction, saliency, saliency_matrix
 from physlens.probes.surrogate import LinearSurrogate, SurrogateFidelity
 from physlens.probes.weights import HeadCircuits, full_ov_circuit, head_circuits, singular_values
 from physlens.probes.mechanisms import (
@@ -65,6 +72,13 @@ __all__ = [
     "fit_probe_direction",
     "model_fingerprint",
     "steering_sweep",
+    "InputAttribution",
+    "PatchingAgreement",
+    "activation_gradients",
+    "attribution_patching_all_sites",
+    "attribution_patching_sweep",
+    "integrated_gradients",
+    "patching_agreement",
     "UNARY_FUNCTIONS",
     "FormulaCandidate",
     "PolynomialLatentRegression",

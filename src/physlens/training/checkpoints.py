@@ -88,7 +88,8 @@ def read_checkpoint_config(path: str | os.PathLike[str]) -> dict[str, Any]:
 def load_checkpoint(
     path: str | os.PathLike[str], *, device: str | torch.device | None = None
 ) -> tuple[HookedModel, dict[str, Any]]:
-    """Rebuild the model saved at ``path`` and return ``(model, metadata)``. Nothing is unpickled."""
+    """Rebuild the model saved at ``path`` and return ``(model, metadata)``, in eval mode as
+    TransformerLens's loaders return models (training switches modes itself). Nothing is unpickled."""
     directory = _check_dir(path)
     config = read_checkpoint_config(directory)
     name = config["model_class"]
@@ -100,7 +101,7 @@ def load_checkpoint(
     model = MODEL_REGISTRY[name].from_config_dict(model_config)
     weights = load_safetensors_bytes((directory / MODEL_FILE).read_bytes())
     model.load_state_dict(weights, strict=True)
-    return model, config["metadata"]
+    return model.eval(), config["metadata"]
 
 
 def load_state(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
