@@ -41,6 +41,7 @@ from physlens._validation import (
 from physlens.models.mlp import PARAM_NAMES, MLPEnsemble, TinyMLP
 from physlens.systems.fma import FmaSplit
 from physlens.training import _fused
+from physlens.training import _compile
 
 CACHE_FLOATS = 1 << 17
 """Size (in values) of one [model, h, n] temporary per block of models in the eager and compiled steps."""
@@ -187,10 +188,15 @@ def select_backend(ensemble: MLPEnsemble, config: EnsembleTrainConfig) -> str:
 
     ``backend="auto"`` picks the fused kernel where it can run, and otherwise the eager step with a
     warning that says why (on a GPU the eager step is the intended path and no warning is given).
-    ``backend="fused"`` raises instead of falling back.
+    ``backend="fused"`` raises instead of falling back. ``compile=True`` asks for the eager step
+    compiled by ``torch.compile``, and gets the eager one, with a warning, where no compiler exists.
     """
     if config.compile:
-        return "compiled"
+        reason = _compile.compiler_unavailable_reason(ensemble.device)
+        if reason is None:
+            return "compiled"
+        warnings.warn(f"train_ensemble uses the eager step: {reason}", stacklevel=3)
+        return "eager"
     if config.backend == "eager":
         return "eager"
     reason = fused_unavailable_reason(ensemble)
