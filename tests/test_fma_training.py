@@ -6,6 +6,10 @@ autograd + ``torch.optim.Adam`` on one network, which shares no code with either
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -235,3 +239,22 @@ def test_compiled_step_trains_like_the_eager_step():
     train_ensemble(compiled, data, EnsembleTrainConfig(**config, compile=True), progress=False)
     for name in NAMES:
         assert_allclose(getattr(compiled, name).detach(), getattr(eager, name).detach(), rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.slow
+def test_fused_kernel_gives_the_same_bits_compiled_afresh_or_loaded_from_the_cache(tmp_path):
+    """A study must not change with the state of the kernel cache: one process compiles the kernel
+    into an empty cache, a second loads it from there, and both train to identical float32 parameters."""
+    script = (
+        "import torch; torch.set_num_threads(1)\n"
+        "from physlens.models.mlp import EnsembleConfig, MLPEnsemble\n"
+        "from physlens.systems.fma import fma_splits\n"
+        "from physlens.training.ensemble import EnsembleTrainConfig, train_ensemble\n"
+        "seeds = list(range(8)); e = MLPEnsemble(EnsembleConfig(seeds=seeds, d_hidden=8))\n"
+        "train_ensemble(e, fma_splits(seeds, n_train=512, n_val=8), EnsembleTrainConfig(epochs=2000, backend='fused'), progress=False)\n"
+        "print(torch.cat([p.detach().flatten() for p in e.parameters()]).numpy().tobytes().hex())\n"
+    )
+    env = {**os.environ, "PHYSLENS_CACHE_DIR": str(tmp_path)}
+    runs = [subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True) for _ in range(2)]
+    assert list(tmp_path.glob("fused/*.py")), "the first run should have written the kernel to the cache"
+    assert runs[0].stdout == runs[1].stdout

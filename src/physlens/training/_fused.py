@@ -26,14 +26,12 @@ from types import ModuleType
 
 import numpy as np
 
-try:  # numba is a dependency, but the eager torch step must keep working where it cannot install
-    import numba
-except ImportError:  # pragma: no cover - exercised by monkeypatching fused_unavailable_reason
-    numba = None
-
 FASTMATH = ("reassoc", "contract", "nsz")
-"""LLVM flags for the pass over the data: sums may be reordered (so they vectorise) and multiply-adds
-fused; NaN and infinity keep their meaning, so a diverging network still shows up as non-finite."""
+"""LLVM flags of the kernel: sums may be reordered (so they vectorise) and multiply-adds fused; NaN and
+infinity keep their meaning, so a diverging network still shows up as non-finite. The kernel is one
+function, so the code a process compiles and the code it loads from the cache are the same; with
+the pass over the data in a function of its own, the caller inlined it when compiling but not when
+loaded from the cache, and cold and warm runs differed in the last bits."""
 
 MAX_HIDDEN_INPUTS = 256
 """Largest ``d_in * h`` the kernel is generated for: the loop body grows with it and past a few dozen
@@ -41,22 +39,8 @@ weights the running sums no longer fit in registers, so wider networks train fas
 
 DTYPES = (np.float32, np.float64)
 
-_DATA_PASS = '''
+_KERNEL = '''
 @numba.njit(fastmath={fastmath}, cache=True, nogil=True)
-def data_pass(theta, x, y, grad):
-    """Sum of squared errors of one network on its data; grad receives the sums of d(err²/2)/dθ."""
-    zero = theta.dtype.type(0)
-{load}
-{rows}
-{init}
-    for i in range(y.shape[0]):
-{body}
-{store}
-    return s_loss
-'''
-
-_TRAIN = '''
-@numba.njit(cache=True, nogil=True)
 def train_networks(theta, exp_avg, exp_avg_sq, x, y, consts, neg_step, bc2_sqrt, snap_at, losses, snaps):
     """Run every epoch of full-batch Adam for each network (row) of theta, in place.
 
@@ -67,12 +51,21 @@ def train_networks(theta, exp_avg, exp_avg_sq, x, y, consts, neg_step, bc2_sqrt,
     """
     n_params = theta.shape[1]
     grad = np.empty(n_params, theta.dtype)
+    zero = theta.dtype.type(0)
     one_minus_beta1, beta2, one_minus_beta2, eps, two_over_n, one_over_n = (
         consts[0], consts[1], consts[2], consts[3], consts[4], consts[5])
     for net in range(theta.shape[0]):
         params, m, v = theta[net], exp_avg[net], exp_avg_sq[net]
+{rows}
+        y_net = y[net]
         for epoch in range(losses.shape[1]):
-            losses[net, epoch] = data_pass(params, x[net], y[net], grad) * one_over_n
+            # one pass over the points: the loss and every gradient sum (of d(err²/2)/dθ) in registers
+{load}
+{init}
+            for i in range(y_net.shape[0]):
+{body}
+{store}
+            losses[net, epoch] = s_loss * one_over_n
             step, denom_scale = neg_step[epoch], bc2_sqrt[epoch]
             for k in range(n_params):
                 # torch.optim.Adam (single-tensor): lerp, mul + addcmul, sqrt / bc2_sqrt + eps, addcdiv
@@ -86,8 +79,12 @@ def train_networks(theta, exp_avg, exp_avg_sq, x, y, consts, neg_step, bc2_sqrt,
 
 
 def fused_unavailable_reason() -> str | None:
-    """Why the fused kernel cannot run in this Python (``None`` when it can)."""
-    if numba is None:
+    """Why the fused kernel cannot run in this Python (``None`` when it can).
+
+    numba is a dependency, but where it cannot install the eager torch step must keep working; it is
+    imported only when a kernel is first compiled, so importing physlens stays fast.
+    """
+    if importlib.util.find_spec("numba") is None:
         return "numba is not installed (pip install numba)"
     return None
 
@@ -97,38 +94,42 @@ def kernel_source(d_in: int, d_hidden: int) -> str:
     D, H = d_in, d_hidden
     w = lambda d, j: f"w_{d}_{j}"  # noqa: E731
     n_params = D * H + 2 * H + 1
-    load = [f"    {w(d, j)} = theta[{d * H + j}]" for d in range(D) for j in range(H)]
-    load += [f"    b_{j} = theta[{D * H + j}]" for j in range(H)]
-    load += [f"    v_{j} = theta[{D * H + H + j}]" for j in range(H)]
-    load += [f"    c = theta[{n_params - 1}]"]
-    rows = [f"    x_{d} = x[{d}]" for d in range(D)]
+    load = [f"{w(d, j)} = params[{d * H + j}]" for d in range(D) for j in range(H)]
+    load += [f"b_{j} = params[{D * H + j}]" for j in range(H)]
+    load += [f"v_{j} = params[{D * H + H + j}]" for j in range(H)]
+    load += [f"c = params[{n_params - 1}]"]
+    rows = [f"x_{d} = x[net, {d}]" for d in range(D)]
     sums = ["s_loss", "s_c"] + [f"s_v_{j}" for j in range(H)] + [f"s_b_{j}" for j in range(H)]
     sums += [f"s_{w(d, j)}" for d in range(D) for j in range(H)]
-    init = [f"    {s} = zero" for s in sums]
+    init = [f"{s} = zero" for s in sums]
     body = [f"a_{d} = x_{d}[i]" for d in range(D)]
     for j in range(H):
         body.append(f"p_{j} = b_{j} + " + " + ".join(f"{w(d, j)} * a_{d}" for d in range(D)))
         body.append(f"r_{j} = p_{j} if p_{j} > zero else zero")
-    body.append("e = c + " + " + ".join(f"v_{j} * r_{j}" for j in range(H)) + " - y[i]")
+    body.append("e = c + " + " + ".join(f"v_{j} * r_{j}" for j in range(H)) + " - y_net[i]")
     body += ["s_loss += e * e", "s_c += e"]
     for j in range(H):
         # the ReLU's derivative at 0 is 0, as in autograd
         body += [f"s_v_{j} += r_{j} * e", f"q_{j} = v_{j} * e if p_{j} > zero else zero", f"s_b_{j} += q_{j}"]
         body += [f"s_{w(d, j)} += q_{j} * a_{d}" for d in range(D)]
-    store = [f"    grad[{d * H + j}] = s_{w(d, j)}" for d in range(D) for j in range(H)]
-    store += [f"    grad[{D * H + j}] = s_b_{j}" for j in range(H)]
-    store += [f"    grad[{D * H + H + j}] = s_v_{j}" for j in range(H)]
-    store += [f"    grad[{n_params - 1}] = s_c"]
-    data_pass = _DATA_PASS.format(
+    store = [f"grad[{d * H + j}] = s_{w(d, j)}" for d in range(D) for j in range(H)]
+    store += [f"grad[{D * H + j}] = s_b_{j}" for j in range(H)]
+    store += [f"grad[{D * H + H + j}] = s_v_{j}" for j in range(H)]
+    store += [f"grad[{n_params - 1}] = s_c"]
+
+    def indent(lines: list[str], depth: int) -> str:
+        return "\n".join(" " * depth + line for line in lines)
+
+    kernel = _KERNEL.format(
         fastmath="{" + ", ".join(repr(flag) for flag in sorted(FASTMATH)) + "}",
-        load="\n".join(load),
-        rows="\n".join(rows),
-        init="\n".join(init),
-        body="\n".join("        " + line for line in body),
-        store="\n".join(store),
+        rows=indent(rows, 8),
+        load=indent(load, 12),
+        init=indent(init, 12),
+        body=indent(body, 16),
+        store=indent(store, 12),
     )
     header = f'"""Fused full-batch Adam for ReLU networks with d_in = {D}, h = {H} (generated by physlens)."""\n\nimport numba\nimport numpy as np\n'
-    return header + data_pass + _TRAIN
+    return header + kernel
 
 
 def _cache_dir() -> Path:
