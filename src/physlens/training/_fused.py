@@ -34,8 +34,9 @@ the pass over the data in a function of its own, the caller inlined it when comp
 loaded from the cache, and cold and warm runs differed in the last bits."""
 
 MAX_HIDDEN_INPUTS = 256
-"""Largest ``d_in * h`` the kernel is generated for: the loop body grows with it and past a few dozen
-weights the running sums no longer fit in registers, so wider networks train faster eagerly."""
+"""Largest ``d_in * h`` the kernel is generated for. The loop body has a line per weight and per running
+sum, so its compile time grows with the width, and past a few dozen weights the sums no longer fit
+in registers; wider networks use the eager step."""
 
 DTYPES = (np.float32, np.float64)
 
