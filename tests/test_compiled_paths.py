@@ -4,6 +4,8 @@ that compile are slow tests; the fallbacks are checked in the default run."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from numpy.testing import assert_allclose
@@ -75,3 +77,15 @@ def test_compiled_training_and_rollout_equal_eager():
         assert_allclose(a.detach(), b.detach(), rtol=1e-9, atol=1e-12)
     context = system.sample(3, 8, seed=0).states
     assert_allclose(rollout(compiled, context, 5, compile=True), rollout(eager, context, 5), rtol=1e-9, atol=1e-12)
+
+
+def test_checkpoints_written_before_the_compile_option_still_resume(tmp_path):
+    system = OscillatorSystem(omega0=1.0, gamma=0.1, dtype="float64")
+    config = TrainConfig(steps=6, batch_size=4, seq_len=6, checkpoint_every=3)
+    train(tiny_transformer(), system, config, checkpoint_dir=tmp_path, progress=False)
+    for state in tmp_path.glob("step_*/state.json"):  # as an older physlens wrote them: no "compile" key
+        saved = json.loads(state.read_text())
+        del saved["train_config"]["compile"]
+        state.write_text(json.dumps(saved))
+    resumed = train(tiny_transformer(), system, config, checkpoint_dir=tmp_path, resume=True, progress=False)
+    assert resumed.resumed_from == 6

@@ -252,6 +252,7 @@ def _restore(
     tensors, state_json = load_state(path)
     saved_config = dict(state_json["train_config"])
     saved_config["betas"] = tuple(saved_config["betas"])
+    saved_config.setdefault("compile", False)  # checkpoints written before the option existed
     if saved_config != dataclasses.asdict(config):
         raise ValueError(f"checkpoint {str(path)!r} was written with a different TrainConfig; cannot resume")
     model.load_state_dict(saved_model.state_dict())
