@@ -27,18 +27,17 @@ from types import ModuleType
 import numpy as np
 
 FASTMATH = ("reassoc", "contract", "nsz")
-"""LLVM flags of the kernel: sums may be reordered (so they vectorise) and multiply-adds fused; NaN and
-infinity keep their meaning, so a diverging network still shows up as non-finite. The kernel is one
-function, so the code a process compiles and the code it loads from the cache are the same; with
-the pass over the data in a function of its own, the caller inlined it when compiling but not when
-loaded from the cache, and cold and warm runs differed in the last bits."""
+"""LLVM flags of the kernel: sums may be reordered (so they vectorise) and multiply-adds fused, in the
+pass over the data and in Adam's update alike, which stays within round-off of torch.optim.Adam.
+NaN and infinity keep their meaning, so a diverging network still shows up as non-finite. The
+kernel is a single function: with the pass over the data in a function of its own, a process that
+compiled the kernel and one that loaded it from the cache trained to parameters that differed in
+the last bits."""
 
 MAX_HIDDEN_INPUTS = 256
 """Largest ``d_in * h`` the kernel is generated for. The loop body has a line per weight and per running
 sum, so its compile time grows with the width, and past a few dozen weights the sums no longer fit
 in registers; wider networks use the eager step."""
-
-DTYPES = (np.float32, np.float64)
 
 _KERNEL = '''
 @numba.njit(fastmath={fastmath}, cache=True, nogil=True)
