@@ -40,8 +40,7 @@ from physlens._validation import (
 )
 from physlens.models.mlp import PARAM_NAMES, MLPEnsemble, TinyMLP
 from physlens.systems.fma import FmaSplit
-from physlens.training import _fused
-from physlens.training import _compile
+from physlens.training import _compile, _fused
 
 CACHE_FLOATS = 1 << 17
 """Size (in values) of one [model, h, n] temporary per block of models in the eager and compiled steps."""
@@ -63,7 +62,7 @@ class EnsembleTrainConfig:
     beta2: float = 0.999  # Adam second-moment decay
     eps: float = 1e-8  # Adam denominator guard
     snapshot_every: int = 0  # keep every member's parameters every k epochs (0: only start and end)
-    compile: bool = False  # torch.compile the eager step (the GPU path; needs a C++ compiler on CPU)
+    compile: bool = False  # torch.compile the eager step: the GPU path (eager, with a warning, where no compiler exists)
     backend: str = "auto"  # "fused" (CPU kernel), "eager" (torch, any device) or "auto" (fused where it can run)
 
     def __post_init__(self) -> None:
