@@ -71,17 +71,30 @@ class Floor:
         return max(flops / rate, nbytes / self.read)
 
 
-def measure_floor(repeats: int = 7) -> Floor:
-    """Best of ``repeats`` runs of a 1024³ matmul (float32 and float64) and of summing 256 MiB, in CPU
-    time like the paths compared against it (on a loaded machine wall time would halve the floor)."""
+def measure_floor(device: str = "cpu", repeats: int = 7) -> Floor:
+    """Best of ``repeats`` runs of a 1024³ matmul (float32 and float64) and of summing 256 MiB on ``device``.
+
+    On the CPU in CPU time, like the paths compared against it (on a loaded machine wall time would
+    halve the floor); on a GPU in wall time after synchronising.
+    """
+    device = torch.device(device)
+
+    def best(fn: Callable[[], object]) -> float:
+        def run() -> object:
+            out = fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            return out
+
+        run()  # warm-up: first calls load kernels and allocate
+        return min(getattr(timed(run)[0], "wall" if device.type == "cuda" else "cpu") for _ in range(repeats))
+
     rates = {}
     for dtype in (torch.float32, torch.float64):
-        a, b = torch.randn(1024, 1024, dtype=dtype), torch.randn(1024, 1024, dtype=dtype)
-        best = min(timed(lambda: torch.mm(a, b))[0].cpu for _ in range(repeats))
-        rates[dtype] = 2 * 1024**3 / best
-    big = torch.ones(64 << 20)  # 256 MiB: eight times the last-level cache of most machines
-    best = min(timed(lambda: big.sum())[0].cpu for _ in range(repeats))
-    return Floor(sgemm=rates[torch.float32], dgemm=rates[torch.float64], read=big.numel() * 4 / best)
+        a, b = (torch.randn(1024, 1024, dtype=dtype, device=device) for _ in range(2))
+        rates[dtype] = 2 * 1024**3 / best(lambda: torch.mm(a, b))
+    big = torch.ones(64 << 20, device=device)  # 256 MiB: eight times the last-level cache of most CPUs
+    return Floor(sgemm=rates[torch.float32], dgemm=rates[torch.float64], read=big.numel() * 4 / best(lambda: big.sum()))
 
 
 def describe_machine(floor: Floor) -> str:

@@ -81,7 +81,7 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="also time the torch.compile'd eager step")
     args = parser.parse_args()
     one_thread()
-    floor: Floor = measure_floor()
+    floor: Floor = measure_floor(args.device)
     print(describe_machine(floor))
     on_cpu = torch.device(args.device).type == "cpu"
     for n_train in args.n_train:

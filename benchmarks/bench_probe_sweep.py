@@ -153,7 +153,7 @@ def main() -> None:
     if args.stream_rss:
         stream_peak_rss(args.stream_rss, args.n_sites, args.d, 1024)
         return
-    floor = measure_floor()
+    floor = measure_floor(args.device)
     print(describe_machine(floor))
     X, y = synthetic_activations(args.n_traj, args.n_sites, args.d, args.targets, args.seed)
     folds = grouped_folds(torch.arange(args.n_traj), args.folds, seed=args.seed)

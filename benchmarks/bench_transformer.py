@@ -42,7 +42,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     one_thread()
-    floor = measure_floor()
+    floor = measure_floor(args.device)
     print(describe_machine(floor))
     device = torch.device(args.device)
     cfg = preset_config("nLA", n_layers=args.layers, attn_only=False, causal=True, positional_embedding=True, device=str(device))
