@@ -1,118 +1,130 @@
-"""Batched ensemble training vs a Python loop over single networks (F = m·a, full-batch Adam).
+"""Ensemble training of F = m·a MLPs: the fused kernel, the eager step and a train_mlp loop, against the floor.
 
-Times `train_ensemble` on N networks and the plain loop (one `TinyMLP` after another with
-`train_mlp`: autograd + torch.optim.Adam; and a bare `nn.Sequential` loop with no hooks) for a
-few epochs, then extrapolates both to the full recipe. Both costs grow linearly in epochs, and the
-loop's linearly in models, so the loop is timed on a subset of models and scaled up; the output
-says which numbers are measured and which are extrapolated.
+For each data size, in interleaved rounds on one thread, it times a network-epoch (one full-batch
+Adam step of one network) of
 
-    python benchmarks/bench_ensemble.py                  # N = 1024, 8000 points, CPU
-    python benchmarks/bench_ensemble.py --compile        # fuse the batched step with torch.compile
-    python benchmarks/bench_ensemble.py --device cuda    # on a GPU
+* ``train_ensemble`` with the fused CPU kernel (``backend="fused"``) on N networks,
+* ``train_ensemble`` with the eager torch step (``backend="eager"``), the reference,
+* optionally the eager step compiled with ``torch.compile`` (``--compile``; the GPU path),
+* a Python loop of ``train_mlp`` (autograd + ``torch.optim.Adam``, one network after another),
+
+and the floor: the step's arithmetic at this machine's measured sgemm rate, or its data at the
+measured read bandwidth, whichever is slower. Ensemble times are the epochs alone
+(``EnsembleTrainResult.train_seconds``: no set-up, compilation or final evaluation); the loop's
+include its two closing evaluations, under 3 % of it at the epochs used. Medians over rounds, wall
+and CPU time.
+
+    python benchmarks/bench_ensemble.py                     # N = 1024, 8000 and 512 points, CPU
+    python benchmarks/bench_ensemble.py --compile           # also torch.compile'd eager step
+    python benchmarks/bench_ensemble.py --device cuda       # eager and compiled steps on a GPU
 """
 
 from __future__ import annotations
 
 import argparse
-import time
+from collections.abc import Callable
 
 import torch
+from _machine import Floor, Timing, describe_machine, interleaved, measure_floor, one_thread, table, timed
 
 from physlens.models.mlp import EnsembleConfig, MLPConfig, MLPEnsemble, TinyMLP
 from physlens.systems.fma import fma_split, fma_splits
 from physlens.training.ensemble import EnsembleTrainConfig, train_ensemble, train_mlp
 
 
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
+def flops_per_point(d_in: int, width: int) -> int:
+    """FLOPs of one point in one full-batch step: forward, loss, backward (Adam on the few weights is negligible).
+
+    Per hidden unit: pre-activation with its bias 2·d_in, ReLU 1, output 2; gradient of W_out 2, of
+    the pre-activation 2 (scale, mask), of W_in 2·d_in, of b_in 1. Per point: output bias and error 2,
+    squared loss 2, gradient of b_out 1. For d_in = h = 2 that is 37.
+    """
+    return width * (4 * d_in + 8) + 5
 
 
-class _Clock:
-    """Wall-clock and process CPU seconds of a block (CPU time is fairer on a busy shared machine)."""
-
-    def __enter__(self) -> _Clock:
-        self.wall, self.cpu = time.perf_counter(), time.process_time()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.wall, self.cpu = time.perf_counter() - self.wall, time.process_time() - self.cpu
-
-
-def time_ensemble(n_models: int, n_train: int, epochs: int, device: str, compile_step: bool) -> tuple[float, float]:
-    """Seconds per epoch for the whole ensemble (after one untimed warm-up call)."""
+def ensemble_path(n_models: int, n_train: int, epochs: int, device: str, **config: object) -> Callable[[], Timing]:
+    """A callable that trains a fresh ensemble for ``epochs`` and returns the seconds of the epochs alone."""
     seeds = list(range(n_models))
     data = fma_splits(seeds, n_train=n_train, n_val=16, device=device)
-    warm = MLPEnsemble(EnsembleConfig(seeds=seeds, device=device))
-    train_ensemble(warm, data, EnsembleTrainConfig(epochs=2, compile=compile_step), progress=False)
-    ensemble = MLPEnsemble(EnsembleConfig(seeds=seeds, device=device))
-    _sync(device)
-    with _Clock() as clock:
-        train_ensemble(ensemble, data, EnsembleTrainConfig(epochs=epochs, compile=compile_step), progress=False)
-        _sync(device)
-    return clock.wall / epochs, clock.cpu / epochs
+
+    def run() -> Timing:
+        ensemble = MLPEnsemble(EnsembleConfig(seeds=seeds, device=device))
+        result = train_ensemble(ensemble, data, EnsembleTrainConfig(epochs=epochs, **config), progress=False)
+        return Timing(result.train_seconds, result.train_cpu_seconds)
+
+    run()  # compile, load caches, touch the data
+    return run
 
 
-def time_loop(n_models: int, n_train: int, epochs: int, device: str) -> tuple[float, float]:
-    """Seconds per epoch per network for one TinyMLP after another (train_mlp)."""
-    train_mlp(TinyMLP(MLPConfig(seed=0, device=device)), fma_split(0, n_train=n_train, n_val=16, device=device),
-              EnsembleTrainConfig(epochs=2))
+def loop_path(n_models: int, n_train: int, epochs: int, device: str) -> Callable[[], Timing]:
+    """A callable that trains ``n_models`` networks one after another with ``train_mlp``."""
     splits = [fma_split(s, n_train=n_train, n_val=16, device=device) for s in range(n_models)]
-    _sync(device)
-    with _Clock() as clock:
-        for s, split in enumerate(splits):
-            train_mlp(TinyMLP(MLPConfig(seed=s, device=device)), split, EnsembleTrainConfig(epochs=epochs))
-        _sync(device)
-    return clock.wall / epochs / n_models, clock.cpu / epochs / n_models
+    config = EnsembleTrainConfig(epochs=epochs)
 
+    def run() -> Timing:
+        clock, _ = timed(lambda: [train_mlp(TinyMLP(MLPConfig(seed=s, device=device)), split, config) for s, split in enumerate(splits)])
+        return clock
 
-def time_bare_loop(n_models: int, n_train: int, epochs: int, device: str) -> tuple[float, float]:
-    """Seconds per epoch per network for the most plain PyTorch: nn.Sequential + Adam, no hooks."""
-    splits = [fma_split(s, n_train=n_train, n_val=16, device=device) for s in range(n_models)]
-    _sync(device)
-    clock = _Clock().__enter__()
-    for split in splits:
-        net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.ReLU(), torch.nn.Linear(2, 1)).to(device)
-        optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
-        for _ in range(epochs):
-            optimizer.zero_grad()
-            loss = (net(split.train_inputs) - split.train_targets).square().mean()
-            loss.backward()
-            optimizer.step()
-    _sync(device)
-    clock.__exit__()
-    return clock.wall / epochs / n_models, clock.cpu / epochs / n_models
+    run()
+    return run
 
 
 def main() -> None:
-    """Parse arguments, time both ways, print the comparison."""
+    """Parse arguments, measure the floor, time every path for each data size, print the tables."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n-models", type=int, default=1024)
-    parser.add_argument("--n-train", type=int, default=8000)
-    parser.add_argument("--epochs", type=int, default=20, help="epochs actually timed")
-    parser.add_argument("--full-epochs", type=int, default=4000, help="epochs of the recipe extrapolated to")
-    parser.add_argument("--loop-models", type=int, default=16, help="networks the loop is actually timed on")
+    parser.add_argument("--n-models", type=int, default=1024, help="networks in the ensemble")
+    parser.add_argument("--n-train", type=int, nargs="+", default=[8000, 512], help="training points per network")
+    parser.add_argument("--loop-models", type=int, default=8, help="networks the train_mlp loop is timed on")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds; medians are reported")
+    parser.add_argument("--work", type=float, default=2e8, help="point-epochs per timed ensemble call (sets the epochs)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave torch's default)")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the batched step")
+    parser.add_argument("--compile", action="store_true", help="also time the torch.compile'd eager step")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    print(f"device {args.device}, torch threads {torch.get_num_threads()}, {args.n_train} training points per network")
-    ensemble = time_ensemble(args.n_models, args.n_train, args.epochs, args.device, args.compile)
-    loop = time_loop(args.loop_models, args.n_train, args.epochs, args.device)
-    bare = time_bare_loop(args.loop_models, args.n_train, args.epochs, args.device)
-    full, n = args.full_epochs, args.n_models
-    step = "compiled" if args.compile else "eager"
-    for k, clock in enumerate(("wall-clock", "CPU")):
-        print(f"[{clock} time] measured over {args.epochs} epochs: ensemble ({step}) of {n} networks "
-              f"{ensemble[k] * 1e3:.1f} ms per epoch ({ensemble[k] / n * 1e6:.1f} µs per network-epoch); "
-              f"train_mlp loop over {args.loop_models} networks {loop[k] * 1e6:.1f} µs per network-epoch; "
-              f"bare nn.Sequential loop {bare[k] * 1e6:.1f} µs per network-epoch")
-        print(f"[{clock} time] extrapolated to {n} networks x {full} epochs: ensemble {ensemble[k] * full:.0f} s, "
-              f"train_mlp loop {loop[k] * full * n:.0f} s, bare loop {bare[k] * full * n:.0f} s")
-        print(f"[{clock} time] ratio loop / ensemble: {loop[k] * n / ensemble[k]:.1f}x vs train_mlp, "
-              f"{bare[k] * n / ensemble[k]:.1f}x vs bare loop")
+    one_thread()
+    floor: Floor = measure_floor(args.device)
+    print(describe_machine(floor))
+    on_cpu = torch.device(args.device).type == "cpu"
+    for n_train in args.n_train:
+        n = args.n_models
+        fused_epochs = max(2, int(args.work / (n * n_train)))
+        eager_epochs = max(2, fused_epochs // 20)
+        loop_epochs = max(20, eager_epochs)
+        paths = {}
+        if on_cpu:
+            paths["ensemble, fused kernel"] = ensemble_path(n, n_train, fused_epochs, args.device, backend="fused")
+        paths["ensemble, eager step"] = ensemble_path(n, n_train, eager_epochs, args.device, backend="eager")
+        if args.compile:
+            paths["ensemble, torch.compile"] = ensemble_path(n, n_train, eager_epochs, args.device, compile=True)
+        paths["train_mlp loop"] = loop_path(args.loop_models, n_train, loop_epochs, args.device)
+        per_call = {
+            "ensemble, fused kernel": n * fused_epochs,
+            "ensemble, eager step": n * eager_epochs,
+            "ensemble, torch.compile": n * eager_epochs,
+            "train_mlp loop": args.loop_models * loop_epochs,
+        }
+        medians = interleaved(paths, args.rounds)
+        per_net_epoch = {name: Timing(t.wall / per_call[name], t.cpu / per_call[name]) for name, t in medians.items()}
+        floor_s = floor.seconds(n_train * flops_per_point(2, 2), n_train * 3 * 4)
+        loop = per_net_epoch["train_mlp loop"]
+        rows = []
+        for name, t in per_net_epoch.items():
+            rows.append([
+                name,
+                f"{t.wall * 1e6:.3g}",
+                f"{t.cpu * 1e6:.3g}",
+                f"{t.cpu / floor_s:.2g}×",
+                "—" if name == "train_mlp loop" else f"**{loop.cpu / t.cpu:.0f}×**",
+                f"{t.cpu * n * 4000:.3g} s",
+            ])  # fmt: skip
+        print(
+            f"\n{n_train} points per network, N = {n} (fused {fused_epochs} epochs, eager {eager_epochs}, loop "
+            f"{args.loop_models} networks × {loop_epochs}); floor {floor_s * 1e6:.3g} µs per network-epoch "
+            f"({flops_per_point(2, 2) * n_train / 1e3:.0f} kFLOP, {n_train * 12 / 1e3:.0f} kB)\n"
+        )
+        print(table(
+            ["path", "µs / network-epoch (wall)", "µs (CPU)", "CPU / floor", "train_mlp loop / path (CPU)", f"{n} nets × 4000 epochs (CPU)"],
+            rows,
+        ))  # fmt: skip
 
 
 if __name__ == "__main__":

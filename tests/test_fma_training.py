@@ -1,13 +1,23 @@
-"""Batched full-batch Adam: hand-written gradients, member == standalone training, snapshots, bad input."""
+"""Batched full-batch Adam: hand-written gradients, member == standalone training, snapshots, bad input.
+
+Every backend (the fused CPU kernel and the eager torch step) is checked against :func:`train_mlp`,
+autograd + ``torch.optim.Adam`` on one network, which shares no code with either.
+"""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
+import numpy as np
 import pytest
 import torch
 from numpy.testing import assert_allclose
 
 from physlens.models.mlp import EnsembleConfig, MLPConfig, MLPEnsemble, TinyMLP
 from physlens.systems.fma import fma_split, fma_splits
+from physlens.training import _fused
 from physlens.training import ensemble as ensemble_training
 from physlens.training.ensemble import (
     EnsembleTrainConfig,
@@ -18,6 +28,7 @@ from physlens.training.ensemble import (
 )
 
 NAMES = ("W_in", "b_in", "W_out", "b_out")
+BACKENDS = ["fused", "eager"]
 
 
 def test_hand_written_gradients_equal_autograd(torch_gen):
@@ -44,15 +55,18 @@ def test_hand_written_gradients_equal_autograd(torch_gen):
         assert_allclose(f, a, rtol=1e-10, atol=1e-14)
 
 
-@pytest.mark.parametrize("width", [2, 3])
-def test_member_trained_in_ensemble_equals_network_trained_alone(width, monkeypatch):
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("width", [1, 2, 3])
+def test_member_trained_in_ensemble_equals_network_trained_alone(width, backend, monkeypatch):
     seeds = [11, 12, 13, 14]
-    config = EnsembleTrainConfig(epochs=300, lr=1e-2)
-    # Small cache blocks so the chunked path (several model blocks per step) is what is tested.
+    config = EnsembleTrainConfig(epochs=300, lr=1e-2, backend=backend)
+    # Small blocks so the chunked paths (several model blocks per step or per kernel call) are tested.
     monkeypatch.setattr(ensemble_training, "CACHE_FLOATS", 2 * width * 64)
+    monkeypatch.setattr(ensemble_training, "FUSED_CHUNK", 3)
     data = fma_splits(seeds, n_train=64, n_val=32, dtype="float64")
     ensemble = MLPEnsemble(EnsembleConfig(seeds=seeds, d_hidden=width, dtype="float64"))
     result = train_ensemble(ensemble, data, config, progress=False)
+    assert result.backend == backend
     for i, s in enumerate(seeds):
         alone = TinyMLP(MLPConfig(d_hidden=width, seed=s, dtype="float64"))
         reference = train_mlp(alone, fma_split(s, n_train=64, n_val=32, dtype="float64"), config)
@@ -63,9 +77,10 @@ def test_member_trained_in_ensemble_equals_network_trained_alone(width, monkeypa
         assert_allclose(result.train_loss[:, i], reference.train_loss, rtol=1e-9)
 
 
-def test_float32_member_stays_close_to_float32_standalone():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_float32_member_stays_close_to_float32_standalone(backend):
     seeds = [5, 6]
-    config = EnsembleTrainConfig(epochs=200)
+    config = EnsembleTrainConfig(epochs=200, backend=backend)
     ensemble = MLPEnsemble(EnsembleConfig(seeds=seeds))
     train_ensemble(ensemble, fma_splits(seeds, n_train=128, n_val=16), config, progress=False)
     alone = TinyMLP(MLPConfig(seed=6))
@@ -74,9 +89,10 @@ def test_float32_member_stays_close_to_float32_standalone():
         assert_allclose(getattr(ensemble.member(1), name).detach(), getattr(alone, name).detach(), rtol=1e-4, atol=1e-5)
 
 
-def test_training_lowers_loss_and_keeps_snapshots():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_training_lowers_loss_and_keeps_snapshots(backend):
     seeds = list(range(6))
-    config = EnsembleTrainConfig(epochs=400, lr=1e-2, snapshot_every=100)
+    config = EnsembleTrainConfig(epochs=400, lr=1e-2, snapshot_every=100, backend=backend)
     ensemble = MLPEnsemble(EnsembleConfig(seeds=seeds, dtype="float64"))
     start = {name: getattr(ensemble, name).detach().clone() for name in NAMES}
     result = train_ensemble(ensemble, fma_splits(seeds, n_train=64, n_val=64, dtype="float64"), config, progress=False)
@@ -86,6 +102,105 @@ def test_training_lowers_loss_and_keeps_snapshots():
     assert torch.equal(result.snapshots["W_out"][-1], ensemble.W_out.detach())
     assert bool((result.final_train_loss < result.train_loss[0]).all())
     assert result.train_loss.shape == (400, 6)
+    assert result.train_seconds > 0
+
+
+def test_fused_and_eager_snapshots_agree():
+    seeds = [3, 8, 21]
+    data = fma_splits(seeds, n_train=50, n_val=10, dtype="float64")
+    results = {}
+    for backend in BACKENDS:
+        ensemble = MLPEnsemble(EnsembleConfig(seeds=seeds, d_hidden=3, dtype="float64"))
+        config = EnsembleTrainConfig(epochs=250, lr=5e-3, snapshot_every=60, backend=backend)
+        results[backend] = train_ensemble(ensemble, data, config, progress=False)
+    fused, eager = results["fused"], results["eager"]
+    assert fused.snapshot_epochs == eager.snapshot_epochs == [0, 60, 120, 180, 240, 250]
+    for name in NAMES:
+        assert fused.snapshots[name].shape == eager.snapshots[name].shape
+        assert_allclose(fused.snapshots[name], eager.snapshots[name], rtol=1e-10, atol=1e-12)
+    assert_allclose(fused.train_loss, eager.train_loss, rtol=1e-10)
+    assert_allclose(fused.val_loss, eager.val_loss, rtol=1e-10)
+
+
+def _adam_reference(params, x, y, epochs, lr):
+    """Autograd + torch.optim.Adam on one network with d_in inputs: x [n, d_in], y [n]."""
+    leaves = [p.clone().requires_grad_() for p in params]
+    optimizer = torch.optim.Adam(leaves, lr=lr)
+    losses = []
+    for _ in range(epochs):
+        optimizer.zero_grad()
+        out = torch.relu(x @ leaves[0] + leaves[1]) @ leaves[2] + leaves[3]
+        loss = (out[:, 0] - y).square().mean()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return [p.detach() for p in leaves], np.array(losses)
+
+
+@pytest.mark.parametrize(("d_in", "width"), [(1, 4), (3, 2), (2, 7)])
+def test_fused_kernel_equals_autograd_adam_for_other_shapes(d_in, width, torch_gen):
+    """The generated kernel for any number of inputs and hidden units, on data of another function."""
+    n, epochs, lr = 37, 120, 2e-2
+    x = torch.rand(n, d_in, generator=torch_gen, dtype=torch.float64) * 2 - 0.5
+    y = torch.sin(x.sum(1)) + x[:, 0] ** 2
+    params = [
+        torch.randn(d_in, width, generator=torch_gen, dtype=torch.float64),
+        torch.randn(width, generator=torch_gen, dtype=torch.float64) * 0.3,
+        torch.randn(width, 1, generator=torch_gen, dtype=torch.float64) * 0.5,
+        torch.randn(1, generator=torch_gen, dtype=torch.float64),
+    ]
+    reference, reference_losses = _adam_reference(params, x, y, epochs, lr)
+    theta = torch.cat([p.reshape(-1) for p in params]).numpy()[None].copy()
+    snap_at = np.full(epochs, -1, dtype=np.int64)
+    snap_at[49] = 0
+    losses, snaps = np.empty((1, epochs)), np.empty((1, 1, theta.shape[1]))
+    _fused.train_networks(
+        theta, x.T.contiguous().numpy()[None], y.numpy()[None], d_in=d_in, d_hidden=width, epochs=epochs, lr=lr,
+        beta1=0.9, beta2=0.999, eps=1e-8, snap_at=snap_at, losses=losses, snaps=snaps,
+        exp_avg=np.zeros_like(theta), exp_avg_sq=np.zeros_like(theta),
+    )  # fmt: skip
+    assert_allclose(theta[0], torch.cat([p.reshape(-1) for p in reference]).numpy(), rtol=1e-9, atol=1e-11)
+    assert_allclose(losses[0], reference_losses, rtol=1e-9)
+    assert not np.array_equal(snaps[0, 0], theta[0])  # a snapshot from the middle of training
+
+
+def test_fused_kernel_uses_every_thread_without_changing_results(monkeypatch):
+    seeds = list(range(7))
+    data = fma_splits(seeds, n_train=40, n_val=8)
+    monkeypatch.setattr(ensemble_training, "FUSED_CHUNK", 2)
+    trained = []
+    for threads in (1, 2):
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            ensemble = MLPEnsemble(EnsembleConfig(seeds=seeds))
+            train_ensemble(ensemble, data, EnsembleTrainConfig(epochs=50, backend="fused"), progress=False)
+        finally:
+            torch.set_num_threads(previous)
+        trained.append(ensemble)
+    for name in NAMES:
+        assert torch.equal(getattr(trained[0], name), getattr(trained[1], name))
+
+
+def test_auto_falls_back_to_eager_with_a_message_when_the_kernel_cannot_run(monkeypatch):
+    monkeypatch.setattr(_fused, "fused_unavailable_reason", lambda: "numba is not installed (pip install numba)")
+    seeds = [1, 2]
+    data = fma_splits(seeds, n_train=32, n_val=8)
+    with pytest.warns(UserWarning, match="eager step: numba is not installed"):
+        result = train_ensemble(MLPEnsemble(EnsembleConfig(seeds=seeds)), data, EnsembleTrainConfig(epochs=5), progress=False)
+    assert result.backend == "eager"
+    with pytest.raises(RuntimeError, match="backend='fused' cannot train this ensemble: numba is not installed"):
+        train_ensemble(MLPEnsemble(EnsembleConfig(seeds=seeds)), data, EnsembleTrainConfig(epochs=5, backend="fused"), progress=False)
+
+
+def test_auto_picks_the_fused_kernel_only_where_it_can_run():
+    config = EnsembleTrainConfig()
+    assert ensemble_training.select_backend(MLPEnsemble(EnsembleConfig(seeds=[0])), config) == "fused"
+    half = MLPEnsemble(EnsembleConfig(seeds=[0], dtype="bfloat16"))
+    assert "bfloat16" in ensemble_training.fused_unavailable_reason(half)
+    with pytest.warns(UserWarning, match="bfloat16"):
+        assert ensemble_training.select_backend(half, config) == "eager"
+    assert ensemble_training.select_backend(half, EnsembleTrainConfig(backend="eager")) == "eager"
 
 
 def test_bad_training_input_is_refused():
@@ -107,6 +222,10 @@ def test_bad_training_input_is_refused():
         EnsembleTrainConfig(epochs=1.5)
     with pytest.raises(ValueError, match="beta2"):
         EnsembleTrainConfig(beta2=1.0)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        EnsembleTrainConfig(backend="numba")
+    with pytest.raises(ValueError, match="compile=True"):
+        EnsembleTrainConfig(compile=True, backend="fused")
 
 
 @pytest.mark.slow
@@ -120,3 +239,22 @@ def test_compiled_step_trains_like_the_eager_step():
     train_ensemble(compiled, data, EnsembleTrainConfig(**config, compile=True), progress=False)
     for name in NAMES:
         assert_allclose(getattr(compiled, name).detach(), getattr(eager, name).detach(), rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.slow
+def test_fused_kernel_gives_the_same_bits_compiled_afresh_or_loaded_from_the_cache(tmp_path):
+    """A study must not change with the state of the kernel cache: one process compiles the kernel
+    into an empty cache, a second loads it from there, and both train to identical float32 parameters."""
+    script = (
+        "import torch; torch.set_num_threads(1)\n"
+        "from physlens.models.mlp import EnsembleConfig, MLPEnsemble\n"
+        "from physlens.systems.fma import fma_splits\n"
+        "from physlens.training.ensemble import EnsembleTrainConfig, train_ensemble\n"
+        "seeds = list(range(8)); e = MLPEnsemble(EnsembleConfig(seeds=seeds, d_hidden=8))\n"
+        "train_ensemble(e, fma_splits(seeds, n_train=512, n_val=8), EnsembleTrainConfig(epochs=2000, backend='fused'), progress=False)\n"
+        "print(torch.cat([p.detach().flatten() for p in e.parameters()]).numpy().tobytes().hex())\n"
+    )
+    env = {**os.environ, "PHYSLENS_CACHE_DIR": str(tmp_path)}
+    runs = [subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True) for _ in range(2)]
+    assert list(tmp_path.glob("fused/*.py")), "the first run should have written the kernel to the cache"
+    assert runs[0].stdout == runs[1].stdout

@@ -11,10 +11,12 @@ from sklearn.metrics import r2_score
 from sklearn.model_selection import PredefinedSplit, cross_val_predict
 
 from physlens.models import OscillatorTransformer, TransformerConfig
+from physlens.probes import linear_probe
 from physlens.probes.activations import collect_activations
 from physlens.probes.linear_probe import (
     DEFAULT_ALPHAS,
     LinearProbe,
+    ProbeStatistics,
     RidgeProbeSweep,
     grouped_folds,
     probe_sweep,
@@ -166,3 +168,51 @@ def test_sweep_rejects_constant_target_and_too_few_groups():
         RidgeProbeSweep(n_folds=5).fit(X, torch.randn(10), groups=[0, 0, 1, 1, 2, 2, 3, 3, 3, 3])
     with pytest.raises(ValueError, match="one row per sample"):
         RidgeProbeSweep().fit(X, torch.randn(9))
+
+
+@pytest.mark.parametrize("buffer_values", [64, 1 << 18])  # one site per block, or all sites in one block
+def test_statistics_equal_direct_per_fold_sums(rng, buffer_values, monkeypatch):
+    """Per-fold sums of shifted data, against numpy sums over each fold's rows (chunks in any fold order)."""
+    monkeypatch.setattr(linear_probe, "BUFFER_VALUES", buffer_values)
+    n_sites, d, t, k = 3, 4, 2, 4
+    chunks = []
+    for n in (23, 17):
+        X = (rng.normal(size=(n, n_sites, d)) * 3 + 10).astype(np.float32)
+        y = rng.normal(size=(n, n_sites, t)) + 5
+        folds = rng.integers(0, k - 1 if n == 17 else k, size=n)  # the second chunk leaves the last fold empty
+        chunks.append((X, y, folds))
+    stats = ProbeStatistics(n_sites, d, t, k)
+    for X, y, folds in chunks:
+        stats.update(torch.from_numpy(X), torch.from_numpy(y), torch.from_numpy(folds))
+    shift_x, shift_y = stats.shift_x.numpy(), stats.shift_y.numpy()
+    np.testing.assert_allclose(shift_x, chunks[0][0].astype(np.float64).mean(axis=0), rtol=1e-6)
+    np.testing.assert_allclose(shift_y, chunks[0][1].mean(axis=0), rtol=1e-12)
+    X = np.concatenate([c[0] for c in chunks]).astype(np.float64) - shift_x
+    y = np.concatenate([c[1] for c in chunks]) - shift_y
+    folds = np.concatenate([c[2] for c in chunks])
+    for fold in range(k):
+        xk, yk = X[folds == fold], y[folds == fold]
+        assert stats.count[fold] == len(xk)
+        np.testing.assert_allclose(stats.sum_x[fold].numpy(), xk.sum(axis=0), rtol=1e-10, atol=1e-10)
+        np.testing.assert_allclose(stats.sum_y[fold].numpy(), yk.sum(axis=0), rtol=1e-10, atol=1e-10)
+        np.testing.assert_allclose(stats.xx[fold].numpy(), np.einsum("nsd,nse->sde", xk, xk), rtol=1e-10, atol=1e-10)
+        np.testing.assert_allclose(stats.xy[fold].numpy(), np.einsum("nsd,nst->sdt", xk, yk), rtol=1e-10, atol=1e-10)
+        np.testing.assert_allclose(stats.yy[fold].numpy(), (yk**2).sum(axis=0), rtol=1e-10, atol=1e-10)
+
+
+def test_statistics_refuse_a_nonfinite_chunk_and_stay_unchanged(rng):
+    stats = ProbeStatistics(2, 3, 1, 2)
+    X, y, folds = torch.randn(10, 2, 3), torch.randn(10, 2, 1, dtype=torch.float64), torch.arange(10) % 2
+    stats.update(X, y, folds)
+    before = [getattr(stats, name).clone() for name in ("count", "sum_x", "sum_y", "xx", "xy", "yy", "shift_x")]
+    for name, bad in (("X", X.clone().index_fill_(0, torch.tensor([4]), float("inf"))), ("y", None)):
+        bad_y = y.clone().index_fill_(0, torch.tensor([7]), float("nan")) if bad is None else y
+        with pytest.raises(ValueError, match=f"{name} must contain only finite values"):
+            stats.update(X if bad is None else bad, bad_y, folds)
+    after = [getattr(stats, name) for name in ("count", "sum_x", "sum_y", "xx", "xy", "yy", "shift_x")]
+    for old, new in zip(before, after):
+        assert torch.equal(old, new)
+    fresh = ProbeStatistics(2, 3, 1, 2)
+    with pytest.raises(ValueError, match="X must contain only finite values"):
+        fresh.update(X.clone().fill_(float("nan")), y, folds)
+    assert fresh.shift_x is None

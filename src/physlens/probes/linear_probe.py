@@ -61,11 +61,24 @@ def grouped_folds(groups: Any, n_folds: int = 5, *, seed: int = 0) -> Tensor:
     return _folds_from_permutation(n_groups, n_folds, generator)[inverse.cpu()]
 
 
+BUFFER_VALUES = 1 << 18
+"""Values (2 MiB in float64) of the fold-sorted, site-major block that :class:`ProbeStatistics` fills
+per group of sites: small enough to stay in cache between filling it and multiplying it out."""
+
+
 class ProbeStatistics:
     """Per-site, per-fold sufficient statistics of ridge regression, accumulated chunk by chunk.
 
-    Data are shifted by the first chunk's means before accumulating, which keeps the uncentred sums
-    well conditioned; ridge with an intercept is unchanged by the shift.
+    Per fold ``k`` and site ``s``: ``count [fold]`` samples, ``sum_x [fold, site, d]``,
+    ``sum_y [fold, site, t]``, ``xx [fold, site, d, d]`` (Σ x xᵀ), ``xy [fold, site, d, t]`` (Σ x yᵀ)
+    and ``yy [fold, site, t]`` (Σ y², per target), all of the data shifted by ``shift_x [site, d]`` and
+    ``shift_y [site, t]``: the first chunk's means, which keep the uncentred sums well conditioned
+    (ridge with an intercept is unchanged by the shift).
+
+    Each chunk is copied once, fold-sorted and site-major, into a cache-sized float64 block
+    ``[site, sample, x | y | 1]`` with the shift subtracted; one batched product of that block with
+    itself per fold then yields every statistic above at once, and the chunk is checked for NaN and
+    infinity through those products rather than by a separate pass over the data.
     """
 
     def __init__(self, n_sites: int, n_features: int, n_targets: int, n_folds: int, *, dtype: torch.dtype = torch.float64, device: Any = "cpu") -> None:
@@ -82,25 +95,47 @@ class ProbeStatistics:
         self.shift_y: Tensor | None = None
 
     def update(self, X: Tensor, y: Tensor, folds: Tensor) -> None:
-        """Add samples ``X [n, site, d]`` with targets ``y [n, site, t]`` in folds ``folds [n]``."""
-        X = X.to(self.xx)
-        y = y.to(self.xx)
-        if self.shift_x is None:
-            self.shift_x, self.shift_y = X.mean(dim=0), y.mean(dim=0)
-        X = X - self.shift_x
-        y = y - self.shift_y
-        folds = folds.to(self.xx.device)
-        for k in range(self.n_folds):
-            rows = (folds == k).nonzero().squeeze(1)
-            if len(rows) == 0:
-                continue
-            xk, yk = X.index_select(0, rows).transpose(0, 1), y.index_select(0, rows).transpose(0, 1)  # [site, n, ·]
-            self.count[k] += len(rows)
-            self.sum_x[k] += xk.sum(dim=1)
-            self.sum_y[k] += yk.sum(dim=1)
-            self.xx[k] += xk.transpose(1, 2) @ xk
-            self.xy[k] += xk.transpose(1, 2) @ yk
-            self.yy[k] += (yk**2).sum(dim=1)
+        """Add samples ``X [n, site, d]`` with targets ``y [n, site, t]`` in folds ``folds [n]`` (values in 0..K-1).
+
+        Raises ``ValueError`` naming ``X`` or ``y`` if the chunk holds a NaN or an infinity, and
+        leaves the statistics unchanged.
+        """
+        n, n_sites, d = X.shape
+        if n == 0:
+            return
+        t, dtype, device = y.shape[-1], self.xx.dtype, self.xx.device
+        X, y, folds = X.to(device), y.to(device), folds.to(device)
+        order = torch.argsort(folds, stable=True)  # fold-sorted: each fold is one run of rows
+        counts = torch.bincount(folds, minlength=self.n_folds)
+        bounds = [0, *torch.cumsum(counts, 0).tolist()]
+        shift_x, shift_y = self.shift_x, self.shift_y
+        if shift_x is None:  # any shift is exact; a mean in the data's own dtype is ten times faster to take
+            shift_x, shift_y = X.mean(dim=0).to(dtype), y.mean(dim=0).to(dtype)
+        width = d + t + 1
+        block = max(1, min(n_sites, BUFFER_VALUES // (n * width)))
+        buffer = torch.empty(block, n, width, dtype=dtype, device=device)  # [site, sample, x | y | 1]
+        buffer[..., -1] = 1
+        products = torch.empty(self.n_folds, n_sites, width, width, dtype=dtype, device=device)
+        for start in range(0, n_sites, block):
+            sites = slice(start, min(start + block, n_sites))
+            rows = buffer[: sites.stop - start]
+            torch.sub(X[:, sites].index_select(0, order).transpose(0, 1), shift_x[sites, None], out=rows[..., :d])
+            torch.sub(y[:, sites].index_select(0, order).transpose(0, 1), shift_y[sites, None], out=rows[..., d:-1])
+            for k in range(self.n_folds):
+                part = rows[:, bounds[k] : bounds[k + 1]]
+                torch.bmm(part.transpose(1, 2), part, out=products[k, sites])
+        if not bool(torch.isfinite(products).all()):
+            for name, value in (("X", X), ("y", y)):
+                if not bool(torch.isfinite(value).all()):
+                    raise ValueError(f"{name} must contain only finite values (found NaN or inf)")
+            raise ValueError("X and y are too large: their products overflow the statistics' dtype")
+        self.shift_x, self.shift_y = shift_x, shift_y
+        self.count += counts.to(dtype)
+        self.sum_x += products[..., :d, -1]
+        self.sum_y += products[..., d:-1, -1]
+        self.xx += products[..., :d, :d]
+        self.xy += products[..., :d, d:-1]
+        self.yy += products[..., d:-1, d:-1].diagonal(dim1=-2, dim2=-1)
 
 
 def _centred_stats(count: Tensor, sum_x: Tensor, sum_y: Tensor, xx: Tensor, xy: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -163,7 +198,7 @@ class RidgeProbeSweep(BaseEstimator):
             raise ValueError(f"alphas must be a non-empty list of finite numbers >= 0, got {self.alphas!r}")
         return alphas
 
-    def _check_batch(self, X: Any, y: Any, folds: Any) -> tuple[Tensor, Tensor, Tensor]:
+    def _check_batch(self, X: Any, y: Any, folds: Any, *, check_values: bool = True) -> tuple[Tensor, Tensor, Tensor]:
         X, y = torch.as_tensor(X), torch.as_tensor(y)
         if X.ndim != 3:
             raise ValueError(f"X must have shape [n, site, d], got {list(X.shape)}")
@@ -184,7 +219,7 @@ class RidgeProbeSweep(BaseEstimator):
         for name, value in (("X", X), ("y", y)):
             if not value.is_floating_point():
                 raise ValueError(f"{name} must hold floating-point values, got dtype {value.dtype}")
-            if not bool(torch.isfinite(value).all()):
+            if check_values and not bool(torch.isfinite(value).all()):
                 raise ValueError(f"{name} must contain only finite values (found NaN or inf)")
         return X, y, folds
 
@@ -193,7 +228,7 @@ class RidgeProbeSweep(BaseEstimator):
         n_folds = check_positive_int("n_folds", self.n_folds)
         if n_folds < 2:
             raise ValueError(f"n_folds must be >= 2 for cross-validation, got {n_folds}")
-        X, y, folds = self._check_batch(X, y, folds)
+        X, y, folds = self._check_batch(X, y, folds, check_values=False)  # ProbeStatistics checks values
         if not hasattr(self, "stats_"):
             device = self.device if self.device is not None else X.device
             self.stats_ = ProbeStatistics(X.shape[1], X.shape[2], y.shape[2], n_folds, dtype=resolve_dtype(self.dtype), device=device)

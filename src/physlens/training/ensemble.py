@@ -1,29 +1,55 @@
 """Full-batch Adam for thousands of tiny F = m·a networks at once, and the one-network reference.
 
-:func:`train_ensemble` trains every member of an :class:`MLPEnsemble` on its own fixed split in one
-program: gradients are written out by hand for the stacked tensors (no autograd graph, fewer
-temporaries) and one ``torch.optim.Adam`` steps all members, which is exact because Adam acts
-element by element and each member's loss only touches its own parameters. :func:`train_mlp`
-trains one :class:`TinyMLP` the plain way (autograd + Adam) and is what the ensemble is tested
-against: same seed, same data, same result to float tolerance.
+:func:`train_ensemble` trains every member of an :class:`MLPEnsemble` on its own fixed split. Two
+implementations do the same arithmetic:
+
+* ``"fused"`` (CPU): one compiled kernel (numba) runs every epoch of one network while its data
+  sits in cache — a single pass over the points gives the loss and all gradient sums, then Adam
+  updates the network's parameters — and moves on to the next network. It is within a small factor
+  of what the core's arithmetic allows.
+* ``"eager"`` (any device, the reference): gradients written out by hand for the stacked tensors
+  (no autograd graph), computed on cache-sized blocks of members, and one ``torch.optim.Adam``
+  stepping all members; ``compile=True`` fuses that step with ``torch.compile``, which is the
+  path for GPUs.
+
+Both are exact Adam per member, because Adam acts element by element and each member's loss only
+touches its own parameters. :func:`train_mlp` trains one :class:`TinyMLP` the plain way (autograd +
+Adam) and is what both are tested against: same seed, same data, same result to float round-off.
 """
 
 from __future__ import annotations
 
+import time
+import warnings
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from physlens._validation import check_finite, check_nonnegative_int, check_positive_float, check_positive_int
+from physlens._validation import (
+    check_choice,
+    check_finite,
+    check_nonnegative_int,
+    check_positive_float,
+    check_positive_int,
+)
 from physlens.models.mlp import PARAM_NAMES, MLPEnsemble, TinyMLP
 from physlens.systems.fma import FmaSplit
+from physlens.training import _compile, _fused
 
 CACHE_FLOATS = 1 << 17
-"""Size (in values) of one [model, h, n] temporary per block of models in the eager step."""
+"""Size (in values) of one [model, h, n] temporary per block of models in the eager and compiled steps."""
+
+BACKENDS = ("auto", "fused", "eager")
+"""How :func:`train_ensemble` runs: the fused CPU kernel, the eager torch step, or the fused one where it can run."""
+
+FUSED_CHUNK = 64
+"""Networks per call of the fused kernel (the unit of progress and of work shared between threads)."""
 
 
 @dataclass
@@ -36,10 +62,14 @@ class EnsembleTrainConfig:
     beta2: float = 0.999  # Adam second-moment decay
     eps: float = 1e-8  # Adam denominator guard
     snapshot_every: int = 0  # keep every member's parameters every k epochs (0: only start and end)
-    compile: bool = False  # fuse the batched step with torch.compile (C++ compiler on CPU; compiles once per shape)
+    compile: bool = False  # torch.compile the eager step: the GPU path (eager, with a warning, where no compiler exists)
+    backend: str = "auto"  # "fused" (CPU kernel), "eager" (torch, any device) or "auto" (fused where it can run)
 
     def __post_init__(self) -> None:
         check_positive_int("epochs", self.epochs)
+        check_choice("backend", self.backend, BACKENDS)
+        if self.compile and self.backend == "fused":
+            raise ValueError("compile=True compiles the eager step; it cannot be combined with backend='fused'")
         check_positive_float("lr", self.lr)
         for name in ("beta1", "beta2"):
             value = getattr(self, name)
@@ -64,6 +94,9 @@ class EnsembleTrainResult:
     val_loss: Float[Tensor, " model"]  # validation MSE after the last step
     snapshot_epochs: list[int] = field(default_factory=list)  # epochs at which parameters were kept
     snapshots: dict[str, Tensor] = field(default_factory=dict)  # name -> [snapshot, model, ...] on the CPU
+    backend: str = "eager"  # what ran the epochs: "fused", "eager" or "compiled"
+    train_seconds: float = 0.0  # wall time of the epochs alone (no set-up, no compilation, no final evaluation)
+    train_cpu_seconds: float = 0.0  # process CPU time of the same
 
 
 def ensemble_loss_and_grads(
@@ -138,39 +171,108 @@ def _check_data(data: FmaSplit, model_dtype: torch.dtype, n_models: int | None) 
         raise ValueError(f"data must have the model's dtype {model_dtype}, got {data.train_inputs.dtype}")
 
 
-def train_ensemble(
-    ensemble: MLPEnsemble, data: FmaSplit, config: EnsembleTrainConfig | None = None, *, progress: bool = True
-) -> EnsembleTrainResult:
-    """Train every member of ``ensemble`` in place on its own split by full-batch Adam.
+def fused_unavailable_reason(ensemble: MLPEnsemble) -> str | None:
+    """Why ``backend="fused"`` cannot train ``ensemble`` here (``None`` when it can)."""
+    if ensemble.device.type != "cpu":
+        return f"the fused kernel runs on the CPU and the ensemble is on {ensemble.device}"
+    if ensemble.W_in.dtype not in (torch.float32, torch.float64):
+        return f"the fused kernel handles float32 and float64, not {ensemble.W_in.dtype}"
+    if ensemble.cfg.d_in * ensemble.cfg.d_hidden > _fused.MAX_HIDDEN_INPUTS:
+        return f"d_in * d_hidden = {ensemble.cfg.d_in * ensemble.cfg.d_hidden} exceeds the fused kernel's {_fused.MAX_HIDDEN_INPUTS}"
+    return _fused.fused_unavailable_reason()
 
-    ``data`` must be stacked (``[model, n, 2]``, e.g. from :func:`~physlens.systems.fma.fma_splits`)
-    with one split per member; it is moved to the ensemble's device. Raises if any member's loss
-    stops being finite.
+
+def select_backend(ensemble: MLPEnsemble, config: EnsembleTrainConfig) -> str:
+    """The implementation :func:`train_ensemble` uses: ``"fused"``, ``"eager"`` or ``"compiled"``.
+
+    ``backend="auto"`` picks the fused kernel where it can run, and otherwise the eager step with a
+    warning that says why (on a GPU the eager step is the intended path and no warning is given).
+    ``backend="fused"`` raises instead of falling back. ``compile=True`` asks for the eager step
+    compiled by ``torch.compile``, and gets the eager one, with a warning, where no compiler exists.
     """
-    config = config or EnsembleTrainConfig()
-    if not isinstance(ensemble, MLPEnsemble):
-        raise TypeError(f"ensemble must be an MLPEnsemble, got {type(ensemble).__name__}")
-    _check_data(data, ensemble.W_in.dtype, ensemble.n_models)
-    data = data.to(device=ensemble.device)
-    inputs_t = data.train_inputs.transpose(1, 2).contiguous()  # [model, d_in, n]
-    targets = data.train_targets.squeeze(-1).contiguous()  # [model, n]
+    if config.compile:
+        reason = _compile.compiler_unavailable_reason(ensemble.device)
+        if reason is None:
+            return "compiled"
+        warnings.warn(f"train_ensemble uses the eager step: {reason}", stacklevel=3)
+        return "eager"
+    if config.backend == "eager":
+        return "eager"
+    reason = fused_unavailable_reason(ensemble)
+    if reason is None:
+        return "fused"
+    if config.backend == "fused":
+        raise RuntimeError(f"backend='fused' cannot train this ensemble: {reason}")
+    if ensemble.device.type == "cpu":
+        warnings.warn(f"train_ensemble uses the slower eager step: {reason}", stacklevel=3)
+    return "eager"
+
+
+def _train_fused(
+    ensemble: MLPEnsemble, inputs_t: Tensor, targets: Tensor, config: EnsembleTrainConfig, progress: bool
+) -> tuple[Tensor, list[Tensor], tuple[float, float]]:
+    """Train with the fused kernel; returns losses [epoch, model], flat snapshots after epoch 0 and (wall, CPU) seconds."""
+    params = [getattr(ensemble, name) for name in PARAM_NAMES]
+    n_models, epochs = ensemble.n_models, config.epochs
+    theta = torch.cat([p.detach().reshape(n_models, -1) for p in params], dim=1).numpy().copy()  # [model, param]
+    later = config.snapshot_epochs()[1:]
+    snap_at = np.full(epochs, -1, dtype=np.int64)
+    snap_at[np.array(later) - 1] = np.arange(len(later))
+    losses = np.empty((n_models, epochs), dtype=theta.dtype)
+    snaps = np.empty((n_models, len(later), theta.shape[1]), dtype=theta.dtype)
+    exp_avg, exp_avg_sq = np.zeros_like(theta), np.zeros_like(theta)
+    x, y = inputs_t.numpy(), targets.numpy()
+    _fused.prepare(ensemble.cfg.d_in, ensemble.cfg.d_hidden, theta.dtype)  # compile (or load) before the clock starts
+
+    def run(start: int) -> int:
+        part = slice(start, min(start + FUSED_CHUNK, n_models))
+        _fused.train_networks(
+            theta[part], x[part], y[part], d_in=ensemble.cfg.d_in, d_hidden=ensemble.cfg.d_hidden, epochs=epochs,
+            lr=config.lr, beta1=config.beta1, beta2=config.beta2, eps=config.eps, snap_at=snap_at,
+            losses=losses[part], snaps=snaps[part], exp_avg=exp_avg[part], exp_avg_sq=exp_avg_sq[part],
+        )  # fmt: skip
+        return part.stop - part.start
+
+    starts = range(0, n_models, FUSED_CHUNK)
+    workers = min(torch.get_num_threads(), len(starts))
+    clock = time.perf_counter(), time.process_time()
+    with tqdm(total=n_models, desc="ensemble (fused)", disable=not progress, leave=False) as bar:
+        if workers > 1:  # the kernel releases the GIL, so chunks of networks train side by side
+            with ThreadPoolExecutor(workers) as pool:
+                for done in pool.map(run, starts):
+                    bar.update(done)
+        else:
+            for start in starts:
+                bar.update(run(start))
+    seconds = time.perf_counter() - clock[0], time.process_time() - clock[1]
+    with torch.no_grad():
+        for p, row in zip(params, torch.from_numpy(theta).split([p[0].numel() for p in params], dim=1)):
+            p.copy_(row.reshape(p.shape))
+    flat_snaps = [torch.from_numpy(snaps[:, k]) for k in range(len(later))]
+    return torch.from_numpy(losses).T.contiguous(), flat_snaps, seconds
+
+
+def _train_torch(
+    ensemble: MLPEnsemble, inputs_t: Tensor, targets: Tensor, config: EnsembleTrainConfig, compiled: bool, progress: bool
+) -> tuple[Tensor, dict[str, list[Tensor]], tuple[float, float]]:
+    """Train with the eager (or torch.compile'd) step; returns losses [epoch, model], snapshots after epoch 0 and (wall, CPU) seconds."""
     params = [getattr(ensemble, name) for name in PARAM_NAMES]
     optimizer = torch.optim.Adam(params, lr=config.lr, betas=(config.beta1, config.beta2), eps=config.eps)
-    step: Callable = torch.compile(fused_loss_and_grads, dynamic=False) if config.compile else ensemble_loss_and_grads
-    # Eager ops stream [model, h, n] temporaries through memory; in blocks of models that fit in
-    # cache the same step runs several times faster. The compiled step fuses them instead.
+    step: Callable = torch.compile(fused_loss_and_grads, dynamic=False) if compiled else ensemble_loss_and_grads
+    # Eager ops stream [model, h, n] temporaries through memory, and so does the compiled step once
+    # its temporaries outgrow the cache; in blocks of models that fit in cache both run several times
+    # faster. A GPU wants the whole ensemble in one launch.
     n_models, width, n_points = ensemble.n_models, ensemble.cfg.d_hidden, targets.shape[1]
-    block = n_models if config.compile else max(1, CACHE_FLOATS // (width * n_points))
+    on_cpu = ensemble.device.type == "cpu"
+    block = max(1, CACHE_FLOATS // (width * n_points)) if on_cpu else n_models
     grads = [torch.empty_like(p) for p in params]
-    snapshot_at = set(config.snapshot_epochs())
+    snapshot_at = set(config.snapshot_epochs()[1:])
     snapshots: dict[str, list[Tensor]] = {name: [] for name in PARAM_NAMES}
-    losses = torch.empty(config.epochs, ensemble.n_models, dtype=targets.dtype, device=targets.device)
-
-    def keep() -> None:
-        for name, p in zip(PARAM_NAMES, params):
-            snapshots[name].append(p.detach().to("cpu", copy=True))
-
-    keep()
+    losses = torch.empty(config.epochs, n_models, dtype=targets.dtype, device=targets.device)
+    if compiled:  # compile outside the clock, on a throw-away copy
+        with torch.no_grad():
+            step(*(p.detach()[:block].clone() for p in params), inputs_t[:block], targets[:block])
+    clock = time.perf_counter(), time.process_time()
     for epoch in tqdm(range(config.epochs), desc="ensemble", disable=not progress, leave=False):
         with torch.no_grad():
             for start in range(0, n_models, block):
@@ -183,9 +285,44 @@ def train_ensemble(
             p.grad = g
         optimizer.step()
         if epoch + 1 in snapshot_at:
-            keep()
+            for name, p in zip(PARAM_NAMES, params):
+                snapshots[name].append(p.detach().to("cpu", copy=True))
+    if targets.device.type == "cuda":
+        torch.cuda.synchronize(targets.device)
+    seconds = time.perf_counter() - clock[0], time.process_time() - clock[1]
     for p in params:
         p.grad = None
+    return losses.cpu(), snapshots, seconds
+
+
+def train_ensemble(
+    ensemble: MLPEnsemble, data: FmaSplit, config: EnsembleTrainConfig | None = None, *, progress: bool = True
+) -> EnsembleTrainResult:
+    """Train every member of ``ensemble`` in place on its own split by full-batch Adam.
+
+    ``data`` must be stacked (``[model, n, 2]``, e.g. from :func:`~physlens.systems.fma.fma_splits`)
+    with one split per member; it is moved to the ensemble's device. ``config.backend`` chooses the
+    implementation (see :func:`select_backend`); every one gives each member the result of training
+    it alone with :func:`train_mlp`, to float round-off. Raises if any member's loss stops being finite.
+    """
+    config = config or EnsembleTrainConfig()
+    if not isinstance(ensemble, MLPEnsemble):
+        raise TypeError(f"ensemble must be an MLPEnsemble, got {type(ensemble).__name__}")
+    _check_data(data, ensemble.W_in.dtype, ensemble.n_models)
+    backend = select_backend(ensemble, config)
+    data = data.to(device=ensemble.device)
+    inputs_t = data.train_inputs.transpose(1, 2).contiguous()  # [model, d_in, n]
+    targets = data.train_targets.squeeze(-1).contiguous()  # [model, n]
+    start = {name: getattr(ensemble, name).detach().to("cpu", copy=True) for name in PARAM_NAMES}
+    if backend == "fused":
+        losses, flat_snaps, seconds = _train_fused(ensemble, inputs_t, targets, config, progress)
+        sizes = [start[name][0].numel() for name in PARAM_NAMES]
+        later = {name: [] for name in PARAM_NAMES}
+        for flat in flat_snaps:
+            for name, part in zip(PARAM_NAMES, flat.split(sizes, dim=1)):
+                later[name].append(part.reshape(start[name].shape).clone())
+    else:
+        losses, later, seconds = _train_torch(ensemble, inputs_t, targets, config, backend == "compiled", progress)
     final_train = ensemble_mse(ensemble, data.train_inputs, data.train_targets)
     val = ensemble_mse(ensemble, data.val_inputs, data.val_targets)
     bad = (~torch.isfinite(final_train)).nonzero().flatten().tolist()
@@ -193,11 +330,14 @@ def train_ensemble(
         raise RuntimeError(f"training diverged for members {bad[:10]} (seeds {[ensemble.cfg.seeds[i] for i in bad[:10]]})")
     return EnsembleTrainResult(
         ensemble=ensemble,
-        train_loss=losses.cpu(),
+        train_loss=losses,
         final_train_loss=final_train.cpu(),
         val_loss=val.cpu(),
-        snapshot_epochs=sorted(snapshot_at),
-        snapshots={name: torch.stack(values) for name, values in snapshots.items()},
+        snapshot_epochs=config.snapshot_epochs(),
+        snapshots={name: torch.stack([start[name], *later[name]]) for name in PARAM_NAMES},
+        backend=backend,
+        train_seconds=seconds[0],
+        train_cpu_seconds=seconds[1],
     )
 
 
@@ -241,9 +381,12 @@ __all__ = [
     "EnsembleTrainConfig",
     "EnsembleTrainResult",
     "MLPTrainResult",
+    "BACKENDS",
     "ensemble_loss_and_grads",
     "ensemble_mse",
     "fused_loss_and_grads",
+    "fused_unavailable_reason",
+    "select_backend",
     "train_ensemble",
     "train_mlp",
 ]

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from physlens._validation import check_finite, check_positive_int, check_shape
 from physlens.systems.oscillator import OscillatorSystem, Trajectories
+from physlens.training._compile import compile_or_eager
 
 
 @torch.no_grad()
@@ -23,12 +24,15 @@ def rollout(
     n_steps: int,
     *,
     window: int | None = None,
+    compile: bool = False,
 ) -> Float[Tensor, "batch n_steps d"]:
     """Feed the model its own predictions for ``n_steps`` steps, starting from ``context``.
 
     At every step the model sees the last ``window`` states (default: the context length, i.e. a
     window as long as the context it was given) and its prediction at the last position is
-    appended. Returns only the predicted states.
+    appended. Returns only the predicted states. ``compile=True`` runs the model through
+    ``torch.compile`` (every step has the same shape, so it compiles once; eager, with a warning,
+    where no compiler exists): worth it for long rollouts, not for a few steps.
     """
     if context.ndim != 3:
         raise ValueError(f"context must have shape [batch, t0, d], got {list(context.shape)}")
@@ -41,9 +45,10 @@ def rollout(
     if context.shape[1] < window:
         raise ValueError(f"context must hold at least window={window} states, got {context.shape[1]}")
     history = context[:, -window:]
+    step = compile_or_eager(model, context.device, "rollout") if compile else model
     predictions = []
     for _ in range(n_steps):
-        next_state = model(history)[:, -1:]
+        next_state = step(history)[:, -1:]
         predictions.append(next_state)
         history = torch.cat([history[:, 1:], next_state], dim=1)
     return torch.cat(predictions, dim=1)

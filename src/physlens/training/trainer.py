@@ -27,6 +27,7 @@ from physlens._validation import (
 )
 from physlens.models.base import HookedModel
 from physlens.systems.oscillator import OscillatorSystem, Trajectories
+from physlens.training._compile import compile_or_eager
 from physlens.training.checkpoints import (
     latest_checkpoint,
     load_checkpoint,
@@ -61,6 +62,7 @@ class TrainConfig:
     seed: int = 0  # seeds the batch stream (the model's init has its own seed in its config)
     checkpoint_every: int | None = None  # save a resumable checkpoint every this many steps
     log_every: int = 50  # update the progress bar every this many steps
+    compile: bool = False  # torch.compile the forward and backward pass (eager, with a warning, where no compiler exists)
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "seq_len", "log_every"):
@@ -212,6 +214,7 @@ def train(
             start_step = _restore(found, model, optimizer, generator, result, config)
             result.resumed_from = start_step
 
+    forward = compile_or_eager(model, next(model.parameters()).device, "training") if config.compile else model
     started = time.perf_counter()
     model.train()
     bar = tqdm(total=config.steps, initial=start_step, disable=not progress, desc="training", leave=False)
@@ -223,7 +226,7 @@ def train(
             batch = _to_model(system.sample(config.batch_size, config.seq_len + 1, generator=generator), model)
         else:
             batch = dataset.subset(torch.randint(len(dataset), (config.batch_size,), generator=generator))
-        loss = _batch_loss(model, batch, config.loss_positions)
+        loss = _batch_loss(forward, batch, config.loss_positions)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"training loss became {float(loss)} at step {step}; lower lr or enable grad_clip")
         optimizer.zero_grad(set_to_none=True)
@@ -273,6 +276,7 @@ def _restore(
     tensors, state_json = load_state(path)
     saved_config = dict(state_json["train_config"])
     saved_config["betas"] = tuple(saved_config["betas"])
+    saved_config.setdefault("compile", False)  # checkpoints written before the option existed
     if saved_config != dataclasses.asdict(config):
         raise ValueError(f"checkpoint {str(path)!r} was written with a different TrainConfig; cannot resume")
     model.load_state_dict(saved_model.state_dict())

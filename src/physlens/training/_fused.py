@@ -1,0 +1,223 @@
+"""A compiled CPU kernel that trains one-hidden-layer ReLU networks with full-batch Adam, fused.
+
+For each network the kernel runs every epoch while that network's data sits in cache: one pass
+over the points computes the loss and all gradient sums in registers, then Adam updates the
+network's few parameters. The loop body is generated for the network's shape (inputs ``d_in``,
+hidden units ``h``) so that every weight and every running sum is a scalar the compiler can keep
+in a register and every point-wise step vectorises; numba compiles it and caches the machine code
+on disk, so a shape is compiled once per machine, not once per run.
+
+Parameters travel as one flat row per network, in the order of
+:data:`physlens.models.mlp.PARAM_NAMES` with each tensor flattened row-major:
+``W_in[d, j]`` at ``d*h + j``, ``b_in[j]`` at ``d_in*h + j``, ``W_out[j, 0]`` at ``(d_in + 1)*h + j``
+and ``b_out`` last.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.util
+import os
+import sys
+import tempfile
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+
+FASTMATH = ("reassoc", "contract", "nsz")
+"""LLVM flags of the kernel: sums may be reordered (so they vectorise) and multiply-adds fused, in the
+pass over the data and in Adam's update alike, which stays within round-off of torch.optim.Adam.
+NaN and infinity keep their meaning, so a diverging network still shows up as non-finite. The
+kernel is a single function: with the pass over the data in a function of its own, a process that
+compiled the kernel and one that loaded it from the cache trained to parameters that differed in
+the last bits."""
+
+MAX_HIDDEN_INPUTS = 256
+"""Largest ``d_in * h`` the kernel is generated for. The loop body has a line per weight and per running
+sum, so its compile time grows with the width, and past a few dozen weights the sums no longer fit
+in registers; wider networks use the eager step."""
+
+_KERNEL = '''
+@numba.njit(fastmath={fastmath}, cache=True, nogil=True)
+def train_networks(theta, exp_avg, exp_avg_sq, x, y, consts, neg_step, bc2_sqrt, snap_at, losses, snaps):
+    """Run every epoch of full-batch Adam for each network (row) of theta, in place.
+
+    consts = [1 - beta1, beta2, 1 - beta2, eps, 2 / n, 1 / n] in theta's dtype; neg_step[e] and
+    bc2_sqrt[e] are Adam's -lr / (1 - beta1**t) and sqrt(1 - beta2**t) at step t = e + 1, cast
+    to theta's dtype as torch.optim.Adam casts them; snap_at[e] >= 0 copies network i's
+    parameters to snaps[i, snap_at[e]] after epoch e; losses[network, e] is the MSE before step e.
+    """
+    n_params = theta.shape[1]
+    grad = np.empty(n_params, theta.dtype)
+    zero = theta.dtype.type(0)
+    one_minus_beta1, beta2, one_minus_beta2, eps, two_over_n, one_over_n = (
+        consts[0], consts[1], consts[2], consts[3], consts[4], consts[5])
+    for net in range(theta.shape[0]):
+        params, m, v = theta[net], exp_avg[net], exp_avg_sq[net]
+{rows}
+        y_net = y[net]
+        for epoch in range(losses.shape[1]):
+            # one pass over the points: the loss and every gradient sum (of d(err²/2)/dθ) in registers
+{load}
+{init}
+            for i in range(y_net.shape[0]):
+{body}
+{store}
+            losses[net, epoch] = s_loss * one_over_n
+            step, denom_scale = neg_step[epoch], bc2_sqrt[epoch]
+            for k in range(n_params):
+                # torch.optim.Adam (single-tensor): lerp, mul + addcmul, sqrt / bc2_sqrt + eps, addcdiv
+                g = grad[k] * two_over_n
+                m[k] = m[k] + one_minus_beta1 * (g - m[k])
+                v[k] = v[k] * beta2 + one_minus_beta2 * g * g
+                params[k] = params[k] + step * m[k] / (np.sqrt(v[k]) / denom_scale + eps)
+            if snap_at[epoch] >= 0:
+                snaps[net, snap_at[epoch]] = params
+'''
+
+
+def fused_unavailable_reason() -> str | None:
+    """Why the fused kernel cannot run in this Python (``None`` when it can).
+
+    numba is a dependency, but where it cannot install the eager torch step must keep working; it is
+    imported only when a kernel is first compiled, so importing physlens stays fast.
+    """
+    if importlib.util.find_spec("numba") is None:
+        return "numba is not installed (pip install numba)"
+    return None
+
+
+def kernel_source(d_in: int, d_hidden: int) -> str:
+    """Python source of the fused training kernel for networks with ``d_in`` inputs and ``d_hidden`` units."""
+    D, H = d_in, d_hidden
+    w = lambda d, j: f"w_{d}_{j}"  # noqa: E731
+    n_params = D * H + 2 * H + 1
+    load = [f"{w(d, j)} = params[{d * H + j}]" for d in range(D) for j in range(H)]
+    load += [f"b_{j} = params[{D * H + j}]" for j in range(H)]
+    load += [f"v_{j} = params[{D * H + H + j}]" for j in range(H)]
+    load += [f"c = params[{n_params - 1}]"]
+    rows = [f"x_{d} = x[net, {d}]" for d in range(D)]
+    sums = ["s_loss", "s_c"] + [f"s_v_{j}" for j in range(H)] + [f"s_b_{j}" for j in range(H)]
+    sums += [f"s_{w(d, j)}" for d in range(D) for j in range(H)]
+    init = [f"{s} = zero" for s in sums]
+    body = [f"a_{d} = x_{d}[i]" for d in range(D)]
+    for j in range(H):
+        body.append(f"p_{j} = b_{j} + " + " + ".join(f"{w(d, j)} * a_{d}" for d in range(D)))
+        body.append(f"r_{j} = p_{j} if p_{j} > zero else zero")
+    body.append("e = c + " + " + ".join(f"v_{j} * r_{j}" for j in range(H)) + " - y_net[i]")
+    body += ["s_loss += e * e", "s_c += e"]
+    for j in range(H):
+        # the ReLU's derivative at 0 is 0, as in autograd
+        body += [f"s_v_{j} += r_{j} * e", f"q_{j} = v_{j} * e if p_{j} > zero else zero", f"s_b_{j} += q_{j}"]
+        body += [f"s_{w(d, j)} += q_{j} * a_{d}" for d in range(D)]
+    store = [f"grad[{d * H + j}] = s_{w(d, j)}" for d in range(D) for j in range(H)]
+    store += [f"grad[{D * H + j}] = s_b_{j}" for j in range(H)]
+    store += [f"grad[{D * H + H + j}] = s_v_{j}" for j in range(H)]
+    store += [f"grad[{n_params - 1}] = s_c"]
+
+    def indent(lines: list[str], depth: int) -> str:
+        return "\n".join(" " * depth + line for line in lines)
+
+    kernel = _KERNEL.format(
+        fastmath="{" + ", ".join(repr(flag) for flag in sorted(FASTMATH)) + "}",
+        rows=indent(rows, 8),
+        load=indent(load, 12),
+        init=indent(init, 12),
+        body=indent(body, 16),
+        store=indent(store, 12),
+    )
+    header = f'"""Fused full-batch Adam for ReLU networks with d_in = {D}, h = {H} (generated by physlens)."""\n\nimport numba\nimport numpy as np\n'
+    return header + kernel
+
+
+def _cache_dir() -> Path:
+    """Where generated kernels and numba's machine code live: $PHYSLENS_CACHE_DIR, else the user cache."""
+    root = os.environ.get("PHYSLENS_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "physlens"
+    )
+    path = Path(root) / "fused"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=path, delete=True)
+        probe.close()
+    except OSError:  # read-only home: compile every run instead of caching
+        path = Path(tempfile.mkdtemp(prefix="physlens-fused-"))
+    return path
+
+
+@functools.lru_cache(maxsize=None)
+def load_kernel(d_in: int, d_hidden: int) -> ModuleType:
+    """The compiled module for this shape (written to the cache on first use, compiled lazily by numba)."""
+    reason = fused_unavailable_reason()
+    if reason:
+        raise RuntimeError(f"the fused kernel cannot run: {reason}")
+    source = kernel_source(d_in, d_hidden)
+    digest = hashlib.sha256(source.encode()).hexdigest()[:12]
+    name = f"physlens_fused_d{d_in}_h{d_hidden}_{digest}"
+    path = _cache_dir() / f"{name}.py"
+    if not path.exists() or path.read_text() != source:
+        # written atomically: several processes may generate the same kernel at once
+        with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as handle:
+            handle.write(source)
+        os.replace(handle.name, path)
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # numba's cache finds the module's globals by name when it loads machine code
+    spec.loader.exec_module(module)
+    return module
+
+
+def adam_schedule(epochs: int, lr: float, beta1: float, beta2: float, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """Adam's per-step scalars as torch.optim.Adam computes them: in double, then cast to ``dtype``."""
+    neg_step = np.array([-(lr / (1 - beta1**t)) for t in range(1, epochs + 1)], dtype=np.float64)
+    bc2_sqrt = np.array([(1 - beta2**t) ** 0.5 for t in range(1, epochs + 1)], dtype=np.float64)
+    return neg_step.astype(dtype), bc2_sqrt.astype(dtype)
+
+
+def train_networks(
+    theta: np.ndarray,
+    inputs_t: np.ndarray,
+    targets: np.ndarray,
+    *,
+    d_in: int,
+    d_hidden: int,
+    epochs: int,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    snap_at: np.ndarray,
+    losses: np.ndarray,
+    snaps: np.ndarray,
+    exp_avg: np.ndarray,
+    exp_avg_sq: np.ndarray,
+) -> None:
+    """Train networks ``theta`` ``[network, param]`` in place (see the module docstring for the layout).
+
+    ``inputs_t`` is ``[network, d_in, n]`` and ``targets`` ``[network, n]``, both C-contiguous in
+    ``theta``'s dtype; ``losses`` ``[network, epoch]`` and ``snaps`` ``[network, snapshot, param]``
+    receive the per-epoch MSE and the snapshots marked in ``snap_at``. ``exp_avg``/``exp_avg_sq``
+    hold Adam's moments (zeros for a fresh optimiser).
+    """
+    dtype = theta.dtype.type
+    n = targets.shape[1]
+    consts = np.array([1 - beta1, beta2, 1 - beta2, eps, 2.0 / n, 1.0 / n], dtype=np.float64).astype(dtype)
+    neg_step, bc2_sqrt = adam_schedule(epochs, lr, beta1, beta2, dtype)
+    load_kernel(d_in, d_hidden).train_networks(
+        theta, exp_avg, exp_avg_sq, inputs_t, targets, consts, neg_step, bc2_sqrt, snap_at, losses, snaps
+    )
+
+
+def prepare(d_in: int, d_hidden: int, dtype: np.dtype) -> None:
+    """Compile (or load from the cache) the kernel for this shape and dtype, on one tiny network."""
+    dtype = np.dtype(dtype)
+    n_params = d_in * d_hidden + 2 * d_hidden + 1
+    theta = np.zeros((1, n_params), dtype)
+    train_networks(
+        theta, np.zeros((1, d_in, 1), dtype), np.zeros((1, 1), dtype), d_in=d_in, d_hidden=d_hidden, epochs=1,
+        lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, snap_at=np.full(1, -1, dtype=np.int64),
+        losses=np.zeros((1, 1), dtype), snaps=np.zeros((1, 1, n_params), dtype),
+        exp_avg=np.zeros_like(theta), exp_avg_sq=np.zeros_like(theta),
+    )  # fmt: skip
