@@ -349,6 +349,33 @@ def test_a_sweep_killed_midway_resumes_to_the_uninterrupted_table(local_sweep, t
     pd.testing.assert_frame_equal(_science(resumed.table), _science(reference.table))
 
 
+def test_a_worker_killed_midway_is_replaced_and_its_trial_run_again(local_sweep, tmp_path):
+    import multiprocessing
+    import threading
+
+    study, reference = local_sweep
+    output = tmp_path / "runs"
+    trials = output / "tiny-sweep" / "trials"
+    outcome: dict = {}
+    thread = threading.Thread(target=lambda: outcome.update(
+        result=run_sweep(load_sweep(study), output_root=output, workers=1, progress=False)))
+    thread.start()
+    killed = None
+    deadline = time.monotonic() + 120
+    while killed is None and thread.is_alive() and time.monotonic() < deadline:
+        if trials.is_dir() and list(trials.glob(".partial-*/checkpoints/step_*")):  # a trial is training
+            workers = multiprocessing.active_children()
+            if workers:
+                killed = workers[0].pid
+                os.kill(killed, signal.SIGKILL)
+        time.sleep(0.01)
+    thread.join(timeout=180)
+    assert killed is not None, "no trial was caught training"
+    result = outcome["result"]
+    assert result.n_finished == 2 and len(result.failures) == 2  # only the trials that fail by themselves
+    pd.testing.assert_frame_equal(_science(result.table), _science(reference.table))
+
+
 def test_two_sweeps_never_share_a_directory(local_sweep, tmp_path):
     from physlens.sweeps.runner import _locked
 

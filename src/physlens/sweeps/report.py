@@ -60,7 +60,7 @@ def _positions(frame: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
     else:
         frame["_x"] = parts.str[0]
         rest = [parts.str[1:].str.join(" / ").where(parts.str.len() > 1, None)]
-    frame["_series"] = pd.concat(rest, axis=1).apply(lambda row: ", ".join(v for v in row if v), axis=1) if rest else ""
+    frame["_series"] = pd.concat(rest, axis=1).apply(lambda row: ", ".join(v for v in row if isinstance(v, str) and v), axis=1)
     return frame
 
 

@@ -38,6 +38,7 @@ from typing import Any
 import pandas as pd
 
 from physlens._io import atomic_directory, atomic_write_json, is_partial
+from physlens.studies import STUDY_KINDS
 from physlens.sweeps.spec import SweepSpec, Trial, key_text, spec_hash
 
 BACKENDS = ("local", "ray")
@@ -192,14 +193,25 @@ def _trial_files(sweep: SweepSpec, trial: Trial) -> dict[str, str]:
 # --- backends --------------------------------------------------------------------------------------------
 
 
-def _run_local(tasks: list[TrialTask], workers: int, record: Callable[[TrialOutcome], None]) -> None:
+def _worker_context(preload: list[str]) -> Any:
+    """A forkserver context whose server imports ``preload`` once, so workers start in milliseconds
+    with torch and the study module loaded; spawn where there is no forkserver. Never plain fork:
+    forking a process in which torch has started threads can deadlock."""
+    import multiprocessing
+
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(preload)  # takes effect when this process first starts its fork server
+    return context
+
+
+def _run_local(tasks: list[TrialTask], workers: int, record: Callable[[TrialOutcome], None], preload: list[str]) -> None:
     if workers == 0:
         for task in tasks:
             record(execute_trial(task))
         return
-    import multiprocessing
-
-    context = multiprocessing.get_context("spawn")  # fork after torch has started threads can deadlock
+    context = _worker_context(preload)
     pending = deque(tasks)
     deaths: dict[str, int] = {}
     while pending:
@@ -382,7 +394,7 @@ def run_sweep(
             if tasks:
                 if backend == "local":
                     n_workers = min(len(tasks), workers if workers is not None else _cores())
-                    _run_local(tasks, n_workers, record)
+                    _run_local(tasks, n_workers, record, [__name__, STUDY_KINDS[sweep.kind], "physlens.sweeps._warmup"])
                 else:
                     _run_ray(tasks, workers, address, gpus_per_trial, record)
         finally:
