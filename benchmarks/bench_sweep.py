@@ -8,8 +8,8 @@ skipped, and prints wall and CPU seconds with the machine's load average around 
    alike; the speed-up is the ratio of medians. The floor is perfect division of the trials' own
    run times (measured inside the 1-worker runs) over 2 workers, plus the 2-worker pool's start.
 2. Ray (embedded, 2 CPUs) against the local 2-worker pool on the same trials: ``ray.init`` once
-   (timed on its own), then a sweep on cold Ray workers and one on warm workers; the overhead per
-   trial is (Ray − local) / N.
+   (timed on its own), a first sweep on cold Ray workers (timed on its own), then Ray and local
+   interleaved; the overhead per trial is (median Ray − median local) / N, in wall and CPU seconds.
 
 CPU seconds cover this process and everything below it (fork server, workers, Ray's daemons and
 workers), sampled with psutil. The first local pool of a process starts a fork server that imports
@@ -185,19 +185,28 @@ def main() -> None:
     ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
     init = time.perf_counter() - start
     print(f"ray.init() (embedded, 2 CPUs): {init:.1f} s, load {_load()}")
+    backends: dict[str, list[dict]] = {"ray": [], "local": []}
     try:
-        cold = timed_sweep(sweep, scratch, backend="ray")
-        warm = timed_sweep(sweep, scratch, backend="ray")
+        cold = timed_sweep(sweep, scratch, backend="ray")  # Ray's workers import torch and the study on their first task
+        print(f"  Ray, cold workers     : {cold['wall']:6.1f} s wall, {_cpu_text(cold['cpu'])} s CPU, load {cold['load']}")
+        for backend in ["local", "ray", "ray", "local"] * ((args.repeats + 1) // 2):
+            run = timed_sweep(sweep, scratch, backend=backend, **({"workers": 2} if backend == "local" else {}))
+            backends[backend].append(run)
+            label = "Ray, warm workers" if backend == "ray" else "local pool, 2 workers"
+            print(f"  {label:22s}: {run['wall']:6.1f} s wall, {_cpu_text(run['cpu'])} s CPU, "
+                  f"trials' own time {run['trial_seconds']:6.1f} s, load {run['load']}")
     finally:
         ray.shutdown()
-    local = timed_sweep(sweep, scratch, workers=2)
-    for label, run in (("Ray, cold workers", cold), ("Ray, warm workers", warm), ("local pool, 2 workers", local)):
-        print(f"  {label:22s}: {run['wall']:6.1f} s wall, {_cpu_text(run['cpu'])} s CPU, "
-              f"trials' own time {run['trial_seconds']:6.1f} s, load {run['load']}")
     n = args.trials
-    print(f"Ray overhead per trial against the local pool: cold {(cold['wall'] - local['wall']) / n:+.2f} s, "
-          f"warm {(warm['wall'] - local['wall']) / n:+.2f} s (plus ray.init {init:.1f} s once per sweep "
-          f"when physlens starts Ray itself)")
+    wall = {b: statistics.median(r["wall"] for r in runs) for b, runs in backends.items()}
+    line = (f"Ray overhead per trial against the local pool (medians, warm workers): wall {(wall['ray'] - wall['local']) / n:+.2f} s"
+            f" ({wall['local']:.1f} s → {wall['ray']:.1f} s for {n} trials)")
+    if all(r["cpu"] is not None for runs in backends.values() for r in runs):
+        cpu = {b: statistics.median(r["cpu"] for r in runs) for b, runs in backends.items()}
+        line += f", CPU {(cpu['ray'] - cpu['local']) / n:+.2f} s ({cpu['local']:.1f} s → {cpu['ray']:.1f} s)"
+    print(line)
+    print(f"once per sweep when physlens starts Ray itself: ray.init {init:.1f} s; on cold workers the first sweep took "
+          f"{cold['wall'] - wall['ray']:+.1f} s more than on warm ones")
 
 
 if __name__ == "__main__":

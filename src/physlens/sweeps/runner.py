@@ -242,7 +242,9 @@ def _run_local(tasks: list[TrialTask], workers: int, record: Callable[[TrialOutc
                                             error=f"its worker process died {deaths[task.name]} times while it ran"))
                     else:
                         pending.appendleft(task)
-        except BaseException:
+        except BaseException:  # an interrupt: stop the workers too, or they would finish their trials unlocked
+            for process in list(getattr(pool, "_processes", {}).values()):
+                process.terminate()
             pool.shutdown(wait=False, cancel_futures=True)
             raise
         else:
@@ -296,6 +298,13 @@ def _run_ray(tasks: list[TrialTask], workers: int | None, address: str | None, g
 
 
 # --- the sweep ---------------------------------------------------------------------------------------------
+
+
+def _remove_partials(trials_dir: Path) -> None:
+    """Delete what interrupted trials left behind (only ever called while holding the sweep's lock)."""
+    for leftover in trials_dir.iterdir():
+        if is_partial(leftover):
+            shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink(missing_ok=True)
 
 
 @dataclass
@@ -361,9 +370,7 @@ def run_sweep(
         atomic_write_json(directory / "sweep.json", sweep.to_dict())
         trials_dir, failures_dir = directory / "trials", directory / "failures"
         trials_dir.mkdir(exist_ok=True)
-        for leftover in trials_dir.iterdir():  # interrupted trials of this sweep (the lock says no one else writes here)
-            if is_partial(leftover):
-                shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink(missing_ok=True)
+        _remove_partials(trials_dir)
         status = {t.name: trial_status(directory, t) for t in trials}
         todo = [t for t in trials if status[t.name] != "finished"]
         n_skipped = len(trials) - len(todo)
@@ -399,6 +406,7 @@ def run_sweep(
                     _run_ray(tasks, workers, address, gpus_per_trial, record)
         finally:
             bar.close()
+            _remove_partials(trials_dir)
             table = write_outputs(directory, sweep, backend=backend, seconds=time.perf_counter() - start)
     n_finished = int((table["status"] == "finished").sum())
     return SweepResult(directory, table, len(trials), n_finished, n_skipped, failures, time.perf_counter() - start)
