@@ -138,6 +138,28 @@ def test_overrides_never_change_a_setting_silently(tmp_path):
     assert len({t.name for t in sweep.trials}) == 6
 
 
+def test_every_study_kind_declares_its_keys_to_sweeps():
+    """The sweep reads each kind's keys and types from its study module; a renamed key table shows here."""
+    from physlens.studies import STUDY_KINDS
+    from physlens.sweeps import study_schema
+
+    expected = {
+        "oscillator": {("model",): ("n_layers", int), ("training",): ("lr", float), ("system",): ("omega0", dict),
+                       ("evaluation",): ("rollout_steps", int), ("analyses", "probes"): ("n_folds", int)},
+        "fma": {("train",): ("epochs", int), ("data",): ("distribution", str), ("widths",): ("widths", list),
+                ("scan",): ("n_random", int)},
+        "invariants": {("siamese",): ("steps", int), ("bottleneck",): ("enabled", bool), ("distill",): ("unary", list)},
+    }
+    assert set(expected) == set(STUDY_KINDS)
+    for kind, tables in expected.items():
+        schema = study_schema(kind)
+        assert schema[("study",)]["seed"] == frozenset({int})
+        for table, (key, kind_type) in tables.items():
+            assert kind_type in schema[table][key], (kind, table, key)
+    assert study_schema("oscillator")[("model",)]["causal"] == frozenset({bool})
+    assert study_schema("oscillator")[("training",)]["grad_clip"] == frozenset({float})  # float | None: TOML has no None
+
+
 def test_sweep_table_in_a_study_file_grid_settings_and_command_line(tmp_path):
     text = TINY + """
 [sweep]
