@@ -504,3 +504,22 @@ def test_mode_frequencies_count_absent_modes_as_zero(tmp_path):
     assert table["status"].tolist() == ["finished"] * 3 and "wider.3.counts.1" in table.columns
     report = (directory / "report.md").read_text()  # the fma kind's own headlines, with their matched keys named
     assert "| mode | seeds | median |" in report and "| width / kinks | seeds | median |" in report
+
+
+def test_trials_run_with_one_torch_thread_whatever_the_study_says(tmp_path, monkeypatch):
+    import torch
+
+    import physlens.studies.oscillator as oscillator
+
+    seen = []
+    real_train = oscillator.train
+
+    def recording_train(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(oscillator, "train", recording_train)
+    text = TINY.replace("seed = 1", "seed = 1\nthreads = 2").replace("steps = 60", "steps = 2").replace("checkpoint_every = 20", "checkpoint_every = 2")
+    before = torch.get_num_threads()
+    run_sweep(load_sweep(_write(tmp_path, text), seeds=2), output_root=tmp_path / "runs", workers=0, progress=False)
+    assert seen == [1, 1] and torch.get_num_threads() == before
