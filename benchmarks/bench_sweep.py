@@ -5,8 +5,11 @@ report, figures and checkpoints) several ways, every run into a fresh directory 
 skipped, and prints wall and CPU seconds with the machine's load average around each run:
 
 1. local, 1 worker vs 2 workers, interleaved A/B/B/A… so a change in the machine's load hits both
-   alike; the speed-up is the ratio of medians. The floor is perfect division of the trials' own
-   run times (measured inside the 1-worker runs) over 2 workers, plus the 2-worker pool's start.
+   alike; the speed-up is the ratio of medians. Just before each run, the same number of plain
+   Python busy loops measure what the machine gives that many processes at that moment (on a
+   shared machine two processes may get no more CPU than one); the sweep's speed-up is reported
+   against that, and against the floor on idle cores: the trials' own run times (measured inside
+   the 1-worker runs) divided over 2 workers, plus what the sweep spends outside its trials.
 2. Ray (embedded, 2 CPUs) against the local 2-worker pool on the same trials: ``ray.init`` once
    (timed on its own), a first sweep on cold Ray workers (timed on its own), then Ray and local
    interleaved; the overhead per trial is (median Ray − median local) / N, in wall and CPU seconds.
@@ -132,6 +135,23 @@ def timed_sweep(sweep, scratch: Path, **options) -> dict:
             "load": f"{before_load} → {_load()}"}
 
 
+BURN = "x = 0\nfor i in range({n}):\n    x += i\n"
+
+
+def machine_capacity(processes: int, iterations: int = 10_000_000) -> float:
+    """Wall seconds for ``processes`` separate Pythons each running the same pure-Python loop at once:
+    what this machine gives that many processes right now, with no library involved. The speed-up
+    of a perfectly parallel job is ``processes × t(1) / t(processes)``."""
+    import subprocess
+    import sys
+
+    start = time.perf_counter()
+    running = [subprocess.Popen([sys.executable, "-c", BURN.format(n=iterations)]) for _ in range(processes)]
+    for process in running:
+        process.wait()
+    return time.perf_counter() - start
+
+
 def _cpu_text(seconds: float | None) -> str:
     return "   n/a" if seconds is None else f"{seconds:6.1f}"
 
@@ -159,21 +179,27 @@ def main() -> None:
     print(f"  first pool of the process (fork server start) + 1 trial: {first['wall']:.1f} s wall, "
           f"trial {first['trial_seconds']:.1f} s, load {first['load']}")
     runs: dict[int, list[dict]] = {1: [], 2: []}
+    burns: dict[int, list[float]] = {1: [], 2: []}
     order = [1, 2, 2, 1] * ((args.repeats + 1) // 2)
     for workers in order[: 2 * args.repeats]:
+        burns[workers].append(machine_capacity(workers))  # the same number of plain processes, just before
         run = timed_sweep(sweep, scratch, workers=workers)
         runs[workers].append(run)
         print(f"  local, {workers} worker(s): {run['wall']:6.1f} s wall, {_cpu_text(run['cpu'])} s CPU, "
-              f"trials' own time {run['trial_seconds']:6.1f} s, load {run['load']}")
+              f"trials' own time {run['trial_seconds']:6.1f} s, load {run['load']}; "
+              f"{workers} plain busy loop(s) just before: {burns[workers][-1]:.2f} s")
     one = statistics.median(r["wall"] for r in runs[1])
     two = statistics.median(r["wall"] for r in runs[2])
+    capacity = 2 * statistics.median(burns[1]) / statistics.median(burns[2])
     trial_time = statistics.median(r["trial_seconds"] for r in runs[1])
     outside = max(0.0, one - trial_time)  # what the 1-worker sweep spends outside its trials (pool, aggregation)
     floor = trial_time / 2 + outside
     start_cost = max(0.0, first["wall"] - first["trial_seconds"] - outside)
-    print(f"speed-up of 2 workers over 1: {one / two:.2f}x (median wall {one:.1f} s → {two:.1f} s); "
-          f"floor {floor:.1f} s = trials {trial_time:.1f} s / 2 + {outside:.1f} s outside them "
-          f"→ at best {one / floor:.2f}x; 2 workers reach {floor / two:.0%} of the floor's speed")
+    print(f"speed-up of 2 workers over 1: {one / two:.2f}x (median wall {one:.1f} s → {two:.1f} s)")
+    print(f"  what the machine gave 2 plain busy loops over 1 at the same times: {capacity:.2f}x "
+          f"(2 on idle cores); the sweep reaches {one / two / capacity:.0%} of that")
+    print(f"  floor on idle cores: {floor:.1f} s = trials {trial_time:.1f} s / 2 + {outside:.1f} s outside them "
+          f"→ at best {one / floor:.2f}x")
     print(f"from a fresh process (a CLI call) add the fork server's start, ≈ {start_cost:.1f} s, to both: "
           f"{(one + start_cost) / (two + start_cost):.2f}x")
 

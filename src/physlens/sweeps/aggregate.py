@@ -22,7 +22,6 @@ import numpy as np
 import pandas as pd
 
 from physlens._io import atomic_write_bytes, atomic_write_text
-from physlens.studies.report import format_number
 from physlens.sweeps.metrics import HEADLINES, Headlines, lookup
 from physlens.sweeps.spec import SEED_KEY, SweepSpec, Trial, key_text
 
