@@ -11,6 +11,7 @@ import os
 import re
 import time
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,11 @@ STUDY_KINDS: dict[str, str] = {
 
 
 def load_study(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Parse and check the ``[study]`` header of a study file; the rest is checked by the study kind."""
+    """Parse and check the ``[study]`` header of a study file; the rest is checked by the study kind.
+
+    A ``[sweep]`` table (read by ``physlens sweep``) is left out of the returned spec, so the file
+    still runs as one ordinary study.
+    """
     file = Path(path)
     if not file.is_file():
         raise FileNotFoundError(f"study file {str(file)!r} does not exist")
@@ -36,6 +41,13 @@ def load_study(path: str | os.PathLike[str]) -> dict[str, Any]:
         spec = tomllib.loads(file.read_text())
     except tomllib.TOMLDecodeError as error:
         raise StudySpecError(f"study file {str(file)!r} is not valid TOML: {error}") from None
+    spec.pop("sweep", None)
+    check_study_header(spec)
+    return spec
+
+
+def check_study_header(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """Check the ``[study]`` table of a parsed study (name, kind, seed, description, threads) and return it."""
     header = section(spec, "study", {"name": str, "kind": str, "seed": int, "description": str, "threads": int},
                      required=True)
     for key in ("name", "kind"):
@@ -47,7 +59,7 @@ def load_study(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise StudySpecError(f"[study] threads must be >= 0 (0 leaves torch's setting), got {header['threads']}")
     if header["kind"] not in STUDY_KINDS:
         raise StudySpecError(f"[study] kind must be one of {sorted(STUDY_KINDS)}, got {header['kind']!r}")
-    return spec
+    return header
 
 
 def _free_directory(root: Path, name: str) -> Path:
@@ -80,6 +92,29 @@ def run_study(
     name = spec["study"]["name"]
     root = Path(output_root)
     target = root / name if overwrite else _free_directory(root, name)
+    # The study file travels with the run: load_run rebuilds the study from it.
+    return run_spec(spec, target, overwrite=overwrite, progress=progress, threads=threads,
+                    extra_files={"study.toml": Path(path).read_text()})
+
+
+def run_spec(
+    spec: Mapping[str, Any],
+    directory: str | os.PathLike[str],
+    *,
+    overwrite: bool = False,
+    progress: bool = True,
+    threads: int | None = None,
+    extra_files: Mapping[str, str] | None = None,
+) -> Path:
+    """Run an already parsed study (a dict as :func:`load_study` returns) into exactly ``directory``.
+
+    What :func:`run_study` does after reading the file, for callers that build or change the spec
+    themselves (a sweep's trials): the directory appears only when the study has finished, and
+    an existing one is an error unless ``overwrite`` is set. ``extra_files`` (name → text) are
+    written into the directory before the study starts, so they travel with the run.
+    """
+    check_study_header(spec)
+    target = Path(directory)
     module = importlib.import_module(STUDY_KINDS[spec["study"]["kind"]])
     threads = spec["study"].get("threads", 0) if threads is None else threads
     if threads < 0:
@@ -90,8 +125,9 @@ def run_study(
     start = time.perf_counter()
     try:
         with atomic_directory(target, overwrite=overwrite) as staging:
-            (staging / "study.toml").write_bytes(Path(path).read_bytes())  # what load_run rebuilds the study from
-            module.run(spec, staging, progress=progress)
+            for name, text in (extra_files or {}).items():
+                (staging / name).write_text(text)
+            module.run(dict(spec), staging, progress=progress)
             elapsed = time.perf_counter() - start
             (staging / "run_time.txt").write_text(f"{elapsed:.1f} s\n")
     finally:
@@ -99,6 +135,9 @@ def run_study(
     return target
 
 
-from physlens.studies.runs import LoadedRun, load_run  # noqa: E402  (after run_study: runs imports the study kinds)
+from physlens.studies.runs import LoadedRun, load_run  # noqa: E402  (after run_spec: runs imports the study kinds)
 
-__all__ = ["STUDY_KINDS", "LoadedRun", "Report", "StudySpecError", "format_number", "load_run", "load_study", "run_study", "section"]
+__all__ = [
+    "STUDY_KINDS", "LoadedRun", "Report", "StudySpecError", "check_study_header", "format_number", "load_run",
+    "load_study", "run_spec", "run_study", "section",
+]
