@@ -66,11 +66,13 @@ def test_bad_arguments_are_refused():
     with pytest.raises(ValueError, match="n_steps must be at least 2"):
         integrated_gradients(model, x, n_steps=1)
     # any model with [batch, pos, d_out] outputs works: the F = m·a MLP on one "position"; its ReLU
-    # kinks slow the quadrature down, which the completeness error shows
+    # kinks slow the quadrature down to first order in the step, which the completeness error shows
+    # (fixed inputs: the error at 1024 steps sits near 1/1024 and would straddle any tighter bound)
     mlp = TinyMLP(MLPConfig(dtype="float64"))
-    inputs = torch.rand(3, 1, 2, dtype=torch.float64)
+    inputs = torch.rand(3, 1, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     coarse, fine = (integrated_gradients(mlp, inputs, n_steps=n, method="riemann_trapezoid") for n in (16, 1024))
-    assert fine.relative_completeness_error < coarse.relative_completeness_error and fine.relative_completeness_error < 1e-3
+    assert fine.relative_completeness_error < coarse.relative_completeness_error / 16  # 64× the steps
+    assert fine.relative_completeness_error < 2e-3
 
 
 def test_missing_captum_says_what_to_install(monkeypatch):

@@ -268,6 +268,15 @@ def _report_task(report: Report, verdict: TaskVerdict, in_dist: TaskEvaluation, 
                                          title=f"rollout error, {label}"),
                       f"Relative error per rollout step ({label}): median and 10–90 % band, the model beside the references.")
     report.metrics["verdict"] = verdict.to_dict()
+    report.metrics["headline"] = {
+        "works": verdict.works,
+        "horizon": horizon,
+        "next_step_mse": in_dist.next_step_mse().estimate,
+        "rollout_error": in_dist.rollout_median(horizon=horizon).estimate,
+        "linear_ar_rollout_error": in_dist.rollout_median(LINEAR_AR, horizon).estimate,
+        "model_minus_linear_ar": in_dist.rollout_difference("model", LINEAR_AR, horizon).to_dict(),
+        **({"rollout_error_ood": ood.rollout_median(horizon=horizon).estimate} if ood is not None else {}),
+    }
     examples = system.sample(4, options.context_len + options.rollout_steps, seed=seed, energy_range=options.energy_range)
     examples = examples.to(dtype=model.W_E.dtype, device=model.cfg.device)
     predicted = rollout(model, examples.states[:, : options.context_len], options.rollout_steps)

@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from physlens.models.transformer import OscillatorTransformer
 from physlens.studies.oscillator import OscillatorStudy, parse_study
-from physlens.studies.report import StudySpecError
 from physlens.systems.oscillator import OscillatorSystem
 from physlens.training.checkpoints import load_checkpoint
 
@@ -52,11 +50,10 @@ def load_run(run_dir: str | os.PathLike[str]) -> LoadedRun:
     missing = [name for name, path in files.items() if not path.exists()]
     if missing:
         raise FileNotFoundError(f"{str(directory)!r} is not a complete physlens run: missing {missing}")
-    try:
-        spec = tomllib.loads(files["study.toml"].read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
-        raise StudySpecError(f"{files['study.toml']}: not a valid study file: {error}") from None
-    kind = spec.get("study", {}).get("kind")
+    from physlens.studies import load_study  # the package imports this module
+
+    spec = load_study(files["study.toml"])  # read as `physlens run` reads it (a [sweep] table left out)
+    kind = spec["study"]["kind"]
     if kind != "oscillator":
         raise ValueError(f"load_run reopens oscillator runs; {str(directory)!r} holds a {kind!r} study")
     study = parse_study(spec)

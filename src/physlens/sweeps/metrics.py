@@ -4,7 +4,7 @@ This is the one place that says which numbers a sweep report puts against the sw
 which findings it checks seed by seed. When a study renames a key in its ``metrics.json``, update
 the path here; a declared path that no trial has is listed in the sweep report, never skipped silently.
 
-Key paths are dotted (``rollout_ood.median_final_error``): ``*`` matches any one key (each match
+Key paths are dotted (``headline.rollout_error``): ``*`` matches any one key (each match
 becomes a row of its own), an integer indexes an array (``-1`` is the last element), and a key
 that contains a dot is written in double quotes (``width2.counts.function."2.5"``).
 """
@@ -156,25 +156,28 @@ class Headlines:
 HEADLINES: dict[str, Headlines] = {
     "oscillator": Headlines(
         metrics=(
-            Metric("median relative rollout error, out of distribution, last step", "rollout_ood.median_final_error"),
-            Metric("median relative rollout error, in distribution, last step", "rollout_in_distribution.median_final_error"),
+            Metric("model's median relative rollout error at the verdict's horizon", "headline.rollout_error"),
+            Metric("linear AR's median relative rollout error, same trajectories and horizon", "headline.linear_ar_rollout_error"),
+            Metric("model's next-step MSE", "headline.next_step_mse"),
+            Metric("model's median rollout error out of distribution, same horizon", "headline.rollout_error_ood"),
             Metric("final training loss", "final_train_loss"),
             Metric("max |M − e^{AΔt}| of the learned map (window-1 models)", "linear_map.max_abs_map_error"),
-            Metric("ω0 probe held-out R², best site", "analyses.probes.best.omega0.r2"),
-            Metric("ω0 probe selectivity (R² − random-init control), best site", "analyses.probes.best.omega0.selectivity"),
-            Metric("transformer median rollout error, last surrogate step", "analyses.surrogate.model_median_error.-1"),
-            Metric("linear baseline median rollout error, same step", "analyses.surrogate.baseline_median_error.-1"),
-            # The context-swap test of the variable-ω0 study (outputs regressed on K(ωa)s − K(ωb)s).
-            Metric("context-swap slope", "analyses.context_swap.slope"),
-            Metric("context-swap R²", "analyses.context_swap.r2"),
+            Metric("ω0 probe held-out R² at the pre-registered site", "analyses.probes.headline.r2"),
+            Metric("ω0 probe R² of the random-init control, same site", "analyses.probes.headline.control_r2"),
+            Metric("ω0 probe nested R² over all sites", "analyses.probes.headline.nested_r2"),
+            Metric("context-swap slope", "analyses.swap.model.slope.estimate"),
+            Metric("context-swap R²", "analyses.swap.model.r2"),
+            Metric("steering slope dω0/dα along the ω0 probe direction", "analyses.steering.slope.estimate"),
         ),
         findings=(
-            Finding("the median out-of-distribution rollout meets the study's target", "meets_target", "==", True),
-            Finding("the ω0 probe beats its random-init control", "analyses.probes.best.omega0.selectivity", ">", 0.0),
-            Finding("the transformer's rollout beats the linear baseline", "analyses.surrogate.model_median_error.-1", "<",
-                    "analyses.surrogate.baseline_median_error.-1"),
+            Finding("the model does its task (every pre-registered criterion holds)", "headline.works", "==", True),
+            Finding("the model's rollout beats the linear AR baseline beyond the interval", "headline.model_minus_linear_ar.high",
+                    "<", 0.0),
+            Finding("the ω0 probe at the pre-registered site beats its random-init control", "analyses.probes.headline.selectivity",
+                    ">", 0.0),
             Finding("the output moves with ω0 as the true propagator does (context-swap slope within 0.1 of 1)",
-                    "analyses.context_swap.slope", "in", (0.9, 1.1)),
+                    "analyses.swap.model.slope.estimate", "in", (0.9, 1.1)),
+            Finding("pushing along the ω0 probe direction raises the rollout's frequency", "analyses.steering.slope.low", ">", 0.0),
         ),
     ),
     "fma": Headlines(

@@ -9,7 +9,6 @@ a value of the wrong type for it, is an error that names the key.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import hashlib
 import importlib
 import itertools
@@ -17,8 +16,6 @@ import json
 import os
 import re
 import tomllib
-import types
-import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -35,7 +32,6 @@ class SweepSpecError(StudySpecError):
 
 Key = tuple[str, ...]
 TomlTypes = frozenset[type]
-_ANY: TomlTypes = frozenset({bool, int, float, str, list, dict})
 SEED_KEY: Key = ("study", "seed")
 SWEEP_KEYS = {"name", "study", "description", "seeds", "grid", "settings", "set"}
 FIXED_STUDY_KEYS = {("study", "name"), ("study", "kind"), ("study", "threads")}
@@ -57,28 +53,6 @@ def _split_key(text: str, where: str) -> Key:
 # --- what the study kinds accept --------------------------------------------------------------------
 
 
-def _annotation_types(annotation: Any) -> TomlTypes:
-    """TOML value types that a dataclass field annotation accepts (None dropped: TOML has no null)."""
-    origin = typing.get_origin(annotation)
-    if annotation is Any:
-        return _ANY
-    if origin in (typing.Union, types.UnionType):
-        out: set[type] = set()
-        for arg in typing.get_args(annotation):
-            if arg is not type(None):
-                out |= _annotation_types(arg)
-        return frozenset(out)
-    if origin is typing.Literal:
-        return frozenset(type(v) for v in typing.get_args(annotation))
-    if origin in (tuple, list) or annotation in (tuple, list):
-        return frozenset({list})
-    if origin is dict or annotation is dict:
-        return frozenset({dict})
-    if annotation in (bool, int, float, str):
-        return frozenset({annotation})
-    return _ANY
-
-
 def _declared_types(value: Any) -> TomlTypes:
     types = value if isinstance(value, tuple) else (value,)
     return frozenset(list if t is tuple else t for t in types)
@@ -88,27 +62,18 @@ def _table_types(table: Mapping[str, Any] | None) -> dict[str, TomlTypes] | None
     return None if table is None else {k: _declared_types(v) for k, v in table.items()}
 
 
-def _dataclass_types(cls: type) -> dict[str, TomlTypes]:
-    hints = typing.get_type_hints(cls)
-    return {f.name: _annotation_types(hints[f.name]) for f in dataclasses.fields(cls)}
-
-
 def _oscillator_schema() -> dict[Key, dict[str, TomlTypes] | None]:
-    from physlens.models.transformer import TransformerConfig
     from physlens.studies import oscillator, oscillator_analyses
-    from physlens.training.trainer import TrainConfig
 
     schema: dict[Key, dict[str, TomlTypes] | None] = {
-        ("system",): _table_types(getattr(oscillator, "SYSTEM_KEYS", None)),
-        ("model",): {"preset": frozenset({str}), **_dataclass_types(TransformerConfig)},
-        ("training",): _dataclass_types(TrainConfig),
-        ("evaluation",): _table_types(getattr(oscillator, "EVALUATION_KEYS", None)),
+        ("system",): _table_types(oscillator.SYSTEM_KEYS),
+        ("model",): _table_types(oscillator.MODEL_KEYS),
+        ("training",): _table_types(oscillator.TRAINING_KEYS),
+        ("evaluation",): _table_types(oscillator.EVALUATION_KEYS),
+        ("analyses",): {"run": frozenset({list})},
     }
-    top = getattr(oscillator_analyses, "TOP_KEYS", None)
-    if top is not None:
-        schema[("analyses",)] = {k: v for k, v in _table_types(top).items() if v != frozenset({dict})}
-    for name, table in getattr(oscillator_analyses, "OPTION_KEYS", {}).items():
-        schema[("analyses", name)] = _table_types(table)
+    for name, analysis in oscillator_analyses.ANALYSES.items():
+        schema[("analyses", name)] = _table_types(analysis.keys)
     return schema
 
 
