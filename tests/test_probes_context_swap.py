@@ -72,6 +72,11 @@ def test_steering_along_the_omega_direction_shifts_the_frequency_one_for_one():
     assert result.slope.estimate == pytest.approx(1.0, abs=0.1)
     assert abs(result.control_slope.estimate) < 0.9 * result.slope.estimate
     assert_allclose(result.to_dict()["median_omega0_shift"], [-0.3, 0.0, 0.3, 0.6], atol=0.06)
+    # Pushing at every position changes nothing here: the model reads its estimate at the last one only.
+    everywhere = steering_sweep(model, direction, contexts, [-0.3, 0.0, 0.3, 0.6], n_steps=4, positions="all", n_resamples=300)
+    assert everywhere.slope.estimate == pytest.approx(result.slope.estimate, rel=1e-9)
+    with pytest.raises(ValueError, match="positions must be one of"):
+        steering_sweep(model, direction, contexts, [0.0, 0.3], positions="last")
 
 
 def test_steering_with_a_probe_from_another_model_is_refused():

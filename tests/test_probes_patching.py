@@ -215,3 +215,29 @@ def test_sweep_with_a_custom_metric(model, pairs):
     torch.testing.assert_close(result.baseline.double(), model(corrupted.states)[:, 3, 0].detach(), atol=1e-6, rtol=0)
     with pytest.raises(TypeError, match="metric must be a function"):
         patching_sweep(model, clean.states, corrupted.states, metric=3)
+
+
+def test_group_patching_matches_a_hand_written_loop_and_recovers_fully_with_every_position():
+    from physlens.probes.patching import group_patching, recovery
+
+    cfg = TransformerConfig(d_model=6, n_layers=2, n_heads=2, d_head=3, n_ctx=8, causal=True, attn_only=False, dtype="float64", seed=4)
+    model = OscillatorTransformer(cfg).eval()
+    system = OscillatorSystem(omega0={"range": [1.0, 4.0]}, gamma=0.1, dtype="float64")
+    clean, corrupted = system.sample_swap_pairs(10, 8, seed=5)
+    result = group_patching(model, clean.states, corrupted.states, {"context": list(range(7)), "last": [7], "all": list(range(8))})
+    # Patching every position at any layer's input restores the clean run exactly.
+    torch.testing.assert_close(result.mean("all"), torch.ones(2, dtype=torch.float64))
+    with torch.no_grad():
+        clean_out, corrupted_out = model(clean.states), model(corrupted.states)
+        _, cache = model.run_with_cache(clean.states)
+        for layer in range(2):
+            name = f"blocks.{layer}.hook_resid_pre"
+
+            def patch(activation, hook):
+                activation[:, :7] = cache[name][:, :7]
+                return activation
+
+            patched = model.run_with_hooks(corrupted.states, fwd_hooks=[(name, patch)])
+            expected = recovery(patched[:, -1], clean_out[:, -1], corrupted_out[:, -1])
+            torch.testing.assert_close(result.recovery["context"][layer], expected)
+    assert set(result.to_dict()["mean"]) == {"context", "last", "all"}

@@ -24,7 +24,7 @@ TINY = {
     "swap": {"n_pairs": 12},
     "probes": {"hooks": ["hook_embed", "resid_post"], "targets": ["omega0", "gamma", "energy", "omega0_sq_x"],
                "n_trajectories": 40, "n_permutations": 5, "sites": [["blocks.1.hook_resid_post", 5]], "nonlinear": False},
-    "steering": {"site": ["blocks.1.hook_resid_post", 5], "n_trajectories": 6, "n_probe_trajectories": 40, "n_steps": 4},
+    "steering": {"hooks": ["blocks.0.hook_resid_mid"], "position": 5, "n_trajectories": 6, "n_probe_trajectories": 40, "n_steps": 4},
     "ablation": {"methods": ["zero"], "n_trajectories": 16, "rollout_trajectories": 4, "rollout_steps": 3},
     "patching": {"n_pairs": 6, "position_stride": 3},
     "saliency": {"n_trajectories": 3},
@@ -59,7 +59,8 @@ def test_every_analysis_runs_and_findings_lead_with_the_verdict(tmp_path):
     assert findings.splitlines()[2].startswith("- **The model fails its task (fails 1 of 1 criteria)**")
     assert "Context swap: with the final state fixed" in findings
     # An untrained model's rollouts are no oscillation: steering says why it cannot read a frequency.
-    assert "Steering was skipped: fewer than 2 steered rollouts" in findings and "skipped" in analyses["steering"]
+    assert "Steering was skipped at every site" in findings
+    assert "skipped" in analyses["steering"]["sites"]["blocks.0.hook_resid_mid@5"]
     nested = analyses["probes"]["model"]["summary"]["omega0"]["nested_r2"]
     assert f"the nested R² is {nested:.3g}" in findings or "nested R² is" in findings
     # Every analysis drew from its own named stream, and the streams are recorded for load_run.
@@ -82,8 +83,9 @@ def test_every_analysis_runs_and_findings_lead_with_the_verdict(tmp_path):
         ({"run": ["probes"], "probes": {"sites": [["blocks.7.hook_resid_post", 0]]}}, "do not exist in this model"),
         ({"run": ["probes"], "probes": {"sites": [["blocks.0.hook_resid_post", 6]]}}, "outside the 6 positions"),
         ({"run": ["probes"], "probes": {"n_folds": 2}}, "n_folds: must be >= 3"),
-        ({"run": ["steering"]}, "steering\\] site: must be set"),
-        ({"run": ["steering"], "steering": {"site": ["hook_embed", 1], "alphas": [0.1, 0.2]}}, "alphas: must be a list of numbers holding 0"),
+        ({"run": ["steering"], "steering": {"position": 6}}, "steering\\] position: 6 is outside the 6 positions"),
+        ({"run": ["steering"], "steering": {"positions": "every"}}, "positions: must be 'probe'"),
+        ({"run": ["steering"], "steering": {"alphas": [0.1, 0.2]}}, "alphas: must be a list of numbers holding 0"),
         ({"run": ["algorithms"], "algorithms": {"context_lengths": [1, 2]}}, "context_lengths: must lie in 2..6"),
         ({"run": "probes"}, "run must be list"),
     ],

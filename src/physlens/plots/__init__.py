@@ -14,7 +14,7 @@ from physlens.plots.invariants import (
     plot_latent_vs_invariant,
 )
 from physlens.plots.training import plot_loss_curve, plot_phase_space, plot_rollout_error
-from physlens.plots.evidence import plot_algorithm_comparison, plot_steering, plot_swap_test
+from physlens.plots.evidence import plot_algorithm_comparison, plot_group_patching, plot_steering, plot_swap_test
 from physlens.plots.fma import (
     plot_loss_by_mode,
     plot_mode_gallery,
@@ -25,6 +25,7 @@ from physlens.plots.fma import (
 
 __all__ = [
     "plot_algorithm_comparison",
+    "plot_group_patching",
     "plot_steering",
     "plot_swap_test",
     "plot_bottleneck_matches",

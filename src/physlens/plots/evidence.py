@@ -94,4 +94,24 @@ def plot_steering(result: Any, *, title: str = "steering along the probe directi
     return fig
 
 
-__all__ = ["plot_algorithm_comparison", "plot_steering", "plot_swap_test"]
+def plot_group_patching(result: Any, *, title: str = "where the swapped context's difference lives") -> Figure:
+    """Recovery per layer when a whole group of positions is patched at once (a
+    :class:`~physlens.probes.patching.GroupPatching`), one line per group, with ±1 standard error."""
+    layers = np.asarray(result.layers)
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    for i, group in enumerate(result.groups):
+        mean, se = result.mean(group).numpy(), result.stderr(group).numpy()
+        ax.errorbar(layers, mean, yerr=se, marker="o", color=f"C{i}", capsize=3, label=f"patch {group}")
+    ax.axhline(1, color="0.5", ls=":", lw=1)
+    ax.axhline(0, color="0.5", ls=":", lw=1)
+    ax.set_xticks(layers, [str(layer) for layer in layers])
+    ax.set_xlabel(f"layer whose {result.site} is patched")
+    ax.set_ylabel("recovery of the clean prediction")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+__all__ = ["plot_algorithm_comparison", "plot_group_patching", "plot_steering", "plot_swap_test"]

@@ -30,7 +30,15 @@ from physlens.probes.linear_probe import (
     random_init_copy,
     ridge_solve,
 )
-from physlens.probes.patching import PatchingResult, patching_grid, patching_pairs, patching_sweep, recovery
+from physlens.probes.patching import (
+    GroupPatching,
+    PatchingResult,
+    group_patching,
+    patching_grid,
+    patching_pairs,
+    patching_sweep,
+    recovery,
+)
 from physlens.probes.saliency import InputAttribution, integrated_gradients, off_diagonal_fraction, saliency, saliency_matrix
 from physlens.probes.surrogate import LinearSurrogate, SurrogateFidelity
 from physlens.probes.weights import HeadCircuits, full_ov_circuit, head_circuits, singular_values
@@ -57,6 +65,8 @@ __all__ = [
     "fit_ar_candidates",
     "SwapTestResult",
     "context_swap_test",
+    "GroupPatching",
+    "group_patching",
     "mlp_probe",
     "mlp_probe_r2",
     "ParityReport",

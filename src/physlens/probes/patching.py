@@ -13,10 +13,12 @@ import contextlib
 import dataclasses
 import functools
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
 import torch
+from jaxtyping import Float
 from torch import Tensor
 from transformer_lens import patching as tl_patching
 from transformer_lens.patching import PatchingResult
@@ -232,6 +234,80 @@ def patching_sweep(
         )
 
 
+@dataclass
+class GroupPatching:
+    """Recovery when a whole group of positions is patched at once, for every layer.
+
+    ``recovery[group]`` is ``[layer, example]``: the :func:`recovery` of the last-position
+    prediction with ``site`` patched at the group's positions of that layer.
+    """
+
+    site: str
+    layers: list[int]
+    groups: dict[str, list[int]]  # group name -> the positions patched together
+    recovery: dict[str, Tensor]  # group name -> [layer, example]
+
+    def mean(self, group: str) -> Tensor:
+        """Mean recovery per layer."""
+        return self.recovery[group].mean(dim=1)
+
+    def stderr(self, group: str) -> Tensor:
+        """Standard error of the mean recovery per layer."""
+        values = self.recovery[group]
+        return values.std(dim=1) / values.shape[1] ** 0.5
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary: mean and standard error per group and layer."""
+        return {"site": self.site, "layers": self.layers, "groups": self.groups,
+                "mean": {g: self.mean(g).tolist() for g in self.groups}, "stderr": {g: self.stderr(g).tolist() for g in self.groups}}
+
+
+def group_patching(
+    model: Any,
+    clean_inputs: Float[Tensor, "batch pos d_in"],
+    corrupted_inputs: Float[Tensor, "batch pos d_in"],
+    groups: dict[str, Sequence[int]],
+    *,
+    site: str = "resid_pre",
+    layers: Sequence[int] | None = None,
+) -> GroupPatching:
+    """Patch ``site`` from the clean run into the corrupted run at a whole group of positions at
+    once, layer by layer, and measure the recovery of the last-position prediction.
+
+    With pairs that share their final state, patching every position but the last at layer l asks
+    how much of the difference still lives in the context at l; patching only the last position
+    asks how much has already been gathered there. The two curves show where the information moves.
+    """
+    check_choice("site", site, tuple(s for s in SITES if s not in HEAD_SITES))
+    n_layers = model.cfg.n_layers
+    layers = list(range(n_layers)) if layers is None else [int(layer) for layer in layers]
+    if any(not 0 <= layer < n_layers for layer in layers):
+        raise ValueError(f"layers must lie in 0..{n_layers - 1}, got {layers}")
+    if not groups:
+        raise ValueError("groups must name at least one group of positions")
+    resolved = {name: resolve_positions(list(positions), clean_inputs.shape[1]) for name, positions in groups.items()}
+    device = model_device(model)
+    clean_inputs, corrupted_inputs = clean_inputs.to(device), corrupted_inputs.to(device)
+    metric = recovery_metric(model, clean_inputs, corrupted_inputs)
+    names = [get_act_name(site, layer=layer) for layer in layers]
+    check_hooks(model, names)
+    with torch.no_grad():
+        clean_cache = capture_activations(model, clean_inputs, names, None)
+    out: dict[str, Tensor] = {}
+    for group, positions in resolved.items():
+        index = torch.tensor(positions, device=device)
+        rows = []
+        for name in names:
+            def patch(activation: Tensor, hook: Any, name: str = name) -> Tensor:
+                activation[:, index] = clean_cache[name][:, index]
+                return activation
+
+            with torch.no_grad(), model.hooks(fwd_hooks=[(name, patch)]):
+                rows.append(metric(model(corrupted_inputs)).detach().cpu())
+        out[group] = torch.stack(rows)
+    return GroupPatching(site=site, layers=layers, groups=resolved, recovery=out)
+
+
 def patching_grid(result: PatchingResult, statistic: str = "mean") -> tuple[Tensor, list[str]]:
     """Reshape a sweep's per-cell ``mean`` (or ``stderr``) into a dense grid over its index columns.
 
@@ -434,8 +510,10 @@ __all__ = [
     "HEAD_SITES",
     "SITES",
     "TRANSFORMER_LENS_SWEEPS",
+    "GroupPatching",
     "PatchingResult",
     "SweepPlan",
+    "group_patching",
     "patching_grid",
     "patching_pairs",
     "patching_sweep",

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from physlens._validation import check_finite_float, check_nonnegative_int, check_positive_int
+from physlens._validation import check_choice, check_finite_float, check_nonnegative_int, check_positive_int
 from physlens.probes.activations import capture_activations, check_hooks, model_device, model_dtype, position_axis
 from physlens.probes.linear_probe import DEFAULT_ALPHAS, LinearProbe
 from physlens.stats import Interval, bootstrap_interval
@@ -117,14 +117,16 @@ class SteeringResult:
         }
 
 
-def _steered_frequency(model: Any, direction: ProbeDirection, push: Tensor, contexts: Tensor, n_steps: int, dt: float) -> Tensor:
+def _steered_frequency(model: Any, direction: ProbeDirection, push: Tensor, contexts: Tensor, n_steps: int, dt: float,
+                       every_position: bool) -> Tensor:
     def add(activation: Tensor, hook: Any) -> Tensor:
         if position_axis(hook.name) != 1:
             raise ValueError(f"steering needs a hook with positions on axis 1, got {hook.name!r}")
         if activation.shape[1] <= direction.position:
             raise ValueError(f"the rollout window has {activation.shape[1]} positions; the probe sits at position {direction.position}")
         shape = activation.shape[2:]
-        activation[:, direction.position] += push.to(activation).reshape(shape)
+        where = slice(None) if every_position else direction.position
+        activation[:, where] += push.to(activation).reshape(shape)
         return activation
 
     with model.hooks(fwd_hooks=[(direction.hook, add)]):
@@ -139,11 +141,19 @@ def steering_sweep(
     alphas: Sequence[float],
     *,
     n_steps: int = 20,
+    positions: str = "probe",
     seed: int = 0,
     n_resamples: int = 2000,
 ) -> SteeringResult:
-    """Roll the model out from ``contexts`` with α·w/‖w‖² added at the probe's site, for every α,
-    and measure the frequency of each rollout; a random direction of the same size is the control."""
+    """Roll the model out from ``contexts`` with α·w/‖w‖² added at the probe's hook, for every α,
+    and measure the frequency of each rollout; a random direction of the same size is the control.
+
+    ``positions="probe"`` pushes only at the probe's own position; ``"all"`` at every position of
+    the window (the same direction, assumed to carry ω0 wherever the context has revealed it).
+    Steer at a layer with computation after it: at the last layer's output the push can only add
+    a constant to the prediction, never change the frequency the model computes.
+    """
+    check_choice("positions", positions, ("probe", "all"))
     if direction.fingerprint != model_fingerprint(model):
         raise ValueError(
             f"direction was fitted on another model (fingerprint {direction.fingerprint[:12]}…, this model "
@@ -160,9 +170,10 @@ def steering_sweep(
     random = torch.randn(push.shape, generator=generator, dtype=torch.float64)
     random = random / torch.linalg.vector_norm(random) * torch.linalg.vector_norm(push)
     states = contexts.states.to(device=model_device(model), dtype=model_dtype(model))
-    base = _steered_frequency(model, direction, 0 * push, states, n_steps, contexts.dt)
-    shift = np.stack([(_steered_frequency(model, direction, a * push, states, n_steps, contexts.dt) - base).numpy() for a in alphas])
-    control = np.stack([(_steered_frequency(model, direction, a * random, states, n_steps, contexts.dt) - base).numpy() for a in alphas])
+    every = positions == "all"
+    base = _steered_frequency(model, direction, 0 * push, states, n_steps, contexts.dt, every)
+    shift = np.stack([(_steered_frequency(model, direction, a * push, states, n_steps, contexts.dt, every) - base).numpy() for a in alphas])
+    control = np.stack([(_steered_frequency(model, direction, a * random, states, n_steps, contexts.dt, every) - base).numpy() for a in alphas])
     valid = np.isfinite(shift).all(axis=0) & np.isfinite(control).all(axis=0)
     if int(valid.sum()) < 2:
         raise ValueError("fewer than 2 steered rollouts stay underdamped rotations at every α: no frequency can be read; use smaller alphas")

@@ -167,7 +167,7 @@ HEADLINES: dict[str, Headlines] = {
             Metric("ω0 probe nested R² over all sites", "analyses.probes.headline.nested_r2"),
             Metric("context-swap slope", "analyses.swap.model.slope.estimate"),
             Metric("context-swap R²", "analyses.swap.model.r2"),
-            Metric("steering slope dω0/dα along the ω0 probe direction", "analyses.steering.slope.estimate"),
+            Metric("steering slope dω0/dα along the ω0 probe direction, largest over the sites", "analyses.steering.largest.slope.estimate"),
         ),
         findings=(
             Finding("the model does its task (every pre-registered criterion holds)", "headline.works", "==", True),
@@ -177,7 +177,7 @@ HEADLINES: dict[str, Headlines] = {
                     ">", 0.0),
             Finding("the output moves with ω0 as the true propagator does (context-swap slope within 0.1 of 1)",
                     "analyses.swap.model.slope.estimate", "in", (0.9, 1.1)),
-            Finding("pushing along the ω0 probe direction raises the rollout's frequency", "analyses.steering.slope.low", ">", 0.0),
+            Finding("pushing along the ω0 probe direction raises the rollout's frequency at some site", "analyses.steering.largest.slope.low", ">", 0.0),
         ),
     ),
     "fma": Headlines(
