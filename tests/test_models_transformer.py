@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pandas as pd
 import pytest
 import torch
@@ -433,3 +435,29 @@ def test_tokenizer_tools_are_refused_loudly():
         detect_head(model, "a prompt", "previous_token_head")
     with pytest.raises(NotImplementedError, match="continuous states, not tokens"):
         model.to_str_tokens(_states(1, 3))
+
+
+def test_scale_by_first_state_makes_the_model_exactly_scale_equivariant_and_keeps_it_causal():
+    cfg = TransformerConfig(d_model=8, n_layers=2, n_heads=2, d_head=4, n_ctx=10, causal=True, attn_only=False,
+                            positional_embedding=True, scale_by_first_state=True, dtype="float64", seed=3)
+    model = OscillatorTransformer(cfg).eval()
+    states = torch.randn(5, 10, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    with torch.no_grad():
+        out = model(states)
+        for factor in (1e-3, 0.37, 25.0):
+            torch.testing.assert_close(model(factor * states), factor * out, rtol=1e-12, atol=1e-14)
+        # The scale comes from the first state, which every position sees: later states still cannot reach earlier outputs.
+        changed = states.clone()
+        changed[:, 6:] += 1.0
+        torch.testing.assert_close(model(changed)[:, :6], out[:, :6], rtol=0, atol=0)
+    _, cache = model.run_with_cache(states, names_filter="hook_input_scale")
+    torch.testing.assert_close(cache["hook_input_scale"][:, 0, 0], torch.linalg.vector_norm(states[:, 0], dim=-1))
+    # Without it the same network is not scale-equivariant (biases and GELU see the amplitude).
+    plain = OscillatorTransformer(dataclasses.replace(cfg, scale_by_first_state=False)).eval()
+    with torch.no_grad():
+        assert not torch.allclose(plain(3.0 * states), 3.0 * plain(states))
+
+
+def test_scale_by_first_state_refuses_an_attention_window():
+    with pytest.raises(ValueError, match="scale_by_first_state passes the first state's size"):
+        TransformerConfig(scale_by_first_state=True, attn_window=1)

@@ -247,3 +247,16 @@ def test_swap_pairs_refuse_a_fixed_parameter():
         OscillatorSystem(omega0=2.0).sample_swap_pairs(4, 10, seed=0)
     with pytest.raises(ValueError, match="vary must be one of"):
         OscillatorSystem(omega0={"range": [1.0, 4.0]}).sample_swap_pairs(4, 10, seed=0, vary="dt")
+
+
+def test_swap_pairs_can_also_share_the_size_of_their_first_state():
+    system = OscillatorSystem(omega0={"range": [1.0, 4.0]}, gamma={"range": [0.05, 0.3]}, dtype="float64")
+    a, b = system.sample_swap_pairs(128, 40, seed=7, match_first_norm=True)
+    assert torch.equal(a.states[:, -1], b.states[:, -1])
+    assert_allclose(torch.linalg.vector_norm(a.states[:, 0], dim=-1).numpy(), torch.linalg.vector_norm(b.states[:, 0], dim=-1).numpy(),
+                    rtol=1e-12)
+    assert bool(((a.omega0 - b.omega0).abs() >= 0.5).all())
+    for traj in (a, b):
+        assert_allclose(evolve(traj.states[:, 0], traj.omega0, traj.gamma, 0.1, 40).numpy(), traj.states.numpy(), atol=1e-12)
+        start = energy(traj.states[:, 0], traj.omega0)
+        assert bool(((start >= 0.0) & (start <= 1.0)).all())

@@ -40,6 +40,7 @@ class TransformerConfig:
     unembed_bias: bool = True  # bias b_U on the unembedding W_U
     layer_norm: bool = False  # LayerNorm before attention, MLP and unembedding
     positional_embedding: bool = False  # learned W_pos added to the embedding
+    scale_by_first_state: bool = False  # divide the input by the norm of its first state, multiply the output back: f(λs) = λ f(s)
     seed: int = 0  # seed of the weight initialisation
     dtype: str = "float32"  # parameter dtype ("float64" for exact work)
     device: str = "cpu"  # where parameters live
@@ -59,6 +60,11 @@ class TransformerConfig:
         if self.n_key_value_heads != self.n_heads:
             raise ValueError(f"n_key_value_heads must equal n_heads ({self.n_heads}), got {self.n_key_value_heads}")
         resolve_dtype(self.dtype)
+        if self.scale_by_first_state and self.attn_window is not None:
+            raise ValueError(
+                "scale_by_first_state passes the first state's size to every position, which an attention window "
+                f"(attn_window={self.attn_window}) is meant to hide; use one or the other"
+            )
 
     @property
     def normalization_type(self) -> str | None:
@@ -234,7 +240,10 @@ class OscillatorTransformer(HookedModel):
     """A tiny transformer over phase-space sequences: [batch, pos, 2] states → [batch, pos, 2] next states.
 
     ``W_E`` embeds each state, the blocks mix positions through attention, and ``W_U`` reads a
-    prediction of the next state out at every position.
+    prediction of the next state out at every position. With ``cfg.scale_by_first_state`` the
+    input is divided by the norm of its first state (``hook_input_scale``) and the prediction
+    multiplied back, so the model is exactly scale-equivariant, as the linear dynamics are; the
+    residual stream and ``unembed`` then work in units of that first state's size.
     """
 
     config_class = TransformerConfig
@@ -244,6 +253,8 @@ class OscillatorTransformer(HookedModel):
     def __init__(self, cfg: TransformerConfig) -> None:
         super().__init__(cfg)
         generator = torch.Generator().manual_seed(cfg.seed)
+        if cfg.scale_by_first_state:
+            self.hook_input_scale = HookPoint()  # [batch, 1, 1]: ‖states[:, 0]‖, divided out of the input and multiplied back
         self.W_E = _init((cfg.d_in, cfg.d_model), cfg.d_in, generator, cfg)
         self.b_E = _zeros((cfg.d_model,), cfg) if cfg.embed_bias else None
         self.hook_embed = HookPoint()  # [batch, pos, d_model]
@@ -290,6 +301,14 @@ class OscillatorTransformer(HookedModel):
 
     def _predict(self, states: Tensor) -> Tensor:
         self._check_input(states)
+        scale = None
+        if self.cfg.scale_by_first_state:
+            # The dynamics are linear, so s → λs must give λ·prediction: the blocks see states in units of
+            # the first state's size and the prediction is scaled back. The first state is visible to every
+            # position (causal or not), so this leaks nothing from later positions.
+            size = torch.linalg.vector_norm(states[:, :1], dim=-1, keepdim=True)  # [batch, 1, 1]
+            scale = self.hook_input_scale(size.clamp_min(torch.finfo(states.dtype).tiny))
+            states = states / scale
         resid = states @ self.W_E
         if self.b_E is not None:
             resid = resid + self.b_E
@@ -298,7 +317,8 @@ class OscillatorTransformer(HookedModel):
             resid = resid + self.hook_pos_embed(self.W_pos[: states.shape[1]].expand_as(resid))
         for block in self.blocks:
             resid = block(resid)
-        return self.unembed(self.ln_final(resid))
+        output = self.unembed(self.ln_final(resid))
+        return output if scale is None else output * scale
 
     def unembed(self, resid: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_in"]:
         """Read a (final-normalised) residual-stream vector out as a state: ``resid @ W_U + b_U``."""

@@ -102,7 +102,7 @@ class AlgorithmComparison:
         matched = [m for m in dict.fromkeys(best) if m is not None]
         if not matched:
             return f"no candidate reproduces half of the model's {self.horizon}-step rollout error at any k: its mistakes are its own"
-        parts = [f"{m} at k = {_ranges([k for k, b in zip(self.context_lengths, best) if b == m])}" for m in matched]
+        parts = [f"{m} at k = {integer_ranges([k for k, b in zip(self.context_lengths, best) if b == m])}" for m in matched]
         return (f"the model's {self.horizon}-step rollout errors follow " + "; ".join(parts)
                 + f", and no candidate at k = {self.context_lengths[-1]}")
 
@@ -124,7 +124,8 @@ class AlgorithmComparison:
         }
 
 
-def _ranges(ks: list[int]) -> str:
+def integer_ranges(ks: list[int]) -> str:
+    """Sorted integers as runs: ``[2, 3, 4, 8, 10, 11]`` → ``"2–4, 8, 10–11"``."""
     parts, start, prev = [], ks[0], ks[0]
     for k in ks[1:] + [None]:
         if k is not None and k == prev + 1:
@@ -210,4 +211,4 @@ def compare_algorithms(
 
 
 __all__ = ["CANDIDATES", "CURRENT_STATE", "LEAST_SQUARES", "LINEAR_AR", "MATCH_SHARE", "ORACLE",
-           "AlgorithmComparison", "compare_algorithms", "fit_ar_candidates"]
+           "AlgorithmComparison", "compare_algorithms", "fit_ar_candidates", "integer_ranges"]

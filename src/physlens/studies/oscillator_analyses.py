@@ -31,7 +31,7 @@ from physlens.plots.probes import (
 )
 from physlens.probes.ablation import ablation_sweep
 from physlens.probes.activations import capture_activations
-from physlens.probes.algorithms import compare_algorithms, fit_ar_candidates
+from physlens.probes.algorithms import compare_algorithms, fit_ar_candidates, integer_ranges
 from physlens.probes.attribution import attribution_patching_sweep, patching_agreement
 from physlens.probes.context_swap import context_swap_test
 from physlens.probes.linear_probe import LinearProbe, ProbeResult
@@ -45,7 +45,7 @@ from physlens.probes.surrogate import LinearSurrogate
 from physlens.probes.weights import head_circuits
 from physlens.seeding import stream_seed
 from physlens.studies.report import Report, StudySpecError, format_number, section
-from physlens.systems.oscillator import EVEN_LABELS, LABEL_NAMES, OscillatorSystem
+from physlens.systems.oscillator import EVEN_LABELS, LABEL_DEGREE, LABEL_NAMES, OscillatorSystem
 from physlens.training.evaluation import TaskVerdict, float64_system
 
 LAYER_HOOKS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
@@ -249,7 +249,7 @@ def _run_algorithms(ctx: AnalysisContext, opts: dict[str, Any]) -> None:
     ctx.findings.append(
         f"Which algorithm: {comparison.verdict()}. The model's {horizon}-step rollouts are more accurate than the fitted AR-k "
         f"filter at {len(beats_ar)} of {len(ks)} context lengths"
-        + (f" (k = {beats_ar[0]}…{beats_ar[-1]})" if beats_ar else "")
+        + (f" (k = {integer_ranges(beats_ar)})" if beats_ar else "")
         + "; in-context least squares is exact from k = 3, so no learned model can match it exactly."
     )
 
@@ -325,11 +325,15 @@ def _constant_targets(system: OscillatorSystem, targets: list[str], seq_len: int
     return [t for t in targets if float(labels[t].max() - labels[t].min()) <= 1e-12 * float(labels[t].abs().max() + 1e-300)]
 
 
-def _label_matrix(data: Any, targets: list[str], sites: list[tuple[str, int]]) -> torch.Tensor:
+def _label_matrix(data: Any, targets: list[str], sites: list[tuple[str, int]], model: OscillatorTransformer) -> torch.Tensor:
     labels = data.labels()
+    # A scale-equivariant model sees states in units of its first state's size; so must its labels.
+    size = torch.linalg.vector_norm(data.states[:, 0].double().cpu(), dim=-1) if model.cfg.scale_by_first_state else None
     columns = []
     for target in targets:
         value = labels[target].double().cpu()
+        if size is not None and LABEL_DEGREE.get(target, 0):
+            value = value / size.reshape(-1, *([1] * (value.ndim - 1))) ** LABEL_DEGREE[target]
         positions = torch.tensor([p for _, p in sites])
         columns.append(value[:, positions] if value.ndim == 2 else value[:, None].expand(-1, len(sites)))
     return torch.stack(columns, dim=-1)  # [n, site, t]
@@ -363,7 +367,7 @@ def _run_probes(ctx: AnalysisContext, opts: dict[str, Any]) -> None:
     control = ctx.control_model()
     X, sites = site_features(model, data.states, hooks, positions)
     X_control, _ = site_features(control, data.states, hooks, positions)
-    y = _label_matrix(data, targets, sites)
+    y = _label_matrix(data, targets, sites, model)
     seed = ctx.stream("probes folds and permutations")
     kwargs = dict(n_folds=opts["n_folds"], n_permutations=opts["n_permutations"], seed=seed)
     selection = select_sites(X, y, sites, targets, **kwargs)
@@ -376,6 +380,8 @@ def _run_probes(ctx: AnalysisContext, opts: dict[str, Any]) -> None:
         "chooses the site and the penalty inside each training fold, and the maximum over sites is compared with its "
         f"permutation null ({opts['n_permutations']} label shuffles across trajectories). *Even share*: the share of the "
         "site's variance that is even under s → −s; a linear probe for an even label (ω0, γ, energy) can use only that part."
+        + (" The model divides its input by the size of its first state, so labels that scale with the states (energy, "
+           "acceleration, ω0²·x, γ·p) are probed in those units too." if model.cfg.scale_by_first_state else "")
     )
     if registered:
         rows = []
@@ -627,8 +633,11 @@ def _check_patching(opts, model, system, seq_len) -> None:
 
 def _run_patching(ctx: AnalysisContext, opts: dict[str, Any]) -> None:
     model, report = ctx.model, ctx.report
+    # A model that measures states in units of its first state's size must see the same final state in
+    # both runs: the pairs then share the first state's size as well.
+    scaled = model.cfg.scale_by_first_state
     clean, corrupted = ctx.system.sample_swap_pairs(opts["n_pairs"], ctx.seq_len, seed=ctx.stream("patching pairs"),
-                                                    vary=opts["vary"], min_change=opts["min_change"])
+                                                    vary=opts["vary"], min_change=opts["min_change"], match_first_norm=scaled)
     clean, corrupted = clean.to(dtype=ctx.dtype), corrupted.to(dtype=ctx.dtype)
     stride = opts["position_stride"]
     positions = list(range(ctx.seq_len - 1, -1, -stride))[::-1]
@@ -636,8 +645,9 @@ def _run_patching(ctx: AnalysisContext, opts: dict[str, Any]) -> None:
     report.paragraph(
         f"{len(clean.states)} clean/corrupted pairs **share their final state** and differ in {opts['vary']} (by ≥ "
         f"{format_number(opts['min_change'])}), so the prediction can change only through what the model inferred from the "
-        "earlier states: patching shows where that information flows, not where the current state is copied. Metric: recovery "
-        "1 − ‖y_patched − y_clean‖/‖y_corrupted − y_clean‖ of the last-position prediction (1 = clean restored)."
+        "earlier states: patching shows where that information flows, not where the current state is copied."
+        + (" The model measures states in units of its first state's size, so the pairs also share that size." if scaled else "")
+        + " Metric: recovery 1 − ‖y_patched − y_clean‖/‖y_corrupted − y_clean‖ of the last-position prediction (1 = clean restored)."
     )
     last = ctx.seq_len - 1
     groups = group_patching(model, clean.states, corrupted.states,

@@ -15,6 +15,7 @@ from physlens.systems.central import (
 )
 from physlens.systems.oscillator import (
     EVEN_LABELS,
+    LABEL_DEGREE,
     LABEL_NAMES,
     OscillatorSystem,
     Trajectories,
@@ -48,6 +49,7 @@ __all__ = [
     "perihelion",
     "propagate_orbit",
     "EVEN_LABELS",
+    "LABEL_DEGREE",
     "LABEL_NAMES",
     "Choice",
     "Fixed",

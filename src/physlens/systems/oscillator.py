@@ -35,6 +35,12 @@ LABEL_NAMES = (
 """Targets a probe can ask for: the parameters, the parametrisations the propagator uses, and the
 per-step terms of the update (the acceleration ẍ = −ω0² x − 2γ p and its two products)."""
 
+LABEL_DEGREE = {"energy": 2, "acceleration": 1, "omega0_sq_x": 1, "gamma_p": 1}
+"""How each label scales with the states: multiplying every state by λ multiplies the label by
+λ^degree (labels not listed depend on the parameters only, degree 0). A scale-equivariant model
+sees states in units of a reference size, so its activations carry a label divided by that size
+to this power."""
+
 EVEN_LABELS = frozenset({"omega0", "gamma", "Omega", "energy", "omega0_sq", "cos_Omega_dt", "damping_factor"})
 """Labels unchanged when every state flips sign (s → −s): a readout that is odd in the states
 cannot decode them. The remaining labels (acceleration and its products) flip sign with s."""
@@ -278,6 +284,7 @@ class OscillatorSystem:
         seed: int,
         vary: str = "omega0",
         min_change: float = 0.5,
+        match_first_norm: bool = False,
         max_tries: int = 1000,
     ) -> tuple[Trajectories, Trajectories]:
         """Pairs of contexts that end in the same state but come from different ``vary`` (ω0 or γ).
@@ -287,6 +294,12 @@ class OscillatorSystem:
         redrawn until both contexts start with an energy inside the training ``energy_range``, so both
         look like training data. Because the final states agree, a model's outputs can differ only
         through what it inferred from the earlier states: the context-swap test and ω0 patching rely on it.
+
+        ``match_first_norm=True`` also gives both contexts first states of the same norm, for models
+        that measure states in units of their first state's size (``scale_by_first_state``): their
+        blocks then see the same final state too. The shared final state is drawn on the directions
+        where the two backward maps stretch equally (a pair of ω values without such a direction is
+        redrawn), with context ``a``'s starting energy uniform in ``energy_range``.
         """
         check_choice("vary", vary, ("omega0", "gamma"))
         n_pairs = check_positive_int("n_pairs", n_pairs)
@@ -314,6 +327,10 @@ class OscillatorSystem:
             omega0_b = swapped if vary == "omega0" else draw.omega0
             gamma_b = swapped if vary == "gamma" else draw.gamma
             ok = (swapped - other).abs() >= min_change
+            if match_first_norm:
+                final, equal = _equal_stretch_finals(draw, omega0_b, gamma_b, n_steps, self.energy_range, generator)
+                ok &= equal
+                draw = Trajectories(evolve_backward(final, draw.omega0, draw.gamma, draw.dt, n_steps), draw.omega0, draw.gamma, draw.dt)
             context_b = evolve_backward(draw.states[:, -1], omega0_b, gamma_b, draw.dt, n_steps)
             start_energy = energy(context_b[:, 0], omega0_b)
             ok &= (start_energy >= e_low) & (start_energy <= e_high)
@@ -342,6 +359,38 @@ class OscillatorSystem:
         generator = _generator(seed, generator)
         while True:
             yield self.sample(batch_size, n_steps, generator=generator)
+
+
+def _equal_stretch_finals(
+    draw: Trajectories, omega0_b: Tensor, gamma_b: Tensor, n_steps: int, energy_range: tuple[float, float],
+    generator: torch.Generator,
+) -> tuple[Tensor, Tensor]:
+    """Final states s with ‖A_a s‖ = ‖A_b s‖ for the two backward maps A = K(−(n_steps−1)·dt), i.e.
+    sᵀ(A_aᵀA_a − A_bᵀA_b)s = 0, scaled so context a starts at an energy uniform in ``energy_range``.
+    Returns the states and which pairs have such a direction (an indefinite difference matrix)."""
+    span = draw.dt * (n_steps - 1)
+    forward_a = propagator(draw.omega0, draw.gamma, span)
+    forward_b = propagator(omega0_b, gamma_b, span)
+    back_a, back_b = torch.linalg.inv(forward_a), torch.linalg.inv(forward_b)
+    m = back_a.transpose(-1, -2) @ back_a - back_b.transpose(-1, -2) @ back_b  # [pair, 2, 2]
+    m11, m12, m22 = m[:, 0, 0], m[:, 0, 1], m[:, 1, 1]
+    discriminant = m12**2 - m11 * m22
+    exists = discriminant > 1e-12 * (m11.abs() + m22.abs()).pow(2)
+    root = torch.where(torch.rand(len(m11), generator=generator, dtype=torch.float64) < 0.5, -1.0, 1.0)
+    # The two null directions of m11 x² + 2 m12 x y + m22 y² = 0: x/y = (−m12 ± √disc)/m11, or
+    # y/x = (−m12 ± √disc)/m22, whichever divides by the larger diagonal entry.
+    sqrt = discriminant.clamp_min(0).sqrt()
+    use_x = m11.abs() >= m22.abs()
+    x = torch.where(use_x, -m12 + root * sqrt, m22)
+    y = torch.where(use_x, m11, -m12 + root * sqrt)
+    direction = torch.stack([x, y], dim=-1)
+    direction = direction / torch.linalg.vector_norm(direction, dim=-1, keepdim=True).clamp_min(1e-300)
+    start = torch.einsum("pij,pj->pi", back_a, direction)
+    low, high = energy_range
+    target = low + (high - low) * torch.rand(len(m11), generator=generator, dtype=torch.float64)
+    radius = torch.sqrt(target / energy(start, draw.omega0).clamp_min(1e-300))
+    sign = torch.where(torch.rand(len(m11), generator=generator, dtype=torch.float64) < 0.5, -1.0, 1.0)
+    return (sign * radius)[:, None] * direction, exists
 
 
 def _generator(seed: int | None, generator: torch.Generator | None) -> torch.Generator:
