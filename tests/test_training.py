@@ -190,6 +190,12 @@ def test_loading_something_that_is_not_a_checkpoint(tmp_path):
     config = json.loads((path / "config.json").read_text())
     config["model_class"] = "Nope"
     (path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="was changed after the checkpoint was written"):  # an edit breaks the digest
+        load_checkpoint(path)
+    from physlens.training.checkpoints import _config_digest
+
+    config["digest"]["config"] = _config_digest(config)  # as written by a physlens that registers a class "Nope"
+    (path / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="model_class 'Nope' is unknown"):
         load_checkpoint(path)
 
