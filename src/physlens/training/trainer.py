@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from physlens._validation import (
+    check_bool_fields,
     check_choice,
     check_nonnegative_int,
     check_positive_float,
@@ -71,11 +72,17 @@ class TrainConfig:
         check_nonnegative_int("warmup_steps", self.warmup_steps)
         check_nonnegative_int("seed", self.seed)
         check_positive_float("lr", self.lr)
+        check_bool_fields(self)
+        for name in ("min_lr", "weight_decay"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"{name} must be a number, got {value!r}")
         if not (math.isfinite(self.min_lr) and 0 <= self.min_lr <= self.lr):
             raise ValueError(f"min_lr must be in [0, lr={self.lr}], got {self.min_lr!r}")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
             raise ValueError(f"weight_decay must be a finite number >= 0, got {self.weight_decay!r}")
-        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+        if (isinstance(self.betas, str) or len(self.betas) != 2
+                or not all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in self.betas)):
             raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
         self.betas = (float(self.betas[0]), float(self.betas[1]))
         check_choice("schedule", self.schedule, ("constant", "cosine"))
