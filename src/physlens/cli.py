@@ -39,7 +39,7 @@ def _message(error: BaseException) -> str:
             text += f" -> {str(error.filename2)!r}"
     else:
         text = str(error) or type(error).__name__
-    if isinstance(error, (FloatingPointError, RuntimeError, MemoryError)) and not text.startswith(type(error).__name__):
+    if type(error) in (FloatingPointError, RuntimeError, MemoryError):  # a bare builtin error: say which
         text = f"{type(error).__name__}: {text}"
     notes = getattr(error, "__notes__", None) or []
     return " ".join([text.replace("\n", " "), *(note.replace("\n", " ") for note in notes)])
