@@ -42,7 +42,7 @@ from physlens._io import (
     read_run_record,
     staging_for,
 )
-from physlens.studies.report import Report, StudySpecError, format_number, section
+from physlens.studies.report import Report, StudySpecError, format_number, read_metrics, section
 
 STUDY_KINDS: dict[str, str] = {
     "oscillator": "physlens.studies.oscillator",
@@ -167,16 +167,36 @@ def study_sections(kind: str) -> dict[str, Mapping[str, Any]] | None:
     return {table: getattr(module, constant) for table, constant in names.items() if hasattr(module, constant)}
 
 
+def _check_devices(spec: Mapping[str, Any]) -> None:
+    """Refuse a ``device`` key (in any table) that names no device this machine has, before a model is built on it."""
+    for table, values in spec.items():
+        if not isinstance(values, Mapping) or not isinstance(values.get("device"), str):
+            continue
+        value = values["device"]
+        try:
+            device = torch.device(value)
+        except (RuntimeError, ValueError):
+            raise StudySpecError(f"[{table}] device must be a torch device such as 'cpu' or 'cuda', got {value!r}") from None
+        if device.type == "cuda" and (not torch.cuda.is_available()
+                                      or (device.index is not None and device.index >= torch.cuda.device_count())):
+            raise StudySpecError(f"[{table}] device {value!r} is not available on this machine "
+                                 f"({torch.cuda.device_count()} CUDA device(s)); use 'cpu'")
+        if device.type == "mps" and not torch.backends.mps.is_available():
+            raise StudySpecError(f"[{table}] device {value!r} is not available on this machine; use 'cpu'")
+
+
 def check_spec(spec: Mapping[str, Any]) -> None:
     """Check a whole parsed study — every table, key, type and range its kind can check without
     training — and raise :class:`StudySpecError` naming the section and key; nothing is written.
 
-    A kind's module provides ``check_study(spec)`` or ``parse_study(spec)`` (the oscillator kind's
-    parses every table into configs and checks every range), or declares its tables; then unknown
+    A ``device`` that this machine does not have is refused in any table. A kind's module provides
+    ``check_study(spec)`` or ``parse_study(spec)`` (the oscillator kind's parses every table into
+    configs and checks every range), or declares its tables; then unknown
     tables, unknown keys and values of the wrong type are refused here (ranges are the kind's to
     check when it builds its configs).
     """
     header = check_study_header(spec)
+    _check_devices(spec)
     module = importlib.import_module(STUDY_KINDS[header["kind"]])
     checker = getattr(module, "check_study", None) or getattr(module, "parse_study", None)
     if checker is not None:
@@ -479,5 +499,5 @@ from physlens.studies.runs import LoadedRun, load_run  # noqa: E402  (after run_
 __all__ = [
     "CHECKPOINT_DIR", "KEY_TABLES", "RUN_STATUSES", "STUDY_KINDS", "LoadedRun", "Report", "RunInfo", "RunInterrupted",
     "StudySpecError", "check_spec", "check_study_header", "format_number", "list_runs", "load_run", "load_study",
-    "read_study_text", "resume_run", "run_spec", "run_study", "section", "study_sections",
+    "read_metrics", "read_study_text", "resume_run", "run_spec", "run_study", "section", "study_sections",
 ]

@@ -148,19 +148,23 @@ def _type_names(types: Sequence[type]) -> str:
     return " or ".join(sorted({t.__name__ for t in types}))
 
 
-def json_safe(value: Any, non_finite: dict[str, str] | None = None, path: str = "") -> Any:
+NON_FINITE_KEY = "non_finite"
+"""Top-level key of a ``metrics.json`` listing the values written as ``null`` because they were not finite."""
+
+
+def json_safe(value: Any, non_finite: list[dict[str, Any]] | None = None, path: tuple[str | int, ...] = ()) -> Any:
     """``value`` as plain JSON: numbers stay numbers, arrays and tensors become lists, and a NaN or
-    infinity becomes ``null``, recorded as ``non_finite[path] = "nan" | "inf" | "-inf"`` (dotted
-    path; list items as ``[i]``) when a dict is given, so the file stays valid JSON and says which
-    values were not finite."""
+    infinity becomes ``null``, recorded in ``non_finite`` (when a list is given) as
+    ``{"path": [key or index, ...], "value": "nan" | "inf" | "-inf"}``, so the file stays valid
+    JSON and says which values were not finite."""
     if isinstance(value, float) and not math.isfinite(value):
         if non_finite is not None:
-            non_finite[path] = "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+            non_finite.append({"path": list(path), "value": "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")})
         return None
     if isinstance(value, Mapping):
-        return {str(k): json_safe(v, non_finite, f"{path}.{k}" if path else str(k)) for k, v in value.items()}
+        return {str(k): json_safe(v, non_finite, (*path, str(k))) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [json_safe(v, non_finite, f"{path}[{i}]") for i, v in enumerate(value)]
+        return [json_safe(v, non_finite, (*path, i)) for i, v in enumerate(value)]
     if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", 1) == 0:
         return json_safe(value.item(), non_finite, path)
     if hasattr(value, "tolist"):
@@ -170,12 +174,26 @@ def json_safe(value: Any, non_finite: dict[str, str] | None = None, path: str = 
 
 def metrics_json(metrics: Mapping[str, Any]) -> str:
     """The text of a ``metrics.json``: sorted keys, non-finite values as ``null`` and listed under
-    ``"non_finite"`` (path → ``"nan"``, ``"inf"`` or ``"-inf"``)."""
-    non_finite: dict[str, str] = {}
+    ``"non_finite"`` (see :func:`json_safe`); :func:`read_metrics` reads it back with them restored."""
+    non_finite: list[dict[str, Any]] = []
     payload = json_safe(dict(metrics), non_finite)
     if non_finite:
-        payload["non_finite"] = non_finite
+        payload[NON_FINITE_KEY] = sorted(non_finite, key=lambda entry: json.dumps(entry["path"]))
     return json.dumps(payload, indent=2, sort_keys=True, allow_nan=False) + "\n"
+
+
+def read_metrics(path: str | Path) -> dict[str, Any]:
+    """A ``metrics.json`` as the study computed it: the values listed under ``"non_finite"`` are
+    floats again (``nan``, ``inf``, ``-inf``) and the list itself is dropped."""
+    metrics = json.loads(Path(path).read_text())
+    entries = metrics.pop(NON_FINITE_KEY, None) if isinstance(metrics, dict) else None
+    for entry in entries or []:
+        *parents, last = entry["path"]
+        node = metrics
+        for part in parents:
+            node = node[part]
+        node[last] = float(entry["value"])
+    return metrics
 
 
 def format_number(value: float | int | None, digits: int = 3) -> str:
@@ -243,4 +261,7 @@ class Report:
         (out / "timings.json").write_text(metrics_json(self.timings))
 
 
-__all__ = ["Report", "StudySpecError", "TomlTypes", "dataclass_schema", "format_number", "json_safe", "metrics_json", "section"]
+__all__ = [
+    "NON_FINITE_KEY", "Report", "StudySpecError", "TomlTypes", "dataclass_schema", "format_number", "json_safe", "metrics_json",
+    "read_metrics", "section",
+]
