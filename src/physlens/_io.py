@@ -281,6 +281,10 @@ class RunDirectory:
         staging = staging_for(target)
         if target.exists() and not overwrite:
             raise DirectoryTaken(errno.EEXIST, f"{str(target)!r} already exists", str(target))
+        for parent in (target.parent, *target.parent.parents):
+            if parent.exists() and not parent.is_dir():
+                raise NotADirectoryError(errno.ENOTDIR, f"{str(parent)!r} is a file, so no run directory can be made under it",
+                                         str(parent))
         target.parent.mkdir(parents=True, exist_ok=True)
         try:
             os.mkdir(staging)
