@@ -106,6 +106,13 @@ def test_an_interrupted_study_leaves_nothing_that_looks_like_a_result(tmp_path, 
         (lambda s: s.replace("attn_window = 1", 'attn_window = 1\ncausal = "false"'), r"\[model\] causal must be bool"),
         (lambda s: s.replace("rollout_steps = 50", "rollout_steps = 0"), r"\[evaluation\] rollout_steps must be >= 1"),
         (lambda s: s.replace("target_error = 1e-2", "target_error = -1.0"), r"\[evaluation\] target_error must be > 0"),
+        (lambda s: s.replace("target_error = 1e-2", "target_error = -1"), r"\[evaluation\] target_error must be > 0"),
+        (lambda s: s.replace("steps = 600", "steps = 1e12"), r"\[training\] steps must be int, got 1000000000000.0"),
+        (lambda s: s.replace("lr = 1e-2", "lr = nan"), r"\[training\] lr must be a finite number"),
+        (lambda s: s.replace("lr = 1e-2", "lr = 1e-2\nbetas = [0.9, \"0.99\"]"), r"\[training\] betas must be a list of finite"),
+        (lambda s: s.replace("lr = 1e-2", "lr = 1e-2\nbetas = [0.9]"), r"\[training\] betas must be a list of 2 items"),
+        (lambda s: s.replace("energy_range = [1.0, 5.0]", "energy_range = [1.0, 5.0]\nrollout_steps = 3"),
+         "Cannot overwrite a value|not valid TOML"),
         (lambda s: s.replace("energy_range = [1.0, 5.0]\n", ""), r"target_error_ood needs energy_range"),
         (lambda s: s.replace("target_error = 1e-2", 'must_beat = ["linear"]'), r"must_beat names unknown references \['linear'\]"),
         (lambda s: s.replace('loss_positions = "all"', "loss_positions = 4"), "loss_positions=4 starts beyond the sequence"),
@@ -118,9 +125,11 @@ def test_an_interrupted_study_leaves_nothing_that_looks_like_a_result(tmp_path, 
     ],
 )
 def test_malformed_study_files_are_refused(tmp_path, mutation, message):
-    with pytest.raises(StudySpecError, match=message):
-        run_study(_write(tmp_path, mutation(TINY)), output_root=tmp_path / "runs", progress=False)
-    assert not (tmp_path / "runs" / "tiny").exists()
+    study = _write(tmp_path, mutation(TINY))
+    with pytest.raises(StudySpecError, match=message) as caught:
+        run_study(study, output_root=tmp_path / "runs", progress=False)
+    assert str(study) in str(caught.value)  # the message names the file
+    assert not (tmp_path / "runs").exists()  # refused before anything was claimed or trained
 
 
 def test_cli_runs_a_study_and_reports_errors(tmp_path, capsys):

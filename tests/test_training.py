@@ -190,6 +190,12 @@ def test_loading_something_that_is_not_a_checkpoint(tmp_path):
     config = json.loads((path / "config.json").read_text())
     config["model_class"] = "Nope"
     (path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="was changed after the checkpoint was written"):  # an edit breaks the digest
+        load_checkpoint(path)
+    from physlens.training.checkpoints import _config_digest
+
+    config["digest"]["config"] = _config_digest(config)  # as written by a physlens that registers a class "Nope"
+    (path / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="model_class 'Nope' is unknown"):
         load_checkpoint(path)
 
@@ -249,3 +255,77 @@ def test_diverging_rollouts_report_infinite_error_instead_of_crashing():
     assert evaluation.summary()["median_final_error"] == float("inf")
     nan_prediction = torch.full((1, 1, 2), float("nan"))
     assert float(relative_error(nan_prediction, torch.ones(1, 1, 2))) == float("inf")
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda config: config.update(causal=not config["causal"]),
+        lambda config: config.update(attn_window=None),
+        lambda config: config.update(dtype="float32"),
+    ],
+)
+def test_an_edited_checkpoint_config_is_refused(tmp_path, edit):
+    """Before: flipping causal or attn_window in config.json loaded silently and changed the predictions;
+    float64 edited to float32 downcast the weights silently."""
+    path = save_checkpoint(tmp_path / "ckpt", _ola())
+    saved = json.loads((path / "config.json").read_text())
+    edit(saved["config"])
+    (path / "config.json").write_text(json.dumps(saved, indent=2))
+    with pytest.raises(ValueError, match=r"ckpt/config.json' was changed after the checkpoint was written"):
+        load_checkpoint(path)
+
+
+def test_a_truncated_or_replaced_weights_file_is_refused(tmp_path):
+    path = save_checkpoint(tmp_path / "ckpt", _ola())
+    weights = (path / "model.safetensors").read_bytes()
+    (path / "model.safetensors").write_bytes(weights[:-8])
+    with pytest.raises(ValueError, match=r"ckpt/model.safetensors' does not match the digest"):
+        load_checkpoint(path)
+    other = save_checkpoint(tmp_path / "other", _ola(seed=9))
+    (path / "model.safetensors").write_bytes((other / "model.safetensors").read_bytes())
+    with pytest.raises(ValueError, match="does not match the digest"):
+        load_checkpoint(path)
+
+
+def test_a_dtype_mismatch_between_config_and_weights_is_refused_even_without_digests(tmp_path):
+    path = save_checkpoint(tmp_path / "ckpt", _ola())
+    saved = json.loads((path / "config.json").read_text())
+    saved["format_version"] = 1  # as an older physlens wrote it: no digests to check
+    del saved["digest"]
+    saved["config"]["dtype"] = "float32"
+    (path / "config.json").write_text(json.dumps(saved))
+    with pytest.warns(UserWarning, match="without digests"), pytest.raises(ValueError, match="refusing to convert"):
+        load_checkpoint(path)
+
+
+def test_resume_from_a_missing_or_wrong_directory_is_an_error(tmp_path):
+    """Before: train(resume=True) on a mistyped directory silently started from scratch."""
+    config = TrainConfig(steps=4, seq_len=8, loss_positions="all", checkpoint_every=2)
+    with pytest.raises(FileNotFoundError, match="does not exist, so there is nothing to resume from"):
+        train(_ola(), SYSTEM, config, checkpoint_dir=tmp_path / "typo", resume=True, progress=False)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "report.md").write_text("")
+    with pytest.raises(FileNotFoundError, match="holds no step_\\* checkpoint"):
+        train(_ola(), SYSTEM, config, checkpoint_dir=tmp_path / "run", resume=True, progress=False)
+    (tmp_path / "empty").mkdir()  # nothing saved yet: resuming starts at step 0
+    result = train(_ola(), SYSTEM, config, checkpoint_dir=tmp_path / "empty", resume=True, progress=False)
+    assert result.resumed_from is None and len(result.losses) == 4
+
+
+@pytest.mark.parametrize("dtype, lr", [("float64", 1e6), ("float32", 1e30)])
+def test_divergence_stops_training_with_a_message(dtype, lr):
+    """Before: lr = 1e6 in float64 trained to a loss of 7.6e29 without complaint."""
+    from physlens.training import TrainingDiverged
+
+    system = OscillatorSystem(omega0=2.0, gamma=0.1, dt=0.1, dtype=dtype)
+    config = TrainConfig(steps=200, lr=lr, seq_len=8, loss_positions="all")
+    with pytest.raises(TrainingDiverged, match=r"training diverged: the loss (reached|became) .* at step \d+.*; lower \[training\] lr"):
+        train(_ola(dtype=dtype), system, config, progress=False)
+
+
+def test_a_loss_spike_below_the_divergence_factor_trains_on():
+    """An exact model starts at a loss near 0; leaving it is not divergence (the reference is the loss of
+    predicting zero), and ordinary training never trips the check."""
+    result = train(_exact_model(), SYSTEM, TrainConfig(steps=20, lr=1e-2, seq_len=8, loss_positions="all"), progress=False)
+    assert result.losses[0] < 1e-20 and max(result.losses) > 1e3 * result.losses[0]

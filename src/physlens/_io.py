@@ -1,21 +1,49 @@
-"""Atomic file and directory writes, so that interrupted work never leaves half-written results.
+"""Atomic file and directory writes, and exclusively claimed run directories, so that interrupted or
+concurrent work never leaves half-written results and never replaces someone else's.
 
 Every file physlens saves goes through a temporary sibling that is fsynced and then renamed into
 place; readers therefore see either the old complete file or the new complete file, never a torn one.
+A directory is renamed into place only where nothing stands (``renameat2(RENAME_NOREPLACE)`` where
+the kernel has it), so a result that appeared meanwhile is never replaced unless asked for.
+
+A run directory (:class:`RunDirectory`) is claimed before any work starts: ``.partial-<name>`` is
+created exclusively next to ``<name>`` and locked for as long as the run lives, so two runs can
+never own one name; it becomes ``<name>`` only when the run is complete.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import errno
 import json
 import os
+import secrets
 import shutil
-import tempfile
+import socket
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 PARTIAL_PREFIX = ".partial-"
+LOCK_FILE = ".lock"
+RUN_FILE = "run.json"
+"""Inside a run directory: who claimed it, what it runs and, once finished, that it is complete."""
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where /proc allows (changing it races with threads)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_dir(path: Path) -> None:
@@ -31,11 +59,60 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _make_dir(parent: Path, prefix: str) -> Path:
+    """A new, uniquely named directory under ``parent`` with the permissions the umask gives (0755
+    usually; ``tempfile.mkdtemp`` would make it 0700)."""
+    for _ in range(100):
+        candidate = parent / f"{prefix}{secrets.token_hex(4)}"
+        try:
+            os.mkdir(candidate)
+        except FileExistsError:
+            continue
+        return candidate
+    raise FileExistsError(f"could not create a temporary directory under {str(parent)!r}")
+
+
+def _load_renameat2() -> Any:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        function = libc.renameat2
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    function.restype = ctypes.c_int
+    return function
+
+
+_RENAMEAT2 = _load_renameat2()
+_AT_FDCWD, _RENAME_NOREPLACE = -100, 1
+
+
+def rename_noreplace(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
+    """Rename ``source`` to ``target``, raising ``FileExistsError`` if ``target`` exists.
+
+    Atomic on Linux (``renameat2`` with ``RENAME_NOREPLACE``); elsewhere, or on a filesystem
+    without it, the check and the rename are two steps.
+    """
+    source, target = Path(source), Path(target)
+    if _RENAMEAT2 is not None:
+        if _RENAMEAT2(_AT_FDCWD, os.fsencode(source), _AT_FDCWD, os.fsencode(target), _RENAME_NOREPLACE) == 0:
+            return
+        code = ctypes.get_errno()
+        if code == errno.EEXIST or code == errno.ENOTEMPTY:
+            raise FileExistsError(errno.EEXIST, f"{str(target)!r} appeared meanwhile; refusing to replace it", str(target))
+        if code not in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP):
+            raise OSError(code, os.strerror(code), str(source), None, str(target))
+    if os.path.lexists(target):
+        raise FileExistsError(errno.EEXIST, f"{str(target)!r} appeared meanwhile; refusing to replace it", str(target))
+    os.rename(source, target)
+
+
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically (temporary file, fsync, rename) and return the path."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=PARTIAL_PREFIX + target.name + ".", dir=target.parent)
+    tmp_name = target.parent / f"{PARTIAL_PREFIX}{target.name}.{secrets.token_hex(4)}"
+    fd = os.open(tmp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # 0644 under the usual umask
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -65,29 +142,215 @@ def atomic_directory(path: str | os.PathLike[str], *, overwrite: bool = False) -
 
     Yields the temporary directory to write into. If the block raises (or the process dies), the
     final ``path`` is untouched and the partial directory carries the ``.partial-`` prefix, which
-    :func:`is_partial` recognises so it is never mistaken for a result. With ``overwrite=True`` an
-    existing ``path`` is replaced only after the new one is complete.
+    :func:`is_partial` recognises so it is never mistaken for a result. Without ``overwrite`` an
+    existing ``path`` is an error, checked before and again at the rename, so a directory that
+    appeared meanwhile is never replaced; with ``overwrite=True`` an existing ``path`` is replaced
+    only after the new one is complete.
     """
     target = Path(path)
     if target.exists() and not overwrite:
-        raise FileExistsError(f"path {str(target)!r} already exists; refusing to overwrite it")
+        raise FileExistsError(errno.EEXIST, f"path {str(target)!r} already exists; refusing to overwrite it", str(target))
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=PARTIAL_PREFIX + target.name + ".", dir=target.parent))
+    staging = _make_dir(target.parent, f"{PARTIAL_PREFIX}{target.name}.")
     try:
         yield staging
+        _move_into_place(staging, target, overwrite=overwrite)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    if target.exists():
-        retired = Path(tempfile.mkdtemp(prefix=PARTIAL_PREFIX + "old-" + target.name + ".", dir=target.parent))
+
+
+def _move_into_place(staging: Path, target: Path, *, overwrite: bool) -> None:
+    if overwrite and target.exists():
+        retired = _make_dir(target.parent, f"{PARTIAL_PREFIX}old-{target.name}.")
         os.replace(target, retired / target.name)
-        os.replace(staging, target)
+        try:
+            rename_noreplace(staging, target)
+        except BaseException:
+            os.replace(retired / target.name, target)
+            shutil.rmtree(retired, ignore_errors=True)
+            raise
         shutil.rmtree(retired, ignore_errors=True)
     else:
-        os.replace(staging, target)
+        rename_noreplace(staging, target)
     _fsync_dir(target.parent)
 
 
 def is_partial(path: str | os.PathLike[str]) -> bool:
     """True for files and directories left behind by an interrupted atomic write."""
     return Path(path).name.startswith(PARTIAL_PREFIX)
+
+
+# --- run directories -----------------------------------------------------------------------------------
+
+
+class DirectoryTaken(FileExistsError):
+    """A run directory's name is already owned: by a finished run, or by a run that is (or was) writing it."""
+
+
+class DirectoryBusy(DirectoryTaken):
+    """A run directory is being written right now by a live process."""
+
+
+def staging_for(target: str | os.PathLike[str]) -> Path:
+    """Where the run that will become ``target`` is built: ``.partial-<name>`` next to it."""
+    target = Path(target)
+    return target.parent / f"{PARTIAL_PREFIX}{target.name}"
+
+
+def target_for(staging: str | os.PathLike[str]) -> Path:
+    """The run directory a ``.partial-<name>`` staging directory becomes when it is complete."""
+    staging = Path(staging)
+    if not is_partial(staging):
+        raise ValueError(f"{str(staging)!r} is not a staging directory (no {PARTIAL_PREFIX!r} prefix)")
+    return staging.parent / staging.name.removeprefix(PARTIAL_PREFIX)
+
+
+def read_run_record(directory: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The ``run.json`` of a run or staging directory, or ``None`` when it has none or it is unreadable."""
+    try:
+        record = json.loads((Path(directory) / RUN_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def lock_holder(staging: str | os.PathLike[str]) -> str | None:
+    """Who holds the lock of a staging directory right now (``"pid N on host"``), or ``None`` if nobody does."""
+    import fcntl
+
+    try:
+        handle = open(Path(staging) / LOCK_FILE, "r")
+    except OSError:
+        return None
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return handle.read().strip() or "another process"
+        except OSError:
+            return None
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return None
+
+
+class RunDirectory:
+    """An exclusively claimed run directory, built as ``.partial-<name>`` and renamed to ``<name>``
+    when complete.
+
+    :meth:`claim` creates the staging directory exclusively (``mkdir`` fails if it exists) and
+    locks it (``flock`` on ``.partial-<name>/.lock``) for as long as the object lives, so a second
+    process can neither claim the same name nor resume it while the first runs. :meth:`reopen`
+    locks an existing staging directory again to resume the run in it. :meth:`finish` renames it
+    into place without replacing anything that appeared meanwhile (or replacing the earlier run,
+    if it was claimed with ``overwrite``); :meth:`release` unlocks it and keeps or deletes it.
+    """
+
+    def __init__(self, target: Path, staging: Path, overwrite: bool, handle: Any) -> None:
+        self.target = target
+        self.staging = staging
+        self.overwrite = overwrite
+        self._handle = handle
+
+    @staticmethod
+    def _lock(staging: Path) -> Any:
+        import fcntl
+
+        handle = open(staging / LOCK_FILE, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise DirectoryBusy(errno.EBUSY, f"{str(staging)!r} is being written by {holder}", str(staging)) from None
+        except BaseException:
+            handle.close()
+            raise
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        handle.flush()
+        return handle
+
+    @classmethod
+    def claim(cls, target: str | os.PathLike[str], *, overwrite: bool = False) -> RunDirectory:
+        """Claim ``target`` for a new run. Raises :class:`DirectoryTaken` if ``target`` exists (and
+        ``overwrite`` is not set) or another run owns its staging directory, live or interrupted."""
+        target = Path(target)
+        staging = staging_for(target)
+        if target.exists() and not overwrite:
+            raise DirectoryTaken(errno.EEXIST, f"{str(target)!r} already exists", str(target))
+        for parent in (target.parent, *target.parent.parents):
+            if parent.exists() and not parent.is_dir():
+                raise NotADirectoryError(errno.ENOTDIR, f"{str(parent)!r} is a file, so no run directory can be made under it",
+                                         str(parent))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.mkdir(staging)
+        except FileExistsError:
+            holder = lock_holder(staging)
+            if holder is not None:
+                raise DirectoryBusy(errno.EBUSY, f"{str(target)!r} is being written by {holder}", str(target)) from None
+            raise DirectoryTaken(
+                errno.EEXIST, f"{str(target)!r} has an interrupted run in {str(staging)!r}", str(target)) from None
+        try:
+            handle = cls._lock(staging)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        claimed = cls(target, staging, overwrite, handle)
+        if target.exists() and not overwrite:  # a run finished into this name between the check and the claim
+            claimed.release(keep=False)
+            raise DirectoryTaken(errno.EEXIST, f"{str(target)!r} already exists", str(target))
+        return claimed
+
+    @classmethod
+    def reopen(cls, staging: str | os.PathLike[str], *, overwrite: bool = False) -> RunDirectory:
+        """Lock the existing staging directory ``staging`` again, to resume the run it holds."""
+        staging = Path(staging)
+        if not staging.is_dir():
+            raise FileNotFoundError(errno.ENOENT, f"{str(staging)!r} does not exist", str(staging))
+        return cls(target_for(staging), staging, overwrite, cls._lock(staging))
+
+    def write_record(self, **fields: Any) -> None:
+        """Merge ``fields`` into the directory's ``run.json``."""
+        record = read_run_record(self.staging) or {}
+        record.update(fields)
+        atomic_write_json(self.staging / RUN_FILE, record)
+
+    def finish(self) -> Path:
+        """Mark the run complete and rename it to its target; returns the target."""
+        self.write_record(status="complete", finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        (self.staging / LOCK_FILE).unlink(missing_ok=True)  # the lock is held on the open file, not the name
+        _move_into_place(self.staging, self.target, overwrite=self.overwrite)
+        self._close()
+        return self.target
+
+    def release(self, *, keep: bool) -> None:
+        """Unlock the directory, keeping it (to resume later) or deleting it."""
+        if not keep and self.staging.exists():
+            shutil.rmtree(self.staging, ignore_errors=True)
+        self._close()
+
+    def _close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+
+__all__ = [
+    "DirectoryBusy",
+    "DirectoryTaken",
+    "RunDirectory",
+    "atomic_directory",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_write_text",
+    "is_partial",
+    "lock_holder",
+    "read_run_record",
+    "rename_noreplace",
+    "staging_for",
+    "target_for",
+]

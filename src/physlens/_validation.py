@@ -6,7 +6,9 @@ expected, so bad input fails at the boundary instead of deep inside a computatio
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import typing
 from typing import Any
 
 import numpy as np
@@ -27,8 +29,15 @@ def check_nonnegative_int(name: str, value: Any) -> int:
     return int(value)
 
 
+def _not_a_number(value: Any) -> bool:
+    """Strings and bools convert to floats, but a number was not what was given: refuse them."""
+    return isinstance(value, (str, bytes, bool, np.bool_))
+
+
 def check_positive_float(name: str, value: Any) -> float:
-    """Return ``value`` as a float, or raise if it is not a finite number > 0."""
+    """Return ``value`` as a float, or raise if it is not a finite number > 0 (a string or bool is not a number)."""
+    if _not_a_number(value):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
     try:
         number = float(value)
     except (TypeError, ValueError):
@@ -39,7 +48,9 @@ def check_positive_float(name: str, value: Any) -> float:
 
 
 def check_finite_float(name: str, value: Any) -> float:
-    """Return ``value`` as a float, or raise if it is not a finite number."""
+    """Return ``value`` as a float, or raise if it is not a finite number (a string or bool is not a number)."""
+    if _not_a_number(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
     try:
         number = float(value)
     except (TypeError, ValueError):
@@ -47,6 +58,22 @@ def check_finite_float(name: str, value: Any) -> float:
     if not math.isfinite(number):
         raise ValueError(f"{name} must be a finite number, got {value!r}")
     return number
+
+
+def check_bool(name: str, value: Any) -> bool:
+    """Return ``value`` if it is a bool, or raise: ``"false"`` or ``0`` are not ``False``."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def check_bool_fields(config: Any) -> None:
+    """Raise unless every field of dataclass ``config`` annotated ``bool`` holds a bool (a string
+    such as ``"false"`` is truthy, and would silently turn the setting on)."""
+    hints = typing.get_type_hints(type(config))
+    for f in dataclasses.fields(config):
+        if hints.get(f.name) is bool:
+            check_bool(f.name, getattr(config, f.name))
 
 
 def check_finite(name: str, array: torch.Tensor | np.ndarray) -> None:

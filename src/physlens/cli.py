@@ -1,23 +1,87 @@
-"""The ``physlens`` command line: ``physlens run STUDY.toml`` runs a study and writes its report;
-``physlens sweep FILE.toml`` runs a study over seeds and settings and writes a table and a sweep report."""
+"""The ``physlens`` command line: ``physlens run STUDY.toml`` runs a study and writes its report,
+``physlens run --resume RUN_DIR`` continues an interrupted run, ``physlens runs`` lists runs and
+their status, and ``physlens sweep FILE.toml`` runs a study over seeds and settings and writes a
+table and a sweep report.
+
+Every expected failure (a bad study file, an output directory that cannot be written, a damaged
+checkpoint, a diverging training run) ends with one line on stderr and exit status 2, Ctrl-C with
+one line saying how to continue and exit status 130; ``--traceback`` shows the full traceback instead.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+
+EXIT_ERROR = 2
+"""Exit status of a run that failed for an expected reason (the message says which)."""
+EXIT_INTERRUPTED = 130
+"""Exit status after Ctrl-C (128 + SIGINT, as shells report it)."""
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("physlens")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree that was never installed
+        return "unknown"
+
+
+def _message(error: BaseException) -> str:
+    """One line for an expected failure: the error's own words, its file for an OS error, and its notes."""
+    if isinstance(error, OSError) and error.strerror:
+        text = error.strerror
+        if error.filename is not None and str(error.filename) not in text:
+            text = f"{text}: {str(error.filename)!r}"
+        if getattr(error, "filename2", None) is not None and str(error.filename2) not in text:
+            text += f" -> {str(error.filename2)!r}"
+    else:
+        text = str(error) or type(error).__name__
+    if type(error) in (FloatingPointError, RuntimeError, MemoryError):  # a bare builtin error: say which
+        text = f"{type(error).__name__}: {text}"
+    notes = getattr(error, "__notes__", None) or []
+    return " ".join([text.replace("\n", " "), *(note.replace("\n", " ") for note in notes)])
+
+
+EXPECTED = (ValueError, OSError, FloatingPointError, RuntimeError, MemoryError)
+"""Failures the command reports in one line (the study, the files, the numbers); anything else is a bug
+and keeps its traceback."""
+
+
+def _guarded(action: Callable[[], int], args: argparse.Namespace, interrupted: str) -> int:
+    if args.traceback:
+        return action()
+    try:
+        return action()
+    except KeyboardInterrupt as error:
+        text = str(error) or interrupted
+        print(f"physlens: {text}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except EXPECTED as error:
+        print(f"physlens: error: {_message(error)}", file=sys.stderr)
+        return EXIT_ERROR
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``physlens`` command; returns the process exit code."""
     parser = argparse.ArgumentParser(prog="physlens", description="Mechanistic interpretability of physics networks.")
+    parser.add_argument("--version", action="version", version=f"physlens {_version()}")
+    parser.add_argument("--traceback", action="store_true", help="show the full traceback of an error instead of one line")
     commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("run", help="run a study file (probes/*.toml) and write its report")
-    run.add_argument("study", help="path to a study TOML file")
+    run = commands.add_parser("run", help="run a study file (probes/*.toml) and write its report, or --resume an interrupted run",
+                              description="Run a study file, or continue an interrupted run from its last checkpoint.")
+    run.add_argument("study", nargs="?", help="path to a study TOML file")
+    run.add_argument("--resume", metavar="RUN_DIR", default=None,
+                     help="continue the interrupted run RUN_DIR (runs/<name>, as `physlens runs` lists it) from its last checkpoint")
     run.add_argument("--output", default="runs", help="directory that receives <study name>/ (default: runs)")
     run.add_argument("--overwrite", action="store_true", help="replace an earlier run of the same study")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.add_argument("--threads", type=int, default=None, help="torch threads for the run (default: the study's [study] threads)")
+
+    runs = commands.add_parser("runs", help="list the runs in a directory and their status (complete, running, resumable, interrupted)")
+    runs.add_argument("directory", nargs="?", default="runs", help="directory of runs (default: runs)")
 
     sweep = commands.add_parser(
         "sweep", help="run a study over seeds and settings (a [sweep] table and/or --seeds/--set) and aggregate the trials",
@@ -43,44 +107,57 @@ def main(argv: Sequence[str] | None = None) -> int:
     sweep.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     if args.command == "run":
-        return _run(args)
-    return _sweep(args)
+        if (args.study is None) == (args.resume is None):
+            run.error("give either a study file or --resume RUN_DIR (not both)")
+        if args.resume is not None and args.overwrite:
+            run.error("--overwrite does not apply to --resume (a resumed run keeps the setting it started with)")
+        return _guarded(lambda: _run(args), args, "interrupted")
+    if args.command == "runs":
+        return _guarded(lambda: _runs(args), args, "interrupted")
+    return _guarded(lambda: _sweep(args), args,
+                    "interrupted; run the same command again to continue the sweep (finished trials are kept)")
 
 
 def _run(args: argparse.Namespace) -> int:
-    from physlens.studies import StudySpecError, run_study
+    from physlens.studies import resume_run, run_study
 
-    try:
+    if args.resume is not None:
+        out = resume_run(args.resume, progress=not args.quiet, threads=args.threads)
+    else:
         out = run_study(args.study, output_root=args.output, overwrite=args.overwrite, progress=not args.quiet,
                         threads=args.threads)
-    except (StudySpecError, FileNotFoundError, FileExistsError, ValueError) as error:
-        print(f"physlens: error: {error}", file=sys.stderr)
-        return 2
     print(f"report written to {out / 'report.md'}")
     return 0
 
 
+def _runs(args: argparse.Namespace) -> int:
+    from physlens.studies import list_runs
+
+    found = list_runs(args.directory)
+    if not found:
+        print(f"no runs in {args.directory}")
+        return 0
+    width = max(len(info.name) for info in found)
+    for info in found:
+        print(f"{info.name:<{width}}  {info.status:<11}  {info.kind or '-':<10}  {info.detail}")
+    return 0
+
+
 def _sweep(args: argparse.Namespace) -> int:
-    from physlens.studies import StudySpecError
-    from physlens.sweeps import SweepError, load_sweep, run_sweep
+    from physlens.sweeps import load_sweep, run_sweep
     from physlens.sweeps.spec import key_text
 
+    sweep = load_sweep(args.file, seeds=args.seeds, set_options=args.set_options, name=args.name)
+    if args.dry_run:
+        print(f"sweep {sweep.name}: {len(sweep.trials)} trials of {sweep.study_path}")
+        for trial in sweep.trials:
+            print(f"  {trial.name}: " + ", ".join(f"{key_text(k)}={v!r}" for k, v in trial.overrides.items()))
+        return 0
     try:
-        sweep = load_sweep(args.file, seeds=args.seeds, set_options=args.set_options, name=args.name)
-        if args.dry_run:
-            print(f"sweep {sweep.name}: {len(sweep.trials)} trials of {sweep.study_path}")
-            for trial in sweep.trials:
-                print(f"  {trial.name}: " + ", ".join(f"{key_text(k)}={v!r}" for k, v in trial.overrides.items()))
-            return 0
         result = run_sweep(sweep, output_root=args.output, backend=args.backend, workers=args.workers,
                            address=args.address, progress=not args.quiet, gpus_per_trial=args.gpus_per_trial)
-    except (StudySpecError, SweepError, FileNotFoundError, ValueError) as error:
-        print(f"physlens: error: {error}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
-        print("physlens: interrupted; run the same command again to continue the sweep (finished trials are kept)",
-              file=sys.stderr)
-        return 130
+        raise KeyboardInterrupt("interrupted; run the same command again to continue the sweep (finished trials are kept)") from None
     print(f"{result.n_finished} of {result.n_trials} trials finished ({result.n_skipped} were already), "
           f"{len(result.failures)} failed; table {result.directory / 'results.csv'}, report {result.report}")
     for name, error in result.failures.items():

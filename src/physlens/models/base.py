@@ -87,6 +87,15 @@ class HookedModel(HookedRootModule):
             self.check_hook_names([name])
         super()._enable_hook(name=name, hook=hook, dir=dir)
 
+    def add_hook(self, name: str | Callable[[str], bool], hook: Callable, *args: Any, **kwargs: Any) -> None:
+        """TransformerLens's ``add_hook``, with a misspelt hook name refused by a ``ValueError`` that
+        names it and suggests close matches (instead of a bare ``KeyError``)."""
+        if isinstance(name, str):
+            self.check_hook_names([name])
+        elif not callable(name):
+            raise TypeError(f"name must be a hook name or a function of hook names, got {type(name).__name__}")
+        super().add_hook(name, hook, *args, **kwargs)
+
     def setup(self) -> None:
         """TransformerLens's ``setup`` (names every module and hook point), then eval mode."""
         super().setup()

@@ -18,7 +18,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 from transformer_lens.FactoredMatrix import FactoredMatrix
 
-from physlens._validation import check_positive_int, resolve_dtype
+from physlens._validation import check_bool_fields, check_positive_int, resolve_dtype
 from physlens.models.base import HookedModel, HookPoint, register_model
 
 
@@ -60,6 +60,7 @@ class TransformerConfig:
         if self.n_key_value_heads != self.n_heads:
             raise ValueError(f"n_key_value_heads must equal n_heads ({self.n_heads}), got {self.n_key_value_heads}")
         resolve_dtype(self.dtype)
+        check_bool_fields(self)  # causal="false" would be truthy: a causal mask under a config that reads false
         if self.scale_by_first_state and self.attn_window is not None:
             raise ValueError(
                 "scale_by_first_state passes the first state's size to every position, which an attention window "

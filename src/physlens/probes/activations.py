@@ -10,6 +10,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Union
 
+import numpy as np
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
@@ -38,13 +39,24 @@ def resolve_positions(positions: Positions, n_pos: int) -> list[int] | None:
         if positions != "all":
             raise ValueError(f"positions must be 'all', an int, a list of ints or None, got {positions!r}")
         return list(range(n_pos))
-    items = [positions] if isinstance(positions, int) else list(positions)
+    if isinstance(positions, (np.ndarray, Tensor)) and positions.ndim == 0:
+        positions = positions.item()
+    if isinstance(positions, (np.ndarray, Tensor)):
+        positions = positions.tolist()
+    if isinstance(positions, (int, np.integer)):
+        items = [positions]
+    else:
+        try:
+            items = list(positions)
+        except TypeError:
+            raise ValueError(f"positions must be 'all', an int, a list of ints or None, got {positions!r}") from None
     if not items:
         raise ValueError("positions must select at least one position")
     resolved = []
     for p in items:
-        if isinstance(p, bool) or not isinstance(p, int):
+        if isinstance(p, (bool, np.bool_)) or not isinstance(p, (int, np.integer)):
             raise ValueError(f"positions must be integers, got {p!r}")
+        p = int(p)
         if not -n_pos <= p < n_pos:
             raise ValueError(f"position {p} is out of range for sequences of {n_pos} positions (valid: {-n_pos}..{n_pos - 1})")
         resolved.append(p % n_pos)

@@ -1,24 +1,48 @@
 """Runnable studies: a TOML file names a system, a model, a training recipe and the analyses to run.
 
 Each study kind is a module with ``run(spec, out_dir, *, progress) -> None`` that writes
-``report.md``, ``metrics.json`` and ``figures/`` into ``out_dir``.
+``report.md``, ``metrics.json`` and ``figures/`` into ``out_dir`` (and, if it can continue from its
+checkpoints, accepts ``resume=True``). Before anything is claimed or trained, the whole study file
+is checked: the kind's ``check_study(spec)`` or ``parse_study(spec)`` if it has one, else every
+table against the kind's declared key tables (``SECTIONS``, or the tables listed in
+:data:`KEY_TABLES`), each value's type strictly (see :func:`section`).
+
+A run is built in ``.partial-<name>/`` next to its final directory, claimed exclusively and locked
+while it runs, and renamed to ``<name>/`` only when complete. Ctrl-C (or a crash) after a
+checkpoint was written keeps it, and :func:`resume_run` (``physlens run --resume``) continues it;
+:func:`list_runs` (``physlens runs``) says which runs are complete, running, resumable or
+interrupted.
 """
 
 from __future__ import annotations
 
+import codecs
 import importlib
+import inspect
 import os
 import re
+import socket
 import time
 import tomllib
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from physlens._io import atomic_directory
-from physlens.studies.report import Report, StudySpecError, format_number, section
+from physlens._io import (
+    PARTIAL_PREFIX,
+    RUN_FILE,
+    DirectoryBusy,
+    DirectoryTaken,
+    RunDirectory,
+    is_partial,
+    lock_holder,
+    read_run_record,
+    staging_for,
+)
+from physlens.studies.report import Report, StudySpecError, format_number, read_metrics, section
 
 STUDY_KINDS: dict[str, str] = {
     "oscillator": "physlens.studies.oscillator",
@@ -27,23 +51,89 @@ STUDY_KINDS: dict[str, str] = {
 }
 """Study kind (``[study] kind`` in the TOML file) → module that runs it."""
 
+KEY_TABLES: dict[str, dict[str, str]] = {
+    "fma": {"data": "DATA_KEYS", "train": "TRAIN_KEYS", "scan": "SCAN_KEYS", "widths": "WIDTH_KEYS"},
+    "invariants": {"orbits": "ORBIT_KEYS", "siamese": "SIAMESE_KEYS", "latent": "LATENT_KEYS",
+                   "bottleneck": "BOTTLENECK_KEYS", "fma": "FMA_KEYS", "transformer": "TRANSFORMER_KEYS",
+                   "distill": "DISTILL_KEYS"},
+}
+"""For study kinds whose module has neither ``check_study``/``parse_study`` nor ``SECTIONS``: each table
+→ the name of the module's key table (key → accepted types) it is checked against before the run."""
 
-def load_study(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Parse and check the ``[study]`` header of a study file; the rest is checked by the study kind.
+CHECKPOINT_DIR = "checkpoints"
+"""Where a run keeps its resumable training checkpoints, inside its directory."""
 
-    A ``[sweep]`` table (read by ``physlens sweep``) is left out of the returned spec, so the file
-    still runs as one ordinary study.
-    """
+
+class RunInterrupted(KeyboardInterrupt):
+    """A run was interrupted (Ctrl-C); ``target`` is the run, ``staging`` where its partial state
+    is, ``resumable`` whether a checkpoint was kept to continue from."""
+
+    def __init__(self, target: Path, staging: Path, resumable: bool) -> None:
+        self.target, self.staging, self.resumable = target, staging, resumable
+        if resumable:
+            message = (f"interrupted; the checkpoints are kept in {str(staging)!r}: continue with "
+                       f"`physlens run --resume {target}`")
+        else:
+            message = "interrupted before any checkpoint was written; nothing was kept"
+        super().__init__(message)
+
+
+def _in_file(file: Path, error: StudySpecError) -> StudySpecError:
+    """``error`` with the study file's name in front (same class, so callers catch it as before)."""
+    text = str(error)
+    prefix = f"study file {str(file)!r}"
+    return error if text.startswith(prefix) else type(error)(f"{prefix}: {text}")
+
+
+def read_study_text(path: str | os.PathLike[str]) -> str:
+    """The text of a study file, refusing with a message naming the file anything that is not a
+    UTF-8 text file (a directory, a binary file, UTF-16)."""
     file = Path(path)
+    if file.is_dir():
+        raise IsADirectoryError(
+            f"{str(file)!r} is a directory, not a study file; give a study TOML file (e.g. probes/oscillator.toml), "
+            f"or continue an interrupted run with `physlens run --resume {file}`"
+        )
     if not file.is_file():
         raise FileNotFoundError(f"study file {str(file)!r} does not exist")
+    data = file.read_bytes()
+    for bom, encoding in ((codecs.BOM_UTF32_LE, "UTF-32"), (codecs.BOM_UTF32_BE, "UTF-32"),
+                          (codecs.BOM_UTF16_LE, "UTF-16"), (codecs.BOM_UTF16_BE, "UTF-16")):
+        if data.startswith(bom):
+            raise StudySpecError(f"study file {str(file)!r} is {encoding} text; TOML files must be UTF-8: save it as UTF-8")
+    data = data.removeprefix(codecs.BOM_UTF8)
     try:
-        spec = tomllib.loads(file.read_text())
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise StudySpecError(
+            f"study file {str(file)!r} is not UTF-8 text (byte {error.start} cannot be decoded); is it a binary file?"
+        ) from None
+    if "\x00" in text:
+        raise StudySpecError(f"study file {str(file)!r} contains NUL bytes: it is a binary file (or UTF-16), not a TOML file")
+    return text
+
+
+def _parse_study_text(text: str, file: Path) -> dict[str, Any]:
+    try:
+        spec = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise StudySpecError(f"study file {str(file)!r} is not valid TOML: {error}") from None
     spec.pop("sweep", None)
-    check_study_header(spec)
+    try:
+        check_study_header(spec)
+    except StudySpecError as error:
+        raise _in_file(file, error) from None
     return spec
+
+
+def load_study(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Parse and check the ``[study]`` header of a study file; the rest is checked by :func:`check_spec`.
+
+    A ``[sweep]`` table (read by ``physlens sweep``) is left out of the returned spec, so the file
+    still runs as one ordinary study. Errors name the file.
+    """
+    file = Path(path)
+    return _parse_study_text(read_study_text(file), file)
 
 
 def check_study_header(spec: Mapping[str, Any]) -> dict[str, Any]:
@@ -55,6 +145,8 @@ def check_study_header(spec: Mapping[str, Any]) -> dict[str, Any]:
             raise StudySpecError(f"[study] needs a {key!r} key")
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", header["name"]) or header["name"].startswith("."):
         raise StudySpecError(f"[study] name must be letters, digits, '_', '-' or '.', got {header['name']!r}")
+    if header.get("seed", 0) < 0:
+        raise StudySpecError(f"[study] seed must be >= 0, got {header['seed']}")
     if header.get("threads", 0) < 0:
         raise StudySpecError(f"[study] threads must be >= 0 (0 leaves torch's setting), got {header['threads']}")
     if header["kind"] not in STUDY_KINDS:
@@ -62,11 +154,74 @@ def check_study_header(spec: Mapping[str, Any]) -> dict[str, Any]:
     return header
 
 
-def _free_directory(root: Path, name: str) -> Path:
-    candidate, index = root / name, 1
-    while candidate.exists():
-        candidate, index = root / f"{name}-{index}", index + 1
-    return candidate
+def study_sections(kind: str) -> dict[str, Mapping[str, Any]] | None:
+    """The tables a study kind declares (table → key → accepted types), or ``None`` for a kind that
+    checks its file with its own ``check_study``/``parse_study``."""
+    module = importlib.import_module(STUDY_KINDS[kind])
+    declared = getattr(module, "SECTIONS", None)
+    if declared is not None:
+        return dict(declared)
+    names = KEY_TABLES.get(kind)
+    if names is None:
+        return None
+    return {table: getattr(module, constant) for table, constant in names.items() if hasattr(module, constant)}
+
+
+def _check_devices(spec: Mapping[str, Any]) -> None:
+    """Refuse a ``device`` key (in any table) that names no device this machine has, before a model is built on it."""
+    for table, values in spec.items():
+        if not isinstance(values, Mapping) or not isinstance(values.get("device"), str):
+            continue
+        value = values["device"]
+        try:
+            device = torch.device(value)
+        except (RuntimeError, ValueError):
+            raise StudySpecError(f"[{table}] device must be a torch device such as 'cpu' or 'cuda', got {value!r}") from None
+        if device.type == "cuda" and (not torch.cuda.is_available()
+                                      or (device.index is not None and device.index >= torch.cuda.device_count())):
+            raise StudySpecError(f"[{table}] device {value!r} is not available on this machine "
+                                 f"({torch.cuda.device_count()} CUDA device(s)); use 'cpu'")
+        if device.type == "mps" and not torch.backends.mps.is_available():
+            raise StudySpecError(f"[{table}] device {value!r} is not available on this machine; use 'cpu'")
+
+
+def check_spec(spec: Mapping[str, Any]) -> None:
+    """Check a whole parsed study — every table, key, type and range its kind can check without
+    training — and raise :class:`StudySpecError` naming the section and key; nothing is written.
+
+    A ``device`` that this machine does not have is refused in any table. A kind's module provides
+    ``check_study(spec)`` or ``parse_study(spec)`` (the oscillator kind's parses every table into
+    configs and checks every range), or declares its tables; then unknown
+    tables, unknown keys and values of the wrong type are refused here (ranges are the kind's to
+    check when it builds its configs).
+    """
+    header = check_study_header(spec)
+    _check_devices(spec)
+    module = importlib.import_module(STUDY_KINDS[header["kind"]])
+    checker = getattr(module, "check_study", None) or getattr(module, "parse_study", None)
+    if checker is not None:
+        checker(dict(spec))
+        return
+    tables = study_sections(header["kind"]) or {}
+    unknown = sorted(set(spec) - set(tables) - {"study"})
+    if unknown:
+        raise StudySpecError(f"unknown sections {unknown}; a {header['kind']} study has {sorted({'study', *tables})}")
+    for table, keys in tables.items():
+        section(spec, table, keys)
+
+
+def _checked(spec: Mapping[str, Any], file: Path | None) -> None:
+    try:
+        check_spec(spec)
+    except StudySpecError as error:
+        raise (_in_file(file, error) if file is not None else error) from None
+
+
+def _threads(spec: Mapping[str, Any], threads: int | None) -> int:
+    threads = spec["study"].get("threads", 0) if threads is None else threads
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
+        raise ValueError(f"threads must be an integer >= 0 (0 leaves torch's setting), got {threads!r}")
+    return threads
 
 
 def run_study(
@@ -79,22 +234,53 @@ def run_study(
 ) -> Path:
     """Run the study file at ``path`` and return the directory holding its report.
 
-    Results go to ``{output_root}/{name}``; if that exists, to ``{name}-1``, ``{name}-2``… unless
-    ``overwrite`` is set, so an earlier run is never replaced silently. The directory appears only
-    when the study has finished: an interrupted run leaves a ``.partial-`` directory, never a
-    report that looks complete.
+    The whole file is checked first (:func:`check_spec`); errors name the file, the section and
+    the key, and nothing is written. Results go to ``{output_root}/{name}``; if that name is taken
+    (a finished run, or a run that is writing or was interrupted in ``.partial-{name}``), to
+    ``{name}-1``, ``{name}-2``… unless ``overwrite`` is set, so an earlier run is never replaced
+    silently and two runs never share a directory. The directory appears only when the study has
+    finished; an interrupted run leaves ``.partial-{name}`` with its checkpoints, which
+    :func:`resume_run` continues.
 
     ``[study] threads`` (or ``threads`` here, which wins) sets torch's intra-op thread count for
     the run and restores it afterwards: the models are tiny, and on a busy machine extra threads
     cost far more in contention than they gain.
     """
-    spec = load_study(path)
+    file = Path(path)
+    text = read_study_text(file)
+    spec = _parse_study_text(text, file)
+    _checked(spec, file)
+    _threads(spec, threads)
     name = spec["study"]["name"]
     root = Path(output_root)
-    target = root / name if overwrite else _free_directory(root, name)
-    # The study file travels with the run: load_run rebuilds the study from it.
-    return run_spec(spec, target, overwrite=overwrite, progress=progress, threads=threads,
-                    extra_files={"study.toml": Path(path).read_text()})
+    if overwrite:
+        claim = _claim_or_explain(root / name, overwrite=True)
+    else:
+        index = 0
+        while True:
+            candidate = root / (name if index == 0 else f"{name}-{index}")
+            index += 1
+            try:
+                claim = RunDirectory.claim(candidate)
+                break
+            except DirectoryTaken:
+                continue
+    # The study file travels with the run: load_run and resume_run rebuild the study from it.
+    return _execute(spec, claim, progress=progress, threads=threads, extra_files={"study.toml": text}, resume=False)
+
+
+def _claim_or_explain(target: Path, *, overwrite: bool) -> RunDirectory:
+    try:
+        return RunDirectory.claim(target, overwrite=overwrite)
+    except DirectoryBusy as error:
+        raise DirectoryBusy(error.errno, f"{error.strerror}; wait for it to finish or choose another name", error.filename) from None
+    except DirectoryTaken as error:
+        if target.exists() and not overwrite:
+            raise FileExistsError(error.errno, f"path {str(target)!r} already exists; refusing to overwrite it "
+                                               "(pass overwrite=True / --overwrite to replace it)", str(target)) from None
+        raise DirectoryTaken(
+            error.errno, f"{str(target)!r} has an interrupted run in {str(staging_for(target))!r}; continue it with "
+                         f"`physlens run --resume {target}`, or delete that directory", str(target)) from None
 
 
 def run_spec(
@@ -105,39 +291,213 @@ def run_spec(
     progress: bool = True,
     threads: int | None = None,
     extra_files: Mapping[str, str] | None = None,
+    resume: bool = False,
 ) -> Path:
     """Run an already parsed study (a dict as :func:`load_study` returns) into exactly ``directory``.
 
     What :func:`run_study` does after reading the file, for callers that build or change the spec
-    themselves (a sweep's trials): the directory appears only when the study has finished, and
-    an existing one is an error unless ``overwrite`` is set. ``extra_files`` (name → text) are
-    written into the directory before the study starts, so they travel with the run.
+    themselves (a sweep's trials): the study is checked completely first, the directory is
+    claimed exclusively and appears only when the study has finished, and an existing one is an
+    error unless ``overwrite`` is set. ``extra_files`` (name → text) are written into the
+    directory before the study starts, so they travel with the run. With ``resume=True`` and an
+    interrupted run of ``directory`` waiting in its ``.partial-`` directory, that run is continued
+    from its last checkpoint instead (see :func:`resume_run`); without one, the study starts afresh.
     """
-    check_study_header(spec)
     target = Path(directory)
-    module = importlib.import_module(STUDY_KINDS[spec["study"]["kind"]])
-    threads = spec["study"].get("threads", 0) if threads is None else threads
-    if threads < 0:
-        raise ValueError(f"threads must be >= 0 (0 leaves torch's setting), got {threads}")
-    previous_threads = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    start = time.perf_counter()
+    staging = staging_for(target)
+    if resume and staging.is_dir():
+        if read_run_record(staging) is not None and (staging / "study.toml").is_file():
+            return resume_run(target, progress=progress, threads=threads)
+        if lock_holder(staging) is None:  # killed before it wrote anything to resume from: start afresh
+            import shutil
+
+            shutil.rmtree(staging, ignore_errors=True)
+    _checked(spec, None)
+    _threads(spec, threads)
+    claim = _claim_or_explain(target, overwrite=overwrite)
+    return _execute(spec, claim, progress=progress, threads=threads, extra_files=extra_files or {}, resume=False)
+
+
+def resume_run(
+    run_dir: str | os.PathLike[str], *, progress: bool = True, threads: int | None = None
+) -> Path:
+    """Continue the interrupted run ``run_dir`` (the run's name, ``runs/<name>``, or its
+    ``runs/.partial-<name>`` directory) from its last checkpoint and return the finished directory.
+
+    The study is read again from the ``study.toml`` the run keeps, checked, and run with training
+    resumed from the latest checkpoint, so the result is what an uninterrupted run gives (the
+    metrics byte for byte). A run without checkpoints starts its training from step 0. A complete
+    run, a directory that holds no run, or a run another process is writing is an error.
+    """
+    path = Path(run_dir)
+    staging = path if is_partial(path) else staging_for(path)
+    if not staging.is_dir():
+        if path.is_dir() and (read_run_record(path) or {}).get("status") == "complete" or (path / "report.md").is_file():
+            raise FileExistsError(f"{str(path)!r} is a complete run; there is nothing to resume")
+        raise FileNotFoundError(f"there is no interrupted run at {str(path)!r} (no {str(staging)!r})")
+    record = read_run_record(staging)
+    if record is None or not (staging / "study.toml").is_file():
+        raise ValueError(f"{str(staging)!r} holds no {RUN_FILE} or study.toml (it was left by an older physlens, or "
+                         "by an interrupted write); it cannot be resumed: delete it")
     try:
-        with atomic_directory(target, overwrite=overwrite) as staging:
-            for name, text in (extra_files or {}).items():
+        claim = RunDirectory.reopen(staging, overwrite=bool(record.get("overwrite", False)))
+    except DirectoryBusy as error:
+        raise DirectoryBusy(error.errno, f"{error.strerror}; it is still running", error.filename) from None
+    try:
+        file = staging / "study.toml"
+        spec = _parse_study_text(read_study_text(file), file)
+        _checked(spec, file)
+        _threads(spec, threads)
+    except BaseException:
+        claim.release(keep=True)
+        raise
+    return _execute(spec, claim, progress=progress, threads=threads, extra_files={}, resume=True)
+
+
+def _resumable(staging: Path) -> bool:
+    from physlens.training.checkpoints import latest_checkpoint
+
+    return latest_checkpoint(staging / CHECKPOINT_DIR) is not None
+
+
+def _clear_for_resume(staging: Path, keep: set[str]) -> None:
+    """Remove what the interrupted attempt wrote besides its inputs and checkpoints (a half-written
+    report, figures, the final model), so the resumed run writes everything afresh."""
+    import shutil
+
+    for child in staging.iterdir():
+        if child.name in keep or child.name in {RUN_FILE, ".lock", CHECKPOINT_DIR}:
+            continue
+        shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+    checkpoints = staging / CHECKPOINT_DIR
+    if checkpoints.is_dir():
+        for leftover in checkpoints.iterdir():
+            if is_partial(leftover):
+                shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink(missing_ok=True)
+
+
+def _keep_after(error: BaseException, staging: Path) -> bool:
+    """Whether a failed run's staging directory is kept: only when it holds a checkpoint to resume
+    from, and never after a divergence or a bad study (resuming would repeat them)."""
+    from physlens.training.trainer import TrainingDiverged
+
+    if isinstance(error, (TrainingDiverged, StudySpecError)):
+        return False
+    return staging.is_dir() and _resumable(staging)
+
+
+def _execute(
+    spec: Mapping[str, Any], claim: RunDirectory, *, progress: bool, threads: int | None,
+    extra_files: Mapping[str, str], resume: bool,
+) -> Path:
+    previous_threads = torch.get_num_threads()
+    staging = claim.staging
+    try:
+        module = importlib.import_module(STUDY_KINDS[spec["study"]["kind"]])
+        threads = _threads(spec, threads)
+        if threads:
+            torch.set_num_threads(threads)
+        start = time.perf_counter()
+        if resume:
+            record = read_run_record(staging) or {}
+            _clear_for_resume(staging, set(record.get("inputs", ["study.toml"])))
+            claim.write_record(status="running", resumed=time.strftime("%Y-%m-%dT%H:%M:%S%z"), pid=os.getpid(),
+                               host=socket.gethostname())
+        else:
+            for name, text in extra_files.items():
                 (staging / name).write_text(text)
-            module.run(dict(spec), staging, progress=progress)
-            elapsed = time.perf_counter() - start
-            (staging / "run_time.txt").write_text(f"{elapsed:.1f} s\n")
+            claim.write_record(status="running", name=claim.target.name, study=spec["study"]["name"],
+                               kind=spec["study"]["kind"], inputs=sorted(extra_files), overwrite=claim.overwrite,
+                               started=time.strftime("%Y-%m-%dT%H:%M:%S%z"), pid=os.getpid(), host=socket.gethostname())
+        options: dict[str, Any] = {"progress": progress}
+        if "resume" in inspect.signature(module.run).parameters:
+            options["resume"] = resume
+        module.run(dict(spec), staging, **options)
+        elapsed = time.perf_counter() - start
+        (staging / "run_time.txt").write_text(f"{elapsed:.1f} s\n")
+        return claim.finish()
+    except BaseException as error:
+        keep = _keep_after(error, staging)
+        claim.release(keep=keep)
+        if isinstance(error, KeyboardInterrupt) and not isinstance(error, RunInterrupted):
+            raise RunInterrupted(claim.target, staging, keep) from None
+        if keep and isinstance(error, Exception):
+            error.add_note(f"the checkpoints are kept in {str(staging)!r}: continue with `physlens run --resume {claim.target}`")
+        raise
     finally:
         torch.set_num_threads(previous_threads)
-    return target
+
+
+# --- listing runs ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunInfo:
+    """One entry of :func:`list_runs`."""
+
+    name: str  # the run's name (its final directory's name)
+    path: Path  # where it is now: the run directory, or its .partial- directory
+    status: str  # "complete", "running", "resumable", "interrupted" or "sweep"
+    kind: str | None  # the study kind, when known
+    detail: str  # a short note: the latest checkpoint, who is running it, how to resume
+
+
+RUN_STATUSES = ("complete", "running", "resumable", "interrupted", "sweep")
+"""What :func:`list_runs` reports: a finished run; one being written by a live process; one interrupted
+after a checkpoint (``physlens run --resume`` continues it); one interrupted before any checkpoint
+(``--resume`` runs it again from the start, or it was left by an older physlens); a sweep directory."""
+
+
+def _checkpoint_detail(staging: Path) -> str:
+    from physlens.training.checkpoints import latest_checkpoint
+
+    found = latest_checkpoint(staging / CHECKPOINT_DIR)
+    return f"last checkpoint at step {int(found.name.removeprefix('step_'))}" if found is not None else "no checkpoint"
+
+
+def list_runs(root: str | os.PathLike[str] = "runs") -> list[RunInfo]:
+    """The runs under ``root`` with their status (see :data:`RUN_STATUSES`), sorted by name."""
+    directory = Path(root)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"{str(directory)!r} is not a directory of runs")
+    found: list[RunInfo] = []
+    for child in sorted(directory.iterdir()):
+        if not child.is_dir():
+            continue
+        record = read_run_record(child) or {}
+        if is_partial(child):
+            name = child.name.removeprefix(PARTIAL_PREFIX)
+            if name.startswith("old-"):
+                continue  # an earlier run being replaced by --overwrite
+            holder = lock_holder(child)
+            if holder is not None:
+                found.append(RunInfo(name, child, "running", record.get("kind"), f"{holder}; {_checkpoint_detail(child)}"))
+            elif record and (child / "study.toml").is_file():
+                status = "resumable" if _resumable(child) else "interrupted"
+                target = child.parent / name
+                found.append(RunInfo(name, child, status, record.get("kind"),
+                                     f"{_checkpoint_detail(child)}; continue with `physlens run --resume {target}`"))
+            else:
+                found.append(RunInfo(name, child, "interrupted", None, "left by an interrupted write; cannot be resumed"))
+        elif (child / "sweep.json").is_file():
+            trials = child / "trials"
+            n = sum(1 for t in trials.iterdir() if t.is_dir() and not is_partial(t)) if trials.is_dir() else 0
+            found.append(RunInfo(child.name, child, "sweep", None, f"{n} finished trial(s); see {child / 'report.md'}"))
+        elif (child / "report.md").is_file() and (child / "metrics.json").is_file():
+            kind = record.get("kind")
+            if kind is None and (child / "study.toml").is_file():
+                try:
+                    kind = tomllib.loads((child / "study.toml").read_text()).get("study", {}).get("kind")
+                except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError):
+                    kind = None
+            found.append(RunInfo(child.name, child, "complete", kind, str(child / "report.md")))
+    return sorted(found, key=lambda info: (info.name, info.status))
 
 
 from physlens.studies.runs import LoadedRun, load_run  # noqa: E402  (after run_spec: runs imports the study kinds)
 
 __all__ = [
-    "STUDY_KINDS", "LoadedRun", "Report", "StudySpecError", "check_study_header", "format_number", "load_run",
-    "load_study", "run_spec", "run_study", "section",
+    "CHECKPOINT_DIR", "KEY_TABLES", "RUN_STATUSES", "STUDY_KINDS", "LoadedRun", "Report", "RunInfo", "RunInterrupted",
+    "StudySpecError", "check_spec", "check_study_header", "format_number", "list_runs", "load_run", "load_study",
+    "read_metrics", "read_study_text", "resume_run", "run_spec", "run_study", "section", "study_sections",
 ]

@@ -190,13 +190,15 @@ def learned_linear_map(model: OscillatorTransformer) -> tuple[torch.Tensor, torc
     return (outputs[1:] - offset).T, offset
 
 
-def run(spec: dict[str, Any], out_dir: Path, *, progress: bool) -> None:
-    """Parse, train, judge, analyse and report one oscillator study into ``out_dir``."""
+def run(spec: dict[str, Any], out_dir: Path, *, progress: bool, resume: bool = False) -> None:
+    """Parse, train, judge, analyse and report one oscillator study into ``out_dir``; with ``resume``,
+    training continues from the latest checkpoint in ``out_dir/checkpoints`` if there is one."""
     study = parse_study(spec)
     model, system, config, options = study.model, study.system, study.train_config, study.evaluation
     start = time.perf_counter()
     checkpoint_dir = out_dir / "checkpoints" if config.checkpoint_every else None
-    result = train(model, system, config, checkpoint_dir=checkpoint_dir, progress=progress)
+    resume = resume and checkpoint_dir is not None and checkpoint_dir.is_dir()
+    result = train(model, system, config, checkpoint_dir=checkpoint_dir, resume=resume, progress=progress)
     save_checkpoint(out_dir / "model", model, metadata={"study": study.name, "steps": config.steps})
     model.eval()
 

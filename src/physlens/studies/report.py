@@ -27,10 +27,44 @@ class StudySpecError(ValueError):
     """A study file is malformed: unknown section or key, wrong type, or a value out of range."""
 
 
+class TomlTypes(tuple):
+    """The TOML types a study key accepts (a tuple of types, as :func:`section` takes), plus, for an
+    array, the types of its items and its length (``None``: any length)."""
+
+    items: tuple[type, ...] | None
+    length: int | None
+
+    def __new__(cls, types: Sequence[type], items: Sequence[type] | None = None, length: int | None = None) -> TomlTypes:
+        made = super().__new__(cls, tuple(types))
+        made.items = None if items is None else tuple(items)
+        made.length = length
+        return made
+
+    def __reduce__(self) -> tuple[Any, ...]:  # pickling (sweep tasks travel to worker processes)
+        return (TomlTypes, (tuple(self), self.items, self.length))
+
+
+def _value_error(name: str, key: str, types: Sequence[type], value: Any) -> StudySpecError:
+    given = f"the string {value!r}" if isinstance(value, str) else f"{value!r} ({type(value).__name__})"
+    return StudySpecError(f"[{name}] {key} must be {_type_names(types)}, got {given}")
+
+
+def _check_value(name: str, key: str, types: tuple[type, ...], value: Any) -> None:
+    if float in types:
+        types = (*types, int)
+    if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
+        raise _value_error(name, key, types, value)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise StudySpecError(f"[{name}] {key} must be a finite number, got {value!r}")
+
+
 def section(spec: Mapping[str, Any], name: str, allowed: Mapping[str, type | tuple[type, ...]], *, required: bool = False) -> dict[str, Any]:
     """Return table ``[name]`` of a study file, refusing keys outside ``allowed`` and values of the wrong type.
 
-    ``allowed`` maps each key to the accepted type(s); ``float`` also accepts ints.
+    ``allowed`` maps each key to the accepted type(s); ``float`` also accepts ints, ``int`` never
+    accepts a bool or a float (``steps = 1e12`` is refused), no key accepts a string for a number or a
+    bool (``causal = "false"`` is refused), and numbers must be finite. A :class:`TomlTypes` entry
+    also checks an array's items and length. Every error names the section and the key.
     """
     if name not in spec:
         if required:
@@ -44,13 +78,19 @@ def section(spec: Mapping[str, Any], name: str, allowed: Mapping[str, type | tup
         raise StudySpecError(f"[{name}] has unknown keys {unknown}; allowed keys are {sorted(allowed)}")
     checked = {}
     for key, value in table.items():
-        types = allowed[key] if isinstance(allowed[key], tuple) else (allowed[key],)
-        if float in types:
-            types = (*types, int)
-        if isinstance(value, bool) and bool not in types:
-            raise StudySpecError(f"[{name}] {key} must be {_type_names(types)}, got {value!r}")
-        if not isinstance(value, types):
-            raise StudySpecError(f"[{name}] {key} must be {_type_names(types)}, got {value!r}")
+        accepted = allowed[key] if isinstance(allowed[key], tuple) else (allowed[key],)
+        _check_value(name, key, tuple(accepted), value)
+        items, length = getattr(accepted, "items", None), getattr(accepted, "length", None)
+        if isinstance(value, list) and length is not None and len(value) != length:
+            raise StudySpecError(f"[{name}] {key} must be a list of {length} items, got {value!r}")
+        if isinstance(value, list) and items is not None:
+            for item in value:
+                try:
+                    _check_value(name, key, items, item)
+                except StudySpecError:
+                    finite = "finite " if float in items else ""
+                    raise StudySpecError(
+                        f"[{name}] {key} must be a list of {finite}{_type_names(items)} items, got {value!r}") from None
         checked[key] = value
     return checked
 
@@ -61,10 +101,24 @@ _TOML_TYPES = (bool, int, float, str, list, dict)
 def _toml_types(hint: Any) -> tuple[type, ...]:
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
-        return tuple(dict.fromkeys(t for arg in typing.get_args(hint) for t in _toml_types(arg)))
+        accepted: list[type] = []
+        items, length = None, None
+        for arg in typing.get_args(hint):
+            part = _toml_types(arg)
+            accepted += [t for t in part if t not in accepted]
+            if getattr(part, "items", None) is not None:
+                items, length = part.items, part.length
+        return TomlTypes(accepted, items, length) if items is not None else tuple(accepted)
     if hint in _TOML_TYPES:
         return (hint,)
     if origin in (tuple, list) or hint in (tuple, list):
+        args = typing.get_args(hint)
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            item_types = tuple(dict.fromkeys(t for arg in args for t in _toml_types(arg)))
+            return TomlTypes((list,), item_types or None, len(args))
+        if args:
+            item_types = tuple(dict.fromkeys(_toml_types(args[0])))
+            return TomlTypes((list,), item_types or None)
         return (list,)
     if origin is dict or hint is dict:
         return (dict,)
@@ -74,7 +128,8 @@ def _toml_types(hint: Any) -> tuple[type, ...]:
 def dataclass_schema(cls: type, *, exclude: Sequence[str] = ()) -> dict[str, tuple[type, ...]]:
     """The keys a study table may set for dataclass ``cls`` and the TOML types each accepts, read
     from the field annotations: ``bool`` only for bools, numbers for ``float``, ``str | int`` for a
-    field that takes either, lists for tuples. For use with :func:`section`."""
+    field that takes either, arrays for tuples and lists (with their item types and, for a
+    fixed-size tuple, their length, as a :class:`TomlTypes`). For use with :func:`section`."""
     if not dataclasses.is_dataclass(cls):
         raise TypeError(f"cls must be a dataclass, got {cls!r}")
     hints = typing.get_type_hints(cls)
@@ -93,18 +148,52 @@ def _type_names(types: Sequence[type]) -> str:
     return " or ".join(sorted({t.__name__ for t in types}))
 
 
-def _json_safe(value: Any) -> Any:
+NON_FINITE_KEY = "non_finite"
+"""Top-level key of a ``metrics.json`` listing the values written as ``null`` because they were not finite."""
+
+
+def json_safe(value: Any, non_finite: list[dict[str, Any]] | None = None, path: tuple[str | int, ...] = ()) -> Any:
+    """``value`` as plain JSON: numbers stay numbers, arrays and tensors become lists, and a NaN or
+    infinity becomes ``null``, recorded in ``non_finite`` (when a list is given) as
+    ``{"path": [key or index, ...], "value": "nan" | "inf" | "-inf"}``, so the file stays valid
+    JSON and says which values were not finite."""
     if isinstance(value, float) and not math.isfinite(value):
-        return None if math.isnan(value) else ("inf" if value > 0 else "-inf")
+        if non_finite is not None:
+            non_finite.append({"path": list(path), "value": "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")})
+        return None
     if isinstance(value, Mapping):
-        return {str(k): _json_safe(v) for k, v in value.items()}
+        return {str(k): json_safe(v, non_finite, (*path, str(k))) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v, non_finite, (*path, i)) for i, v in enumerate(value)]
     if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", 1) == 0:
-        return _json_safe(value.item())
+        return json_safe(value.item(), non_finite, path)
     if hasattr(value, "tolist"):
-        return _json_safe(value.tolist())
+        return json_safe(value.tolist(), non_finite, path)
     return value
+
+
+def metrics_json(metrics: Mapping[str, Any]) -> str:
+    """The text of a ``metrics.json``: sorted keys, non-finite values as ``null`` and listed under
+    ``"non_finite"`` (see :func:`json_safe`); :func:`read_metrics` reads it back with them restored."""
+    non_finite: list[dict[str, Any]] = []
+    payload = json_safe(dict(metrics), non_finite)
+    if non_finite:
+        payload[NON_FINITE_KEY] = sorted(non_finite, key=lambda entry: json.dumps(entry["path"]))
+    return json.dumps(payload, indent=2, sort_keys=True, allow_nan=False) + "\n"
+
+
+def read_metrics(path: str | Path) -> dict[str, Any]:
+    """A ``metrics.json`` as the study computed it: the values listed under ``"non_finite"`` are
+    floats again (``nan``, ``inf``, ``-inf``) and the list itself is dropped."""
+    metrics = json.loads(Path(path).read_text())
+    entries = metrics.pop(NON_FINITE_KEY, None) if isinstance(metrics, dict) else None
+    for entry in entries or []:
+        *parents, last = entry["path"]
+        node = metrics
+        for part in parents:
+            node = node[part]
+        node[last] = float(entry["value"])
+    return metrics
 
 
 def format_number(value: float | int | None, digits: int = 3) -> str:
@@ -160,15 +249,19 @@ class Report:
 
     def write(self, directory: str | Path) -> None:
         """Write ``report.md``, ``metrics.json``, ``timings.json`` and ``figures/*.png`` into ``directory``
-        and close the figures."""
+        and close the figures. Non-finite numbers are written as ``null`` and listed under
+        ``"non_finite"`` (see :func:`metrics_json`)."""
         out = Path(directory)
         (out / "figures").mkdir(parents=True, exist_ok=True)
         for name, fig in self.figures.items():
             fig.savefig(out / "figures" / f"{name}.png", dpi=110, bbox_inches="tight")
             plt.close(fig)
         (out / "report.md").write_text("# " + self.title + "\n\n" + "\n".join(self.lines).rstrip() + "\n")
-        (out / "metrics.json").write_text(json.dumps(_json_safe(self.metrics), indent=2, sort_keys=True) + "\n")
-        (out / "timings.json").write_text(json.dumps(_json_safe(self.timings), indent=2, sort_keys=True) + "\n")
+        (out / "metrics.json").write_text(metrics_json(self.metrics))
+        (out / "timings.json").write_text(metrics_json(self.timings))
 
 
-__all__ = ["Report", "StudySpecError", "dataclass_schema", "format_number", "section"]
+__all__ = [
+    "NON_FINITE_KEY", "Report", "StudySpecError", "TomlTypes", "dataclass_schema", "format_number", "json_safe", "metrics_json",
+    "read_metrics", "section",
+]

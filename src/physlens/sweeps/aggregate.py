@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from physlens._io import atomic_write_bytes, atomic_write_text
+from physlens.studies.report import read_metrics
 from physlens.sweeps.metrics import HEADLINES, Headlines, lookup
 from physlens.sweeps.spec import SEED_KEY, SweepSpec, Trial, key_text
 
@@ -54,7 +55,7 @@ def collect(directory: str | Path, sweep: SweepSpec) -> list[TrialRecord]:
         metrics = error = run_time = None
         if status == "finished":
             run = root / "trials" / trial.name
-            metrics = json.loads((run / "metrics.json").read_text())
+            metrics = read_metrics(run / "metrics.json")  # non-finite values restored from their null + flag
             try:
                 run_time = float((run / "run_time.txt").read_text().split()[0])
             except (OSError, ValueError, IndexError):

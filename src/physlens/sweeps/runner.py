@@ -9,7 +9,9 @@ Layout of ``{output_root}/{sweep name}/``::
     results.csv, results.parquet, summary.csv, report.md, figures/   the aggregation
 
 A trial's directory appears only when the trial has finished, so rerunning the sweep skips
-finished trials and runs interrupted or failed ones again. The directory name ends in a hash of
+finished trials and runs interrupted or failed ones again; a trial interrupted after a checkpoint
+(its ``trials/.partial-<trial>`` kept, as ``physlens run`` keeps an interrupted run) continues from
+that checkpoint, on the local backend. The directory name ends in a hash of
 the trial's complete study: a directory is only ever written by a trial of exactly that study. An
 exclusive lock on the sweep directory keeps a second process from running the same sweep at once.
 """
@@ -31,13 +33,13 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from physlens._io import atomic_directory, atomic_write_json, is_partial
+from physlens._io import atomic_directory, atomic_write_json, is_partial, read_run_record, staging_for
 from physlens.studies import STUDY_KINDS
 from physlens.sweeps.spec import SweepSpec, Trial, key_text, spec_hash
 
@@ -61,6 +63,7 @@ class TrialTask:
     files: dict[str, str]  # extra files written into the run directory (study.toml, trial.json)
     directory: str | None  # where to write the run; None: return its files to the driver instead
     threads: int  # torch threads for the trial
+    resume: bool = False  # continue the trial's interrupted run in .partial-<trial>, if there is one
 
 
 @dataclass
@@ -92,7 +95,8 @@ def execute_trial(task: TrialTask) -> TrialOutcome:
     files = None
     try:
         if task.directory is not None:
-            run_spec(task.spec, task.directory, progress=False, threads=task.threads, extra_files=task.files)
+            run_spec(task.spec, task.directory, progress=False, threads=task.threads, extra_files=task.files,
+                     resume=task.resume)
         else:
             with tempfile.TemporaryDirectory(prefix="physlens-trial-") as scratch:
                 out = run_spec(task.spec, Path(scratch) / task.name, progress=False, threads=task.threads, extra_files=task.files)
@@ -241,7 +245,7 @@ def _run_local(tasks: list[TrialTask], workers: int, record: Callable[[TrialOutc
                         record(TrialOutcome(task.name, False, float("nan"), "local",
                                             error=f"its worker process died {deaths[task.name]} times while it ran"))
                     else:
-                        pending.appendleft(task)
+                        pending.appendleft(replace(task, resume=True))  # from the checkpoints it left
         except BaseException:  # an interrupt: stop the workers too, or they would finish their trials unlocked
             for process in list(getattr(pool, "_processes", {}).values()):
                 process.terminate()
@@ -300,10 +304,21 @@ def _run_ray(tasks: list[TrialTask], workers: int | None, address: str | None, g
 # --- the sweep ---------------------------------------------------------------------------------------------
 
 
-def _remove_partials(trials_dir: Path) -> None:
-    """Delete what interrupted trials left behind (only ever called while holding the sweep's lock)."""
+def _resumable_trials(trials_dir: Path, trials: list[Trial]) -> set[str]:
+    """Names of the trials whose interrupted run waits in ``.partial-<trial>`` with a checkpoint to resume from."""
+    from physlens.studies import CHECKPOINT_DIR
+    from physlens.training.checkpoints import latest_checkpoint
+
+    return {t.name for t in trials if read_run_record(staging_for(trials_dir / t.name)) is not None
+            and latest_checkpoint(staging_for(trials_dir / t.name) / CHECKPOINT_DIR) is not None}
+
+
+def _remove_partials(trials_dir: Path, keep: set[str] = frozenset()) -> None:
+    """Delete what interrupted trials left behind, except the runs of the trials in ``keep``, which
+    resume (only ever called while holding the sweep's lock)."""
+    kept = {staging_for(trials_dir / name).name for name in keep}
     for leftover in trials_dir.iterdir():
-        if is_partial(leftover):
+        if is_partial(leftover) and leftover.name not in kept:
             shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink(missing_ok=True)
 
 
@@ -370,12 +385,14 @@ def run_sweep(
         atomic_write_json(directory / "sweep.json", sweep.to_dict())
         trials_dir, failures_dir = directory / "trials", directory / "failures"
         trials_dir.mkdir(exist_ok=True)
-        _remove_partials(trials_dir)
+        ship = backend == "ray"
+        resumable = set() if ship else _resumable_trials(trials_dir, trials)
+        _remove_partials(trials_dir, keep=resumable)
         status = {t.name: trial_status(directory, t) for t in trials}
         todo = [t for t in trials if status[t.name] != "finished"]
         n_skipped = len(trials) - len(todo)
-        ship = backend == "ray"
-        tasks = [TrialTask(t.name, t.spec, _trial_files(sweep, t), None if ship else str(trials_dir / t.name), threads) for t in todo]
+        tasks = [TrialTask(t.name, t.spec, _trial_files(sweep, t), None if ship else str(trials_dir / t.name), threads,
+                           resume=t.name in resumable) for t in todo]
         failures: dict[str, str] = {}
         bar = tqdm(total=len(trials), initial=n_skipped, desc=f"sweep {sweep.name}", unit="trial", disable=not progress)
 
@@ -406,7 +423,7 @@ def run_sweep(
                     _run_ray(tasks, workers, address, gpus_per_trial, record)
         finally:
             bar.close()
-            _remove_partials(trials_dir)
+            _remove_partials(trials_dir, keep=set() if ship else _resumable_trials(trials_dir, trials))
             table = write_outputs(directory, sweep, backend=backend, seconds=time.perf_counter() - start)
     n_finished = int((table["status"] == "finished").sum())
     return SweepResult(directory, table, len(trials), n_finished, n_skipped, failures, time.perf_counter() - start)

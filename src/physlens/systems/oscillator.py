@@ -114,7 +114,8 @@ class Trajectories:
     """A batch of oscillator trajectories with their labels.
 
     ``states[i, k]`` is (x, p) of trajectory ``i`` at time ``k·dt``; ``omega0`` and ``gamma`` hold
-    one value per trajectory.
+    one value per trajectory. States must be finite and every oscillator underdamped (ω0 > 0,
+    0 ≤ γ < ω0), as the labels (Ω = √(ω0² − γ²)) and the propagator assume.
     """
 
     states: Float[Tensor, "traj step 2"]
@@ -127,6 +128,9 @@ class Trajectories:
         n = self.states.shape[0]
         check_shape("omega0", self.omega0, (n,), f"[{n}] (one value per trajectory)")
         check_shape("gamma", self.gamma, (n,), f"[{n}] (one value per trajectory)")
+        check_finite("states", self.states)
+        check_underdamped(self.omega0, self.gamma)  # finite, ω0 > 0 and 0 ≤ γ < ω0: the labels assume it
+        check_positive_float("dt", self.dt)
 
     def __len__(self) -> int:
         return self.states.shape[0]

@@ -37,6 +37,7 @@ from physlens.training.evaluation import (
 from physlens.training.trainer import (
     LeakageError,
     TrainConfig,
+    TrainingDiverged,
     TrainResult,
     check_leakage,
     check_loss_positions,
@@ -86,6 +87,7 @@ __all__ = [
     "RolloutEvaluation",
     "TrainConfig",
     "TrainResult",
+    "TrainingDiverged",
     "check_leakage",
     "config_from_dict",
     "evaluate_rollout",

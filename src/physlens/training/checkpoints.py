@@ -1,27 +1,51 @@
-"""Checkpoints as safetensors + JSON: written atomically, loaded without unpickling anything.
+"""Checkpoints as safetensors + JSON: written atomically, verified on load, loaded without unpickling anything.
 
 A checkpoint is a directory holding ``model.safetensors`` (weights), ``config.json`` (the model class,
-its config and free-form metadata) and optionally ``state.safetensors`` + ``state.json`` (optimizer,
-random-generator and training state, to resume a run exactly).
+its config, free-form metadata and SHA-256 digests) and optionally ``state.safetensors`` +
+``state.json`` (optimizer, random-generator and training state, to resume a run exactly).
+
+``config.json`` carries a digest of the weights file, of the state tensors and of its own content;
+loading checks all of them, so a checkpoint whose config was edited (``causal`` flipped, the dtype
+changed) or whose weights were truncated or replaced is refused with a message naming the file,
+instead of loading into a model that computes something else.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
 from physlens._io import atomic_directory, is_partial
 from physlens.models.base import MODEL_REGISTRY, HookedModel
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""Version 2 adds the digests; version-1 checkpoints (no digests) still load, with a warning."""
 MODEL_FILE, CONFIG_FILE = "model.safetensors", "config.json"
 STATE_FILE, STATE_JSON = "state.safetensors", "state.json"
+DIGEST_KEY = "digest"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is damaged or was changed after it was saved: it is refused rather than loaded."""
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _config_digest(config: dict[str, Any]) -> str:
+    """Digest of everything in config.json except the digests themselves, in a canonical form."""
+    content = {k: v for k, v in config.items() if k != DIGEST_KEY}
+    return _sha256(json.dumps(content, sort_keys=True, separators=(",", ":"), allow_nan=True).encode())
 
 
 def save_checkpoint(
@@ -51,14 +75,21 @@ def save_checkpoint(
         "config": model.config_dict(),
         "metadata": metadata or {},
     }
-    config_text = json.dumps(config, indent=2, sort_keys=True)  # fail before touching the disk
+    json.dumps(config)  # fail on metadata that is not JSON before touching the disk
     weights = {key: value.detach().contiguous().cpu() for key, value in model.state_dict().items()}
+    weight_bytes = save_safetensors_bytes(weights)
+    digest = {"config": _config_digest(config), MODEL_FILE: _sha256(weight_bytes)}
+    state_bytes = None
+    if state_tensors:
+        tensors = {key: value.detach().contiguous().cpu() for key, value in state_tensors.items()}
+        state_bytes = save_safetensors_bytes(tensors)
+        digest[STATE_FILE] = _sha256(state_bytes)
+    config_text = json.dumps({**config, DIGEST_KEY: digest}, indent=2, sort_keys=True)
     with atomic_directory(path, overwrite=overwrite) as staging:
-        (staging / MODEL_FILE).write_bytes(save_safetensors_bytes(weights))
+        (staging / MODEL_FILE).write_bytes(weight_bytes)
         (staging / CONFIG_FILE).write_text(config_text + "\n")
-        if state_tensors:
-            tensors = {key: value.detach().contiguous().cpu() for key, value in state_tensors.items()}
-            (staging / STATE_FILE).write_bytes(save_safetensors_bytes(tensors))
+        if state_bytes is not None:
+            (staging / STATE_FILE).write_bytes(state_bytes)
         if state_json is not None:
             (staging / STATE_JSON).write_text(json.dumps(state_json, indent=2, sort_keys=True) + "\n")
         for child in staging.iterdir():
@@ -76,12 +107,65 @@ def _check_dir(path: str | os.PathLike[str]) -> Path:
     return directory
 
 
+def _read_json(file: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(file.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise CheckpointError(f"{str(file)!r} is not UTF-8 text: the checkpoint is damaged") from None
+    except json.JSONDecodeError as error:
+        raise CheckpointError(f"{str(file)!r} is not valid JSON ({error}): the checkpoint is truncated or damaged") from None
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{str(file)!r} must hold a JSON object, got {type(value).__name__}: the checkpoint is damaged")
+    return value
+
+
+def _read_checked(directory: Path, name: str, config: dict[str, Any]) -> bytes:
+    """The bytes of ``directory/name``, checked against the digest config.json holds for it."""
+    file = directory / name
+    data = file.read_bytes()
+    expected = config.get(DIGEST_KEY, {}).get(name)
+    if expected is not None and _sha256(data) != expected:
+        raise CheckpointError(
+            f"{str(file)!r} does not match the digest saved in {CONFIG_FILE}: the file was truncated or changed "
+            "after the checkpoint was written; refusing to load it"
+        )
+    return data
+
+
+def _load_tensors(file: Path, data: bytes) -> dict[str, torch.Tensor]:
+    try:
+        return load_safetensors_bytes(data)
+    except (SafetensorError, ValueError, RuntimeError) as error:
+        raise CheckpointError(f"{str(file)!r} is not a readable safetensors file ({error}): it is truncated or damaged") from None
+
+
 def read_checkpoint_config(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The JSON side of a checkpoint: model class, config and metadata."""
+    """The JSON side of a checkpoint: model class, config, metadata and digests, verified.
+
+    Raises :class:`CheckpointError` naming the file if ``config.json`` is not a JSON object or was
+    changed after the checkpoint was saved.
+    """
     directory = _check_dir(path)
-    config = json.loads((directory / CONFIG_FILE).read_text())
-    if config.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"checkpoint format_version must be {FORMAT_VERSION}, got {config.get('format_version')!r}")
+    file = directory / CONFIG_FILE
+    config = _read_json(file)
+    version = config.get("format_version")
+    if version not in (1, FORMAT_VERSION):
+        raise CheckpointError(f"{str(file)!r}: format_version must be 1 or {FORMAT_VERSION}, got {version!r}")
+    missing = [key for key in ("model_class", "config", "metadata") if key not in config]
+    if missing or not isinstance(config["config"], dict):
+        raise CheckpointError(f"{str(file)!r} lacks {missing or ['a config object']}: it is not a physlens checkpoint config")
+    if version == 1:
+        warnings.warn(f"{str(directory)!r} was written without digests (format version 1); its integrity cannot be checked",
+                      stacklevel=3)
+        return config
+    digest = config.get(DIGEST_KEY)
+    if not isinstance(digest, dict) or MODEL_FILE not in digest or "config" not in digest:
+        raise CheckpointError(f"{str(file)!r} has no digests: it was edited or is damaged; refusing to load it")
+    if _config_digest(config) != digest["config"]:
+        raise CheckpointError(
+            f"{str(file)!r} was changed after the checkpoint was written (its content no longer matches its digest); "
+            "a model built from an edited config would not be the model these weights were trained as. Refusing to load it"
+        )
     return config
 
 
@@ -99,16 +183,31 @@ def load_checkpoint(
     if device is not None:
         model_config["device"] = str(device)
     model = MODEL_REGISTRY[name].from_config_dict(model_config)
-    weights = load_safetensors_bytes((directory / MODEL_FILE).read_bytes())
-    model.load_state_dict(weights, strict=True)
+    file = directory / MODEL_FILE
+    weights = _load_tensors(file, _read_checked(directory, MODEL_FILE, config))
+    expected = model.state_dict()
+    for key, tensor in weights.items():
+        if key in expected and tensor.dtype != expected[key].dtype:
+            raise CheckpointError(
+                f"{str(file)!r} holds {key} as {tensor.dtype} but {CONFIG_FILE} builds a model with {expected[key].dtype}; "
+                "refusing to convert it"
+            )
+    try:
+        model.load_state_dict(weights, strict=True)
+    except RuntimeError as error:
+        raise CheckpointError(f"{str(file)!r} does not fit the model {CONFIG_FILE} describes: {error}") from None
     return model.eval(), config["metadata"]
 
 
 def load_state(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """The resumable training state of a checkpoint: ``(tensors, json)``; empty when none was saved."""
+    """The resumable training state of a checkpoint: ``(tensors, json)``; empty when none was saved.
+    The tensors are checked against their digest in ``config.json``."""
     directory = _check_dir(path)
-    tensors = load_safetensors_bytes((directory / STATE_FILE).read_bytes()) if (directory / STATE_FILE).is_file() else {}
-    extra = json.loads((directory / STATE_JSON).read_text()) if (directory / STATE_JSON).is_file() else {}
+    tensors: dict[str, torch.Tensor] = {}
+    if (directory / STATE_FILE).is_file():
+        config = read_checkpoint_config(directory)
+        tensors = _load_tensors(directory / STATE_FILE, _read_checked(directory, STATE_FILE, config))
+    extra = _read_json(directory / STATE_JSON) if (directory / STATE_JSON).is_file() else {}
     return tensors, extra
 
 
@@ -153,6 +252,7 @@ def optimizer_state_from_flat(tensors: dict[str, torch.Tensor], payload: dict[st
 
 
 __all__ = [
+    "CheckpointError",
     "latest_checkpoint",
     "load_checkpoint",
     "load_state",

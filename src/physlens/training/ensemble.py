@@ -33,7 +33,6 @@ from tqdm.auto import tqdm
 
 from physlens._validation import (
     check_choice,
-    check_finite,
     check_nonnegative_int,
     check_positive_float,
     check_positive_int,
@@ -41,6 +40,7 @@ from physlens._validation import (
 from physlens.models.mlp import PARAM_NAMES, MLPEnsemble, TinyMLP
 from physlens.systems.fma import FmaSplit
 from physlens.training import _compile, _fused
+from physlens.training._divergence import TrainingDiverged, check_loss, diverged_members, loss_reference
 
 CACHE_FLOATS = 1 << 17
 """Size (in values) of one [model, h, n] temporary per block of models in the eager and compiled steps."""
@@ -303,7 +303,9 @@ def train_ensemble(
     ``data`` must be stacked (``[model, n, 2]``, e.g. from :func:`~physlens.systems.fma.fma_splits`)
     with one split per member; it is moved to the ensemble's device. ``config.backend`` chooses the
     implementation (see :func:`select_backend`); every one gives each member the result of training
-    it alone with :func:`train_mlp`, to float round-off. Raises if any member's loss stops being finite.
+    it alone with :func:`train_mlp`, to float round-off. Raises :class:`TrainingDiverged` (a
+    ``FloatingPointError``) naming the members whose loss stopped being finite or rose far above its
+    start, checked on the recorded losses after the epochs (the kernels themselves are not slowed).
     """
     config = config or EnsembleTrainConfig()
     if not isinstance(ensemble, MLPEnsemble):
@@ -325,9 +327,7 @@ def train_ensemble(
         losses, later, seconds = _train_torch(ensemble, inputs_t, targets, config, backend == "compiled", progress)
     final_train = ensemble_mse(ensemble, data.train_inputs, data.train_targets)
     val = ensemble_mse(ensemble, data.val_inputs, data.val_targets)
-    bad = (~torch.isfinite(final_train)).nonzero().flatten().tolist()
-    if bad:
-        raise RuntimeError(f"training diverged for members {bad[:10]} (seeds {[ensemble.cfg.seeds[i] for i in bad[:10]]})")
+    _check_ensemble_divergence(losses, final_train.cpu(), targets, ensemble, config)
     return EnsembleTrainResult(
         ensemble=ensemble,
         train_loss=losses,
@@ -339,6 +339,24 @@ def train_ensemble(
         train_seconds=seconds[0],
         train_cpu_seconds=seconds[1],
     )
+
+
+def _check_ensemble_divergence(
+    losses: Tensor, final_train: Tensor, targets: Tensor, ensemble: MLPEnsemble, config: EnsembleTrainConfig
+) -> None:
+    """Raise :class:`TrainingDiverged` naming the members (and seeds) whose loss stopped being finite or
+    rose far above its start; read from the recorded losses, so the kernels run unchanged."""
+    scale = targets.square().mean(dim=1).cpu().to(losses.dtype)  # [model]: the loss of predicting zero
+    first = torch.nan_to_num(losses[0], nan=0.0, posinf=0.0)
+    references = torch.maximum(first, scale).clamp_min(float(torch.finfo(losses.dtype).tiny))
+    members, steps = diverged_members(torch.cat([losses, final_train[None]]), references)
+    if members.numel():
+        shown = members[:10].tolist()
+        raise TrainingDiverged(
+            f"training diverged for {members.numel()} of {ensemble.n_models} networks: members {shown} "
+            f"(seeds {[ensemble.cfg.seeds[i] for i in shown]}), first at epochs {steps[:10].tolist()}; "
+            f"their loss stopped being finite or rose far above its start; lower lr (now {config.lr:g})"
+        )
 
 
 @dataclass
@@ -373,7 +391,13 @@ def train_mlp(model: TinyMLP, data: FmaSplit, config: EnsembleTrainConfig | None
     with torch.no_grad():
         final_train = (model(data.train_inputs) - data.train_targets).square().mean().item()
         val = (model(data.val_inputs) - data.val_targets).square().mean().item()
-    check_finite("final training loss", torch.tensor(final_train))
+    reference = loss_reference(float(losses[0]), data.train_targets.square().mean().item())
+    members, steps = diverged_members(torch.cat([losses, torch.tensor([final_train], dtype=losses.dtype)])[:, None],
+                                      torch.tensor([reference], dtype=losses.dtype))
+    if members.numel():
+        step = int(steps[0])
+        check_loss(float(losses[step]) if step < config.epochs else final_train, step, reference,
+                   hint=f"lower lr (now {config.lr:g})")
     return MLPTrainResult(model=model, train_loss=losses, final_train_loss=final_train, val_loss=val)
 
 

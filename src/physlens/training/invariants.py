@@ -27,6 +27,7 @@ from physlens._validation import (
 from physlens.models.siamese import BottleneckNetwork, SiameseTower
 from physlens.systems.central import OrbitTrajectories, angular_momentum
 from physlens.systems.oscillator import OscillatorSystem, Trajectories, propagator
+from physlens.training._divergence import check_loss, loss_reference
 
 
 @dataclass
@@ -138,7 +139,8 @@ def train_siamese(
     """Train ``model`` in place with the contrastive loss on pairs drawn from ``orbits`` every step.
 
     The decision threshold is half the margin, the midpoint between where the loss puts same
-    pairs (0) and different pairs (≥ margin).
+    pairs (0) and different pairs (≥ margin). Raises ``TrainingDiverged`` (a ``FloatingPointError``)
+    if the loss stops being finite or rises far above its start.
     """
     if not isinstance(model, SiameseTower):
         raise TypeError(f"model must be a SiameseTower, got {type(model).__name__}")
@@ -152,11 +154,15 @@ def train_siamese(
     for _ in tqdm(range(config.steps), desc="siamese", disable=not progress, leave=False):
         pairs = make_pairs(orbits, config.batch_size, generator=generator, min_gap=config.min_gap)
         loss = contrastive_loss(model.pair_distance(pairs.first, pairs.second), pairs.same, config.margin)
+        value = loss.item()
+        # reference: the first loss, or the margin² a collapsed latent costs each different pair
+        check_loss(value, len(result.losses), loss_reference(result.losses[0] if result.losses else value, config.margin**2),
+                   what="Siamese training", hint=f"lower lr (now {config.lr:g})")
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         schedule.step()
-        result.losses.append(loss.item())
+        result.losses.append(value)
     model.eval()
     return result
 
@@ -255,6 +261,8 @@ def train_bottleneck(
 
     The model must take ``2·window`` inputs, a side input of 2 (the query state) and predict 2
     outputs (the query's next state); see :func:`oscillator_windows` for what the bottleneck must carry.
+    Raises ``TrainingDiverged`` (a ``FloatingPointError``) if the loss stops being finite or rises far
+    above its start.
     """
     if not isinstance(model, BottleneckNetwork):
         raise TypeError(f"model must be a BottleneckNetwork, got {type(model).__name__}")
@@ -274,11 +282,15 @@ def train_bottleneck(
         batch = system.sample(config.batch_size, config.window + 1, generator=generator).to(model.device, dtype)
         inputs, side, target = oscillator_windows(batch, config.window, query=config.query, generator=generator)
         loss = F.mse_loss(model(inputs, side), target)
+        value = loss.item()
+        if not losses:
+            reference = loss_reference(value, float(target.square().mean()))
+        check_loss(value, len(losses), reference, what="bottleneck training", hint=f"lower lr (now {config.lr:g})")
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         schedule.step()
-        losses.append(loss.item())
+        losses.append(value)
     model.eval()
     return losses
 

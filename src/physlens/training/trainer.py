@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from physlens._validation import (
+    check_bool_fields,
     check_choice,
     check_nonnegative_int,
     check_positive_float,
@@ -28,6 +29,7 @@ from physlens._validation import (
 from physlens.models.base import HookedModel
 from physlens.systems.oscillator import OscillatorSystem, Trajectories
 from physlens.training._compile import compile_or_eager
+from physlens.training._divergence import DIVERGENCE_FACTOR, TrainingDiverged, check_loss, loss_reference
 from physlens.training.checkpoints import (
     latest_checkpoint,
     load_checkpoint,
@@ -70,11 +72,17 @@ class TrainConfig:
         check_nonnegative_int("warmup_steps", self.warmup_steps)
         check_nonnegative_int("seed", self.seed)
         check_positive_float("lr", self.lr)
+        check_bool_fields(self)
+        for name in ("min_lr", "weight_decay"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"{name} must be a number, got {value!r}")
         if not (math.isfinite(self.min_lr) and 0 <= self.min_lr <= self.lr):
             raise ValueError(f"min_lr must be in [0, lr={self.lr}], got {self.min_lr!r}")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
             raise ValueError(f"weight_decay must be a finite number >= 0, got {self.weight_decay!r}")
-        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+        if (not isinstance(self.betas, (tuple, list)) or len(self.betas) != 2
+                or not all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in self.betas)):
             raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
         self.betas = (float(self.betas[0]), float(self.betas[1]))
         check_choice("schedule", self.schedule, ("constant", "cosine"))
@@ -185,7 +193,12 @@ def train(
     ``config.seed`` (or samples from one fixed dataset if ``config.fixed_dataset`` is set). With
     ``checkpoint_dir`` and ``config.checkpoint_every`` the run saves resumable checkpoints
     ``step_XXXXXXX``; ``resume=True`` continues from the latest one and ends bit-for-bit where an
-    uninterrupted run would.
+    uninterrupted run would. Resuming from a ``checkpoint_dir`` that does not exist, or that holds
+    files but no checkpoint, is an error; an empty one starts from step 0.
+
+    Training stops with :class:`TrainingDiverged` (a ``FloatingPointError``) as soon as the loss is
+    not finite or exceeds ``DIVERGENCE_FACTOR`` (10⁴) times its start (the larger of the first loss
+    and the loss of predicting zero).
     """
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
@@ -197,6 +210,7 @@ def train(
         raise ValueError("checkpoint_every is set but no checkpoint_dir was given")
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs the checkpoint_dir to resume from")
+    found = _checkpoint_to_resume(Path(checkpoint_dir)) if resume else None
 
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
@@ -208,11 +222,10 @@ def train(
     result = TrainResult(config=config)
     start_step = 0
 
-    if resume:
-        found = latest_checkpoint(checkpoint_dir)
-        if found is not None:
-            start_step = _restore(found, model, optimizer, generator, result, config)
-            result.resumed_from = start_step
+    if found is not None:
+        start_step = _restore(found, model, optimizer, generator, result, config)
+        result.resumed_from = start_step
+    reference = None
 
     forward = compile_or_eager(model, next(model.parameters()).device, "training") if config.compile else model
     started = time.perf_counter()
@@ -227,14 +240,16 @@ def train(
         else:
             batch = dataset.subset(torch.randint(len(dataset), (config.batch_size,), generator=generator))
         loss = _batch_loss(forward, batch, config.loss_positions)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"training loss became {float(loss)} at step {step}; lower lr or enable grad_clip")
+        loss_value = float(loss.detach())
+        if reference is None:
+            reference = loss_reference(result.losses[0] if result.losses else loss_value, _target_scale(batch, config))
+        check_loss(loss_value, step, reference, hint="lower [training] lr, add warmup_steps or set grad_clip")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if config.grad_clip is not None:
             nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
-        result.losses.append(float(loss.detach()))
+        result.losses.append(loss_value)
         result.learning_rates.append(lr)
         if (step + 1) % config.log_every == 0:
             bar.set_postfix(loss=f"{result.losses[-1]:.3e}")
@@ -245,6 +260,32 @@ def train(
     model.eval()
     result.wall_time = time.perf_counter() - started
     return result
+
+
+def _target_scale(batch: Trajectories, config: TrainConfig) -> float:
+    """The loss of predicting zero on ``batch``: the mean square of the scored targets."""
+    _, targets = batch.inputs_targets()
+    return float(targets[:, loss_slice(config.loss_positions, targets.shape[1])].pow(2).mean())
+
+
+def _checkpoint_to_resume(directory: Path) -> Path | None:
+    """The checkpoint ``train(resume=True)`` continues from: the latest in ``directory``, or ``None``
+    (start from step 0) when the directory holds nothing yet but leftovers of an interrupted save.
+    A directory that does not exist, or holds other things but no checkpoint, is an error: resuming
+    from the wrong place must not silently start from scratch."""
+    if not directory.exists():
+        raise FileNotFoundError(f"checkpoint_dir {str(directory)!r} does not exist, so there is nothing to resume from")
+    if not directory.is_dir():
+        raise NotADirectoryError(f"checkpoint_dir {str(directory)!r} is not a directory")
+    found = latest_checkpoint(directory)
+    if found is None:
+        others = sorted(p.name for p in directory.iterdir() if not p.name.startswith("."))
+        if others:
+            raise FileNotFoundError(
+                f"checkpoint_dir {str(directory)!r} holds no step_* checkpoint to resume from (it holds {others[:5]}); "
+                "is it the right directory?"
+            )
+    return found
 
 
 def _save(
@@ -300,7 +341,9 @@ def config_from_dict(values: dict[str, Any]) -> TrainConfig:
 
 
 __all__ = [
+    "DIVERGENCE_FACTOR",
     "LeakageError",
+    "TrainingDiverged",
     "TrainConfig",
     "TrainResult",
     "check_leakage",
