@@ -10,16 +10,30 @@ from physlens.models.transformer import (
     attention_mask,
     preset_config,
 )
-from physlens.models.mlp import EnsembleConfig, MLPConfig, MLPEnsemble, TinyMLP, init_mlp_parameters
+from physlens.models.mlp import (
+    DeepEnsembleConfig,
+    DeepMLPEnsemble,
+    EnsembleConfig,
+    MLPConfig,
+    MLPEnsemble,
+    TinyMLP,
+    init_deep_parameters,
+    init_mlp_parameters,
+    seed_recipe_start,
+)
 
 __all__ = [
+    "DeepEnsembleConfig",
+    "DeepMLPEnsemble",
     "EnsembleConfig",
     "LinearAutoregressive",
     "sliding_windows",
     "MLPConfig",
     "MLPEnsemble",
     "TinyMLP",
+    "init_deep_parameters",
     "init_mlp_parameters",
+    "seed_recipe_start",
     "BottleneckConfig",
     "BottleneckNetwork",
     "SiameseConfig",
