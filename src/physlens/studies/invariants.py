@@ -301,7 +301,7 @@ def _fma_section(report: Report, opts: dict[str, Any], distiller_args: dict[str,
         result = train_ensemble(ensemble, data, EnsembleTrainConfig(epochs=opts.get("epochs", 2000)), progress=progress)
     except ValueError as error:
         raise StudySpecError(f"[fma] is invalid: {error}") from None
-    modes = mechanism_labels(ensemble, data.val_inputs)
+    modes = mechanism_labels(ensemble, opts.get("distribution", "product"))
     rows, metrics, fronts = [], {}, {}
     for mode in sorted(set(modes)):
         members = np.flatnonzero(modes == mode)
@@ -326,8 +326,8 @@ def _fma_section(report: Report, opts: dict[str, Any], distiller_args: dict[str,
     report.heading("3. F = m·a: what formula does each mode compute?")
     report.paragraph(
         f"{n_models} width-2 ReLU networks trained ({opts.get('epochs', 2000)} full-batch Adam epochs, "
-        f"{opts.get('distribution', 'product')} data); modes from the sign patterns of the hidden "
-        "pre-activations. For the best network of each mode, its output on the validation inputs is "
+        f"{opts.get('distribution', 'product')} data); modes from what each unit does to the function over "
+        "the distribution. For the best network of each mode, its output on the validation inputs is "
         "distilled over polynomials in (m, a) (at most 3 terms); the exact piecewise-linear form is "
         "assembled from the distilled hidden pre-activations (linear, so recovered exactly) and the output weights."
     )
