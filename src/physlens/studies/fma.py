@@ -275,7 +275,7 @@ def run(spec: dict[str, Any], out_dir: Path, *, progress: bool) -> None:
     report.paragraph(
         f"{n} width-2 networks trained the seed's way (full-batch Adam, lr {t['lr']}, {t['epochs']} epochs, PyTorch's default "
         f"initialisation) on `{dist}` data, {d['n_train']} training / {d['n_val']} validation points each (the seed used "
-        f"8000 / 2000; §3 shows that labels do not change between the two). Every baseline is on the same distribution: "
+        f"8000 / 2000; §2 compares the labels at the two sizes). Every baseline is on the same distribution: "
         "the best plane and the best constant over the distribution itself (exact moments, float64), and a plane fitted "
         "by least squares on each network's own training points, scored on its own validation points."
     )
