@@ -8,7 +8,19 @@ import torch
 from numpy.testing import assert_allclose
 from scipy import stats
 
-from physlens.systems.fma import FmaSplit, fma_split, fma_splits, sample_fma, stream_seed, support_vertices
+from physlens.systems.fma import (
+    FmaSplit,
+    fma_split,
+    fma_splits,
+    optimal_plane,
+    plane_fit_val_mse,
+    sample_fma,
+    seed_recipe_split,
+    segment_quadrature,
+    spawn_seeds,
+    stream_seed,
+    support_vertices,
+)
 
 
 def test_product_distribution_has_uniform_product_and_seed_ranges(seed):
@@ -95,3 +107,116 @@ def test_split_moves_between_dtypes(seed):
     assert moved.train_inputs.dtype == torch.float32
     assert_allclose(moved.train_inputs.double(), split.train_inputs, rtol=1e-6)
     assert np.isclose(float(split.train_targets[0, 0]), float(split.train_inputs[0].prod()))
+
+
+# ----------------------------------------------------------------- exact baselines and quadrature
+def _numpy_product(n: int, rng: np.random.Generator) -> np.ndarray:
+    force, u, swap = rng.random(n), 0.5 + 0.5 * rng.random(n), rng.random(n) < 0.5
+    return np.stack([np.where(swap, u, force / u), np.where(swap, force / u, u)], axis=1)
+
+
+def test_optimal_plane_matches_least_squares_on_a_large_independent_sample(rng):
+    for distribution, points in (("product", _numpy_product(2_000_000, rng)), ("uniform", rng.random((2_000_000, 2)))):
+        target = points[:, 0] * points[:, 1]
+        design = np.c_[np.ones(len(points)), points]
+        coef, *_ = np.linalg.lstsq(design, target, rcond=None)
+        baseline = optimal_plane(distribution)
+        assert_allclose(baseline.coef, coef, atol=3e-3)
+        assert_allclose(baseline.mse, np.mean((design @ coef - target) ** 2), rtol=1e-2)
+        assert_allclose(baseline.target_variance, target.var(), rtol=1e-2)
+    assert optimal_plane("uniform").mse == pytest.approx(1 / 144, rel=1e-12)  # the seed's linear model: 0.0072
+    assert optimal_plane("uniform").coef == pytest.approx((-0.25, 0.5, 0.5), abs=1e-12)
+    assert optimal_plane("product").target_variance == pytest.approx(1 / 12, rel=1e-12)
+
+
+def test_segment_quadrature_integrates_against_scipy():
+    from scipy import integrate
+
+    def along_segments(quadrature, g, n_t=4001):
+        t = np.linspace(0.0, 1.0, n_t)
+        points = quadrature.origins.numpy()[:, None, :] + t[None, :, None] * quadrature.directions.numpy()[:, None, :]
+        return float(quadrature.weights.numpy() @ integrate.simpson(g(points[..., 0], points[..., 1]), x=t, axis=1))
+
+    g = lambda m, a: np.maximum(0.0, 0.7 * m - 0.4 * a - 0.1) ** 2 + np.cos(m * a)  # noqa: E731
+    # product: F ~ U(0, 1), u ~ U(1/2, 1) with density 2, half (F/u, u) and half (u, F/u)
+    expected = 0.5 * sum(
+        integrate.dblquad(lambda f, u, s=s: 2 * g(*((f / u, u) if s else (u, f / u))), 0.5, 1.0, 0.0, 1.0, epsabs=1e-11)[0] for s in (0, 1)
+    )
+    assert_allclose(along_segments(segment_quadrature("product", n_panels=128), g), expected, rtol=1e-6)
+    expected = integrate.dblquad(lambda m, a: g(m, a), 0.0, 1.0, 0.0, 1.0, epsabs=1e-11)[0]
+    assert_allclose(along_segments(segment_quadrature("uniform", n_panels=128), g), expected, rtol=1e-6)
+    quadrature = segment_quadrature("product")
+    assert quadrature.weights.sum().item() == pytest.approx(1.0, abs=1e-12)
+    with pytest.raises(ValueError, match="n_panels must be a positive integer"):
+        segment_quadrature(n_panels=0)
+
+
+def test_per_seed_plane_fit_matches_numpy():
+    data = fma_splits([3, 4], n_train=200, n_val=100, dtype="float64")
+    expected = []
+    for k in range(2):
+        X = np.c_[np.ones(200), data.train_inputs[k].numpy()]
+        coef, *_ = np.linalg.lstsq(X, data.train_targets[k, :, 0].numpy(), rcond=None)
+        V = np.c_[np.ones(100), data.val_inputs[k].numpy()]
+        expected.append(np.mean((V @ coef - data.val_targets[k, :, 0].numpy()) ** 2))
+    assert_allclose(plane_fit_val_mse(data), expected, rtol=1e-10)
+    with pytest.raises(TypeError, match="FmaSplit"):
+        plane_fit_val_mse({"train_inputs": 1})
+
+
+# ------------------------------------------------------------------------ independent seed streams
+def test_spawned_seed_sets_are_disjoint_reproducible_and_stable_when_sets_are_added():
+    sizes = {"trained": 300, "random": 200, "widths": 50}
+    seeds = spawn_seeds(7, sizes)
+    assert {k: len(v) for k, v in seeds.items()} == sizes
+    flat = [s for v in seeds.values() for s in v]
+    assert len(set(flat)) == len(flat) and all(isinstance(s, int) and 0 <= s < 2**63 for s in flat)
+    assert spawn_seeds(7, sizes) == seeds
+    assert spawn_seeds(7, {**sizes, "extra": 10})["widths"] == seeds["widths"]  # appending a set changes nothing before it
+    assert spawn_seeds(8, sizes)["trained"] != seeds["trained"]
+    with pytest.raises(ValueError, match="non-empty mapping"):
+        spawn_seeds(0, {})
+    with pytest.raises(ValueError, match="positive integer"):
+        spawn_seeds(0, {"a": 0})
+
+
+def test_no_two_sets_of_networks_share_an_initialisation_or_a_split():
+    from physlens.models.mlp import EnsembleConfig, MLPEnsemble
+    from physlens.probes.scan import flatten_parameters
+
+    seeds = spawn_seeds(0, {"width2": 96, "scan_random": 48, "test_random": 48, "seed_size": 16, "uniform": 16})
+    inits = np.concatenate([flatten_parameters(MLPEnsemble(EnsembleConfig(seeds=s, dtype="float64"))) for s in seeds.values()])
+    assert len(np.unique(inits, axis=0)) == len(inits)
+    splits = fma_splits([s for v in seeds.values() for s in v], n_train=4, n_val=1, dtype="float64").train_inputs.reshape(-1, 8)
+    assert len(np.unique(splits.numpy(), axis=0)) == len(splits)
+
+
+# -------------------------------------------------------------------------------- the seed's recipe
+def test_seed_recipe_split_replays_the_seeds_global_generator_draws():
+    """The seed's train.py after set_all_seeds(seed), transcribed with the global generators."""
+    import random
+
+    seed = 2813536937
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    Y = torch.rand(10000)
+    X = torch.empty(10000, 2)
+    X[:, 0] = Y / (torch.rand(10000) * (1 - 0.5) + 0.5)
+    X[:, 1] = Y / X[:, 0]
+    mask = torch.rand(10000) < 0.5
+    swap_vals = X[:, 0][mask]
+    X[:, 0][mask] = X[:, 1][mask]
+    X[:, 1][mask] = swap_vals
+    order = np.random.permutation(range(X.shape[0]))
+    layer0, layer1 = torch.nn.Linear(2, 2), torch.nn.Linear(2, 1)  # the network is built after the data
+    split = seed_recipe_split(seed, torch.Generator().manual_seed(seed))
+    assert torch.equal(split.train_inputs, X[order[:8000]]) and torch.equal(split.val_targets, Y[order[8000:], None])
+    from physlens.models.mlp import seed_recipe_start
+
+    model, again = seed_recipe_start(seed)
+    assert torch.equal(again.train_inputs, split.train_inputs)
+    assert torch.equal(model.W_in.detach(), layer0.weight.detach().T) and torch.equal(model.b_in.detach(), layer0.bias.detach())
+    assert torch.equal(model.W_out.detach(), layer1.weight.detach().T) and torch.equal(model.b_out.detach(), layer1.bias.detach())
+    with pytest.raises(TypeError, match="generator"):
+        seed_recipe_split(seed, 3)

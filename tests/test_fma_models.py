@@ -8,7 +8,16 @@ import pytest
 import torch
 from numpy.testing import assert_allclose
 
-from physlens.models.mlp import EnsembleConfig, MLPConfig, MLPEnsemble, TinyMLP, init_mlp_parameters
+from physlens.models.mlp import (
+    DeepEnsembleConfig,
+    DeepMLPEnsemble,
+    EnsembleConfig,
+    MLPConfig,
+    MLPEnsemble,
+    TinyMLP,
+    init_deep_parameters,
+    init_mlp_parameters,
+)
 from physlens.training.checkpoints import load_checkpoint, save_checkpoint
 
 
@@ -86,3 +95,45 @@ def test_bad_configs_and_inputs_are_refused():
         ensemble.member(2)
     with pytest.raises(ValueError, match="share d_hidden"):
         MLPEnsemble.from_members([TinyMLP(MLPConfig(d_hidden=2)), TinyMLP(MLPConfig(d_hidden=3))])
+
+
+def test_init_scale_multiplies_every_initial_parameter():
+    base = init_mlp_parameters(3, seed=11, dtype="float64")
+    scaled = init_mlp_parameters(3, seed=11, dtype="float64", scale=3.0)
+    for name in base:
+        assert_allclose(scaled[name], 3.0 * base[name], rtol=1e-15)
+    ensemble = MLPEnsemble(EnsembleConfig(seeds=[11], d_hidden=3, dtype="float64", init_scale=3.0))
+    assert torch.equal(ensemble.W_in[0], scaled["W_in"])
+    member = ensemble.member(0)
+    assert member.cfg.init_scale == 3.0 and torch.equal(member.b_out, scaled["b_out"])
+    assert MLPEnsemble.from_members([member]).cfg.init_scale == 3.0
+    with pytest.raises(ValueError, match="init_scale must be a finite number > 0"):
+        EnsembleConfig(init_scale=0.0)
+    with pytest.raises(ValueError, match="scale must be a finite number > 0"):
+        init_mlp_parameters(2, seed=0, scale=-1.0)
+
+
+def test_deep_ensemble_computes_stacked_relu_layers(torch_gen):
+    cfg = DeepEnsembleConfig(seeds=[1, 2, 3], d_hidden=[3, 2], dtype="float64")
+    deep = DeepMLPEnsemble(cfg)
+    x = torch.rand(3, 5, 2, generator=torch_gen, dtype=torch.float64)
+    expected = []
+    for i, s in enumerate(cfg.seeds):
+        layers = init_deep_parameters([2, 3, 2, 1], s, dtype="float64")
+        h = x[i]
+        for k, (W, b) in enumerate(layers):
+            h = h @ W + b
+            if k < 2:
+                h = torch.relu(h)
+        expected.append(h)
+    assert_allclose(deep(x).detach(), torch.stack(expected), rtol=1e-12)
+    _, cache = deep.run_with_cache(x)
+    assert deep.hook_names == [f"layers.{k}.{h}" for k in range(3) for h in ("hook_pre", "hook_post")]
+    assert cache["layers.1.hook_post"].shape == (3, 5, 2) and bool((cache["layers.1.hook_post"] >= 0).all())
+    assert torch.equal(cache["layers.2.hook_pre"], cache["layers.2.hook_post"])  # no ReLU on the read-out
+    bound = 1 / math.sqrt(3)
+    assert float(deep.layers[1].W.detach().abs().max()) <= bound
+    with pytest.raises(ValueError, match="d_hidden must be a non-empty list"):
+        DeepEnsembleConfig(d_hidden=[])
+    with pytest.raises(ValueError, match=r"model=3"):
+        deep(torch.zeros(2, 4, 2, dtype=torch.float64))

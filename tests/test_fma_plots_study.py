@@ -20,6 +20,8 @@ from physlens.plots.fma import (
 from physlens.probes.mechanisms import handcrafted_mode3_network
 from physlens.probes.scan import roc_auc
 from physlens.studies import STUDY_KINDS, StudySpecError, run_study
+from physlens.systems.fma import optimal_plane
+from physlens.training.checkpoints import load_checkpoint
 
 
 def test_figures_have_one_panel_per_item():
@@ -51,18 +53,35 @@ seed = 1
 threads = 1
 [data]
 n_train = 64
-n_val = 32
+n_val = 64
 [train]
-n_seeds = 24
-epochs = 60
+n_seeds = 40
+epochs = 300
 lr = 0.01
-snapshot_every = 20
+snapshot_every = 100
+[labels]
+stability_sizes = [64, 256]
+stability_repeats = 2
+[seed_test]
+positives = []
+n_random = 30
 [scan]
 n_random = 20
 n_estimators = 10
+n_resamples = 20
+[transfer]
+n_seeds = 12
+seed_size_n_seeds = 8
+seed_size_n_train = 200
+seed_size_n_val = 50
+init_scales = [0.5]
+[discovery]
+n_points = 32
+max_groups = 4
 [widths]
 widths = [3]
 n_seeds = 12
+deep_n_seeds = 12
 """
 
 
@@ -79,25 +98,39 @@ def test_study_runs_end_to_end_and_reports(tmp_path):
         torch.set_num_threads(before)
     report = (out / "report.md").read_text()
     metrics = json.loads((out / "metrics.json").read_text())
-    assert "Algorithm scan" in report and "Wider networks" in report
-    assert sum(metrics["width2"]["counts"]["seed"].values()) == 24
-    assert metrics["dynamics"]["snapshot_epochs"] == [0, 20, 40, 60]
-    assert "3" in metrics["wider"]
-    for name in ("preactivation_maps", "gallery", "mode_over_time", "loss_by_mode"):
+    for heading in ("1. Do the networks multiply?", "2. Mechanism labels", "3. The mechanisms", "4. Mechanisms found without labels",
+                    "5. The seed's mode-3 score", "6. The algorithm scan", "7. Mechanisms during training", "8. Wider networks"):
+        assert heading in report, heading
+    assert report.index("1. Do the networks multiply?") < report.index("2. Mechanism labels")  # the task check leads
+    assert metrics["task"]["exact_plane"] == pytest.approx(optimal_plane("product").mse)
+    assert sum(metrics["labels"]["counts"].values()) == 40
+    assert set(metrics["labels"]["stability"]) == {"64", "256"}
+    assert metrics["dynamics"]["snapshot_epochs"] == [0, 100, 200, 300]
+    assert "3" in metrics["wider"] and "deep" in metrics["wider"]
+    assert set(metrics["transfer"]) >= {"uniform inputs", "initialisation ×0.5"}
+    for name in ("preactivation_maps", "gallery", "mode_over_time", "loss_by_mode", "discovery_gallery"):
         assert (out / "figures" / f"{name}.png").is_file()
+    networks, metadata = load_checkpoint(out / "width2_networks")
+    assert networks.n_models == 40 and len(metadata["labels"]) == 40
 
 
-def test_study_refuses_bad_specs(tmp_path):
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (("n_random = 20", "n_random = 20\nholdout_fraction = 1.5"), "holdout_fraction"),
+        (("widths = [3]", "widths = [0]"), "widths"),
+        (("deep_n_seeds = 12", "deep_n_seeds = 12\ndeep_hidden = [2]"), "deep_hidden"),
+        (("snapshot_every = 100", "snapshot_every = 100\nthreads = 1"), "unknown keys"),  # threads belong to [study]
+        (("lr = 0.01", "lr = 0.01\nmomentum = 0.9"), "unknown keys"),
+        (("[widths]", "[width]"), "unknown sections"),
+        (("init_scales = [0.5]", "init_scales = [0.0]"), "init_scales"),
+        (("positives = []", "positives = [-3]"), "positives"),
+        (("n_train = 64", "n_train = 64\ndistribution = 'normal'"), "distribution"),
+        (("stability_repeats = 2", "stability_repeats = 2\ntolerance = 2.0"), "tolerance"),
+    ],
+)
+def test_study_refuses_bad_specs_before_training(tmp_path, edit, message):
     spec = tmp_path / "bad.toml"
-    spec.write_text(TINY.replace("n_random = 20", "n_random = 20\nholdout_fraction = 1.5"))
-    with pytest.raises(StudySpecError, match="holdout_fraction"):
-        run_study(spec, output_root=tmp_path / "runs", progress=False)
-    spec.write_text(TINY.replace("widths = [3]", "widths = [0]"))
-    with pytest.raises(StudySpecError, match="widths"):
-        run_study(spec, output_root=tmp_path / "runs", progress=False)
-    spec.write_text(TINY.replace("snapshot_every = 20", "snapshot_every = 20\nthreads = 1"))
-    with pytest.raises(StudySpecError, match="unknown keys"):  # threads belong to [study]
-        run_study(spec, output_root=tmp_path / "runs", progress=False)
-    spec.write_text(TINY.replace("lr = 0.01", "lr = 0.01\nmomentum = 0.9"))
-    with pytest.raises(StudySpecError, match="unknown keys"):
+    spec.write_text(TINY.replace(*edit))
+    with pytest.raises(StudySpecError, match=message):
         run_study(spec, output_root=tmp_path / "runs", progress=False)

@@ -258,3 +258,60 @@ def test_fused_kernel_gives_the_same_bits_compiled_afresh_or_loaded_from_the_cac
     runs = [subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True) for _ in range(2)]
     assert list(tmp_path.glob("fused/*.py")), "the first run should have written the kernel to the cache"
     assert runs[0].stdout == runs[1].stdout
+
+
+def test_deep_gradients_equal_autograd(torch_gen):
+    from physlens.training.deep import deep_loss_and_grads
+
+    n_models, n = 4, 30
+    widths = [2, 3, 2, 1]
+    layers = [
+        (torch.randn(n_models, a, b, generator=torch_gen, dtype=torch.float64, requires_grad=True),
+         torch.randn(n_models, b, generator=torch_gen, dtype=torch.float64, requires_grad=True))
+        for a, b in zip(widths[:-1], widths[1:])
+    ]  # fmt: skip
+    inputs = torch.rand(n_models, n, 2, generator=torch_gen, dtype=torch.float64)
+    targets = inputs.prod(-1, keepdim=True)
+    hidden = inputs
+    for k, (W, b) in enumerate(layers):
+        hidden = torch.baddbmm(b.unsqueeze(1), hidden, W)
+        if k < len(layers) - 1:
+            hidden = torch.relu(hidden)
+    per_model = (hidden - targets).square().mean(dim=(1, 2))
+    per_model.sum().backward()
+    loss, grads = deep_loss_and_grads(
+        [(W.detach(), b.detach()) for W, b in layers], inputs.transpose(1, 2).contiguous(), targets[..., 0]
+    )
+    assert_allclose(loss, per_model.detach(), rtol=1e-12)
+    for (W, b), (grad_W, grad_b) in zip(layers, grads):
+        assert_allclose(grad_W, W.grad, rtol=1e-10, atol=1e-12)
+        assert_allclose(grad_b, b.grad, rtol=1e-10, atol=1e-12)
+
+
+def test_deep_ensemble_members_train_like_standalone_networks():
+    from physlens.models.mlp import DeepEnsembleConfig, DeepMLPEnsemble
+    from physlens.training.deep import train_deep_ensemble
+
+    seeds = [2, 5]
+    config = EnsembleTrainConfig(epochs=60, lr=1e-2)
+    data = fma_splits(seeds, n_train=48, n_val=16, dtype="float64")
+    ensemble = DeepMLPEnsemble(DeepEnsembleConfig(seeds=seeds, d_hidden=[3, 2], dtype="float64"))
+    result = train_deep_ensemble(ensemble, data, config, progress=False)
+    assert result.train_loss.shape == (60, 2) and bool((result.final_train_loss < result.train_loss[0]).all())
+    for i, s in enumerate(seeds):  # the reference: one network, autograd, torch.optim.Adam
+        alone = DeepMLPEnsemble(DeepEnsembleConfig(seeds=[s], d_hidden=[3, 2], dtype="float64"))
+        optimizer = torch.optim.Adam(alone.parameters(), lr=1e-2)
+        split = data.member(i)
+        for _ in range(60):
+            optimizer.zero_grad()
+            (alone(split.train_inputs[None]) - split.train_targets[None]).square().mean().backward()
+            optimizer.step()
+        for (W, b), (W_ref, b_ref) in zip(ensemble.layer_parameters(), alone.layer_parameters()):
+            assert_allclose(W[i], W_ref[0], rtol=1e-9, atol=1e-12)
+            assert_allclose(b[i], b_ref[0], rtol=1e-9, atol=1e-12)
+    with pytest.raises(ValueError, match="neither compile nor snapshot_every"):
+        train_deep_ensemble(ensemble, data, EnsembleTrainConfig(epochs=2, snapshot_every=1), progress=False)
+    with pytest.raises(TypeError, match="DeepMLPEnsemble"):
+        train_deep_ensemble(MLPEnsemble(EnsembleConfig(seeds=seeds)), data, progress=False)
+    with pytest.raises(ValueError, match="one split per member"):
+        train_deep_ensemble(ensemble, fma_splits([1], n_train=8, n_val=2, dtype="float64"), progress=False)

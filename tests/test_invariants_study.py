@@ -101,3 +101,28 @@ def test_plots_return_figures_and_check_input() -> None:
     assert isinstance(plot_bottleneck_matches(invariant, {"a": invariant, "b": -invariant}), Figure)
     with pytest.raises(ValueError, match="200 values"):
         plot_bottleneck_matches(invariant, {"a": invariant[:5]})
+
+
+def test_distill_settings_reach_every_formula_and_are_checked_before_training(tmp_path: Path) -> None:
+    spec = tmp_path / "one_term.toml"
+    spec.write_text(TINY.replace("[distill]\nmax_terms = 2\nunary = []", "[distill]\nmax_terms = 1\nmax_degree = 2\nunary = []"))
+    out = run_study(spec, output_root=tmp_path / "runs", progress=False)
+    metrics = json.loads((out / "metrics.json").read_text())
+    m, a = sympy.symbols("m a")
+    for mode, entry in metrics["fma"].items():
+        formula = sympy.sympify(entry["formula"], locals={"m": m, "a": a})
+        assert len([t for t in sympy.Add.make_args(formula) if t.free_symbols]) <= 1, (mode, formula)  # [distill] max_terms
+        assert "Max" in entry["exact_form"]  # the exact form is written from the hidden units, whatever [distill] says
+    report = (out / "report.md").read_text()
+    assert "at most 1 term," in report
+    for bad, message in (("unary = []", "unary = ['tan']"), ("max_terms = 2", "max_terms = 0")):
+        spec.write_text(TINY.replace(bad, message))
+        with pytest.raises(StudySpecError, match=r"\[distill\]"):
+            run_study(spec, output_root=tmp_path / "bad", progress=False)
+    # a bad setting of a later section is refused before the Siamese tower trains
+    spec.write_text(TINY.replace("[transformer]\nenabled = false", "[transformer]\nenabled = true\nsteps = 0"))
+    with pytest.raises(StudySpecError, match=r"\[transformer\]"):
+        run_study(spec, output_root=tmp_path / "bad", progress=False)
+    spec.write_text(TINY.replace("n_models = 4", "n_models = 0"))
+    with pytest.raises(StudySpecError, match=r"\[fma\]"):
+        run_study(spec, output_root=tmp_path / "bad", progress=False)

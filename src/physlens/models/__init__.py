@@ -12,9 +12,21 @@ from physlens.models.transformer import (
     attention_mask,
     preset_config,
 )
-from physlens.models.mlp import EnsembleConfig, MLPConfig, MLPEnsemble, TinyMLP, init_mlp_parameters
+from physlens.models.mlp import (
+    DeepEnsembleConfig,
+    DeepMLPEnsemble,
+    EnsembleConfig,
+    MLPConfig,
+    MLPEnsemble,
+    TinyMLP,
+    init_deep_parameters,
+    init_mlp_parameters,
+    seed_recipe_start,
+)
 
 __all__ = [
+    "DeepEnsembleConfig",
+    "DeepMLPEnsemble",
     "EnsembleConfig",
     "ExactStep",
     "InContextLeastSquares",
@@ -23,7 +35,9 @@ __all__ = [
     "MLPConfig",
     "MLPEnsemble",
     "TinyMLP",
+    "init_deep_parameters",
     "init_mlp_parameters",
+    "seed_recipe_start",
     "BottleneckConfig",
     "BottleneckNetwork",
     "SiameseConfig",

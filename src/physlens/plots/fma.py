@@ -114,9 +114,13 @@ def plot_mode_gallery(
     per_mode: int = 4,
     distribution: str = "product",
     resolution: int = 41,
+    row_name: str = "mode",
 ) -> Figure:
     """A grid of example networks, one row per mode: each panel is the network's error F̂ − m·a over
-    the input square with every hidden unit's zero line drawn in black (the ReLU kinks)."""
+    the input square with every hidden unit's zero line drawn in black (the ReLU kinks).
+
+    ``labels`` may be any grouping (e.g. discovered groups); ``row_name`` names it in the titles.
+    With ``losses`` the examples of each row are its lowest-loss networks."""
     params = network_parameters(network)
     labels = np.asarray(labels)
     if labels.shape[0] != params["W_in"].shape[0]:
@@ -125,7 +129,10 @@ def plot_mode_gallery(
     mm, aa, points = _grid(distribution, resolution)
     fig, axes = plt.subplots(len(modes), per_mode, figsize=(2.2 * per_mode, 2.1 * len(modes)), squeeze=False)
     for r, mode in enumerate(modes):
-        members = np.flatnonzero(labels == mode)[:per_mode]
+        members = np.flatnonzero(labels == mode)
+        if losses is not None:
+            members = members[np.argsort(np.asarray(losses)[members], kind="stable")]
+        members = members[:per_mode]
         for c in range(per_mode):
             ax = axes[r, c]
             if c >= len(members):
@@ -142,10 +149,10 @@ def plot_mode_gallery(
                     ax.contour(mm, aa, values, levels=[0.0], colors="k", linewidths=0.8)
             _draw_support(ax, distribution)
             loss = f", val {losses[index]:.2e}" if losses is not None else ""
-            ax.set_title(f"mode {mode} #{index}{loss}", fontsize=7)
+            ax.set_title(f"{row_name} {mode} #{index}{loss}", fontsize=7)
             ax.tick_params(labelsize=5)
     fig.suptitle("F̂ − m·a on the data's support (red: too high, ±0.15); black lines: unit kinks", fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))  # leave room for the title above the first row
     return fig
 
 
@@ -153,14 +160,15 @@ def plot_roc_curves(curves: Mapping[str, RocResult], *, title: str = "ROC") -> F
     """ROC curves with their AUC in the legend."""
     if not curves:
         raise ValueError("curves must hold at least one ROC curve")
-    fig, ax = plt.subplots(figsize=(4.2, 4.0))
+    fig, ax = plt.subplots(figsize=(4.6, 4.2 + 0.16 * len(curves)))
     for name, roc in curves.items():
-        ax.plot(roc.fpr, roc.tpr, lw=1.3, label=f"{name} (AUC {roc.auc:.3f}, {roc.n_positive}+/{roc.n_negative}−)")
+        interval = f" [{roc.interval.low:.2f}, {roc.interval.high:.2f}]" if roc.interval is not None else ""
+        ax.plot(roc.fpr, roc.tpr, lw=1.3, label=f"{name} (AUC {roc.auc:.3f}{interval}, {roc.n_positive}+/{roc.n_negative}−)")
     ax.plot([0, 1], [0, 1], color="0.6", lw=0.8, ls="--")
     ax.set_xlabel("false positive rate")
     ax.set_ylabel("true positive rate")
     ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=6, loc="lower right")
+    ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=1)
     fig.tight_layout()
     return fig
 
@@ -184,23 +192,33 @@ def plot_mode_over_time(epochs: Sequence[int] | np.ndarray, labels: np.ndarray, 
     return fig
 
 
-def plot_loss_by_mode(losses: np.ndarray, labels: np.ndarray, *, modes: Sequence[str] | None = None) -> Figure:
-    """Histograms of validation loss (log scale) per mode."""
+def plot_loss_by_mode(
+    losses: np.ndarray,
+    labels: np.ndarray,
+    *,
+    modes: Sequence[str] | None = None,
+    references: Mapping[str, float] | None = None,
+    row_name: str = "mode",
+) -> Figure:
+    """Histograms of validation loss (log scale) per mode, with optional reference losses (e.g. the
+    best plane on the same distribution) drawn as vertical lines."""
     losses, labels = np.asarray(losses, dtype=float), np.asarray(labels)
     if losses.shape != labels.shape:
         raise ValueError(f"losses and labels must have the same shape, got {losses.shape} and {labels.shape}")
     modes = list(modes) if modes is not None else sorted(set(labels.tolist()))
     positive = losses[losses > 0]
     bins = np.geomspace(positive.min(), positive.max(), 50) if positive.size > 1 else 20
-    fig, ax = plt.subplots(figsize=(5.5, 3.2))
+    fig, ax = plt.subplots(figsize=(5.8, 3.3))
     for mode in modes:
         chosen = losses[labels == mode]
         if chosen.size:
-            ax.hist(chosen, bins=bins, alpha=0.6, label=f"mode {mode} ({chosen.size})")
+            ax.hist(chosen, bins=bins, alpha=0.6, label=f"{row_name} {mode} ({chosen.size})")
+    for index, (name, value) in enumerate((references or {}).items()):
+        ax.axvline(value, color="k", lw=1.0, ls=("--", ":", "-.")[index % 3], label=name)
     ax.set_xscale("log")
     ax.set_xlabel("validation MSE")
     ax.set_ylabel("networks")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.tight_layout()
     return fig
 

@@ -1,46 +1,78 @@
-"""Mechanism labels for tiny ReLU MLPs, read from the sign pattern of hidden pre-activations over data.
+"""Mechanism labels for tiny ReLU MLPs, read from what each hidden unit does to the computed function.
 
-Each hidden unit is *dead* (pre-activation ≤ 0 on every data point: it never fires), *active*
-(> 0 on every point: the ReLU is unused) or *straddling* (both: the unit puts a kink into the
-function). For width 2 the seed's modes follow:
+A unit ``j`` contributes ``w_j·relu(z_j(x))`` to the output. Over the data *distribution* (exactly,
+by quadrature, or estimated on a sample) it is
 
-- ``"1"``: both units dead; the output is the constant ``b_out``.
-- ``"2"``: exactly one unit dead; the network is a one-unit network.
-- ``"2.5"``: both units active; the network is linear in its inputs.
-- ``"3"``: one unit straddles, the other is active, both output weights are negative and the
-  output bias is positive: F ≈ min(L1, L2) of two planes (see :func:`handcrafted_mode3_network`).
-- ``"other"``: everything else (both straddling; or one straddling and one active with other signs).
+- *dead* when removing it (ReLU → 0) changes the output by at most ``tolerance`` (an RMS change,
+  in units of the target's standard deviation): it never fires, or its output weight is negligible;
+- *linear* (the seed's "active") when replacing its ReLU by the identity changes the output by at
+  most ``tolerance``: it fires on (nearly) all of the data, so it only adds a plane;
+- a *crease* (the seed's "straddling") otherwise: it bends the function along the line z_j = 0,
+  concave (a ridge) when w_j < 0 and convex (a valley) when w_j > 0.
 
-The sign conditions of mode 3 can be relaxed to the ones that change the computed function
-(``mode3_rule="function"`` in :func:`mechanism_labels`).
+For width 2 the seed's modes follow, plus the mechanisms the seed did not name (:data:`MODES`):
 
-For wider networks :func:`unit_pattern_labels` counts units of each kind and :func:`kink_labels`
-gives the coarser class "how many ReLU kinks does the function use".
+- ``"1"``: both units dead; the output is a constant.
+- ``"2"``: exactly one unit dead; a one-unit network.
+- ``"2.5"``: both units linear; the network is a plane.
+- ``"3"``: one ridge and one linear unit, the seed's "one unit straddles zero, the other is
+  mainly positive": F = min of two planes (see :func:`handcrafted_mode3_network`). A second unit
+  that fires on 99 % of the data but bends the function only negligibly counts as linear.
+- ``"valley"``: one valley and one linear unit: F = max of two planes.
+- ``"ridge+valley"``: two creases with output weights of opposite sign.
+- ``"same-sign pair"``: two creases with output weights of the same sign.
+
+For wider networks :func:`crease_labels` counts ridges and valleys, :func:`kink_labels` counts
+creases, and :func:`unit_pattern_labels` counts units of each kind. The old rule, which called a
+unit active only if it fired on *every* point of a sample, is :func:`sign_pattern_states`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import sympy
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from physlens._validation import check_choice, check_finite
+from physlens._validation import (
+    check_choice,
+    check_finite,
+    check_finite_float,
+    check_nonnegative_int,
+    check_positive_int,
+)
 from physlens.models.base import HookedModel
 from physlens.models.mlp import PARAM_NAMES, MLPConfig, MLPEnsemble, TinyMLP
+from physlens.systems.fma import DISTRIBUTIONS, optimal_plane, sample_fma, segment_quadrature
 
-DEAD, ACTIVE, STRADDLING = 0, 1, 2
-"""Unit states returned by :func:`unit_states`."""
+DEAD = 0
+"""Unit state (:func:`unit_states`): removing the unit leaves the function unchanged."""
+ACTIVE = 1
+"""Unit state (:func:`unit_states`): the unit is linear on the data, the seed's "active"."""
+STRADDLING = 2
+"""Unit state (:func:`unit_states`): the unit puts a crease into the function, the seed's "straddling"."""
 
-MODES = ("1", "2", "2.5", "3", "other")
-"""Width-2 mechanism labels, in the seed's order, plus ``"other"`` for patterns outside them."""
+SEED_MODES = ("1", "2", "2.5", "3")
+"""The seed's width-2 modes."""
+
+MODES = (*SEED_MODES, "valley", "ridge+valley", "same-sign pair")
+"""Width-2 mechanism labels: the seed's modes, then the mechanisms it did not name (see the module docstring)."""
+
+DEFAULT_TOLERANCE = 0.04
+"""Default ``tolerance`` of :func:`unit_states`: a unit is dead (or linear) when removing (or linearising)
+it moves the output by at most 4 % of the target's standard deviation (RMS over the distribution).
+A unit whose zero line cuts off 1 % of the product distribution at the slopes of trained mode-3
+networks moves it by 2–4 %, so such a "mainly positive" unit counts as linear, as the seed's mode 3
+requires; the valleys of ridge+valley networks move it by about 10 %."""
 
 NetworkLike = TinyMLP | MLPEnsemble | Mapping[str, Any]
 
-
+_CHUNK_VALUES = 1 << 20  # values per temporary when statistics are taken over a sample
 def network_parameters(network: NetworkLike | torch.nn.Module) -> dict[str, Float[Tensor, "model ..."]]:
     """The parameters of one or many tiny MLPs, stacked with a leading model axis.
 
@@ -102,22 +134,158 @@ def preactivations(network: NetworkLike, inputs: Float[Tensor, "*model n d_in"])
     return torch.baddbmm(b_in.unsqueeze(1), inputs, W_in)
 
 
-def unit_states(network: NetworkLike, inputs: Float[Tensor, "*model n d_in"]) -> Tensor:
-    """State of every hidden unit over the data: ``[model, h]`` of :data:`DEAD`, :data:`ACTIVE`, :data:`STRADDLING`.
+@dataclass(frozen=True)
+class UnitStatistics:
+    """What every hidden unit does over the data, ``[model, h]`` arrays (float64).
 
-    Dead: pre-activation ≤ 0 at every input (the ReLU's output and gradient are 0 everywhere).
-    Active: > 0 at every input. Straddling: both occur.
+    ``removal_change`` and ``linearisation_change`` are the RMS changes of the network's output when
+    the unit's ReLU is replaced by 0 and by the identity, divided by the target's standard deviation
+    on ``distribution``.
+    """
+
+    firing_fraction: np.ndarray  # share of the data where the pre-activation is > 0
+    removal_change: np.ndarray  # ‖w·relu(z)‖ / std(F)
+    linearisation_change: np.ndarray  # ‖w·relu(−z)‖ / std(F)
+    output_weight: np.ndarray  # w, the unit's output weight
+    distribution: str  # the distribution the scale (and, without a sample, the expectations) refer to
+    n_points: int | None  # size of the sample the expectations were estimated on; None: exact (quadrature)
+
+
+def _positive_part_integrals(A: Tensor, B: Tensor) -> tuple[Tensor, Tensor]:
+    """∫₀¹ 1[At + B > 0] dt and ∫₀¹ relu(At + B)² dt, elementwise, in closed form."""
+    flat = A.abs() <= 1e-12 * (B.abs() + 1.0)
+    safe = torch.where(flat, torch.ones_like(A), A)
+    root = (-B / safe).clamp(0.0, 1.0)
+    lo = torch.where(flat, torch.zeros_like(A), torch.where(A > 0, root, torch.zeros_like(A)))
+    hi = torch.where(flat, (B > 0).to(A.dtype), torch.where(A > 0, torch.ones_like(A), root))
+    length = (hi - lo).clamp_min(0.0)
+    # ∫_lo^hi (At + B)² dt without cancellation for small A
+    square = length * (B**2 + A * B * (hi + lo) + A**2 * (hi**2 + hi * lo + lo**2) / 3)
+    return length, square
+
+
+def _sample_moments(params: dict[str, Tensor], inputs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Sample means of 1[z > 0], relu(z)² and relu(−z)² for every unit: three ``[model, h]`` tensors.
+
+    Networks are taken in blocks whose ``[n, block·h]`` pre-activations are written into buffers
+    allocated once, so large samples run in bounded memory.
+    """
+    check_finite("inputs", inputs)
+    W_in, b_in = params["W_in"], params["b_in"]
+    n_models, d_in, width = W_in.shape
+    if inputs.ndim == 3:  # one sample per model
+        pre = preactivations(params, inputs.to(torch.float64))
+        return (pre > 0).to(torch.float64).mean(1), pre.clamp_min(0).square().mean(1), (-pre).clamp_min(0).square().mean(1)
+    if inputs.ndim != 2 or inputs.shape[1] != d_in:
+        raise ValueError(f"inputs must have shape [n, {d_in}] or [model={n_models}, n, {d_in}], got {list(inputs.shape)}")
+    inputs = inputs.to(torch.float64)
+    n = inputs.shape[0]
+    block = max(1, min(n_models, _CHUNK_VALUES // max(1, n * width)))
+    pre = torch.empty(n, block * width, dtype=torch.float64)
+    part = torch.empty_like(pre)
+    fires = torch.empty(pre.shape, dtype=torch.bool)
+    out = [torch.empty(n_models * width, dtype=torch.float64) for _ in range(3)]
+    for start in range(0, n_models, block):
+        stop = min(start + block, n_models)
+        cols = (stop - start) * width
+        weights = W_in[start:stop].permute(1, 0, 2).reshape(d_in, cols)  # [d_in, block·h]
+        z, p, f = pre[:, :cols], part[:, :cols], fires[:, :cols]
+        torch.addmm(b_in[start:stop].reshape(cols), inputs, weights, out=z)
+        torch.gt(z, 0, out=f)
+        out[0][start * width : stop * width] = f.sum(0).to(torch.float64) / n
+        torch.clamp_min(z, 0, out=p)
+        out[1][start * width : stop * width] = p.square_().mean(0)
+        torch.clamp_max(z, 0, out=p)
+        out[2][start * width : stop * width] = p.square_().mean(0)
+    return tuple(values.reshape(n_models, width) for values in out)
+
+
+def unit_statistics(
+    network: NetworkLike,
+    distribution: str = "product",
+    *,
+    inputs: Float[Tensor, "*model n 2"] | None = None,
+) -> UnitStatistics:
+    """Firing fraction and the output change from removing or linearising every hidden unit.
+
+    Without ``inputs`` the expectations are over the distribution itself: along the segments of
+    :func:`~physlens.systems.fma.segment_quadrature` a pre-activation is linear, so its firing
+    fraction and its squared positive and negative parts integrate in closed form, and only the
+    transverse coordinate is discretised (error far below any tolerance used here). With ``inputs``
+    (``[n, 2]`` or one sample per model) they are sample means, which is what relabelling on a
+    fresh sample measures. Either way the changes are divided by the standard deviation of m·a on
+    ``distribution``.
+    """
+    check_choice("distribution", distribution, DISTRIBUTIONS)
+    params = {name: value.to("cpu", torch.float64) for name, value in network_parameters(network).items()}
+    if params["W_in"].shape[1] != 2:
+        raise ValueError(f"unit_statistics needs networks with inputs (m, a), got d_in = {params['W_in'].shape[1]}")
+    w_out = params["W_out"][..., 0]  # [model, h]
+    if inputs is None:
+        quadrature = segment_quadrature(distribution)
+        slope = torch.einsum("kd,mdh->mkh", quadrature.directions, params["W_in"])  # [model, segment, h]
+        offset = torch.einsum("kd,mdh->mkh", quadrature.origins, params["W_in"]) + params["b_in"][:, None, :]
+        fires, positive = _positive_part_integrals(slope, offset)
+        _, negative = _positive_part_integrals(-slope, -offset)
+        weights = quadrature.weights[None, :, None]
+        fraction, positive, negative = ((weights * t).sum(1) for t in (fires, positive, negative))
+        n_points = None
+    else:
+        fraction, positive, negative = _sample_moments(params, torch.as_tensor(inputs))
+        n_points = torch.as_tensor(inputs).shape[-2]
+    scale = optimal_plane(distribution).target_variance ** 0.5
+    return UnitStatistics(
+        firing_fraction=fraction.numpy(),
+        removal_change=(w_out.abs() * positive.sqrt() / scale).numpy(),
+        linearisation_change=(w_out.abs() * negative.sqrt() / scale).numpy(),
+        output_weight=w_out.numpy(),
+        distribution=distribution,
+        n_points=n_points,
+    )
+
+
+def unit_states(
+    network: NetworkLike | UnitStatistics,
+    distribution: str = "product",
+    *,
+    inputs: Float[Tensor, "*model n 2"] | None = None,
+    tolerance: float = DEFAULT_TOLERANCE,
+) -> Tensor:
+    """State of every hidden unit over the data: ``[model, h]`` of :data:`DEAD`, :data:`ACTIVE` (linear)
+    and :data:`STRADDLING` (crease), judged by what the unit does to the function (module docstring).
+
+    ``network`` may also be the :class:`UnitStatistics` of the networks, to try several tolerances
+    without recomputing them. ``tolerance`` is the largest RMS output change, in units of the
+    target's standard deviation, that still counts as "does nothing" (removal) or "is linear"
+    (linearisation).
+    """
+    tolerance = check_finite_float("tolerance", tolerance)
+    if tolerance < 0:
+        raise ValueError(f"tolerance must be >= 0, got {tolerance}")
+    stats = network if isinstance(network, UnitStatistics) else unit_statistics(network, distribution, inputs=inputs)
+    dead = stats.removal_change <= tolerance
+    linear = ~dead & (stats.linearisation_change <= tolerance)
+    states = np.where(dead, DEAD, np.where(linear, ACTIVE, STRADDLING))
+    return torch.from_numpy(states.astype(np.int64))
+
+
+def sign_pattern_states(network: NetworkLike, inputs: Float[Tensor, "*model n d_in"]) -> Tensor:
+    """The all-points rule, kept for comparison: dead if the pre-activation is ≤ 0 at every input,
+    active if > 0 at every input, straddling otherwise (``[model, h]``).
+
+    On a sample this depends on the sample's extreme points; on the corners of the data's support
+    (:func:`~physlens.systems.fma.support_vertices`) it is the corner rule that needs no data.
     """
     pre = preactivations(network, inputs)
     fires = pre > 0
     states = torch.full(pre.shape[::2], STRADDLING, dtype=torch.long, device=pre.device)
     states[~fires.any(dim=1)] = DEAD
     states[fires.all(dim=1)] = ACTIVE
-    return states
+    return states.cpu()
 
 
 def unit_counts(states: Tensor) -> Tensor:
-    """Number of dead, active and straddling units of each network: ``[model, 3]``."""
+    """Number of dead, linear and crease units of each network: ``[model, 3]``."""
     return torch.stack([(states == kind).sum(dim=-1) for kind in (DEAD, ACTIVE, STRADDLING)], dim=-1)
 
 
@@ -129,52 +297,157 @@ def unit_pattern_labels(states: Tensor) -> np.ndarray:
 
 def kink_labels(states: Tensor) -> np.ndarray:
     """Coarse mechanism class for any width: ``"dead"`` when every unit is dead, else ``"k{n}"`` with n
-    the number of straddling units (``"k0"``: the function is linear; each straddling unit adds a kink)."""
+    the number of creases (``"k0"``: the function is linear; each crease adds a kink)."""
     counts = unit_counts(states).cpu().numpy()
     width = states.shape[-1]
     return np.array(["dead" if d == width else f"k{s}" for d, _, s in counts])
 
 
-MODE3_RULES = ("seed", "function")
-"""``"seed"``: mode 3 needs the seed's full sign signature. ``"function"``: only the sign that changes
-the function (the straddling unit's output weight negative, a concave crease)."""
+def crease_labels(states: Tensor, network: NetworkLike | UnitStatistics) -> np.ndarray:
+    """Mechanism class for any width from the creases' curvature: ``"constant"`` (every unit dead),
+    ``"plane"`` (no crease), else ``"r{ridges}v{valleys}"`` (concave and convex creases)."""
+    weights = network.output_weight if isinstance(network, UnitStatistics) else network_parameters(network)["W_out"][..., 0].cpu().numpy()
+    states = states.cpu().numpy()
+    if weights.shape != states.shape:
+        raise ValueError(f"states {list(states.shape)} and the networks' output weights {list(weights.shape)} must match")
+    crease = states == STRADDLING
+    ridges, valleys = (crease & (weights < 0)).sum(1), (crease & (weights > 0)).sum(1)
+    dead = (states == DEAD).all(1)
+    return np.array(
+        ["constant" if d else ("plane" if r + v == 0 else f"r{r}v{v}") for d, r, v in zip(dead, ridges, valleys)]
+    )
+
+
+def labels_from_states(states: Tensor, output_weights: np.ndarray | Tensor) -> np.ndarray:
+    """Width-2 mechanism labels (:data:`MODES`) from unit states and the units' output weights."""
+    states = torch.as_tensor(states).cpu()
+    weights = torch.as_tensor(np.asarray(output_weights)).cpu()
+    if states.ndim != 2 or states.shape[1] != 2 or weights.shape != states.shape:
+        raise ValueError(
+            f"states and output_weights must both have shape [model, 2] (width-2 networks), got {list(states.shape)} and {list(weights.shape)}"
+        )
+    counts = unit_counts(states).numpy()
+    dead, linear, crease = counts[:, 0], counts[:, 1], counts[:, 2]
+    is_crease = (states == STRADDLING).numpy()
+    w = weights.numpy()
+    crease_weight = np.where(is_crease, w, 0.0).sum(1)  # the one crease's output weight, where there is one
+    opposite = np.sign(w[:, 0]) != np.sign(w[:, 1])
+    labels = np.full(states.shape[0], "same-sign pair", dtype=object)
+    labels[(crease == 2) & opposite] = "ridge+valley"
+    labels[(crease == 1) & (linear == 1)] = np.where(crease_weight[(crease == 1) & (linear == 1)] < 0, "3", "valley")
+    labels[linear == 2] = "2.5"
+    labels[dead == 1] = "2"
+    labels[dead == 2] = "1"
+    return labels.astype(str)
 
 
 def mechanism_labels(
-    network: NetworkLike, inputs: Float[Tensor, "*model n d_in"], *, mode3_rule: str = "seed"
+    network: NetworkLike,
+    distribution: str = "product",
+    *,
+    inputs: Float[Tensor, "*model n 2"] | None = None,
+    tolerance: float = DEFAULT_TOLERANCE,
 ) -> np.ndarray:
-    """The seed's width-2 mode of every network (see :data:`MODES` and the module docstring).
+    """The width-2 mechanism of every network (:data:`MODES`): the seed's modes 1, 2, 2.5 and 3, and
+    ``"valley"``, ``"ridge+valley"``, ``"same-sign pair"`` for what the seed did not name.
 
-    With ``mode3_rule="seed"`` (default) mode 3 is the seed's signature: one straddling and one
-    active unit, both output weights negative, output bias positive. An always-active unit only
-    adds a linear term, which a unit of either output sign can supply (flip its weights, shift its
-    bias, absorb the constant into ``b_out``), so those two signs pick one of several equivalent
-    ways to write the same function. ``mode3_rule="function"`` keeps only the sign that matters:
-    the straddling unit's output weight is negative, so F = min of two planes, as in
-    :func:`handcrafted_mode3_network`.
+    Units are judged over ``distribution`` (exactly) or on ``inputs`` (a sample), with
+    :func:`unit_states`' ``tolerance``. Mode 3 is the seed's "one unit straddles zero and the other
+    is mainly positive" with the output ≈ min of two planes: one crease with a negative output
+    weight (a ridge) and one linear unit. Only that sign matters to the function: an always-on
+    unit adds a plane that a unit of either output sign can supply, so the seed's sign signature
+    (:func:`seed_sign_signature`) is one of several ways to write the same mode.
     """
-    check_choice("mode3_rule", mode3_rule, MODE3_RULES)
     params = network_parameters(network)
     if params["W_in"].shape[2] != 2:
         raise ValueError(
             f"mechanism_labels needs width-2 networks (modes 1/2/2.5/3), got width {params['W_in'].shape[2]}; "
-            "use unit_pattern_labels or kink_labels for other widths"
+            "use crease_labels, kink_labels or unit_pattern_labels for other widths"
         )
-    states = unit_states(params, inputs).cpu()
-    counts = unit_counts(states).numpy()
-    w_out = params["W_out"][..., 0].cpu()
-    b_out = params["b_out"][..., 0].cpu()
-    if mode3_rule == "seed":
-        signs_ok = ((w_out < 0).all(dim=1) & (b_out > 0)).numpy()
-    else:
-        signs_ok = ((w_out < 0) | (states != STRADDLING)).all(dim=1).numpy()
-    labels = np.full(states.shape[0], "other", dtype=object)
-    dead, active, straddling = counts[:, 0], counts[:, 1], counts[:, 2]
-    labels[dead == 2] = "1"
-    labels[dead == 1] = "2"
-    labels[active == 2] = "2.5"
-    labels[(straddling == 1) & (active == 1) & signs_ok] = "3"
-    return labels.astype(str)
+    stats = unit_statistics(params, distribution, inputs=inputs)
+    return labels_from_states(unit_states(stats, tolerance=tolerance), stats.output_weight)
+
+
+def relabel_on_samples(
+    network: NetworkLike,
+    distribution: str = "product",
+    *,
+    n_points: int,
+    repeats: int = 5,
+    seed: int = 0,
+    tolerance: float = DEFAULT_TOLERANCE,
+) -> np.ndarray:
+    """Labels of every network estimated on ``repeats`` fresh samples of ``n_points`` points:
+    ``[repeat, model]``. Compare with :func:`mechanism_labels` on the distribution to measure how
+    much labels depend on the sample (sample ``r`` is drawn with seed ``seed + r``)."""
+    n_points, repeats = check_positive_int("n_points", n_points), check_positive_int("repeats", repeats)
+    seed = check_nonnegative_int("seed", seed)
+    return np.stack([
+        mechanism_labels(network, distribution, inputs=sample_fma(n_points, distribution, seed=seed + r, dtype="float64")[0], tolerance=tolerance)
+        for r in range(repeats)
+    ])
+
+
+def network_formula(network: NetworkLike, index: int = 0, *, digits: int = 3, tolerance: float | None = DEFAULT_TOLERANCE) -> sympy.Expr:
+    """Network ``index`` written out: b_out + Σ_j w_j·max(0, W_j·(m, a) + b_j), rounded to ``digits``.
+
+    With ``tolerance`` (default), units that are dead on the product distribution are dropped and
+    linear units are written as their plane (their ReLU never acts), so the formula shows the
+    mechanism; ``tolerance=None`` keeps every unit as it is.
+    """
+    params = network_parameters(network)
+    n_models = params["W_in"].shape[0]
+    if isinstance(index, bool) or not isinstance(index, int) or not -n_models <= index < n_models:
+        raise ValueError(f"index must be an integer in [0, {n_models}), got {index!r}")
+    one = {name: value[index : index + 1] for name, value in params.items()}
+    states = unit_states(one, tolerance=tolerance)[0].tolist() if tolerance is not None else [STRADDLING] * one["W_in"].shape[2]
+    m, a = sympy.symbols("m a")
+
+    def number(value: Tensor) -> sympy.Float:
+        return sympy.Float(float(value), digits)
+
+    formula = number(one["b_out"][0, 0])
+    for unit, state in enumerate(states):
+        if state == DEAD:
+            continue
+        pre = number(one["W_in"][0, 0, unit]) * m + number(one["W_in"][0, 1, unit]) * a + number(one["b_in"][0, unit])
+        formula += number(one["W_out"][0, unit, 0]) * (pre if state == ACTIVE else sympy.Max(0, pre))
+    return formula
+
+
+def region_mse(network: NetworkLike, inputs: Float[Tensor, "n 2"], region: Tensor) -> np.ndarray:
+    """Each network's mean squared error against m·a inside and outside ``region`` (a boolean mask
+    over ``inputs``): ``[model, 2]``, NaN where a side holds no point."""
+    inputs = torch.as_tensor(inputs).to(torch.float64)
+    region = torch.as_tensor(region)
+    if region.dtype != torch.bool or region.shape != inputs.shape[:1]:
+        raise ValueError(f"region must be a boolean mask with one entry per input ({inputs.shape[0]}), got {region.dtype} {list(region.shape)}")
+    params = {name: value.to("cpu", torch.float64) for name, value in network_parameters(network).items()}
+    output = (preactivations(params, inputs).clamp_min(0) * params["W_out"][:, None, :, 0]).sum(-1) + params["b_out"]
+    error = (output - inputs[:, 0] * inputs[:, 1]).square()
+    inside = error[:, region].mean(1) if region.any() else torch.full(error.shape[:1], float("nan"), dtype=error.dtype)
+    outside = error[:, ~region].mean(1) if (~region).any() else torch.full(error.shape[:1], float("nan"), dtype=error.dtype)
+    return torch.stack([inside, outside], dim=1).numpy()
+
+
+def seed_sign_signature(network: NetworkLike) -> np.ndarray:
+    """Whether each network carries the sign signature of the seed's mode-3 examples: every output
+    weight negative and the output bias positive (a parametrisation, not a property of the function)."""
+    params = network_parameters(network)
+    return ((params["W_out"][..., 0] < 0).all(dim=1) & (params["b_out"][:, 0] > 0)).cpu().numpy()
+
+
+def crease_angles(network: NetworkLike) -> np.ndarray:
+    """Angle in degrees (0–90) between each unit's zero line and the diagonal m = a: ``[model, h]``.
+
+    0° is a crease along the diagonal (the seed's mode-3 roof, whose ridge runs where m = a); 90°
+    is a crease across it, e.g. one that cuts off the far tips of the product distribution.
+    """
+    W = network_parameters(network)["W_in"].to("cpu", torch.float64)  # [model, 2, h]
+    if W.shape[1] != 2:
+        raise ValueError(f"crease_angles needs networks with inputs (m, a), got d_in = {W.shape[1]}")
+    # the zero line runs along (−W₁, W₀); against (1, 1) its dot product is W₀ − W₁ and its cross product −(W₀ + W₁)
+    return torch.rad2deg(torch.atan2((W[:, 0] + W[:, 1]).abs(), (W[:, 0] - W[:, 1]).abs())).numpy()
 
 
 HANDCRAFTED_PLANES = (0.85, 0.55, 0.45)
@@ -220,16 +493,27 @@ def handcrafted_mode3_network(
 __all__ = [
     "ACTIVE",
     "DEAD",
+    "DEFAULT_TOLERANCE",
     "HANDCRAFTED_PLANES",
-    "MODE3_RULES",
     "MODES",
+    "SEED_MODES",
     "STRADDLING",
+    "UnitStatistics",
+    "crease_angles",
+    "crease_labels",
     "handcrafted_mode3_network",
     "kink_labels",
+    "labels_from_states",
     "mechanism_labels",
+    "network_formula",
     "network_parameters",
     "preactivations",
+    "region_mse",
+    "relabel_on_samples",
+    "seed_sign_signature",
+    "sign_pattern_states",
     "unit_counts",
     "unit_pattern_labels",
     "unit_states",
+    "unit_statistics",
 ]

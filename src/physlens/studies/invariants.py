@@ -15,15 +15,19 @@ import numpy as np
 import sympy
 import torch
 
+from physlens.models.mlp import EnsembleConfig, MLPEnsemble
 from physlens.models.siamese import BottleneckConfig, BottleneckNetwork, SiameseConfig, SiameseTower
 from physlens.plots.invariants import plot_bottleneck_matches, plot_formula_front, plot_latent_vs_invariant
 from physlens.plots.training import plot_loss_curve
-from physlens.probes.distill import SymbolicDistiller, record_io
+from physlens.probes.distill import UNARY_FUNCTIONS, SymbolicDistiller, record_io
 from physlens.probes.invariants import PolynomialLatentRegression, match_quantities
+from physlens.probes.mechanisms import mechanism_labels
 from physlens.studies.report import Report, StudySpecError, format_number, section
 from physlens.systems.central import ORBIT_STATE_NAMES, CentralPotentialSystem, angular_momentum, orbit_energy
+from physlens.systems.fma import fma_splits, spawn_seeds
 from physlens.systems.oscillator import OscillatorSystem
 from physlens.systems.params import Uniform
+from physlens.training.ensemble import EnsembleTrainConfig, train_ensemble
 from physlens.training.invariants import (
     BottleneckTrainConfig,
     SiameseTrainConfig,
@@ -59,6 +63,20 @@ def _pair(name: str, table: str, value: Any) -> tuple[float, float]:
     return (float(value[0]), float(value[1]))
 
 
+def _distiller_args(opts: dict[str, Any]) -> dict[str, Any]:
+    """The [distill] settings, checked before anything trains. They set every compact-formula search
+    of the study: the Siamese latent, the F = m·a networks' outputs and the transformer's probe value."""
+    args = {"max_terms": opts.get("max_terms", 4), "max_degree": opts.get("max_degree", 2), "unary": opts.get("unary", ["sin", "cos", "exp", "sqrt", "inv"])}
+    for key in ("max_terms", "max_degree"):
+        if args[key] < 1:
+            raise StudySpecError(f"[distill] {key} must be an integer >= 1, got {args[key]}")
+    unknown = [u for u in args["unary"] if u not in UNARY_FUNCTIONS]
+    if unknown or not all(isinstance(u, str) for u in args["unary"]):
+        raise StudySpecError(f"[distill] unary must list functions from {list(UNARY_FUNCTIONS)}, got {args['unary']!r}")
+    args["unary"] = tuple(args["unary"])
+    return args
+
+
 def _formula(expression: sympy.Expr) -> str:
     return "`" + str(sympy.N(expression, 4)) + "`"
 
@@ -77,30 +95,31 @@ def run(spec: dict[str, Any], out_dir: Path, *, progress: bool = True) -> None:
     fma_opts = section(spec, "fma", FMA_KEYS)
     transformer_opts = section(spec, "transformer", TRANSFORMER_KEYS)
     distill_opts = section(spec, "distill", DISTILL_KEYS)
-    distiller_args = {
-        "max_terms": distill_opts.get("max_terms", 4),
-        "max_degree": distill_opts.get("max_degree", 2),
-        "unary": tuple(distill_opts.get("unary", ["sin", "cos", "exp", "sqrt", "inv"])),
-    }
+    distiller_args = _distiller_args(distill_opts)
+    # every section's configuration is built (and refused if invalid) before anything trains
+    siamese_setup = _siamese_setup(orbits_opts, siamese_opts, seed)
+    bottleneck_setup = _bottleneck_setup(bottleneck_opts, seed) if bottleneck_opts.get("enabled", True) else None
+    fma_setup = _fma_setup(fma_opts, seed) if fma_opts.get("enabled", True) else None
+    transformer_setup = _transformer_setup(transformer_opts, seed) if transformer_opts.get("enabled", False) else None
     report = Report(spec["study"].get("name", "invariants"))
     report.paragraph(spec["study"].get("description", ""))
     timings: dict[str, float] = {}
     curves: dict[str, list[float]] = {}
 
     start = time.perf_counter()
-    _siamese_section(report, orbits_opts, siamese_opts, latent_opts, distiller_args, seed, progress, curves)
+    _siamese_section(report, siamese_setup, orbits_opts, siamese_opts, latent_opts, distiller_args, seed, progress, curves)
     timings["siamese"] = time.perf_counter() - start
-    if bottleneck_opts.get("enabled", True):
+    if bottleneck_setup is not None:
         start = time.perf_counter()
-        _bottleneck_section(report, bottleneck_opts, seed, progress, curves)
+        _bottleneck_section(report, bottleneck_setup, bottleneck_opts, seed, progress, curves)
         timings["bottleneck"] = time.perf_counter() - start
-    if fma_opts.get("enabled", True):
+    if fma_setup is not None:
         start = time.perf_counter()
-        _fma_section(report, fma_opts, distiller_args, seed, progress)
+        _fma_section(report, fma_setup, fma_opts, distiller_args, progress)
         timings["fma"] = time.perf_counter() - start
-    if transformer_opts.get("enabled", False):
+    if transformer_setup is not None:
         start = time.perf_counter()
-        _transformer_section(report, transformer_opts, distiller_args, seed, progress)
+        _transformer_section(report, transformer_setup, transformer_opts, distiller_args, seed, progress)
         timings["transformer"] = time.perf_counter() - start
     report.figure("loss_curves", plot_loss_curve(curves), "Training loss of the Siamese tower (contrastive) and the bottleneck network (MSE).")
     report.heading("Run time")
@@ -110,8 +129,34 @@ def run(spec: dict[str, Any], out_dir: Path, *, progress: bool = True) -> None:
 
 
 # ------------------------------------------------------------------------------------------ Siamese
+def _siamese_setup(orbits_opts: dict[str, Any], opts: dict[str, Any], seed: int) -> tuple[CentralPotentialSystem, SiameseTrainConfig, SiameseTower]:
+    """The orbit system, training recipe and tower, checked before anything trains. The defaults
+    (three tanh layers of 64, 8000 steps of 512 pairs, lr 5e-3, different pairs at least 0.2 apart
+    in L) reach the slides' 97 % on held-out orbits; the slides' own recipe is not given."""
+    try:
+        system = CentralPotentialSystem(
+            energy_range=_pair("energy_range", "orbits", orbits_opts.get("energy_range", [-0.8, -0.3])),
+            angular_momentum_range=_pair("angular_momentum_range", "orbits", orbits_opts.get("angular_momentum_range", [0.2, 1.2])),
+            min_perihelion=orbits_opts.get("min_perihelion", 0.2),
+        )
+        config = SiameseTrainConfig(
+            steps=opts.get("steps", 8000), batch_size=opts.get("batch_size", 512), lr=opts.get("lr", 5e-3),
+            margin=opts.get("margin", 1.0), min_gap=opts.get("min_gap", 0.2), seed=seed,
+        )
+        model = SiameseTower(SiameseConfig(
+            d_hidden=opts.get("d_hidden", 64), n_layers=opts.get("n_layers", 3), activation=opts.get("activation", "tanh"), seed=seed,
+        ))
+    except ValueError as error:
+        raise StudySpecError(f"[orbits]/[siamese] is invalid: {error}") from None
+    for key in ("n_train", "n_test", "states_per_orbit"):
+        if orbits_opts.get(key, 2) < 2:
+            raise StudySpecError(f"[orbits] {key} must be an integer >= 2, got {orbits_opts[key]}")
+    return system, config, model
+
+
 def _siamese_section(
     report: Report,
+    setup: tuple[CentralPotentialSystem, SiameseTrainConfig, SiameseTower],
     orbits_opts: dict[str, Any],
     opts: dict[str, Any],
     latent_opts: dict[str, Any],
@@ -120,21 +165,7 @@ def _siamese_section(
     progress: bool,
     curves: dict[str, list[float]],
 ) -> None:
-    try:
-        system = CentralPotentialSystem(
-            energy_range=_pair("energy_range", "orbits", orbits_opts.get("energy_range", [-0.8, -0.3])),
-            angular_momentum_range=_pair("angular_momentum_range", "orbits", orbits_opts.get("angular_momentum_range", [0.2, 1.2])),
-            min_perihelion=orbits_opts.get("min_perihelion", 0.2),
-        )
-        config = SiameseTrainConfig(
-            steps=opts.get("steps", 1500), batch_size=opts.get("batch_size", 256), lr=opts.get("lr", 1e-2),
-            margin=opts.get("margin", 1.0), min_gap=opts.get("min_gap", 0.3), seed=seed,
-        )
-        model = SiameseTower(SiameseConfig(
-            d_hidden=opts.get("d_hidden", 32), n_layers=opts.get("n_layers", 2), activation=opts.get("activation", "tanh"), seed=seed,
-        ))
-    except ValueError as error:
-        raise StudySpecError(f"[orbits]/[siamese] is invalid: {error}") from None
+    system, config, model = setup
     per_orbit = orbits_opts.get("states_per_orbit", 16)
     train = system.sample(orbits_opts.get("n_train", 2000), per_orbit, seed=seed, random_times=True)
     test = system.sample(orbits_opts.get("n_test", 500), per_orbit, seed=seed + 1, random_times=True)
@@ -220,7 +251,8 @@ def _siamese_section(
 
 
 # --------------------------------------------------------------------------------------- bottleneck
-def _bottleneck_section(report: Report, opts: dict[str, Any], seed: int, progress: bool, curves: dict[str, list[float]]) -> None:
+def _bottleneck_setup(opts: dict[str, Any], seed: int) -> tuple[OscillatorSystem, BottleneckTrainConfig, BottleneckNetwork, float, float]:
+    """The oscillator, recipe and bottleneck network, checked before anything trains."""
     low, high = _pair("omega0_range", "bottleneck", opts.get("omega0_range", [1.0, 4.0]))
     try:
         system = OscillatorSystem(omega0=Uniform(low, high), gamma=opts.get("gamma", 0.1), energy_range=(0.1, 1.0))
@@ -231,6 +263,14 @@ def _bottleneck_section(report: Report, opts: dict[str, Any], seed: int, progres
         model = BottleneckNetwork(BottleneckConfig(d_in=2 * config.window, d_out=2, d_side=2, d_hidden=opts.get("d_hidden", 32), seed=seed))
     except ValueError as error:
         raise StudySpecError(f"[bottleneck] is invalid: {error}") from None
+    return system, config, model, low, high
+
+
+def _bottleneck_section(
+    report: Report, setup: tuple[OscillatorSystem, BottleneckTrainConfig, BottleneckNetwork, float, float], opts: dict[str, Any],
+    seed: int, progress: bool, curves: dict[str, list[float]],
+) -> None:
+    system, config, model, low, high = setup
     losses = train_bottleneck(model, system, config, progress=progress)
     curves["bottleneck (MSE)"] = losses
     test = system.sample(opts.get("n_test", 2000), config.window + 1, seed=seed + 10)
@@ -283,35 +323,32 @@ def _bottleneck_section(report: Report, opts: dict[str, Any], seed: int, progres
 
 
 # -------------------------------------------------------------------------------------------- F=ma
-def _fma_section(report: Report, opts: dict[str, Any], distiller_args: dict[str, Any], seed: int, progress: bool) -> None:
+def _fma_setup(opts: dict[str, Any], seed: int) -> tuple[Any, Any, Any]:
+    """Data, networks and recipe of the F = m·a section, checked before anything trains."""
     try:
-        from physlens.models.mlp import EnsembleConfig, MLPEnsemble
-        from physlens.probes.mechanisms import mechanism_labels
-        from physlens.systems.fma import fma_splits
-        from physlens.training.ensemble import EnsembleTrainConfig, train_ensemble
-    except ImportError as error:  # the F = m·a pieces live in other modules of the library
-        report.heading("3. F = m·a modes")
-        report.paragraph(f"Skipped: {error}.")
-        return
-    n_models = opts.get("n_models", 32)
-    seeds = list(range(seed, seed + n_models))
-    try:
+        seeds = spawn_seeds(seed, {"fma": opts.get("n_models", 32)})["fma"]
         data = fma_splits(seeds, opts.get("distribution", "product"), n_train=opts.get("n_train", 1000), n_val=opts.get("n_val", 1000))
-        ensemble = MLPEnsemble(EnsembleConfig(seeds=seeds))
-        result = train_ensemble(ensemble, data, EnsembleTrainConfig(epochs=opts.get("epochs", 2000)), progress=progress)
+        return data, MLPEnsemble(EnsembleConfig(seeds=seeds)), EnsembleTrainConfig(epochs=opts.get("epochs", 2000))
     except ValueError as error:
         raise StudySpecError(f"[fma] is invalid: {error}") from None
-    modes = mechanism_labels(ensemble, data.val_inputs)
+
+
+def _fma_section(report: Report, setup: tuple[Any, Any, Any], opts: dict[str, Any], distiller_args: dict[str, Any], progress: bool) -> None:
+    data, ensemble, train_config = setup
+    n_models, distribution = ensemble.n_models, data.distribution
+    result = train_ensemble(ensemble, data, train_config, progress=progress)
+    modes = mechanism_labels(ensemble, distribution)
     rows, metrics, fronts = [], {}, {}
     for mode in sorted(set(modes)):
         members = np.flatnonzero(modes == mode)
         best = int(members[np.argmin(result.val_loss[members].numpy())])
         network = ensemble.member(best)
         inputs = data.val_inputs[best]
-        # a ReLU network is piecewise linear: distil it over polynomials for a compact approximant
+        # a ReLU network is piecewise linear: distil it with the [distill] library for a compact approximant
         X, y = record_io(network, inputs)
-        distiller = SymbolicDistiller(variable_names=["m", "a"], max_terms=3, max_degree=2, unary=()).fit(X, y)
-        # and write its exact form from distilled (linear, hence exact) hidden pre-activations
+        distiller = SymbolicDistiller(variable_names=["m", "a"], **distiller_args).fit(X, y)
+        # and write its exact form from distilled hidden pre-activations: linear, so a degree-1 search
+        # with three terms recovers them exactly, whatever [distill] asks of the compact formula
         exact = sympy.Float(float(network.b_out.detach()[0]), 4)
         for unit in range(network.cfg.d_hidden):
             Xh, yh = record_io(network, inputs, output_hook="hook_pre", component=unit)
@@ -326,10 +363,12 @@ def _fma_section(report: Report, opts: dict[str, Any], distiller_args: dict[str,
     report.heading("3. F = m·a: what formula does each mode compute?")
     report.paragraph(
         f"{n_models} width-2 ReLU networks trained ({opts.get('epochs', 2000)} full-batch Adam epochs, "
-        f"{opts.get('distribution', 'product')} data); modes from the sign patterns of the hidden "
-        "pre-activations. For the best network of each mode, its output on the validation inputs is "
-        "distilled over polynomials in (m, a) (at most 3 terms); the exact piecewise-linear form is "
-        "assembled from the distilled hidden pre-activations (linear, so recovered exactly) and the output weights."
+        f"{distribution} data); modes from what each unit does to the function over the distribution "
+        "(`mechanism_labels`). For the best network of each mode, its output on the validation inputs is "
+        f"distilled with the [distill] settings (at most {distiller_args['max_terms']} term{'s' if distiller_args['max_terms'] != 1 else ''}, monomials up to degree "
+        f"{distiller_args['max_degree']}, unary functions {list(distiller_args['unary']) or 'none'}); the exact "
+        "piecewise-linear form is assembled from the distilled hidden pre-activations (linear, so a degree-1 search "
+        "recovers them exactly) and the output weights."
     )
     report.table(["mode", "networks", "network val MSE", "exact form (from hooks)", "compact formula", "formula rel. error"], rows)
     if fronts:
@@ -342,10 +381,25 @@ def _fma_section(report: Report, opts: dict[str, Any], distiller_args: dict[str,
 
 
 # ------------------------------------------------------------------------------------- transformer
-def _transformer_section(report: Report, opts: dict[str, Any], distiller_args: dict[str, Any], seed: int, progress: bool) -> None:
+def _transformer_setup(opts: dict[str, Any], seed: int) -> tuple[Any, Any, Any]:
+    """The oscillator, the seed's OLA and its recipe, checked before anything trains."""
     from physlens.models.transformer import OscillatorTransformer, preset_config
+    from physlens.training.trainer import TrainConfig
+
+    try:
+        system = OscillatorSystem(omega0=opts.get("omega0", 2.0), gamma=opts.get("gamma", 0.1))
+        model = OscillatorTransformer(preset_config("OLA", seed=seed))
+        config = TrainConfig(steps=opts.get("steps", 1000), seq_len=opts.get("seq_len", 10), lr=1e-2, schedule="cosine", seed=seed)
+    except ValueError as error:
+        raise StudySpecError(f"[transformer] is invalid: {error}") from None
+    return system, model, config
+
+
+def _transformer_section(
+    report: Report, setup: tuple[Any, Any, Any], opts: dict[str, Any], distiller_args: dict[str, Any], seed: int, progress: bool
+) -> None:
     from physlens.systems.oscillator import propagator
-    from physlens.training.trainer import TrainConfig, train
+    from physlens.training.trainer import train
 
     try:
         from physlens.probes.linear_probe import LinearProbe
@@ -353,14 +407,8 @@ def _transformer_section(report: Report, opts: dict[str, Any], distiller_args: d
         report.heading("4. A probe direction of the oscillator transformer")
         report.paragraph(f"Skipped: {error}.")
         return
-    omega0, gamma = opts.get("omega0", 2.0), opts.get("gamma", 0.1)
-    seq_len = opts.get("seq_len", 10)
-    try:
-        system = OscillatorSystem(omega0=omega0, gamma=gamma)
-        model = OscillatorTransformer(preset_config("OLA", seed=seed))
-        config = TrainConfig(steps=opts.get("steps", 1000), seq_len=seq_len, lr=1e-2, schedule="cosine", seed=seed)
-    except ValueError as error:
-        raise StudySpecError(f"[transformer] is invalid: {error}") from None
+    system, model, config = setup
+    omega0, gamma, seq_len = opts.get("omega0", 2.0), opts.get("gamma", 0.1), config.seq_len
     result = train(model, system, config, progress=progress)
     test = system.sample(opts.get("n_probe", 2000), seq_len + 1, seed=seed + 20)
     inputs, targets = test.inputs_targets()
@@ -373,14 +421,14 @@ def _transformer_section(report: Report, opts: dict[str, Any], distiller_args: d
     direction = torch.as_tensor(np.asarray(probe.coef_), dtype=torch.float64)
     X, y = record_io(model, inputs, output_hook=hook, position=-1, direction=direction.to(inputs.dtype))
     X_last = X[:, -2:]  # the current state (x_t, p_t) of each sequence
-    distiller = SymbolicDistiller(variable_names=["x", "p"], max_terms=3, max_degree=2, unary=()).fit(X_last, y + probe.intercept_)
+    distiller = SymbolicDistiller(variable_names=["x", "p"], **distiller_args).fit(X_last, y + probe.intercept_)
     exact = propagator(omega0, gamma, system.dt)[0].tolist()
     report.heading("4. A probe direction of the oscillator transformer")
     report.paragraph(
         f"The seed's OLA (d_model 2, one head) trained {config.steps} steps on ω0 = {omega0}, γ = {gamma} "
         f"(final loss {format_number(float(np.mean(result.losses[-20:])))}). A ridge probe on `{hook}` at the last "
         f"position reads the next x with cross-validated R² {format_number(probe.cv_r2_, 4)}. The probe's "
-        f"value, distilled as a function of the current state (x, p): {_formula(distiller.expression_)} "
+        f"value, distilled with the [distill] settings as a function of the current state (x, p): {_formula(distiller.expression_)} "
         f"(relative error {format_number(distiller.selected_.nmse)}); the exact propagator gives "
         f"x(t+Δt) = {exact[0]:.4f}·x + {exact[1]:.4f}·p."
     )

@@ -29,13 +29,31 @@ from physlens.systems.oscillator import (
     propagator,
 )
 from physlens.systems.params import Choice, Fixed, ParamSpec, Uniform, as_param_spec
-from physlens.systems.fma import FmaSplit, fma_split, fma_splits, sample_fma, support_vertices
+from physlens.systems.fma import (
+    FmaSplit,
+    PlaneBaseline,
+    fma_split,
+    fma_splits,
+    optimal_plane,
+    plane_fit_val_mse,
+    sample_fma,
+    seed_recipe_split,
+    segment_quadrature,
+    spawn_seeds,
+    support_vertices,
+)
 
 __all__ = [
     "FmaSplit",
+    "PlaneBaseline",
     "fma_split",
     "fma_splits",
+    "optimal_plane",
+    "plane_fit_val_mse",
     "sample_fma",
+    "seed_recipe_split",
+    "segment_quadrature",
+    "spawn_seeds",
     "support_vertices",
     "CONSERVATION_TOLERANCE",
     "ORBIT_LABEL_NAMES",

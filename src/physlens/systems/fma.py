@@ -6,7 +6,8 @@ of an ensemble can see its own data (as in the seed, where each run drew fresh d
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,6 +52,23 @@ def support_vertices(distribution: str) -> Float[Tensor, "vertex 2"]:
         # a convex curve, so the hull's corners are the ends of that curve and of the axes.
         corners = [(0.0, 0.5), (0.0, 1.0), (0.5, 2.0), (2.0, 0.5), (1.0, 0.0), (0.5, 0.0)]
     return torch.tensor(corners, dtype=torch.float64)
+
+
+def in_support(points: Float[Tensor, "n 2"], distribution: str = "product") -> Tensor:
+    """Whether each point (m, a) can be drawn from ``distribution``: a boolean ``[n]``.
+
+    ``"uniform"``: the unit square. ``"product"``: (F/u, u) or (u, F/u) with F ∈ [0, 1] and
+    u ∈ [½, 1], i.e. one coordinate in [½, 1], the other non-negative, and m·a ≤ 1.
+    """
+    check_choice("distribution", distribution, DISTRIBUTIONS)
+    points = torch.as_tensor(points)
+    if points.ndim != 2 or points.shape[1] != 2:
+        raise ValueError(f"points must have shape [n, 2], got {list(points.shape)}")
+    m, a = points[:, 0], points[:, 1]
+    if distribution == "uniform":
+        return (m >= 0) & (m <= 1) & (a >= 0) & (a <= 1)
+    product_ok = (m >= 0) & (a >= 0) & (m * a <= 1)
+    return product_ok & (((a >= 0.5) & (a <= 1)) | ((m >= 0.5) & (m <= 1)))
 
 
 def sample_fma(
@@ -177,12 +195,173 @@ def fma_splits(
     return FmaSplit(*(torch.stack([getattr(p, f) for p in parts]) for f in fields), distribution=distribution)
 
 
+def spawn_seeds(root: int, sizes: Mapping[str, int]) -> dict[str, list[int]]:
+    """Independent network seeds for several named sets, from one root seed.
+
+    ``numpy.random.SeedSequence(root).spawn`` gives every set its own child sequence (in the order
+    of ``sizes``), and each child draws that set's 63-bit seeds. Sets therefore never share a seed
+    (and so never share an initialisation or a data split), however many networks each holds;
+    adding a set at the end leaves the earlier sets unchanged. Raises if two seeds coincide
+    anywhere, which at 63 bits would be a broken generator rather than bad luck.
+    """
+    root = check_nonnegative_int("root", root)
+    if not isinstance(sizes, Mapping) or not sizes:
+        raise ValueError(f"sizes must be a non-empty mapping from set name to number of seeds, got {sizes!r}")
+    counts = {str(name): check_positive_int(f"sizes[{name!r}]", n) for name, n in sizes.items()}
+    children = np.random.SeedSequence(root).spawn(len(counts))
+    seeds = {
+        name: [int(s) for s in child.generate_state(n, dtype=np.uint64) >> np.uint64(1)]
+        for (name, n), child in zip(counts.items(), children)
+    }
+    flat = [s for values in seeds.values() for s in values]
+    if len(set(flat)) != len(flat):
+        raise RuntimeError(f"spawn_seeds({root}) produced a repeated seed; the seed sequence is broken")
+    return seeds
+
+
+# --------------------------------------------------------------------- exact distribution-level facts
+def _moments(distribution: str) -> tuple[np.ndarray, np.ndarray, float]:
+    """Second moments of (1, m, a) and their products with F, and E[F²], in closed form (float64)."""
+    if distribution == "uniform":  # m, a independent U(0, 1)
+        mean, square, cross, f_mean, f_square, f_input = 0.5, 1 / 3, 0.25, 0.25, 1 / 9, 1 / 6
+    else:  # half the mass (F/u, u), half (u, F/u); F ~ U(0, 1), u ~ U(1/2, 1) with E[1/u] = 2 ln 2, E[1/u²] = 2
+        log2 = math.log(2.0)
+        mean = (log2 + 0.75) / 2  # (E[F]E[1/u] + E[u]) / 2
+        square = (2 / 3 + 7 / 12) / 2  # (E[F²]E[1/u²] + E[u²]) / 2
+        cross, f_mean, f_square = 0.5, 0.5, 1 / 3  # m·a = F
+        f_input = (2 * log2 / 3 + 3 / 8) / 2  # (E[F²]E[1/u] + E[F]E[u]) / 2
+    gram = np.array([[1.0, mean, mean], [mean, square, cross], [mean, cross, square]])
+    moment = np.array([f_mean, f_input, f_input])
+    return gram, moment, f_square
+
+
+@dataclass(frozen=True)
+class PlaneBaseline:
+    """The best plane F ≈ c0 + c1·m + c2·a on a whole distribution (not on a sample), in float64."""
+
+    distribution: str
+    coef: tuple[float, float, float]  # (c0, c1, c2)
+    mse: float  # its mean squared error over the distribution
+    target_variance: float  # Var(F): the mean squared error of the best constant
+
+
+def optimal_plane(distribution: str = "product") -> PlaneBaseline:
+    """The least-squares plane over the distribution itself, from its exact moments.
+
+    These are the like-for-like linear and constant baselines for a network's validation MSE: on
+    ``"uniform"`` data the plane's error is exactly 1/144 (the seed's linear model reached 0.0072
+    there); on ``"product"`` data it is about 3.53e-3, and the best constant scores Var(F) = 1/12.
+    """
+    check_choice("distribution", distribution, DISTRIBUTIONS)
+    gram, moment, f_square = _moments(distribution)
+    coef = np.linalg.solve(gram, moment)
+    variance = f_square - moment[0] ** 2
+    return PlaneBaseline(distribution, tuple(float(c) for c in coef), float(f_square - coef @ moment), float(variance))
+
+
+def plane_fit_val_mse(data: FmaSplit) -> np.ndarray:
+    """Validation MSE of the least-squares plane F ≈ c0 + c1·m + c2·a fitted (float64, closed form)
+    on each split's own training points: ``[model]`` (or one value for a single split).
+
+    The per-seed linear baseline, on exactly the data a network of that seed saw.
+    """
+    if not isinstance(data, FmaSplit):
+        raise TypeError(f"data must be an FmaSplit, got {type(data).__name__}")
+
+    def design(x: Tensor) -> Tensor:
+        x = x.to("cpu", torch.float64)
+        return torch.cat([torch.ones_like(x[..., :1]), x], dim=-1)
+
+    coef = torch.linalg.lstsq(design(data.train_inputs), data.train_targets.to("cpu", torch.float64)).solution
+    residual = design(data.val_inputs) @ coef - data.val_targets.to("cpu", torch.float64)
+    return residual.square().mean(dim=(-2, -1)).numpy()
+
+
+@dataclass(frozen=True)
+class SegmentQuadrature:
+    """A distribution written as a weighted family of segments: x = origin + t·direction, t ~ U(0, 1).
+
+    ``E[g(x)] = Σ_k weights[k] · ∫₀¹ g(origins[k] + t·directions[k]) dt`` for any g. Along each
+    segment the product m·a and every linear function of x are linear in t, which lets expectations
+    of ReLU units be integrated in closed form along t (see
+    :func:`~physlens.probes.mechanisms.unit_statistics`); only the transverse coordinate is
+    discretised, by composite Gauss–Legendre quadrature.
+    """
+
+    origins: Float[Tensor, "segment 2"]
+    directions: Float[Tensor, "segment 2"]
+    weights: Float[Tensor, " segment"]
+
+
+def segment_quadrature(distribution: str = "product", *, n_panels: int = 64, n_nodes: int = 4) -> SegmentQuadrature:
+    """The segments and weights of ``distribution`` (float64), ``n_panels × n_nodes`` per family.
+
+    ``"uniform"``: the segments are m ∈ (0, 1) at fixed a. ``"product"``: for each u ∈ (½, 1),
+    F ∈ (0, 1) traces (F/u, u) and its mirror image (u, F/u), each with half the mass.
+    """
+    check_choice("distribution", distribution, DISTRIBUTIONS)
+    n_panels, n_nodes = check_positive_int("n_panels", n_panels), check_positive_int("n_nodes", n_nodes)
+    low, high = (0.0, 1.0) if distribution == "uniform" else (0.5, 1.0)
+    nodes, node_weights = np.polynomial.legendre.leggauss(n_nodes)
+    edges = np.linspace(low, high, n_panels + 1)
+    half = (edges[1:] - edges[:-1])[:, None] / 2
+    points = ((edges[:-1] + edges[1:])[:, None] / 2 + half * nodes).ravel()
+    weights = (half * node_weights).ravel() / (high - low)  # the transverse law is uniform on (low, high)
+    zeros = np.zeros_like(points)
+    if distribution == "uniform":
+        origins, directions = np.stack([zeros, points], 1), np.stack([np.ones_like(points), zeros], 1)
+    else:
+        origins = np.concatenate([np.stack([zeros, points], 1), np.stack([points, zeros], 1)])
+        directions = np.concatenate([np.stack([1 / points, zeros], 1), np.stack([zeros, 1 / points], 1)])
+        weights = np.concatenate([weights, weights]) / 2
+    as_tensor = dict(dtype=torch.float64)
+    return SegmentQuadrature(torch.tensor(origins, **as_tensor), torch.tensor(directions, **as_tensor), torch.tensor(weights, **as_tensor))
+
+
+# --------------------------------------------------------------------------- the seed's own recipe
+SEED_RECIPE_POINTS, SEED_RECIPE_TRAIN = 10_000, 8000
+"""The seed's ``train.py`` draws 10 000 points and keeps a shuffled 8000 for training, 2000 for validation."""
+
+
+def seed_recipe_split(seed: int, generator: torch.Generator) -> FmaSplit:
+    """The data of the seed's ``train.py`` for ``seed``, drawn exactly as it draws them (float32).
+
+    The seed calls ``set_all_seeds(seed)`` (``torch.manual_seed`` and ``np.random.seed``), draws F,
+    u and the swap mask with ``torch.rand`` and shuffles with ``np.random.permutation``. Pass a
+    ``generator`` freshly seeded with ``seed``; it is left where the seed's global generator would
+    be, so the network's initialisation can be drawn from it next (see
+    :func:`~physlens.models.mlp.seed_recipe_start`).
+    """
+    seed = check_nonnegative_int("seed", seed)
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator seeded with the seed, got {type(generator).__name__}")
+    n = SEED_RECIPE_POINTS
+    force = torch.rand(n, generator=generator)
+    first = force / (torch.rand(n, generator=generator) * 0.5 + 0.5)
+    second = force / first  # as the seed computes it, so rounding matches
+    swap = torch.rand(n, generator=generator) < 0.5
+    inputs = torch.stack([torch.where(swap, second, first), torch.where(swap, first, second)], dim=1)
+    targets = force[:, None]
+    order = torch.from_numpy(np.random.RandomState(seed).permutation(n))
+    train, val = order[:SEED_RECIPE_TRAIN], order[SEED_RECIPE_TRAIN:]
+    return FmaSplit(inputs[train], targets[train], inputs[val], targets[val], "product")
+
+
 __all__ = [
     "DISTRIBUTIONS",
+    "SEED_RECIPE_POINTS",
     "FmaSplit",
+    "PlaneBaseline",
+    "SegmentQuadrature",
     "fma_split",
     "fma_splits",
+    "in_support",
+    "optimal_plane",
+    "plane_fit_val_mse",
     "sample_fma",
+    "seed_recipe_split",
+    "segment_quadrature",
+    "spawn_seeds",
     "stream_seed",
     "support_vertices",
 ]

@@ -53,6 +53,7 @@ from physlens.training.ensemble import (
     train_ensemble,
     train_mlp,
 )
+from physlens.training.deep import DeepTrainResult, deep_loss_and_grads, train_deep_ensemble
 
 __all__ = [
     "Check",
@@ -101,4 +102,7 @@ __all__ = [
     "rollout",
     "save_checkpoint",
     "train",
+    "DeepTrainResult",
+    "deep_loss_and_grads",
+    "train_deep_ensemble",
 ]
