@@ -3,9 +3,9 @@
 Each study kind is a module with ``run(spec, out_dir, *, progress) -> None`` that writes
 ``report.md``, ``metrics.json`` and ``figures/`` into ``out_dir`` (and, if it can continue from its
 checkpoints, accepts ``resume=True``). Before anything is claimed or trained, the whole study file
-is checked: the kind's ``check_study(spec)`` or ``parse_study(spec)`` if it has one, else every
-table against the kind's declared key tables (``SECTIONS``, or the tables listed in
-:data:`KEY_TABLES`), each value's type strictly (see :func:`section`).
+is checked: the kind's ``check_study(spec)`` or ``parse_study(spec)`` (every table, key, type and
+range), else every table against the kind's declared key tables (``SECTIONS``), each value's type
+strictly (see :func:`section`).
 
 A run is built in ``.partial-<name>/`` next to its final directory, claimed exclusively and locked
 while it runs, and renamed to ``<name>/`` only when complete. Ctrl-C (or a crash) after a
@@ -50,15 +50,6 @@ STUDY_KINDS: dict[str, str] = {
     "invariants": "physlens.studies.invariants",
 }
 """Study kind (``[study] kind`` in the TOML file) → module that runs it."""
-
-KEY_TABLES: dict[str, dict[str, str]] = {
-    "fma": {"data": "DATA_KEYS", "train": "TRAIN_KEYS", "scan": "SCAN_KEYS", "widths": "WIDTH_KEYS"},
-    "invariants": {"orbits": "ORBIT_KEYS", "siamese": "SIAMESE_KEYS", "latent": "LATENT_KEYS",
-                   "bottleneck": "BOTTLENECK_KEYS", "fma": "FMA_KEYS", "transformer": "TRANSFORMER_KEYS",
-                   "distill": "DISTILL_KEYS"},
-}
-"""For study kinds whose module has neither ``check_study``/``parse_study`` nor ``SECTIONS``: each table
-→ the name of the module's key table (key → accepted types) it is checked against before the run."""
 
 CHECKPOINT_DIR = "checkpoints"
 """Where a run keeps its resumable training checkpoints, inside its directory."""
@@ -157,14 +148,8 @@ def check_study_header(spec: Mapping[str, Any]) -> dict[str, Any]:
 def study_sections(kind: str) -> dict[str, Mapping[str, Any]] | None:
     """The tables a study kind declares (table → key → accepted types), or ``None`` for a kind that
     checks its file with its own ``check_study``/``parse_study``."""
-    module = importlib.import_module(STUDY_KINDS[kind])
-    declared = getattr(module, "SECTIONS", None)
-    if declared is not None:
-        return dict(declared)
-    names = KEY_TABLES.get(kind)
-    if names is None:
-        return None
-    return {table: getattr(module, constant) for table, constant in names.items() if hasattr(module, constant)}
+    declared = getattr(importlib.import_module(STUDY_KINDS[kind]), "SECTIONS", None)
+    return dict(declared) if declared is not None else None
 
 
 def _check_devices(spec: Mapping[str, Any]) -> None:
@@ -497,7 +482,7 @@ def list_runs(root: str | os.PathLike[str] = "runs") -> list[RunInfo]:
 from physlens.studies.runs import LoadedRun, load_run  # noqa: E402  (after run_spec: runs imports the study kinds)
 
 __all__ = [
-    "CHECKPOINT_DIR", "KEY_TABLES", "RUN_STATUSES", "STUDY_KINDS", "LoadedRun", "Report", "RunInfo", "RunInterrupted",
+    "CHECKPOINT_DIR", "RUN_STATUSES", "STUDY_KINDS", "LoadedRun", "Report", "RunInfo", "RunInterrupted",
     "StudySpecError", "check_spec", "check_study_header", "format_number", "list_runs", "load_run", "load_study",
     "read_metrics", "read_study_text", "resume_run", "run_spec", "run_study", "section", "study_sections",
 ]

@@ -78,7 +78,9 @@ SCAN_KEYS = {"holdout_fraction": float, "n_random": int, "n_estimators": int, "n
 TRANSFER_KEYS = {"n_seeds": int, "seed_size_n_seeds": int, "seed_size_n_train": int, "seed_size_n_val": int, "init_scales": list}
 DISCOVERY_KEYS = {"n_points": int, "step": float, "max_groups": int}
 WIDTH_KEYS = {"widths": list, "n_seeds": int, "deep_hidden": list, "deep_n_seeds": int}
-SECTIONS = {"study", "data", "train", "labels", "seed_test", "scan", "transfer", "discovery", "widths"}
+SECTIONS = {"data": DATA_KEYS, "train": TRAIN_KEYS, "labels": LABEL_KEYS, "seed_test": SEED_TEST_KEYS, "scan": SCAN_KEYS,
+            "transfer": TRANSFER_KEYS, "discovery": DISCOVERY_KEYS, "widths": WIDTH_KEYS}
+"""Every table an fma study file may hold (besides ``[study]``) and the keys it accepts."""
 UNTRAINED = "untrained"
 SEED_POSITIVES = [620240165, 2813536937]  # the seeds of the seed's two mode-3 networks (its experiment 10)
 SCORES = ("seed's score", "sign count (ours)", "scan P(3), parameters", "scan P(3), data-aware")
@@ -92,9 +94,9 @@ def _ints(value: Any, table: str, key: str, *, minimum: int = 1, empty: bool = F
 
 
 def _options(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    unknown = sorted(set(spec) - SECTIONS)
+    unknown = sorted(set(spec) - {"study", *SECTIONS})
     if unknown:
-        raise StudySpecError(f"unknown sections {unknown} in an fma study; allowed are {sorted(SECTIONS)}")
+        raise StudySpecError(f"unknown sections {unknown} in an fma study; allowed are {sorted({'study', *SECTIONS})}")
     data = {"distribution": "product", "n_train": 512, "n_val": 2000, "dtype": "float32", "device": "cpu"} | section(spec, "data", DATA_KEYS)
     train = {"n_seeds": 1024, "epochs": 4000, "lr": 1e-3, "snapshot_every": 200, "compile": False} | section(spec, "train", TRAIN_KEYS)
     labels = {"tolerance": DEFAULT_TOLERANCE, "stability_sizes": [512, 8000, 100_000], "stability_repeats": 5} | section(spec, "labels", LABEL_KEYS)
@@ -138,6 +140,11 @@ def _options(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
         raise StudySpecError(f"[train] is invalid: {error}") from None
     return {"data": data, "train": train, "labels": labels, "seed_test": seed_test, "scan": scan, "transfer": transfer,
             "discovery": discovery, "widths": widths}  # fmt: skip
+
+
+def check_study(spec: dict[str, Any]) -> None:
+    """Check every table, key, type and range of an fma study file before anything trains."""
+    _options(spec)
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -715,8 +722,8 @@ def run(spec: dict[str, Any], out_dir: Path, *, progress: bool) -> None:
     report.metrics["wider"] = wide_metrics
     clock.lap("two hidden layers")
 
-    report.metrics["seconds"] = clock.wall
-    report.metrics["cpu_seconds"] = clock.cpu
+    report.timings["seconds"] = clock.wall
+    report.timings["cpu_seconds"] = clock.cpu
     report.heading("Timings")
     report.paragraph("Wall-clock and CPU seconds per stage (one torch thread; wall time grows when other work shares the machine).")
     report.table(["stage", "wall s", "CPU s"], [[k, clock.wall[k], clock.cpu[k]] for k in clock.wall]

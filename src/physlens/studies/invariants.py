@@ -55,6 +55,9 @@ BOTTLENECK_KEYS = {
 FMA_KEYS = {"enabled": bool, "n_models": int, "epochs": int, "n_train": int, "n_val": int, "distribution": str}
 TRANSFORMER_KEYS = {"enabled": bool, "steps": int, "omega0": float, "gamma": float, "seq_len": int, "n_probe": int}
 DISTILL_KEYS = {"max_terms": int, "max_degree": int, "unary": list}
+SECTIONS = {"orbits": ORBIT_KEYS, "siamese": SIAMESE_KEYS, "latent": LATENT_KEYS, "bottleneck": BOTTLENECK_KEYS, "fma": FMA_KEYS,
+            "transformer": TRANSFORMER_KEYS, "distill": DISTILL_KEYS}
+"""Every table an invariants study file may hold (besides ``[study]``) and the keys it accepts."""
 
 
 def _pair(name: str, table: str, value: Any) -> tuple[float, float]:
@@ -81,26 +84,36 @@ def _formula(expression: sympy.Expr) -> str:
     return "`" + str(sympy.N(expression, 4)) + "`"
 
 
+def _parse(spec: dict[str, Any]) -> dict[str, Any]:
+    """Every section's options and configuration, built (and refused if invalid) before anything trains."""
+    unknown = sorted(set(spec) - {"study", *SECTIONS})
+    if unknown:
+        raise StudySpecError(f"unknown sections {unknown} in an invariants study; allowed are {sorted({'study', *SECTIONS})}")
+    seed = int(spec["study"].get("seed", 0))
+    opts = {name: section(spec, name, keys) for name, keys in SECTIONS.items()}
+    bottleneck, fma, transformer = opts["bottleneck"], opts["fma"], opts["transformer"]
+    return {
+        "seed": seed, **opts, "distiller_args": _distiller_args(opts["distill"]),
+        "siamese_setup": _siamese_setup(opts["orbits"], opts["siamese"], seed),
+        "bottleneck_setup": _bottleneck_setup(bottleneck, seed) if bottleneck.get("enabled", True) else None,
+        "fma_setup": _fma_setup(fma, seed) if fma.get("enabled", True) else None,
+        "transformer_setup": _transformer_setup(transformer, seed) if transformer.get("enabled", False) else None,
+    }
+
+
+def check_study(spec: dict[str, Any]) -> None:
+    """Check every section of an invariants study file (keys, types, ranges) before anything trains."""
+    _parse(spec)
+
+
 def run(spec: dict[str, Any], out_dir: Path, *, progress: bool = True) -> None:
     """Run the invariants study described by ``spec`` and write its report into ``out_dir``."""
-    known = {"study", "orbits", "siamese", "latent", "bottleneck", "fma", "transformer", "distill"}
-    unknown = sorted(set(spec) - known)
-    if unknown:
-        raise StudySpecError(f"unknown sections {unknown} in an invariants study; allowed are {sorted(known)}")
-    seed = int(spec["study"].get("seed", 0))
-    orbits_opts = section(spec, "orbits", ORBIT_KEYS)
-    siamese_opts = section(spec, "siamese", SIAMESE_KEYS)
-    latent_opts = section(spec, "latent", LATENT_KEYS)
-    bottleneck_opts = section(spec, "bottleneck", BOTTLENECK_KEYS)
-    fma_opts = section(spec, "fma", FMA_KEYS)
-    transformer_opts = section(spec, "transformer", TRANSFORMER_KEYS)
-    distill_opts = section(spec, "distill", DISTILL_KEYS)
-    distiller_args = _distiller_args(distill_opts)
-    # every section's configuration is built (and refused if invalid) before anything trains
-    siamese_setup = _siamese_setup(orbits_opts, siamese_opts, seed)
-    bottleneck_setup = _bottleneck_setup(bottleneck_opts, seed) if bottleneck_opts.get("enabled", True) else None
-    fma_setup = _fma_setup(fma_opts, seed) if fma_opts.get("enabled", True) else None
-    transformer_setup = _transformer_setup(transformer_opts, seed) if transformer_opts.get("enabled", False) else None
+    parsed = _parse(spec)
+    seed, distiller_args = parsed["seed"], parsed["distiller_args"]
+    orbits_opts, siamese_opts, latent_opts = parsed["orbits"], parsed["siamese"], parsed["latent"]
+    bottleneck_opts, fma_opts, transformer_opts = parsed["bottleneck"], parsed["fma"], parsed["transformer"]
+    siamese_setup, bottleneck_setup = parsed["siamese_setup"], parsed["bottleneck_setup"]
+    fma_setup, transformer_setup = parsed["fma_setup"], parsed["transformer_setup"]
     report = Report(spec["study"].get("name", "invariants"))
     report.paragraph(spec["study"].get("description", ""))
     timings: dict[str, float] = {}
@@ -124,7 +137,7 @@ def run(spec: dict[str, Any], out_dir: Path, *, progress: bool = True) -> None:
     report.figure("loss_curves", plot_loss_curve(curves), "Training loss of the Siamese tower (contrastive) and the bottleneck network (MSE).")
     report.heading("Run time")
     report.table(["part", "seconds"], [[k, v] for k, v in timings.items()])
-    report.metrics["seconds"] = timings
+    report.timings["seconds"] = timings
     report.write(out_dir)
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import importlib
 import itertools
 import json
 import os
@@ -77,21 +76,16 @@ def _oscillator_schema() -> dict[Key, dict[str, TomlTypes] | None]:
     return schema
 
 
-def _module_tables(module_name: str, tables: Mapping[str, str]) -> dict[Key, dict[str, TomlTypes] | None]:
-    module = importlib.import_module(module_name)
-    return {(section,): _table_types(getattr(module, constant, None)) for section, constant in tables.items()}
+def _declared_sections(kind: str) -> dict[Key, dict[str, TomlTypes] | None]:
+    from physlens.studies import study_sections
+
+    return {(table,): _table_types(keys) for table, keys in (study_sections(kind) or {}).items()}
 
 
 _SCHEMAS: dict[str, Any] = {
     "oscillator": _oscillator_schema,
-    "fma": lambda: _module_tables(
-        "physlens.studies.fma", {"data": "DATA_KEYS", "train": "TRAIN_KEYS", "scan": "SCAN_KEYS", "widths": "WIDTH_KEYS"}
-    ),
-    "invariants": lambda: _module_tables(
-        "physlens.studies.invariants",
-        {"orbits": "ORBIT_KEYS", "siamese": "SIAMESE_KEYS", "latent": "LATENT_KEYS", "bottleneck": "BOTTLENECK_KEYS",
-         "fma": "FMA_KEYS", "transformer": "TRANSFORMER_KEYS", "distill": "DISTILL_KEYS"},
-    ),
+    "fma": lambda: _declared_sections("fma"),
+    "invariants": lambda: _declared_sections("invariants"),
 }
 """Study kind → the keys each of its tables accepts and their TOML types, read from the study modules
 (their key tables and config dataclasses), so a sweep can check a key the study file leaves at
