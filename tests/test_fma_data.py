@@ -8,6 +8,7 @@ import torch
 from numpy.testing import assert_allclose
 from scipy import stats
 
+from physlens.seeding import spawn_seeds
 from physlens.systems.fma import (
     FmaSplit,
     fma_split,
@@ -17,7 +18,6 @@ from physlens.systems.fma import (
     sample_fma,
     seed_recipe_split,
     segment_quadrature,
-    spawn_seeds,
     stream_seed,
     support_vertices,
 )
@@ -165,21 +165,6 @@ def test_per_seed_plane_fit_matches_numpy():
 
 
 # ------------------------------------------------------------------------ independent seed streams
-def test_spawned_seed_sets_are_disjoint_reproducible_and_stable_when_sets_are_added():
-    sizes = {"trained": 300, "random": 200, "widths": 50}
-    seeds = spawn_seeds(7, sizes)
-    assert {k: len(v) for k, v in seeds.items()} == sizes
-    flat = [s for v in seeds.values() for s in v]
-    assert len(set(flat)) == len(flat) and all(isinstance(s, int) and 0 <= s < 2**63 for s in flat)
-    assert spawn_seeds(7, sizes) == seeds
-    assert spawn_seeds(7, {**sizes, "extra": 10})["widths"] == seeds["widths"]  # appending a set changes nothing before it
-    assert spawn_seeds(8, sizes)["trained"] != seeds["trained"]
-    with pytest.raises(ValueError, match="non-empty mapping"):
-        spawn_seeds(0, {})
-    with pytest.raises(ValueError, match="positive integer"):
-        spawn_seeds(0, {"a": 0})
-
-
 def test_no_two_sets_of_networks_share_an_initialisation_or_a_split():
     from physlens.models.mlp import EnsembleConfig, MLPEnsemble
     from physlens.probes.scan import flatten_parameters

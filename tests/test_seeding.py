@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from physlens.seeding import stream_seed, stream_seeds
+from physlens.seeding import spawn_seeds, stream_seed, stream_seeds
 
 
 def test_a_streams_seed_depends_only_on_the_study_seed_and_its_name():
@@ -30,3 +30,18 @@ def test_bad_names_and_seeds_are_refused():
         stream_seed(0, "")
     with pytest.raises(ValueError, match="seed must be a non-negative integer"):
         stream_seed(-1, "a")
+
+
+def test_spawned_seed_sets_are_disjoint_reproducible_and_stable_when_sets_are_added():
+    sizes = {"trained": 300, "random": 200, "widths": 50}
+    seeds = spawn_seeds(7, sizes)
+    assert {k: len(v) for k, v in seeds.items()} == sizes
+    flat = [s for v in seeds.values() for s in v]
+    assert len(set(flat)) == len(flat) and all(isinstance(s, int) and 0 <= s < 2**63 for s in flat)
+    assert spawn_seeds(7, sizes) == seeds
+    assert spawn_seeds(7, {**sizes, "extra": 10})["widths"] == seeds["widths"]  # appending a set changes nothing before it
+    assert spawn_seeds(8, sizes)["trained"] != seeds["trained"]
+    with pytest.raises(ValueError, match="non-empty mapping"):
+        spawn_seeds(0, {})
+    with pytest.raises(ValueError, match="positive integer"):
+        spawn_seeds(0, {"a": 0})

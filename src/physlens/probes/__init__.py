@@ -78,7 +78,6 @@ from physlens.probes.scan import (
     scan_features,
     seed_mode3_score,
 )
-from physlens.probes.intervals import Interval, auc_interval, mean_interval, median_interval, paired_interval, proportion_interval
 from physlens.probes.discovery import (
     FingerprintSummary,
     GroupComparison,
@@ -169,12 +168,6 @@ __all__ = [
     "roc_auc",
     "scan_features",
     "seed_mode3_score",
-    "Interval",
-    "auc_interval",
-    "mean_interval",
-    "median_interval",
-    "paired_interval",
-    "proportion_interval",
     "FingerprintSummary",
     "GroupComparison",
     "MechanismDiscovery",

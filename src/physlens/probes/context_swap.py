@@ -81,7 +81,8 @@ def context_swap_test(
     true_diff = torch.einsum("bij,bj->bi", kernel_a - kernel_b, shared).numpy()
     # Per pair: ⟨Δŷ, Δy⟩ and ‖Δy‖²; the slope is their ratio of sums, resampled pair by pair.
     products, norms = (model_diff * true_diff).sum(axis=1), (true_diff**2).sum(axis=1)
-    slope = paired_interval((products, norms), _ratio_of_sums, n_resamples=n_resamples, seed=check_nonnegative_int("seed", seed))
+    slope = paired_interval(_ratio_of_sums, products, norms, n_resamples=n_resamples, seed=check_nonnegative_int("seed", seed),
+                            vectorized=True)
     residual = ((model_diff - slope.estimate * true_diff) ** 2).sum()
     spread = ((model_diff - model_diff.mean(axis=0)) ** 2).sum()
     r2 = float(1 - residual / spread) if spread > 0 else float("nan")

@@ -25,7 +25,7 @@ from sklearn.ensemble import RandomForestClassifier
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from physlens._validation import check_choice, check_finite, check_nonnegative_int, check_positive_int
-from physlens.probes.intervals import Interval, auc_interval
+from physlens.stats import Interval, auc_interval
 from physlens.probes.mechanisms import (
     NetworkLike,
     labels_from_states,
@@ -350,7 +350,7 @@ def roc_auc(
     """ROC curve and AUC of a score that should be higher for positives (ties count one half).
 
     The AUC comes with a bootstrap interval that resamples positives and negatives independently
-    (:func:`~physlens.probes.intervals.auc_interval`); ``n_resamples=0`` skips it.
+    (:func:`~physlens.stats.auc_interval`); ``n_resamples=0`` skips it.
     """
     pos, neg = np.asarray(positive_scores, dtype=np.float64).ravel(), np.asarray(negative_scores, dtype=np.float64).ravel()
     if pos.size == 0 or neg.size == 0:

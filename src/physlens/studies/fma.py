@@ -36,7 +36,7 @@ from physlens.probes.discovery import (
     network_layers,
     summarise_fingerprints,
 )
-from physlens.probes.intervals import Interval, mean_interval, median_interval, paired_interval, proportion_interval
+from physlens.stats import Interval, mean_interval, median_interval, paired_interval, proportion_interval
 from physlens.probes.mechanisms import (
     DEFAULT_TOLERANCE,
     MODES,
@@ -65,7 +65,8 @@ from physlens.probes.scan import (
     seed_mode3_score,
 )
 from physlens.studies.report import Report, StudySpecError, format_number, section
-from physlens.systems.fma import DISTRIBUTIONS, FmaSplit, fma_splits, optimal_plane, plane_fit_val_mse, sample_fma, spawn_seeds
+from physlens.seeding import spawn_seeds
+from physlens.systems.fma import DISTRIBUTIONS, FmaSplit, fma_splits, optimal_plane, plane_fit_val_mse, sample_fma
 from physlens.training.deep import train_deep_ensemble
 from physlens.training.checkpoints import save_checkpoint
 from physlens.training.ensemble import EnsembleTrainConfig, EnsembleTrainResult, train_ensemble, train_mlp

@@ -24,7 +24,8 @@ from physlens.probes.invariants import PolynomialLatentRegression, match_quantit
 from physlens.probes.mechanisms import mechanism_labels
 from physlens.studies.report import Report, StudySpecError, format_number, section
 from physlens.systems.central import ORBIT_STATE_NAMES, CentralPotentialSystem, angular_momentum, orbit_energy
-from physlens.systems.fma import fma_splits, spawn_seeds
+from physlens.systems.fma import fma_splits
+from physlens.seeding import spawn_seeds
 from physlens.systems.oscillator import OscillatorSystem
 from physlens.systems.params import Uniform
 from physlens.training.ensemble import EnsembleTrainConfig, train_ensemble

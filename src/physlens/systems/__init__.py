@@ -39,7 +39,6 @@ from physlens.systems.fma import (
     sample_fma,
     seed_recipe_split,
     segment_quadrature,
-    spawn_seeds,
     support_vertices,
 )
 
@@ -53,7 +52,6 @@ __all__ = [
     "sample_fma",
     "seed_recipe_split",
     "segment_quadrature",
-    "spawn_seeds",
     "support_vertices",
     "CONSERVATION_TOLERANCE",
     "ORBIT_LABEL_NAMES",

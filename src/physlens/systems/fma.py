@@ -7,7 +7,7 @@ of an ensemble can see its own data (as in the seed, where each run drew fresh d
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -195,30 +195,6 @@ def fma_splits(
     return FmaSplit(*(torch.stack([getattr(p, f) for p in parts]) for f in fields), distribution=distribution)
 
 
-def spawn_seeds(root: int, sizes: Mapping[str, int]) -> dict[str, list[int]]:
-    """Independent network seeds for several named sets, from one root seed.
-
-    ``numpy.random.SeedSequence(root).spawn`` gives every set its own child sequence (in the order
-    of ``sizes``), and each child draws that set's 63-bit seeds. Sets therefore never share a seed
-    (and so never share an initialisation or a data split), however many networks each holds;
-    adding a set at the end leaves the earlier sets unchanged. Raises if two seeds coincide
-    anywhere, which at 63 bits would be a broken generator rather than bad luck.
-    """
-    root = check_nonnegative_int("root", root)
-    if not isinstance(sizes, Mapping) or not sizes:
-        raise ValueError(f"sizes must be a non-empty mapping from set name to number of seeds, got {sizes!r}")
-    counts = {str(name): check_positive_int(f"sizes[{name!r}]", n) for name, n in sizes.items()}
-    children = np.random.SeedSequence(root).spawn(len(counts))
-    seeds = {
-        name: [int(s) for s in child.generate_state(n, dtype=np.uint64) >> np.uint64(1)]
-        for (name, n), child in zip(counts.items(), children)
-    }
-    flat = [s for values in seeds.values() for s in values]
-    if len(set(flat)) != len(flat):
-        raise RuntimeError(f"spawn_seeds({root}) produced a repeated seed; the seed sequence is broken")
-    return seeds
-
-
 # --------------------------------------------------------------------- exact distribution-level facts
 def _moments(distribution: str) -> tuple[np.ndarray, np.ndarray, float]:
     """Second moments of (1, m, a) and their products with F, and E[F²], in closed form (float64)."""
@@ -361,7 +337,6 @@ __all__ = [
     "sample_fma",
     "seed_recipe_split",
     "segment_quadrature",
-    "spawn_seeds",
     "stream_seed",
     "support_vertices",
 ]
