@@ -72,3 +72,45 @@ def test_surrogate_of_nonlinear_model_diverges():
     assert fidelity.one_step_r2 < 1 - 1e-6
     assert fidelity.divergence_step is not None
     assert set(fidelity.to_dict()) >= {"one_step_r2", "divergence", "divergence_step"}
+
+
+def test_spectral_radius_of_the_exact_propagator_is_the_damping():
+    """A window-1 fit of ẋ = p, ṗ = −ω0²x − 2γp is e^{AΔt}: its eigenvalues have modulus e^{−γΔt}
+    (scipy's expm as the reference)."""
+    from scipy.linalg import expm
+
+    omega0, gamma, dt = 2.0, 0.1, 0.1
+    model = LinearAutoregressive(window=1).fit(OscillatorSystem(omega0=omega0, gamma=gamma, dt=dt, dtype="float64").sample(20, 30, seed=0).states)
+    reference = np.abs(np.linalg.eigvals(expm(np.array([[0.0, 1.0], [-(omega0**2), -2 * gamma]]) * dt))).max()
+    assert model.spectral_radius() == pytest.approx(reference, rel=1e-9)
+    assert reference == pytest.approx(np.exp(-gamma * dt), rel=1e-12)
+
+
+def test_spectral_radius_of_a_scalar_recurrence_is_its_largest_root():
+    """x_{t+1} = Σ c_k x_{t−w+1+k}: the companion matrix's eigenvalues are the roots of
+    z^w − c_{w−1} z^{w−1} − … − c_0 (numpy's roots as the reference), here one of them outside
+    the unit circle."""
+    rng = np.random.default_rng(np.random.SeedSequence(5))
+    c = np.array([0.5, -0.2, 1.3])  # oldest first
+    x = rng.normal(size=(8, 3))
+    states = [x[:, i] for i in range(3)]
+    for _ in range(9):
+        states.append(sum(c[k] * states[-3 + k] for k in range(3)))
+    trajectories = torch.tensor(np.stack(states, axis=1)[..., None])
+    model = LinearAutoregressive(window=3).fit(trajectories)
+    np.testing.assert_allclose(model.coef_[:, 0, 0].numpy(), c, atol=1e-9)
+    reference = np.abs(np.roots([1.0, -c[2], -c[1], -c[0]])).max()
+    assert reference > 1
+    assert model.spectral_radius() == pytest.approx(reference, rel=1e-8)
+    with pytest.raises(ValueError, match="maps 2 to 1"):
+        LinearAutoregressive(window=1).fit(torch.zeros(4, 1, 2, dtype=torch.float64), torch.randn(4, 1, dtype=torch.float64)).spectral_radius()
+
+
+def test_fidelity_reports_the_surrogates_stability():
+    cfg = TransformerConfig(d_model=4, n_layers=2, n_heads=2, d_head=2, n_ctx=6, attn_window=1, dtype="float64")
+    model = OscillatorTransformer(cfg).eval()
+    data = OscillatorSystem(dtype="float64").sample(30, 6, seed=2)
+    fidelity = LinearSurrogate(window=1).fit(model, data.states).fidelity(model, data.states, 5)
+    assert fidelity.spectral_radius == pytest.approx(LinearSurrogate(window=1).fit(model, data.states).linear_.spectral_radius())
+    assert fidelity.surrogate_stable == (fidelity.spectral_radius < 1)
+    assert fidelity.to_dict()["spectral_radius"] == fidelity.spectral_radius

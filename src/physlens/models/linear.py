@@ -116,6 +116,21 @@ class LinearAutoregressive(BaseEstimator):
         out = self.predict(windows.reshape(batch * n_win, self.window, -1))
         return out.reshape(batch, n_win, -1)
 
+    def spectral_radius(self) -> float:
+        """Largest |eigenvalue| of the fitted map's own dynamics: the companion matrix that shifts a
+        window of states by one step (the intercept leaves it unchanged). Below 1 a rollout settles; above
+        1 some combination of states grows by that factor every step, whatever the data visited. Needs
+        as many outputs as inputs per state."""
+        self._check_fitted()
+        window, d_in, d_out = self.coef_.shape
+        if d_in != d_out:
+            raise ValueError(f"the spectral radius needs a map from states to states; this one maps {d_in} to {d_out} numbers")
+        size = window * d_in
+        companion = torch.zeros(size, size, dtype=torch.float64)
+        companion[: size - d_in, d_in:] = torch.eye(size - d_in, dtype=torch.float64)
+        companion[size - d_in :, :] = self.coef_.detach().to(device="cpu", dtype=torch.float64).reshape(size, d_out).T
+        return float(torch.linalg.eigvals(companion).abs().max())
+
     def score(self, X: Any, y: Any = None) -> float:
         """R² (pooled over output components) on trajectories, or on windows ``X`` with targets ``y``."""
         self._check_fitted()

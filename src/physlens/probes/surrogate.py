@@ -28,7 +28,9 @@ class SurrogateFidelity:
     ``one_step_r2``: R² of the surrogate's next-step predictions against the model's, on held-out
     contexts. ``divergence [n_steps]``: median over trajectories of ‖surrogate − model‖/‖model‖ along
     the two rollouts. ``divergence_step``: first step (1-based) where that median exceeds
-    ``threshold``, or None if it never does.
+    ``threshold``, or None if it never does. ``spectral_radius``: the surrogate's own
+    (:meth:`~physlens.models.linear.LinearAutoregressive.spectral_radius`); above 1 its rollout grows
+    without bound whatever the model does, so its departure from the model measures the fit, not the model.
     """
 
     one_step_r2: float
@@ -37,6 +39,12 @@ class SurrogateFidelity:
     divergence_step: int | None
     model_path: Tensor | None = None  # the model's rollout [traj, n_steps, d]
     surrogate_path: Tensor | None = None  # the surrogate's rollout [traj, n_steps, d]
+    spectral_radius: float | None = None  # of the surrogate's own dynamics
+
+    @property
+    def surrogate_stable(self) -> bool | None:
+        """Whether the surrogate's own dynamics decay (spectral radius < 1); None when unknown."""
+        return None if self.spectral_radius is None else self.spectral_radius < 1.0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary."""
@@ -46,6 +54,7 @@ class SurrogateFidelity:
             "threshold": self.threshold,
             "divergence_step": self.divergence_step,
             "final_divergence": float(self.divergence[-1]),
+            "spectral_radius": self.spectral_radius,
         }
 
 
@@ -98,7 +107,8 @@ class LinearSurrogate(BaseEstimator):
         divergence = relative_error(surrogate_path, model_path).median(dim=0).values.cpu().numpy()
         over = np.nonzero(~(divergence <= threshold))[0]
         step = int(over[0]) + 1 if len(over) else None
-        return SurrogateFidelity(one_step_r2, divergence, threshold, step, model_path, surrogate_path)
+        return SurrogateFidelity(one_step_r2, divergence, threshold, step, model_path, surrogate_path,
+                                 self.linear_.spectral_radius())
 
 
 __all__ = ["LinearSurrogate", "SurrogateFidelity"]

@@ -770,6 +770,7 @@ def _run_surrogate(ctx: AnalysisContext, opts: dict[str, Any]) -> None:
         [f"surrogate diverges from the model (median deviation > {format_number(opts['threshold'])}) at step",
          fidelity.divergence_step if fidelity.divergence_step is not None else f"never within {steps}"],
         ["surrogate–model deviation at the last step", float(fidelity.divergence[-1])],
+        ["spectral radius of the surrogate's own dynamics (below 1: a rollout settles)", fidelity.spectral_radius],
     ])
     report.figure("rollout_vs_surrogate", plot_rollout(truth[0], {"transformer": fidelity.model_path[0], "linear surrogate": fidelity.surrogate_path[0]},
                                                        dt=ctx.system.dt),
@@ -778,13 +779,20 @@ def _run_surrogate(ctx: AnalysisContext, opts: dict[str, Any]) -> None:
     if fidelity.divergence_step is None:
         ctx.findings.append(f"A linear surrogate tracks the transformer for all {steps} rollout steps (deviation ≤ "
                             f"{format_number(opts['threshold'])}): the model behaves like a linear map of its window here.")
+    elif not fidelity.surrogate_stable:
+        ctx.findings.append(
+            f"The linear surrogate matches the transformer one step ahead with R² {format_number(fidelity.one_step_r2)}, but its own "
+            f"dynamics are unstable (spectral radius {format_number(fidelity.spectral_radius)} > 1, while every oscillator here decays), "
+            f"so its rollout departs from the model's after {fidelity.divergence_step} step(s) whatever the model computes: "
+            "this surrogate cannot tell whether the transformer reduced to a linear map."
+        )
     else:
         ctx.findings.append(
-            f"The linear surrogate matches the transformer one step ahead with R² {format_number(fidelity.one_step_r2)} but its rollout "
-            f"departs from the model's (median deviation > {format_number(opts['threshold'])}) after {fidelity.divergence_step} step(s): "
+            f"The linear surrogate matches the transformer one step ahead with R² {format_number(fidelity.one_step_r2)} and its own "
+            f"dynamics are stable (spectral radius {format_number(fidelity.spectral_radius)}), but its rollout departs from the model's "
+            f"(median deviation > {format_number(opts['threshold'])}) after {fidelity.divergence_step} step(s): "
             "the transformer did not reduce to a linear model."
         )
-
 
 ANALYSES: dict[str, Analysis] = {
     "weights": Analysis({"rtol": float}, {"rtol": 1e-3}, _check_weights, _run_weights),
