@@ -195,6 +195,26 @@ def test_even_labels_do_not_change_when_the_states_flip_sign():
         assert_allclose(flipped.labels()[name].numpy(), sign * value.numpy(), err_msg=name)
 
 
+def test_labels_in_first_state_units_do_not_change_when_the_states_are_scaled():
+    """In units of the first state's norm, every label is unchanged by s → λs (the dynamics are
+    linear): the units a ``scale_by_first_state`` model sees."""
+    traj = OscillatorSystem(omega0={"range": [1.0, 4.0]}, gamma={"range": [0.05, 0.3]}, dtype="float64").sample(8, 5, seed=5)
+    scaled = Trajectories(3.5 * traj.states, traj.omega0, traj.gamma, traj.dt)
+    ours, theirs = traj.labels(first_state_units=True), scaled.labels(first_state_units=True)
+    for name in ours:
+        assert_allclose(theirs[name].numpy(), ours[name].numpy(), rtol=1e-12, err_msg=name)
+    size = np.hypot(traj.states[:, 0, 0].numpy(), traj.states[:, 0, 1].numpy())
+    x = traj.states[..., 0].numpy()
+    assert_allclose(ours["energy"].numpy(), traj.energy.numpy() / size[:, None] ** 2, rtol=1e-14)
+    assert_allclose(ours["omega0_sq_x"].numpy(), traj.omega0.numpy()[:, None] ** 2 * x / size[:, None], rtol=1e-14)
+    assert_allclose(ours["omega0"].numpy(), traj.omega0.numpy())
+    at_origin = Trajectories(torch.zeros(1, 3, 2, dtype=torch.float64), torch.tensor([2.0]), torch.tensor([0.1]), 0.1)
+    with pytest.raises(ValueError, match="start at"):
+        at_origin.labels(first_state_units=True)
+    with pytest.raises(ValueError, match="first_state_units must be True or False"):
+        traj.labels(first_state_units="yes")
+
+
 def test_backward_evolution_retraces_the_forward_trajectory():
     omega0, gamma = torch.tensor([1.3, 3.7]), torch.tensor([0.1, 0.25])
     initial = torch.tensor([[0.4, -0.2], [-0.1, 0.9]], dtype=torch.float64)

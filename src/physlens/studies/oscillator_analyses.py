@@ -45,7 +45,7 @@ from physlens.probes.surrogate import LinearSurrogate
 from physlens.probes.weights import head_circuits
 from physlens.seeding import stream_seed
 from physlens.studies.report import Report, StudySpecError, format_number, section
-from physlens.systems.oscillator import EVEN_LABELS, LABEL_DEGREE, LABEL_NAMES, OscillatorSystem
+from physlens.systems.oscillator import EVEN_LABELS, LABEL_NAMES, OscillatorSystem
 from physlens.training.evaluation import TaskVerdict, float64_system
 
 LAYER_HOOKS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
@@ -326,14 +326,11 @@ def _constant_targets(system: OscillatorSystem, targets: list[str], seq_len: int
 
 
 def _label_matrix(data: Any, targets: list[str], sites: list[tuple[str, int]], model: OscillatorTransformer) -> torch.Tensor:
-    labels = data.labels()
     # A scale-equivariant model sees states in units of its first state's size; so must its labels.
-    size = torch.linalg.vector_norm(data.states[:, 0].double().cpu(), dim=-1) if model.cfg.scale_by_first_state else None
+    labels = data.to(dtype=torch.float64).labels(first_state_units=model.cfg.scale_by_first_state)
     columns = []
     for target in targets:
-        value = labels[target].double().cpu()
-        if size is not None and LABEL_DEGREE.get(target, 0):
-            value = value / size.reshape(-1, *([1] * (value.ndim - 1))) ** LABEL_DEGREE[target]
+        value = labels[target].cpu()
         positions = torch.tensor([p for _, p in sites])
         columns.append(value[:, positions] if value.ndim == 2 else value[:, None].expand(-1, len(sites)))
     return torch.stack(columns, dim=-1)  # [n, site, t]

@@ -16,6 +16,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from physlens._validation import (
+    check_bool,
     check_choice,
     check_finite,
     check_nonnegative_int,
@@ -150,9 +151,26 @@ class Trajectories:
         """Energy at every step."""
         return energy(self.states, self.omega0[:, None])
 
-    def labels(self) -> dict[str, Tensor]:
+    def labels(self, *, first_state_units: bool = False) -> dict[str, Tensor]:
         """Every label in :data:`LABEL_NAMES`: per trajectory ``[traj]``, or per step ``[traj, step]``
-        for ``energy``, ``acceleration`` (ẍ = −ω0² x − 2γ p), ``omega0_sq_x`` (ω0² x) and ``gamma_p`` (γ p)."""
+        for ``energy``, ``acceleration`` (ẍ = −ω0² x − 2γ p), ``omega0_sq_x`` (ω0² x) and ``gamma_p`` (γ p).
+
+        ``first_state_units=True`` measures the labels that scale with the states in units of each
+        trajectory's first state's norm ‖s_0‖ — divided by ‖s_0‖^degree (:data:`LABEL_DEGREE`: the
+        energy by ‖s_0‖², the others by ‖s_0‖) — as a ``scale_by_first_state`` model sees them. Labels
+        of the dynamics (ω0, γ, …) do not scale and are unchanged."""
+        labels = self._labels()
+        if not check_bool("first_state_units", first_state_units):
+            return labels
+        size = torch.linalg.vector_norm(self.states[:, 0], dim=-1)
+        if bool((size == 0).any()):
+            raise ValueError("first_state_units=True needs every trajectory to start away from the origin; "
+                             f"{int((size == 0).sum())} start at (0, 0)")
+        for name, degree in LABEL_DEGREE.items():
+            labels[name] = labels[name] / size.reshape(-1, *([1] * (labels[name].ndim - 1))) ** degree
+        return labels
+
+    def _labels(self) -> dict[str, Tensor]:
         omega = self.Omega
         x, p = self.states[..., 0], self.states[..., 1]
         omega0_sq_x = self.omega0[:, None] ** 2 * x
