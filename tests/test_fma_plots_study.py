@@ -71,9 +71,9 @@ n_estimators = 10
 n_resamples = 20
 [transfer]
 n_seeds = 12
-seed_size_n_seeds = 8
-seed_size_n_train = 200
-seed_size_n_val = 50
+other_size_n_seeds = 8
+other_size_n_train = 200
+other_size_n_val = 50
 init_scales = [0.5]
 [discovery]
 n_points = 32

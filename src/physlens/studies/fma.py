@@ -76,7 +76,8 @@ TRAIN_KEYS = {"n_seeds": int, "epochs": int, "lr": float, "snapshot_every": int,
 LABEL_KEYS = {"tolerance": float, "stability_sizes": list, "stability_repeats": int}
 SEED_TEST_KEYS = {"positives": list, "n_random": int}
 SCAN_KEYS = {"holdout_fraction": float, "n_random": int, "n_estimators": int, "n_resamples": int}
-TRANSFER_KEYS = {"n_seeds": int, "seed_size_n_seeds": int, "seed_size_n_train": int, "seed_size_n_val": int, "init_scales": list}
+SEED_DATA_SIZE = (8000, 2000)  # the seed's training / validation points per network
+TRANSFER_KEYS = {"n_seeds": int, "other_size_n_seeds": int, "other_size_n_train": int, "other_size_n_val": int, "init_scales": list}
 DISCOVERY_KEYS = {"n_points": int, "step": float, "max_groups": int}
 WIDTH_KEYS = {"widths": list, "n_seeds": int, "deep_hidden": list, "deep_n_seeds": int}
 SECTIONS = {"data": DATA_KEYS, "train": TRAIN_KEYS, "labels": LABEL_KEYS, "seed_test": SEED_TEST_KEYS, "scan": SCAN_KEYS,
@@ -104,7 +105,7 @@ def _options(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
     seed_test = {"positives": SEED_POSITIVES, "n_random": 2000} | section(spec, "seed_test", SEED_TEST_KEYS)
     scan = {"holdout_fraction": 0.3, "n_random": 1000, "n_estimators": 300, "n_resamples": 500} | section(spec, "scan", SCAN_KEYS)
     transfer = {
-        "n_seeds": 256, "seed_size_n_seeds": 128, "seed_size_n_train": 8000, "seed_size_n_val": 2000, "init_scales": [0.3, 3.0],
+        "n_seeds": 256, "other_size_n_seeds": 128, "other_size_n_train": 512, "other_size_n_val": 2000, "init_scales": [0.3, 3.0],
     } | section(spec, "transfer", TRANSFER_KEYS)
     discovery = {"n_points": 256, "step": 0.125, "max_groups": 12} | section(spec, "discovery", DISCOVERY_KEYS)
     widths = {"widths": [3, 4, 8], "n_seeds": 128, "deep_hidden": [2, 2], "deep_n_seeds": 128} | section(spec, "widths", WIDTH_KEYS)
@@ -120,8 +121,8 @@ def _options(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
         ("train", train, "n_seeds", 8), ("train", train, "epochs", 1), ("data", data, "n_train", 1), ("data", data, "n_val", 1),
         ("labels", labels, "stability_repeats", 1), ("seed_test", seed_test, "n_random", 4), ("scan", scan, "n_random", 4),
         ("scan", scan, "n_estimators", 1), ("scan", scan, "n_resamples", 10), ("transfer", transfer, "n_seeds", 4),
-        ("transfer", transfer, "seed_size_n_seeds", 4), ("transfer", transfer, "seed_size_n_train", 1),
-        ("transfer", transfer, "seed_size_n_val", 1), ("discovery", discovery, "n_points", 8), ("discovery", discovery, "max_groups", 1),
+        ("transfer", transfer, "other_size_n_seeds", 4), ("transfer", transfer, "other_size_n_train", 1),
+        ("transfer", transfer, "other_size_n_val", 1), ("discovery", discovery, "n_points", 8), ("discovery", discovery, "max_groups", 1),
         ("widths", widths, "n_seeds", 4), ("widths", widths, "deep_n_seeds", 4), ("train", train, "snapshot_every", 0),
     ):
         if values[key] < low:
@@ -260,7 +261,7 @@ def run(spec: dict[str, Any], out_dir: Path, *, progress: bool) -> None:
     report.paragraph(spec["study"].get("description", "F = m·a with tiny ReLU MLPs."))
     clock = _Clock()
     # One SeedSequence child per set of networks: no two sets can share an initialisation or a split.
-    sets = {"width2": t["n_seeds"], "scan_random": sc["n_random"], "test_random": st["n_random"], "seed_size": tr["seed_size_n_seeds"],
+    sets = {"width2": t["n_seeds"], "scan_random": sc["n_random"], "test_random": st["n_random"], "other_size": tr["other_size_n_seeds"],
             "uniform": tr["n_seeds"]}  # fmt: skip
     sets |= {f"init_scale_{k}": tr["n_seeds"] for k in range(len(tr["init_scales"]))}
     sets |= {f"width{w}": wd["n_seeds"] for w in wd["widths"]} | {"deep": wd["deep_n_seeds"]}
@@ -282,8 +283,9 @@ def run(spec: dict[str, Any], out_dir: Path, *, progress: bool) -> None:
     report.heading("1. Do the networks multiply?")
     report.paragraph(
         f"{n} width-2 networks trained the seed's way (full-batch Adam, lr {t['lr']}, {t['epochs']} epochs, PyTorch's default "
-        f"initialisation) on `{dist}` data, {d['n_train']} training / {d['n_val']} validation points each (the seed used "
-        f"8000 / 2000; §2 compares the labels at the two sizes). Every baseline is on the same distribution: "
+        f"initialisation) on `{dist}` data, {d['n_train']} training / {d['n_val']} validation points each ("
+        + ("the seed's sizes" if (d["n_train"], d["n_val"]) == SEED_DATA_SIZE else "the seed used 8000 / 2000")
+        + f"; §2 compares the labels with {tr['other_size_n_train']} / {tr['other_size_n_val']}). Every baseline is on the same distribution: "
         "the best plane and the best constant over the distribution itself (exact moments, float64), and a plane fitted "
         "by least squares on each network's own training points, scored on its own validation points."
     )
@@ -348,29 +350,29 @@ def run(spec: dict[str, Any], out_dir: Path, *, progress: bool) -> None:
 
     clock.lap("labels and their stability")
 
-    # the seed's data size
-    big, big_data = _train(seeds["seed_size"], opts, n_train=tr["seed_size_n_train"], n_val=tr["seed_size_n_val"], progress=progress)
-    small, _ = _train(seeds["seed_size"], opts, progress=progress)
+    # another data size: the same initialisations trained on this study's data and on a second size
+    big, big_data = _train(seeds["other_size"], opts, n_train=tr["other_size_n_train"], n_val=tr["other_size_n_val"], progress=progress)
+    small, _ = _train(seeds["other_size"], opts, progress=progress)
     big_params, small_params = _cpu_params(big), _cpu_params(small)
     big_labels, small_labels = (mechanism_labels(p, dist, tolerance=lab['tolerance']) for p in (big_params, small_params))
     agree = proportion_interval(int((big_labels == small_labels).sum()), len(big_labels))
-    clock.lap(f"seed's data size ({tr['seed_size_n_seeds']} networks, trained twice)")
+    clock.lap(f"another data size ({tr['other_size_n_seeds']} networks, trained twice)")
     size_rows = []
     for mode in MODES:
         a, b = int((small_labels == mode).sum()), int((big_labels == mode).sum())
         if a or b:
             size_rows.append([mode, _pct(proportion_interval(a, len(small_labels))), _pct(proportion_interval(b, len(big_labels)))])
     report.paragraph(
-        f"The seed's data size: {len(big_labels)} further networks trained from the same initialisations twice, once on "
-        f"{d['n_train']} / {d['n_val']} points (this study's CPU size) and once on the seed's "
-        f"{tr['seed_size_n_train']} / {tr['seed_size_n_val']}. The same network gets the same label in {_pct(agree)} of cases; "
+        f"Another data size: {len(big_labels)} further networks trained from the same initialisations twice, once on "
+        f"this study's {d['n_train']} / {d['n_val']} points and once on "
+        f"{tr['other_size_n_train']} / {tr['other_size_n_val']}. The same network gets the same label in {_pct(agree)} of cases; "
         "the mode frequencies (Wilson intervals):"
     )
-    report.table(["mode", f"{d['n_train']} training points", f"{tr['seed_size_n_train']} training points"], size_rows)
+    report.table(["mode", f"{d['n_train']} training points", f"{tr['other_size_n_train']} training points"], size_rows)
     report.metrics["labels"] = {
-        "tolerance": lab["tolerance"], "stability": stability_metrics, "seed_size_agreement": agree.estimate,
-        "seed_size_agreement_interval": [agree.low, agree.high], "counts": dict(Counter(labels.tolist())),
-        "seed_size_counts": dict(Counter(big_labels.tolist())), "cpu_size_counts": dict(Counter(small_labels.tolist())),
+        "tolerance": lab["tolerance"], "stability": stability_metrics, "other_size_agreement": agree.estimate,
+        "other_size_agreement_interval": [agree.low, agree.high], "counts": dict(Counter(labels.tolist())),
+        "other_size_counts": dict(Counter(big_labels.tolist())), "study_size_counts": dict(Counter(small_labels.tolist())),
     }  # fmt: skip
 
     # ------------------------------------------------------------------------ 3. mechanisms
@@ -608,7 +610,7 @@ def run(spec: dict[str, Any], out_dir: Path, *, progress: bool) -> None:
     report.heading("6. The algorithm scan: held-out seeds and independent recipes")
     recipes: dict[str, tuple[dict[str, torch.Tensor], np.ndarray, str]] = {}
     recipes[f"held-out seeds ({d['n_train']} points)"] = ({k: v[test_rows] for k, v in params.items()}, y_test, dist)
-    recipes[f"seed's data size ({tr['seed_size_n_train']} points)"] = (big_params, big_labels, dist)
+    recipes[f"another data size ({tr['other_size_n_train']} points)"] = (big_params, big_labels, dist)
     uniform_params = _cpu_params(uniform_result)
     recipes["uniform inputs"] = (uniform_params, mechanism_labels(uniform_params, "uniform", tolerance=lab['tolerance']), "uniform")
     for k, scale in enumerate(tr["init_scales"]):
@@ -639,7 +641,7 @@ def run(spec: dict[str, Any], out_dir: Path, *, progress: bool) -> None:
         transfer_metrics[name] = entry
     report.paragraph(
         "The scan is trained once, on this study's networks, and tested on held-out seeds and on networks trained by "
-        "independent recipes (each with its own seeds and its own labels on its own data distribution): the seed's data "
+        "independent recipes (each with its own seeds and its own labels on its own data distribution): another data "
         "size, uniform inputs, and smaller and larger initial weights. Cells: accuracy [Wilson 95 % interval] / balanced "
         "accuracy (mean recall over mechanisms, so rare mechanisms count). The scans answer among the mechanisms (the "
         "networks are known to be trained); the last column is how many the full scans would call untrained. Data-aware "
