@@ -3,8 +3,10 @@
 An MLP probe can decode more than a linear one, but also more of what is merely present in the
 input: a randomly initialised transformer already passes the context on, and ω0 is a function of
 the context. Its R² says something about training only through the gap to the same probe on a
-random-init copy of the model. Built on scikit-learn's ``MLPRegressor`` with standardised inputs,
-scored by grouped cross-validation (folds by trajectory).
+random-init copy of the model. Built on scikit-learn's ``MLPRegressor`` with standardised inputs and
+targets (a label such as the damping factor e^{−γΔt} varies by 1 % around 0.98; unscaled, the
+regressor would spend its training on the offset), scored by grouped cross-validation (folds by
+trajectory).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import warnings
 from typing import Any
 
 import numpy as np
+from sklearn.compose import TransformedTargetRegressor
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import PredefinedSplit, cross_val_predict
 from sklearn.neural_network import MLPRegressor
@@ -24,13 +27,15 @@ from physlens.probes.linear_probe import grouped_folds
 
 
 def mlp_probe(hidden: tuple[int, ...] = (64, 64), *, seed: int = 0, max_iter: int = 500, alpha: float = 1e-4) -> Any:
-    """The probe estimator: standardisation, then a ReLU MLP regressor (Adam, early stopping)."""
+    """The probe estimator: standardised inputs and target, then a ReLU MLP regressor (Adam, early
+    stopping); predictions come back in the target's own units."""
     hidden = tuple(check_positive_int("hidden", h) for h in hidden)
-    return make_pipeline(
+    regressor = make_pipeline(
         StandardScaler(),
         MLPRegressor(hidden_layer_sizes=hidden, alpha=alpha, max_iter=check_positive_int("max_iter", max_iter),
                      early_stopping=True, n_iter_no_change=20, random_state=check_nonnegative_int("seed", seed)),
     )
+    return TransformedTargetRegressor(regressor=regressor, transformer=StandardScaler())
 
 
 def mlp_probe_r2(
