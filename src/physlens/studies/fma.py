@@ -99,7 +99,8 @@ def _options(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
     unknown = sorted(set(spec) - {"study", *SECTIONS})
     if unknown:
         raise StudySpecError(f"unknown sections {unknown} in an fma study; allowed are {sorted({'study', *SECTIONS})}")
-    data = {"distribution": "product", "n_train": 512, "n_val": 2000, "dtype": "float32", "device": "cpu"} | section(spec, "data", DATA_KEYS)
+    n_train, n_val = SEED_DATA_SIZE
+    data = {"distribution": "product", "n_train": n_train, "n_val": n_val, "dtype": "float32", "device": "cpu"} | section(spec, "data", DATA_KEYS)
     train = {"n_seeds": 1024, "epochs": 4000, "lr": 1e-3, "snapshot_every": 200, "compile": False} | section(spec, "train", TRAIN_KEYS)
     labels = {"tolerance": DEFAULT_TOLERANCE, "stability_sizes": [512, 8000, 100_000], "stability_repeats": 5} | section(spec, "labels", LABEL_KEYS)
     seed_test = {"positives": SEED_POSITIVES, "n_random": 2000} | section(spec, "seed_test", SEED_TEST_KEYS)
