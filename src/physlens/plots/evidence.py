@@ -16,6 +16,17 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
+def _finish(fig: Figure, ax: plt.Axes, xlabel: str, ylabel: str, title: str) -> Figure:
+    """Label one panel, add its legend and grid, and lay the figure out."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
 def plot_algorithm_comparison(comparison: Any) -> Figure:
     """Errors and shared errors of the model and every candidate algorithm against context length k.
 
@@ -65,13 +76,7 @@ def plot_swap_test(result: Any, *, title: str = "context swap: same final state,
     line = np.array([-span, span])
     ax.plot(line, line, color="0.4", ls="--", lw=1, label="exact dynamics (slope 1)")
     ax.plot(line, result.slope.estimate * line, color="k", lw=1, label=f"fit: slope {result.slope.format()}")
-    ax.set_xlabel("true difference of next states")
-    ax.set_ylabel("model's difference of predictions")
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, ax, "true difference of next states", "model's difference of predictions", title)
 
 
 def plot_steering(result: Any, *, title: str = "steering along the probe direction") -> Figure:
@@ -85,13 +90,7 @@ def plot_steering(result: Any, *, title: str = "steering along the probe directi
         ax.plot(alphas, median, marker="o", color=color, label=name)
         ax.fill_between(alphas, low, high, color=color, alpha=0.2)
     ax.plot(alphas, alphas, color="0.4", ls="--", lw=1, label="shift = α (reads ω0 one for one)")
-    ax.set_xlabel("push α (units of the probe's reading)")
-    ax.set_ylabel("ω0 of the rollout − unsteered")
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, ax, "push α (units of the probe's reading)", "ω0 of the rollout − unsteered", title)
 
 
 def plot_group_patching(result: Any, *, title: str = "where the swapped context's difference lives") -> Figure:
@@ -105,13 +104,7 @@ def plot_group_patching(result: Any, *, title: str = "where the swapped context'
     ax.axhline(1, color="0.5", ls=":", lw=1)
     ax.axhline(0, color="0.5", ls=":", lw=1)
     ax.set_xticks(layers, [str(layer) for layer in layers])
-    ax.set_xlabel(f"layer whose {result.site} is patched")
-    ax.set_ylabel("recovery of the clean prediction")
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, ax, f"layer whose {result.site} is patched", "recovery of the clean prediction", title)
 
 
 __all__ = ["plot_algorithm_comparison", "plot_group_patching", "plot_steering", "plot_swap_test"]
