@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from physlens import stats
 from physlens._io import atomic_write_bytes, atomic_write_text
 from physlens.studies.report import read_metrics
 from physlens.sweeps.metrics import HEADLINES, Headlines, lookup
@@ -124,20 +125,15 @@ def sweep_table(records: Sequence[TrialRecord], sweep: SweepSpec) -> pd.DataFram
 
 
 def median_interval(values: Sequence[float], *, confidence: float = CONFIDENCE, seed: int = 0) -> tuple[float, float, float]:
-    """Median of ``values`` and a percentile-bootstrap interval for it (NaN bounds with fewer than 2 values)."""
+    """Median of ``values`` (NaN dropped: failed trials) and a percentile-bootstrap interval for it,
+    :func:`physlens.stats.median_interval`'s, as a tuple; NaN bounds with fewer than 2 values."""
     data = np.asarray([v for v in values if not math.isnan(v)], dtype=float)
     if data.size == 0:
         return math.nan, math.nan, math.nan
-    median = float(np.median(data))
-    if data.size < 2 or np.ptp(data) == 0:
-        return (median, math.nan, math.nan) if data.size < 2 else (median, median, median)
-    from scipy.stats import bootstrap
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        result = bootstrap((data,), np.median, confidence_level=confidence, n_resamples=N_RESAMPLES, method="percentile",
-                           rng=np.random.default_rng(seed))
-    return median, float(result.confidence_interval.low), float(result.confidence_interval.high)
+    if data.size < 2:
+        return float(data[0]), math.nan, math.nan
+    interval = stats.median_interval(data, confidence=confidence, n_resamples=N_RESAMPLES, seed=seed)
+    return interval.estimate, interval.low, interval.high
 
 
 def _setting(trial: Trial, axes: Sequence[tuple[str, ...]]) -> tuple[str, ...]:
