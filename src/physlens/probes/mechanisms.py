@@ -440,8 +440,9 @@ def seed_sign_signature(network: NetworkLike) -> np.ndarray:
 def crease_angles(network: NetworkLike) -> np.ndarray:
     """Angle in degrees (0–90) between each unit's zero line and the diagonal m = a: ``[model, h]``.
 
-    0° is a crease along the diagonal (the seed's mode-3 roof, whose ridge runs where m = a); 90°
-    is a crease across it, e.g. one that cuts off the far tips of the product distribution.
+    0° is a crease along the diagonal (a roof whose ridge runs where m = a, as in the seed's cleanest
+    mode-3 network); 90° is a crease across it, e.g. one that cuts off the far tips of the product
+    distribution.
     """
     W = network_parameters(network)["W_in"].to("cpu", torch.float64)  # [model, 2, h]
     if W.shape[1] != 2:

@@ -293,7 +293,7 @@ def run(spec: dict[str, Any], out_dir: Path, *, progress: bool) -> None:
     report.table(["model (same distribution)", "validation MSE", "interval"], [
         ["trained networks, median", float(np.median(val)), _median(val, seed, n_res)],
         ["trained networks, best", float(val.min()), "—"],
-        ["least-squares plane per seed (fitted on the seed's training points), median", float(np.median(per_seed_plane)), _median(per_seed_plane, seed, n_res)],
+        ["least-squares plane per network (fitted on its own training points), median", float(np.median(per_seed_plane)), _median(per_seed_plane, seed, n_res)],
         ["best plane over the distribution (exact)", plane.mse, "exact"],
         ["best constant over the distribution, Var(F) (exact)", plane.target_variance, "exact"],
     ])  # fmt: skip
@@ -396,8 +396,8 @@ def run(spec: dict[str, Any], out_dir: Path, *, progress: bool) -> None:
             where = {"along": "along the diagonal", "across": "across the diagonal", "oblique": "oblique to the diagonal"}[orientation]
             ridge_rows.append([f"mode 3, ridge {where}", chosen.size, _median(chosen, seed, n_res), float(chosen.min())])
     report.paragraph(
-        "Mode 3 has two kinds, told apart by where the ridge runs: along the diagonal m = a (the seed's roof, min of two "
-        "mirror-image planes) or across it (a crease that only cuts off the far tips of the product distribution, where "
+        "Mode 3 has two kinds, told apart by where the ridge runs: along the diagonal m = a (a roof, min of two mirror-image "
+        "planes, as in the seed's hand-crafted and cleanest mode-3 networks) or across it (a crease that only cuts off the far tips of the product distribution, where "
         "one input is large). Most of mode 3's spread in loss is this split:"
     )
     report.table(["networks", "count", "median val MSE [95% CI]", "best"], ridge_rows)
