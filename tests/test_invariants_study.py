@@ -70,6 +70,10 @@ def test_tiny_study_writes_report_metrics_and_figures(tmp_path: Path) -> None:
     assert metrics["fma"]  # at least one mode was distilled
     report = (out / "report.md").read_text()
     assert "Siamese" in report and "bottleneck" in report and "F = m·a" in report
+    # every accuracy beside a random-init tower's, with its interval
+    assert set(siamese["control_accuracy"]) == {"train", "test", "test_gap_pairs"}
+    assert all(0.0 <= value <= 1.0 for value in siamese["control_accuracy"].values())
+    assert "random-init tower (control)" in report and "Wilson" in report
     for name in ("latent_vs_L", "siamese_formula_front", "bottleneck_vs_candidates", "loss_curves"):
         assert (out / "figures" / f"{name}.png").is_file()
 
