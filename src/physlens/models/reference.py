@@ -13,37 +13,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from physlens._validation import check_positive_float, check_positive_int
-from physlens.systems.oscillator import STATE_DIM, check_underdamped, fit_propagator, propagator
-
-
-def _check_states(states: Tensor, minimum: int) -> None:
-    if states.ndim != 3 or states.shape[-1] != STATE_DIM:
-        raise ValueError(f"states must have shape [batch, pos, 2], got {list(states.shape)}")
-    if states.shape[1] < minimum:
-        raise ValueError(f"states must hold at least {minimum} position(s), got {states.shape[1]}")
-
-
-class ExactStep:
-    """The oracle: the exact propagator of each trajectory's own ω0 and γ applied to its last state.
-
-    ``omega0`` and ``gamma`` hold one value per trajectory of the batch it will be called on.
-    """
-
-    def __init__(self, omega0: Float[Tensor, " batch"], gamma: Float[Tensor, " batch"], dt: float) -> None:
-        omega0, gamma = torch.as_tensor(omega0, dtype=torch.float64), torch.as_tensor(gamma, dtype=torch.float64)
-        if omega0.ndim != 1 or omega0.shape != gamma.shape:
-            raise ValueError(f"omega0 and gamma must be one value per trajectory [batch], got {list(omega0.shape)} and {list(gamma.shape)}")
-        check_underdamped(omega0, gamma)
-        self.kernel = propagator(omega0, gamma, check_positive_float("dt", dt))  # [batch, 2, 2]
-
-    def __call__(self, states: Float[Tensor, "batch pos 2"]) -> Float[Tensor, "batch 1 2"]:
-        """The exact next state after ``states[:, -1]``."""
-        _check_states(states, 1)
-        if states.shape[0] != self.kernel.shape[0]:
-            raise ValueError(f"states has {states.shape[0]} trajectories but the oracle holds parameters for {self.kernel.shape[0]}")
-        kernel = self.kernel.to(device=states.device, dtype=states.dtype)
-        return torch.einsum("bij,bj->bi", kernel, states[:, -1])[:, None]
+from physlens._validation import check_positive_int
+from physlens.systems.oscillator import ExactStep, _check_states, fit_propagator
 
 
 class InContextLeastSquares:

@@ -16,7 +16,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from physlens._validation import check_finite, check_positive_int
-from physlens.systems.oscillator import Trajectories
+from physlens.systems.base import TrajectoryBatch
 
 Positions = Union[str, int, Sequence[int], None]
 """``"all"``, one position, a list of positions (negative counts from the end), or ``None`` for
@@ -93,11 +93,11 @@ def model_dtype(model: Any) -> torch.dtype:
     return parameter.dtype if parameter is not None else torch.get_default_dtype()
 
 
-def as_inputs(data: Trajectories | Tensor, seq_len: int | None = None) -> Tensor:
+def as_inputs(data: TrajectoryBatch | Tensor, seq_len: int | None = None) -> Tensor:
     """Model inputs from trajectories (their first ``seq_len`` states) or a ready tensor."""
-    states = data.states if isinstance(data, Trajectories) else data
+    states = data.states if isinstance(data, TrajectoryBatch) else data
     if not isinstance(states, Tensor):
-        raise TypeError(f"data must be Trajectories or a tensor, got {type(data).__name__}")
+        raise TypeError(f"data must be a trajectory batch (physlens.systems.TrajectoryBatch) or a tensor, got {type(data).__name__}")
     if seq_len is not None:
         seq_len = check_positive_int("seq_len", seq_len)
         if states.ndim < 2 or states.shape[1] < seq_len:
@@ -195,7 +195,7 @@ class Activations:
 
 def collect_activations(
     model: Any,
-    data: Trajectories | Tensor,
+    data: TrajectoryBatch | Tensor,
     names: str | Sequence[str],
     *,
     positions: Positions = "all",
@@ -207,13 +207,13 @@ def collect_activations(
 ) -> Activations:
     """Run ``data`` through ``model`` in chunks and keep hooks ``names`` at ``positions``.
 
-    ``data`` is a tensor of inputs or :class:`~physlens.systems.Trajectories` (first ``seq_len``
+    ``data`` is a tensor of inputs or a trajectory batch (:class:`~physlens.systems.TrajectoryBatch`, first ``seq_len``
     states; their ``labels()`` are attached unless ``labels`` is given). Labels per position
     (``[n, step]``, e.g. energy) are cut to the kept positions.
     """
     inputs = as_inputs(data, seq_len)
     if labels is None:
-        labels = data.labels() if isinstance(data, Trajectories) else {}
+        labels = data.labels() if isinstance(data, TrajectoryBatch) else {}
     check_finite("inputs", inputs)
     pos = resolve_positions(positions, inputs.shape[1])
     kept = select_labels(labels, inputs.shape[0], pos)

@@ -29,7 +29,7 @@ from physlens.probes.activations import (
     resolve_positions,
     select_labels,
 )
-from physlens.systems.oscillator import Trajectories
+from physlens.systems.base import TrajectoryBatch
 
 DEFAULT_ALPHAS: tuple[float, ...] = tuple(float(10.0**k) for k in range(-6, 7))
 """Ridge penalties tried by default (scikit-learn's convention: the penalty on the summed squared error)."""
@@ -449,9 +449,9 @@ def random_init_copy(model: Any, seed: int = 1) -> Any:
 def _chunks(
     data: Any, seq_len: int | None, labels: Mapping[str, Tensor] | None, batch_size: int
 ) -> tuple[Iterable[tuple[Tensor, dict[str, Tensor]]], int | None, dict[str, Tensor] | None]:
-    if isinstance(data, (Trajectories, Tensor)):
+    if isinstance(data, (TrajectoryBatch, Tensor)):
         inputs = as_inputs(data, seq_len)
-        all_labels = dict(labels) if labels is not None else (data.labels() if isinstance(data, Trajectories) else None)
+        all_labels = dict(labels) if labels is not None else (data.labels() if isinstance(data, TrajectoryBatch) else None)
         if not all_labels:
             raise ValueError("labels are required when data is a tensor (pass labels={name: [n] or [n, step]})")
         n = inputs.shape[0]
@@ -468,8 +468,8 @@ def _chunks(
 
     def stream() -> Iterable[tuple[Tensor, dict[str, Tensor]]]:
         for chunk in data:
-            if not isinstance(chunk, Trajectories):
-                raise TypeError(f"streamed data must yield Trajectories, got {type(chunk).__name__}")
+            if not isinstance(chunk, TrajectoryBatch):
+                raise TypeError(f"streamed data must yield trajectory batches (physlens.systems.TrajectoryBatch), got {type(chunk).__name__}")
             yield as_inputs(chunk, seq_len), chunk.labels()
 
     return stream(), None, None
@@ -477,7 +477,7 @@ def _chunks(
 
 def probe_sweep(
     model: Any,
-    data: Trajectories | Tensor | Iterable[Trajectories],
+    data: TrajectoryBatch | Tensor | Iterable[TrajectoryBatch],
     hooks: str | Sequence[str],
     *,
     targets: Sequence[str] = DEFAULT_TARGETS,
@@ -500,8 +500,8 @@ def probe_sweep(
 
     Per-fold sufficient statistics are accumulated while the data flow through the model (and through
     the control model, and against shuffled labels), so memory does not grow with the number of
-    trajectories. ``data``: :class:`~physlens.systems.Trajectories`, an input tensor with ``labels``,
-    or an iterable of ``Trajectories`` chunks (e.g. ``system.batches(...)`` sliced), in which case folds
+    trajectories. ``data``: a trajectory batch (:class:`~physlens.systems.TrajectoryBatch`), an input tensor with ``labels``,
+    or an iterable of trajectory-batch chunks (e.g. ``system.batches(...)`` sliced), in which case folds
     and the label shuffle are drawn within each chunk. ``control_model``: ``"random_init"`` (a copy
     re-initialised with ``control_seed``), a model, or None. Folds group by trajectory: every
     position of a trajectory lies in one fold.

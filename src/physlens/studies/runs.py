@@ -15,7 +15,7 @@ from typing import Any
 
 from physlens.models.transformer import OscillatorTransformer
 from physlens.studies.oscillator import OscillatorStudy, parse_study
-from physlens.systems.oscillator import OscillatorSystem
+from physlens.systems.base import System
 from physlens.training.checkpoints import load_checkpoint
 
 
@@ -34,7 +34,7 @@ class LoadedRun:
         return self.study.model
 
     @property
-    def system(self) -> OscillatorSystem:
+    def system(self) -> System:
         """The system the model was trained on."""
         return self.study.system
 

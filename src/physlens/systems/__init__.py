@@ -1,5 +1,7 @@
 """Physical systems that generate labelled ground truth for the networks physlens studies."""
 
+from physlens.systems.base import ExactlySolvable, System, TrajectoryBatch, check_system, import_system_class
+
 from physlens.systems.central import (
     CONSERVATION_TOLERANCE,
     ORBIT_LABEL_NAMES,
@@ -43,6 +45,11 @@ from physlens.systems.fma import (
 )
 
 __all__ = [
+    "ExactlySolvable",
+    "System",
+    "TrajectoryBatch",
+    "check_system",
+    "import_system_class",
     "FmaSplit",
     "PlaneBaseline",
     "fma_split",

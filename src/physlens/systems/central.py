@@ -9,7 +9,9 @@ integrator's truncation error. Only bound, non-colliding orbits are accepted.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from jaxtyping import Float
@@ -23,6 +25,7 @@ from physlens._validation import (
     check_shape,
     resolve_dtype,
 )
+from physlens.systems.base import dtype_name
 
 ORBIT_STATE_DIM = 4  # (x, y, vx, vy)
 ORBIT_STATE_NAMES = ("x", "y", "vx", "vy")
@@ -172,10 +175,13 @@ class OrbitTrajectories:
 
     states: Float[Tensor, "traj step 4"]
     times: Float[Tensor, "traj step"]
+    dt: float | None = None  # time between stored states on a grid; None when the times are random
 
     def __post_init__(self) -> None:
         check_shape("states", self.states, (None, None, ORBIT_STATE_DIM), "[traj, step, 4]")
         check_shape("times", self.times, tuple(self.states.shape[:2]), "[traj, step]")
+        if self.dt is not None:
+            self.dt = check_positive_float("dt", self.dt)
 
     def __len__(self) -> int:
         return self.states.shape[0]
@@ -211,11 +217,19 @@ class OrbitTrajectories:
 
     def subset(self, index: Tensor | slice) -> OrbitTrajectories:
         """The orbits selected by ``index``."""
-        return OrbitTrajectories(self.states[index], self.times[index])
+        return OrbitTrajectories(self.states[index], self.times[index], self.dt)
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> OrbitTrajectories:
         """A copy on ``device`` and/or in ``dtype``."""
-        return OrbitTrajectories(self.states.to(device=device, dtype=dtype), self.times.to(device=device, dtype=dtype))
+        return OrbitTrajectories(self.states.to(device=device, dtype=dtype), self.times.to(device=device, dtype=dtype), self.dt)
+
+    def inputs_targets(self) -> tuple[Float[Tensor, "traj pos 4"], Float[Tensor, "traj pos 4"]]:
+        """Next-step pairs: inputs ``states[:, :-1]`` and targets ``states[:, 1:]`` (orbits on a time grid only)."""
+        if self.dt is None:
+            raise ValueError("these orbits are sampled at random times (random_times=True): they have no next step")
+        if self.n_steps < 2:
+            raise ValueError("trajectories need at least 2 steps to form next-step targets")
+        return self.states[:, :-1], self.states[:, 1:]
 
 
 def _check_range(name: str, bounds: tuple[float, float], *, negative: bool) -> tuple[float, float]:
@@ -249,6 +263,7 @@ class CentralPotentialSystem:
     dt: float = 0.1  # time between stored states when times are on a grid
     dtype: str = "float32"  # dtype of the sampled states
     device: str = "cpu"  # where sampled tensors live
+    state_dim: ClassVar[int] = ORBIT_STATE_DIM  # (x, y, vx, vy)
 
     def __post_init__(self) -> None:
         self.energy_range = _check_range("energy_range", tuple(self.energy_range), negative=True)
@@ -283,16 +298,44 @@ class CentralPotentialSystem:
             "device": self.device,
         }
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CentralPotentialSystem:
+        """The system :meth:`to_dict` described (ranges may be lists, as JSON gives them)."""
+        options = dict(data)
+        for key in ("energy_range", "angular_momentum_range"):
+            if key in options:
+                options[key] = tuple(options[key])
+        return cls(**options)
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | str | None = None) -> CentralPotentialSystem:
+        """The same orbits sampled on ``device`` and/or in ``dtype``: identical draws for the same seed."""
+        options = self.to_dict()
+        if device is not None:
+            options["device"] = str(device)
+        if dtype is not None:
+            options["dtype"] = dtype_name(dtype)
+        return type(self).from_dict(options)
+
+    def batches(
+        self, batch_size: int, n_steps: int, *, seed: int | None = None, generator: torch.Generator | None = None
+    ) -> Iterator[OrbitTrajectories]:
+        """An endless stream of fresh batches of orbits on a time grid, from one seeded generator."""
+        generator = _generator(seed, generator)
+        while True:
+            yield self.sample(batch_size, n_steps, generator=generator)
+
     def sample_invariants(
-        self, n_traj: int, *, generator: torch.Generator
+        self, n_traj: int, *, generator: torch.Generator, energy_range: tuple[float, float] | None = None
     ) -> tuple[Float[Tensor, " traj"], Float[Tensor, " traj"]]:
-        """Draw (E, L) for ``n_traj`` orbits by rejection from the box of ranges (float64, on CPU)."""
+        """Draw (E, L) for ``n_traj`` orbits by rejection from the box of ranges (float64, on CPU);
+        ``energy_range`` overrides the system's range of E."""
         n_traj = check_positive_int("n_traj", n_traj)
+        e_low, e_high = self.energy_range if energy_range is None else _check_range("energy_range", tuple(energy_range), negative=True)
         energies, momenta, found = [], [], 0
         for _ in range(1000):
             draws = 2 * (n_traj - found) + 16
             u = torch.rand(draws, 3, generator=generator, dtype=torch.float64, device=generator.device).cpu()
-            energy = self.energy_range[0] + (self.energy_range[1] - self.energy_range[0]) * u[:, 0]
+            energy = e_low + (e_high - e_low) * u[:, 0]
             size = self.angular_momentum_range[0] + (self.angular_momentum_range[1] - self.angular_momentum_range[0]) * u[:, 1]
             ang = torch.where(u[:, 2] < 0.5, -size, size)
             ok = (2 * energy * ang**2 >= -1) & (perihelion(energy, ang) >= self.min_perihelion)
@@ -312,6 +355,7 @@ class CentralPotentialSystem:
         *,
         seed: int | None = None,
         generator: torch.Generator | None = None,
+        energy_range: tuple[float, float] | None = None,
         random_times: bool = False,
     ) -> OrbitTrajectories:
         """Draw ``n_traj`` orbits of ``n_steps`` states each.
@@ -319,11 +363,12 @@ class CentralPotentialSystem:
         With ``random_times=False`` states are at ``t0 + k·dt`` from a uniformly random phase ``t0``;
         with ``random_times=True`` each state is at an independent uniform time within one period
         (sorted), which covers the whole orbit, as pairs for invariant learning need.
+        ``energy_range`` overrides the system's range of orbital energies.
         """
         n_traj = check_positive_int("n_traj", n_traj)
         n_steps = check_positive_int("n_steps", n_steps)
         generator = _generator(seed, generator)
-        energy, ang = self.sample_invariants(n_traj, generator=generator)
+        energy, ang = self.sample_invariants(n_traj, generator=generator, energy_range=energy_range)
         uniform = torch.rand(n_traj, 2 + n_steps, generator=generator, dtype=torch.float64, device=generator.device).cpu()
         orientation = 2 * math.pi * uniform[:, 0]
         initial = orbit_state(energy, ang, orientation)
@@ -333,7 +378,7 @@ class CentralPotentialSystem:
         else:
             times = uniform[:, 1:2] * period + self.dt * torch.arange(n_steps, dtype=torch.float64)
         states = propagate_orbit(initial, times, min_perihelion=self.min_perihelion)
-        trajectories = OrbitTrajectories(states, times)
+        trajectories = OrbitTrajectories(states, times, None if random_times else self.dt)
         return trajectories.to(device=self.device, dtype=resolve_dtype(self.dtype))
 
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import torch
 from jaxtyping import Float
@@ -25,6 +26,7 @@ from physlens._validation import (
     check_shape,
     resolve_dtype,
 )
+from physlens.systems.base import dtype_name
 from physlens.systems.params import ParamSpec, as_param_spec, spec_to_json
 
 STATE_DIM = 2  # (x, p)
@@ -208,6 +210,35 @@ class Trajectories:
         return self.states[:, :-1], self.states[:, 1:]
 
 
+def _check_states(states: Tensor, minimum: int) -> None:
+    if states.ndim != 3 or states.shape[-1] != STATE_DIM:
+        raise ValueError(f"states must have shape [batch, pos, 2], got {list(states.shape)}")
+    if states.shape[1] < minimum:
+        raise ValueError(f"states must hold at least {minimum} position(s), got {states.shape[1]}")
+
+
+class ExactStep:
+    """The oracle: the exact propagator of each trajectory's own ω0 and γ applied to its last state.
+
+    ``omega0`` and ``gamma`` hold one value per trajectory of the batch it will be called on.
+    """
+
+    def __init__(self, omega0: Float[Tensor, " batch"], gamma: Float[Tensor, " batch"], dt: float) -> None:
+        omega0, gamma = torch.as_tensor(omega0, dtype=torch.float64), torch.as_tensor(gamma, dtype=torch.float64)
+        if omega0.ndim != 1 or omega0.shape != gamma.shape:
+            raise ValueError(f"omega0 and gamma must be one value per trajectory [batch], got {list(omega0.shape)} and {list(gamma.shape)}")
+        check_underdamped(omega0, gamma)
+        self.kernel = propagator(omega0, gamma, check_positive_float("dt", dt))  # [batch, 2, 2]
+
+    def __call__(self, states: Float[Tensor, "batch pos 2"]) -> Float[Tensor, "batch 1 2"]:
+        """The exact next state after ``states[:, -1]``."""
+        _check_states(states, 1)
+        if states.shape[0] != self.kernel.shape[0]:
+            raise ValueError(f"states has {states.shape[0]} trajectories but the oracle holds parameters for {self.kernel.shape[0]}")
+        kernel = self.kernel.to(device=states.device, dtype=states.dtype)
+        return torch.einsum("bij,bj->bi", kernel, states[:, -1])[:, None]
+
+
 def _check_energy_range(name: str, energy_range: tuple[float, float]) -> tuple[float, float]:
     if len(energy_range) != 2:
         raise ValueError(f"{name} must be a pair (low, high), got {energy_range!r}")
@@ -234,6 +265,7 @@ class OscillatorSystem:
     device: str = "cpu"  # where sampled tensors live
     _omega0: ParamSpec = field(init=False, repr=False)
     _gamma: ParamSpec = field(init=False, repr=False)
+    state_dim: ClassVar[int] = STATE_DIM  # (x, p)
 
     def __post_init__(self) -> None:
         self._omega0 = as_param_spec("omega0", self.omega0)
@@ -264,6 +296,27 @@ class OscillatorSystem:
             "dtype": self.dtype,
             "device": self.device,
         }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> OscillatorSystem:
+        """The system :meth:`to_dict` described (``energy_range`` may be a list, as JSON gives it)."""
+        options = dict(data)
+        if "energy_range" in options:
+            options["energy_range"] = tuple(options["energy_range"])
+        return cls(**options)
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | str | None = None) -> OscillatorSystem:
+        """The same family of oscillators sampled on ``device`` and/or in ``dtype``: identical draws for the same seed."""
+        options = self.to_dict()
+        if device is not None:
+            options["device"] = str(device)
+        if dtype is not None:
+            options["dtype"] = dtype_name(dtype)
+        return type(self).from_dict(options)
+
+    def exact_predictor(self, trajectories: Trajectories) -> ExactStep:
+        """The oracle for ``trajectories``: each one's exact propagator applied to its last state."""
+        return ExactStep(trajectories.omega0, trajectories.gamma, trajectories.dt)
 
     def sample(
         self,

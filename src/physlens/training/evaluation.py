@@ -20,10 +20,10 @@ from torch import Tensor
 
 from physlens._validation import check_positive_int
 from physlens.models.linear import LinearAutoregressive
-from physlens.models.reference import ExactStep, InContextLeastSquares
+from physlens.models.reference import InContextLeastSquares
 from physlens.seeding import stream_seeds
 from physlens.stats import Interval, bootstrap_interval, paired_difference_interval
-from physlens.systems.oscillator import OscillatorSystem, Trajectories
+from physlens.systems.base import ExactlySolvable, System, TrajectoryBatch
 from physlens.training.rollout import relative_error, rollout
 
 MODEL = "model"
@@ -217,13 +217,13 @@ def _mean(sample: np.ndarray, axis: int = -1) -> np.ndarray:
     return np.mean(sample, axis=axis)
 
 
-def float64_system(system: OscillatorSystem) -> OscillatorSystem:
-    """The same family of oscillators sampled in float64: identical draws for the same seed."""
-    return OscillatorSystem(**{**system.to_dict(), "dtype": "float64", "device": "cpu"})
+def float64_system(system: System) -> System:
+    """The same family of systems sampled in float64 on the CPU: identical draws for the same seed."""
+    return system.to(device="cpu", dtype=torch.float64)
 
 
 def fit_linear_references(
-    system: OscillatorSystem, context_len: int, *, seed: int, n_traj: int = 2048, windows_per_traj: int = 20
+    system: System, context_len: int, *, seed: int, n_traj: int = 2048, windows_per_traj: int = 20
 ) -> dict[str, LinearAutoregressive]:
     """The two fitted references, in closed form and float64 on fresh trajectories of ``system``:
     the linear AR over ``context_len`` states and the current-state-only linear map."""
@@ -236,7 +236,7 @@ def fit_linear_references(
 
 
 def score_predictor(
-    predictor: Callable[[Tensor], Tensor], trajectories: Trajectories, context_len: int, n_steps: int
+    predictor: Callable[[Tensor], Tensor], trajectories: TrajectoryBatch, context_len: int, n_steps: int
 ) -> PredictorScores:
     """Errors of ``predictor`` (a model or a reference, called on ``[batch, pos, 2]``) on ``trajectories``:
     the next state after the first ``context_len`` states, and an ``n_steps`` rollout from them.
@@ -260,7 +260,7 @@ def score_predictor(
 
 def evaluate_task(
     model: Callable[[Tensor], Tensor],
-    system: OscillatorSystem,
+    system: System,
     *,
     n_traj: int,
     context_len: int,
@@ -291,13 +291,14 @@ def evaluate_task(
     if references[LINEAR_AR].window != context_len:
         raise ValueError(f"the linear AR reference reads {references[LINEAR_AR].window} states but context_len is {context_len}")
     trajectories = float64_system(system).sample(n_traj, context_len + n_steps, seed=seeds["trajectories"], energy_range=energy_range)
-    predictors: dict[str, Callable[[Tensor], Tensor]] = {
-        MODEL: model,
-        ORACLE: ExactStep(trajectories.omega0, trajectories.gamma, trajectories.dt),
+    predictors: dict[str, Callable[[Tensor], Tensor]] = {MODEL: model}
+    if isinstance(system, ExactlySolvable):  # a system without an exact solution has no oracle row
+        predictors[ORACLE] = system.exact_predictor(trajectories)
+    predictors.update({
         IN_CONTEXT: InContextLeastSquares(),
         LINEAR_AR: references[LINEAR_AR],
         CURRENT_STATE: references[CURRENT_STATE],
-    }
+    })
     if context_len < 2:  # one state holds no transition to read K from
         del predictors[IN_CONTEXT]
     evaluation = TaskEvaluation(

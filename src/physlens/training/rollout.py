@@ -13,7 +13,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from physlens._validation import check_finite, check_positive_int, check_shape
-from physlens.systems.oscillator import OscillatorSystem, Trajectories
+from physlens.systems.base import System, TrajectoryBatch
 from physlens.training._compile import compile_or_eager
 
 
@@ -73,7 +73,7 @@ def relative_error(pred: Float[Tensor, "batch step d"], true: Float[Tensor, "bat
 class RolloutEvaluation:
     """A rollout from held-out trajectories with its per-step relative error."""
 
-    trajectories: Trajectories  # the true trajectories (context followed by the rolled-out part)
+    trajectories: TrajectoryBatch  # the true trajectories (context followed by the rolled-out part)
     context_len: int  # how many true states the model was given
     predicted: Tensor  # [traj, n_steps, 2]
     error: Tensor  # [traj, n_steps] relative error per step
@@ -101,7 +101,7 @@ class RolloutEvaluation:
 
 def evaluate_rollout(
     model: nn.Module,
-    system: OscillatorSystem,
+    system: System,
     *,
     n_traj: int,
     n_steps: int,

@@ -27,7 +27,7 @@ from physlens._validation import (
     check_positive_int,
 )
 from physlens.models.base import HookedModel
-from physlens.systems.oscillator import OscillatorSystem, Trajectories
+from physlens.systems.base import System, TrajectoryBatch, check_system
 from physlens.training._compile import compile_or_eager
 from physlens.training._divergence import DIVERGENCE_FACTOR, TrainingDiverged, check_loss, loss_reference
 from physlens.training.checkpoints import (
@@ -167,20 +167,20 @@ def check_leakage(model: nn.Module, config: TrainConfig) -> None:
     warnings.warn("TARGET LEAKAGE: " + reason + " (allowed by allow_leakage=True).", stacklevel=3)
 
 
-def _batch_loss(model: nn.Module, batch: Trajectories, loss_positions: str | int) -> Tensor:
+def _batch_loss(model: nn.Module, batch: TrajectoryBatch, loss_positions: str | int) -> Tensor:
     inputs, targets = batch.inputs_targets()
     scored = loss_slice(loss_positions, inputs.shape[1])
     return (model(inputs)[:, scored] - targets[:, scored]).pow(2).mean()
 
 
-def _to_model(batch: Trajectories, model: nn.Module) -> Trajectories:
+def _to_model(batch: TrajectoryBatch, model: nn.Module) -> TrajectoryBatch:
     parameter = next(model.parameters())
     return batch.to(device=parameter.device, dtype=parameter.dtype)
 
 
 def train(
     model: HookedModel,
-    system: OscillatorSystem,
+    system: System,
     config: TrainConfig,
     *,
     checkpoint_dir: str | os.PathLike[str] | None = None,
@@ -202,6 +202,7 @@ def train(
     """
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
+    check_system(system)
     n_ctx = getattr(getattr(model, "cfg", None), "n_ctx", None)
     if n_ctx is not None and config.seq_len > n_ctx:
         raise ValueError(f"seq_len must be <= the model's n_ctx ({n_ctx}), got {config.seq_len}")
@@ -262,7 +263,7 @@ def train(
     return result
 
 
-def _target_scale(batch: Trajectories, config: TrainConfig) -> float:
+def _target_scale(batch: TrajectoryBatch, config: TrainConfig) -> float:
     """The loss of predicting zero on ``batch``: the mean square of the scored targets."""
     _, targets = batch.inputs_targets()
     return float(targets[:, loss_slice(config.loss_positions, targets.shape[1])].pow(2).mean())
