@@ -21,6 +21,7 @@ from physlens.plots.training import plot_loss_curve, plot_phase_space, plot_roll
 from physlens.seeding import stream_seeds
 from physlens.studies.oscillator_analyses import AnalysisContext, parse_analyses, run_analyses
 from physlens.studies.report import Report, StudySpecError, dataclass_schema, format_number, section
+from physlens.systems.base import System, import_system_class
 from physlens.systems.oscillator import OscillatorSystem, propagator
 from physlens.systems.params import Fixed
 from physlens.training.checkpoints import save_checkpoint
@@ -77,7 +78,7 @@ class OscillatorStudy:
     description: str
     seed: int
     seeds: dict[str, int]  # the study's named random streams
-    system: OscillatorSystem
+    system: System  # an OscillatorSystem unless [system] kind names another
     model: OscillatorTransformer  # freshly initialised from the "model init" stream
     train_config: TrainConfig
     evaluation: EvaluationOptions
@@ -96,15 +97,33 @@ def build_model(options: dict[str, Any], seed: int) -> OscillatorTransformer:
     return OscillatorTransformer(config)
 
 
-def build_system(options: dict[str, Any]) -> OscillatorSystem:
-    """An :class:`OscillatorSystem` from a study's ``[system]`` table."""
+def build_system(options: dict[str, Any]) -> System:
+    """The system of a study's ``[system]`` table: an :class:`OscillatorSystem`, or the class that
+    ``kind = "package.module:Class"`` names (any :class:`~physlens.systems.System`), built with
+    ``from_dict`` from the table's other keys."""
     options = dict(options)
-    if "energy_range" in options:
-        options["energy_range"] = tuple(options["energy_range"])
+    kind = options.pop("kind", None)
+    cls: Any = OscillatorSystem
+    if kind is not None:
+        if not isinstance(kind, str):
+            raise StudySpecError(f"[system] kind must be a string 'package.module:Class', got {kind!r}")
+        try:
+            cls = import_system_class(kind)
+        except ValueError as error:
+            raise StudySpecError(f"[system] {error}") from None
     try:
-        return OscillatorSystem(**options)
+        return cls.from_dict(options)
     except (TypeError, ValueError) as error:
         raise StudySpecError(f"[system] is invalid: {error}") from None
+
+
+def _system_table(spec: dict[str, Any]) -> dict[str, Any]:
+    """The ``[system]`` table: checked key by key against :class:`OscillatorSystem`'s fields, or,
+    when ``kind`` names another class, left for that class's ``from_dict`` to check."""
+    table = spec.get("system", {})
+    if isinstance(table, dict) and "kind" in table:
+        return dict(table)
+    return section(spec, "system", SYSTEM_KEYS)
 
 
 def _evaluation_options(table: dict[str, Any], train_config: TrainConfig, system: OscillatorSystem) -> EvaluationOptions:
@@ -155,8 +174,10 @@ def parse_study(spec: dict[str, Any]) -> OscillatorStudy:
     if unknown:
         raise StudySpecError(f"unknown sections {unknown}; an oscillator study has {sorted(allowed_sections)}")
     seeds = stream_seeds(seed, SEED_STREAMS)
-    system = build_system(section(spec, "system", SYSTEM_KEYS))
+    system = build_system(_system_table(spec))
     model = build_model(section(spec, "model", MODEL_KEYS), seeds["model init"])
+    if model.cfg.d_in != system.state_dim:
+        raise StudySpecError(f"[model] d_in = {model.cfg.d_in} but the system's states have {system.state_dim} components; set d_in")
     training_options = section(spec, "training", TRAINING_KEYS)
     training_options["seed"] = seeds["training batches"]
     try:
@@ -169,6 +190,9 @@ def parse_study(spec: dict[str, Any]) -> OscillatorStudy:
     if model.cfg.dtype != system.dtype:
         raise StudySpecError(f"[model] dtype {model.cfg.dtype!r} differs from [system] dtype {system.dtype!r}; set both")
     evaluation = _evaluation_options(section(spec, "evaluation", EVALUATION_KEYS), train_config, system)
+    if "analyses" in spec and not isinstance(system, OscillatorSystem):
+        raise StudySpecError(f"[analyses] are defined for the damped oscillator (its labels, swap pairs and exact "
+                             f"propagator); remove [analyses] to train and evaluate a {type(system).__name__}")
     analyses = parse_analyses(spec["analyses"], model, system, train_config.seq_len) if "analyses" in spec else {}
     return OscillatorStudy(
         name=header["name"], description=header.get("description", ""), seed=seed, seeds=seeds, system=system, model=model,
@@ -236,7 +260,7 @@ def _interval_cell(interval: Any) -> str:
 
 
 def _report_task(report: Report, verdict: TaskVerdict, in_dist: TaskEvaluation, ood: TaskEvaluation | None,
-                 options: EvaluationOptions, model: OscillatorTransformer, system: OscillatorSystem, seed: int) -> None:
+                 options: EvaluationOptions, model: OscillatorTransformer, system: System, seed: int) -> None:
     horizon = verdict.horizon
     report.heading("Does the model do its task?")
     if verdict.works:
@@ -286,7 +310,22 @@ def _report_task(report: Report, verdict: TaskVerdict, in_dist: TaskEvaluation, 
                   f"Model rollouts (dashed) against the truth, {options.rollout_steps} steps.")
 
 
-def _report_setup(report: Report, system: OscillatorSystem, model: OscillatorTransformer,
+def _system_text(system: System) -> str:
+    if isinstance(system, OscillatorSystem):
+        return f"ω0 {system.to_dict()['omega0']}, γ {system.to_dict()['gamma']}, Δt {system.dt}"
+    options = ", ".join(f"{k} {v}" for k, v in system.to_dict().items() if k not in ("dtype", "device", "energy_range"))
+    return f"{type(system).__name__}: {options}"
+
+
+def _system_record(system: System) -> dict[str, Any]:
+    """``system.to_dict()``, with the ``kind`` that rebuilds it when it is not the built-in oscillator."""
+    record = system.to_dict()
+    if not isinstance(system, OscillatorSystem):
+        record = {"kind": f"{type(system).__module__}:{type(system).__qualname__}", **record}
+    return record
+
+
+def _report_setup(report: Report, system: System, model: OscillatorTransformer,
                   config: TrainConfig, result: TrainResult) -> None:
     n_params = sum(p.numel() for p in model.parameters())
     report.heading("Setup")
@@ -294,7 +333,7 @@ def _report_setup(report: Report, system: OscillatorSystem, model: OscillatorTra
     report.table(
         ["what", "value"],
         [
-            ["system", f"ω0 {system.to_dict()['omega0']}, γ {system.to_dict()['gamma']}, Δt {system.dt}"],
+            ["system", _system_text(system)],
             ["training energies", f"[{system.energy_range[0]:g}, {system.energy_range[1]:g}]"],
             ["model", f"{cfg.n_layers} layer(s), d_model {cfg.d_model}, {cfg.n_heads} head(s), causal={cfg.causal}, "
                       f"window={cfg.attn_window}, attn_only={cfg.attn_only}, positional embedding={cfg.positional_embedding}, "
@@ -310,12 +349,12 @@ def _report_setup(report: Report, system: OscillatorSystem, model: OscillatorTra
     report.figure("loss_curve", plot_loss_curve(result.losses), "Training loss (MSE) per step.")
     report.metrics.update(
         final_train_loss=result.final_loss, n_parameters=n_params,
-        model_config=model.config_dict(), train_config=dataclasses.asdict(config), system=system.to_dict(),
+        model_config=model.config_dict(), train_config=dataclasses.asdict(config), system=_system_record(system),
     )
     report.timings["train_s"] = result.wall_time
 
 
-def _report_linear_map(report: Report, model: OscillatorTransformer, system: OscillatorSystem) -> None:
+def _report_linear_map(report: Report, model: OscillatorTransformer, system: System) -> None:
     matrix, offset = learned_linear_map(model)
     probe = torch.randn(64, 1, model.cfg.d_in, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     probe = probe.to(dtype=matrix.dtype, device=matrix.device)
@@ -329,7 +368,7 @@ def _report_linear_map(report: Report, model: OscillatorTransformer, system: Osc
     )
     rows = [["learned M", _matrix_text(matrix)], ["offset c", _matrix_text(offset[None])]]
     metrics: dict[str, Any] = {"learned_map": matrix.tolist(), "offset": offset.tolist(), "nonlinearity": nonlinearity}
-    if isinstance(system.omega0, Fixed) and isinstance(system.gamma, Fixed):
+    if isinstance(system, OscillatorSystem) and isinstance(system.omega0, Fixed) and isinstance(system.gamma, Fixed):
         exact = propagator(system.omega0.value, system.gamma.value, system.dt).to(matrix)
         gap = float((matrix - exact).abs().max())
         rows += [["exact propagator e^{AΔt}", _matrix_text(exact)], ["max abs(M − e^{AΔt})", format_number(gap)]]
