@@ -33,6 +33,7 @@ from physlens.probes.ablation import ablation_sweep
 from physlens.probes.activations import capture_activations
 from physlens.probes.algorithms import compare_algorithms, fit_ar_candidates, integer_ranges
 from physlens.probes.attribution import attribution_patching_sweep, patching_agreement
+from physlens.probes.baselines import input_baseline_r2
 from physlens.probes.context_swap import context_swap_test
 from physlens.probes.linear_probe import LinearProbe, ProbeResult
 from physlens.probes.nonlinear import mlp_probe_r2
@@ -355,6 +356,20 @@ def _label_matrix(data: Any, targets: list[str], sites: list[tuple[str, int]], m
     return torch.stack(columns, dim=-1)  # [n, site, t]
 
 
+def _input_baselines(data: Any, targets: list[str], sites: list[tuple[str, int]], model: OscillatorTransformer, seed: int,
+                     n_folds: int) -> dict[tuple[int, str], float]:
+    """Held-out R² of each target from quadratic features of the last 3 input states, at each site's position."""
+    scaled = bool(model.cfg.scale_by_first_state)
+    labels = data.to(dtype=torch.float64).labels(first_state_units=scaled)
+    out = {}
+    for position in sorted({p for _, p in sites}):
+        for target in targets:
+            y = labels[target][:, position] if labels[target].ndim == 2 else labels[target]
+            out[(position, target)] = input_baseline_r2(data.states, y, position=position, last_k=min(3, position + 1),
+                                                        scale_by_first_state=scaled, n_folds=n_folds, seed=seed)
+    return out
+
+
 def _probe_result(selection: SiteSelection, control: SiteSelection, hooks: list[str], positions: list[int]) -> ProbeResult:
     shape = (len(hooks), len(positions), len(selection.targets))
     return ProbeResult(hooks=hooks, positions=positions, targets=selection.targets, r2=selection.cv_r2.reshape(shape),
@@ -408,6 +423,15 @@ def _run_probes(ctx: AnalysisContext, opts: dict[str, Any]) -> None:
                 rows.append([f"{site[0]} @ {site[1]}", target, selection.r2_at(site, target), control_selection.r2_at(site, target),
                              share, "" if possible else "odd site: no linear readout of an even label"])
         report.table(["pre-registered site", "target", "held-out R²", "random-init R²", "even share", "note"], rows)
+    baseline = _input_baselines(data, targets, registered or [sites[-1]], model, seed, opts["n_folds"])
+    report.paragraph(
+        "**Input-feature baseline**: the same ridge probe on quadratic features of the last 3 input states (in the units the "
+        "model sees), the strongest baseline a site's probe must beat: a label this baseline decodes is no evidence that "
+        "the model computed it."
+    )
+    report.table(["position", "target", "R² from the last 3 input states (quadratic)"],
+                 [[position, target, r2] for (position, target), r2 in baseline.items()])
+    ctx.shared["input_baselines"] = baseline
     rows = []
     for target in targets:
         s, c = selection.summary(target), control_selection.summary(target)
@@ -493,7 +517,13 @@ def _probe_findings(ctx, targets, registered, selection, control_selection, pari
         if registered:
             site = registered[0]
             sentence += (f"at the pre-registered site {_short_site(site)} a linear probe reaches held-out R² "
-                         f"{format_number(selection.r2_at(site, target))} (random-init control {format_number(control_selection.r2_at(site, target))}); ")
+                         f"{format_number(selection.r2_at(site, target))} (random-init control {format_number(control_selection.r2_at(site, target))}")
+            baseline = ctx.shared.get("input_baselines", {}).get((site[1], target))
+            if baseline is not None:
+                sentence += f"; quadratic features of the last 3 input states {format_number(baseline)}"
+                if baseline >= selection.r2_at(site, target) - 0.02:
+                    sentence += ", as much as the site: the input alone explains it"
+            sentence += "); "
         significant = s["p_value_of_max"] <= 0.05
         sentence += (f"over all {len(selection.sites)} sites the nested R² is {format_number(s['nested_r2'])} (control "
                      f"{format_number(c['nested_r2'])}); the best site's {format_number(s['max_r2'])} "
