@@ -34,6 +34,7 @@ from physlens.training.evaluation import (
     float64_system,
     score_predictor,
 )
+from physlens.training.loop import DivergenceGuard, optimise
 from physlens.training.trainer import (
     LeakageError,
     TrainConfig,
@@ -56,6 +57,8 @@ from physlens.training.ensemble import (
 from physlens.training.deep import DeepTrainResult, deep_loss_and_grads, train_deep_ensemble
 
 __all__ = [
+    "DivergenceGuard",
+    "optimise",
     "Check",
     "PredictorScores",
     "TaskCriteria",

@@ -15,7 +15,6 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from physlens._validation import (
     check_choice,
@@ -27,7 +26,7 @@ from physlens._validation import (
 from physlens.models.siamese import BottleneckNetwork, SiameseTower
 from physlens.systems.central import OrbitTrajectories, angular_momentum
 from physlens.systems.oscillator import OscillatorSystem, Trajectories, propagator
-from physlens.training._divergence import check_loss, loss_reference
+from physlens.training.loop import DivergenceGuard, optimise
 
 
 @dataclass
@@ -151,18 +150,15 @@ def train_siamese(
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, config.steps, eta_min=config.lr / 100)
     result = SiameseTrainResult(threshold=config.margin / 2)
     model.train()
-    for _ in tqdm(range(config.steps), desc="siamese", disable=not progress, leave=False):
+
+    def step_loss(step: int) -> Tensor:
         pairs = make_pairs(orbits, config.batch_size, generator=generator, min_gap=config.min_gap)
-        loss = contrastive_loss(model.pair_distance(pairs.first, pairs.second), pairs.same, config.margin)
-        value = loss.item()
-        # reference: the first loss, or the margin² a collapsed latent costs each different pair
-        check_loss(value, len(result.losses), loss_reference(result.losses[0] if result.losses else value, config.margin**2),
-                   what="Siamese training", hint=f"lower lr (now {config.lr:g})")
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        result.losses.append(value)
+        return contrastive_loss(model.pair_distance(pairs.first, pairs.second), pairs.same, config.margin)
+
+    # reference: the first loss, or the margin² a collapsed latent costs each different pair
+    guard = DivergenceGuard(what="Siamese training", hint=f"lower lr (now {config.lr:g})", target_scale=lambda: config.margin**2)
+    optimise(list(model.parameters()), optimizer, step_loss, steps=config.steps, losses=result.losses, guard=guard,
+             scheduler=schedule, progress=progress, desc="siamese")
     model.eval()
     return result
 
@@ -276,21 +272,19 @@ def train_bottleneck(
     generator = torch.Generator().manual_seed(config.seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, config.steps, eta_min=config.lr / 100)
-    losses = []
     model.train()
-    for _ in tqdm(range(config.steps), desc="bottleneck", disable=not progress, leave=False):
+    targets: list[Tensor] = []  # the current step's targets (the guard's zero-predictor loss reads the first)
+
+    def step_loss(step: int) -> Tensor:
         batch = system.sample(config.batch_size, config.window + 1, generator=generator).to(model.device, dtype)
         inputs, side, target = oscillator_windows(batch, config.window, query=config.query, generator=generator)
-        loss = F.mse_loss(model(inputs, side), target)
-        value = loss.item()
-        if not losses:
-            reference = loss_reference(value, float(target.square().mean()))
-        check_loss(value, len(losses), reference, what="bottleneck training", hint=f"lower lr (now {config.lr:g})")
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        losses.append(value)
+        targets[:] = [target]
+        return F.mse_loss(model(inputs, side), target)
+
+    guard = DivergenceGuard(what="bottleneck training", hint=f"lower lr (now {config.lr:g})",
+                            target_scale=lambda: float(targets[0].square().mean()))
+    losses = optimise(list(model.parameters()), optimizer, step_loss, steps=config.steps, guard=guard, scheduler=schedule,
+                      progress=progress, desc="bottleneck")
     model.eval()
     return losses
 

@@ -17,7 +17,6 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from physlens._validation import (
     check_bool_fields,
@@ -29,7 +28,8 @@ from physlens._validation import (
 from physlens.models.base import HookedModel
 from physlens.systems.base import System, TrajectoryBatch, check_system
 from physlens.training._compile import compile_or_eager
-from physlens.training._divergence import DIVERGENCE_FACTOR, TrainingDiverged, check_loss, loss_reference
+from physlens.training._divergence import DIVERGENCE_FACTOR, TrainingDiverged
+from physlens.training.loop import DivergenceGuard, optimise
 from physlens.training.checkpoints import (
     latest_checkpoint,
     load_checkpoint,
@@ -226,38 +226,34 @@ def train(
     if found is not None:
         start_step = _restore(found, model, optimizer, generator, result, config)
         result.resumed_from = start_step
-    reference = None
 
     forward = compile_or_eager(model, next(model.parameters()).device, "training") if config.compile else model
-    started = time.perf_counter()
-    model.train()
-    bar = tqdm(total=config.steps, initial=start_step, disable=not progress, desc="training", leave=False)
-    for step in range(start_step, config.steps):
-        lr = config.lr_at(step)
+    batches: list[TrajectoryBatch] = []  # the current step's batch (the guard's zero-predictor loss reads the first)
+
+    def set_lr(step: int) -> None:
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = config.lr_at(step)
+
+    def step_loss(step: int) -> Tensor:
         if dataset is None:
             batch = _to_model(system.sample(config.batch_size, config.seq_len + 1, generator=generator), model)
         else:
             batch = dataset.subset(torch.randint(len(dataset), (config.batch_size,), generator=generator))
-        loss = _batch_loss(forward, batch, config.loss_positions)
-        loss_value = float(loss.detach())
-        if reference is None:
-            reference = loss_reference(result.losses[0] if result.losses else loss_value, _target_scale(batch, config))
-        check_loss(loss_value, step, reference, hint="lower [training] lr, add warmup_steps or set grad_clip")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if config.grad_clip is not None:
-            nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        optimizer.step()
-        result.losses.append(loss_value)
-        result.learning_rates.append(lr)
-        if (step + 1) % config.log_every == 0:
-            bar.set_postfix(loss=f"{result.losses[-1]:.3e}")
-            bar.update(config.log_every)
+        batches[:] = [batch]
+        return _batch_loss(forward, batch, config.loss_positions)
+
+    def record(step: int, loss: float) -> None:
+        result.learning_rates.append(config.lr_at(step))
         if config.checkpoint_every is not None and (step + 1) % config.checkpoint_every == 0:
             _save(Path(checkpoint_dir), step + 1, model, optimizer, generator, result, config)
-    bar.close()
+
+    guard = DivergenceGuard(hint="lower [training] lr, add warmup_steps or set grad_clip",
+                            target_scale=lambda: _target_scale(batches[0], config))
+    started = time.perf_counter()
+    model.train()
+    optimise(list(model.parameters()), optimizer, step_loss, steps=config.steps, start_step=start_step, losses=result.losses,
+             guard=guard, before_step=set_lr, after_step=record, grad_clip=config.grad_clip, progress=progress,
+             desc="training", log_every=config.log_every)
     model.eval()
     result.wall_time = time.perf_counter() - started
     return result
