@@ -315,3 +315,15 @@ def test_deep_ensemble_members_train_like_standalone_networks():
         train_deep_ensemble(MLPEnsemble(EnsembleConfig(seeds=seeds)), data, progress=False)
     with pytest.raises(ValueError, match="one split per member"):
         train_deep_ensemble(ensemble, fma_splits([1], n_train=8, n_val=2, dtype="float64"), progress=False)
+
+
+def test_a_diverging_deep_ensemble_raises_training_diverged_naming_its_members():
+    from physlens.models.mlp import DeepEnsembleConfig, DeepMLPEnsemble
+    from physlens.training import TrainingDiverged
+    from physlens.training.deep import train_deep_ensemble
+
+    seeds = [2, 5]
+    data = fma_splits(seeds, n_train=48, n_val=16, dtype="float64")
+    ensemble = DeepMLPEnsemble(DeepEnsembleConfig(seeds=seeds, d_hidden=[3, 2], dtype="float64"))
+    with pytest.raises(TrainingDiverged, match=r"training diverged for \d of 2 networks: members \[.*\] \(seeds"):
+        train_deep_ensemble(ensemble, data, EnsembleTrainConfig(epochs=40, lr=1e6), progress=False)

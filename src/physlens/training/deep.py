@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from physlens.models.mlp import DeepMLPEnsemble
 from physlens.systems.fma import FmaSplit
-from physlens.training.ensemble import EnsembleTrainConfig
+from physlens.training.ensemble import EnsembleTrainConfig, _check_ensemble_divergence
 
 
 @dataclass
@@ -71,7 +71,8 @@ def train_deep_ensemble(
 
     ``data`` must hold one split per member (``[model, n, 2]``). ``config`` is the ensemble recipe
     (epochs, learning rate, Adam's betas and eps); snapshots and ``compile`` are not supported here
-    and are refused. Raises if any member's loss stops being finite.
+    and are refused. Raises :class:`~physlens.training.TrainingDiverged` (a ``FloatingPointError``), as
+    every training path does, naming the members whose loss stopped being finite or rose far above its start.
     """
     config = config or EnsembleTrainConfig()
     if not isinstance(ensemble, DeepMLPEnsemble):
@@ -101,9 +102,7 @@ def train_deep_ensemble(
         p.grad = None
     final_train = _mse(ensemble, data.train_inputs, data.train_targets)
     val = _mse(ensemble, data.val_inputs, data.val_targets)
-    bad = (~torch.isfinite(final_train)).nonzero().flatten().tolist()
-    if bad:
-        raise RuntimeError(f"training diverged for members {bad[:10]} (seeds {[ensemble.cfg.seeds[i] for i in bad[:10]]})")
+    _check_ensemble_divergence(losses.cpu(), final_train.cpu(), targets, ensemble, config)
     return DeepTrainResult(ensemble=ensemble, train_loss=losses.cpu(), final_train_loss=final_train.cpu(), val_loss=val.cpu())
 
 
