@@ -31,29 +31,31 @@ from physlens.probes.discovery import (
     FLAT_BEND,
     MechanismDiscovery,
     compare_groups,
-    evaluate_layers,
     function_fingerprints,
-    network_layers,
     summarise_fingerprints,
 )
-from physlens.stats import Interval, mean_interval, median_interval, paired_interval, proportion_interval
+from physlens.stats import Interval, median_interval, proportion_interval
 from physlens.probes.mechanisms import (
     DEFAULT_TOLERANCE,
     MODES,
     SEED_MODES,
-    STRADDLING,
-    crease_angles,
     crease_labels,
     handcrafted_mode3_network,
     labels_from_states,
     mechanism_labels,
     network_formula,
-    region_mse,
-    relabel_on_samples,
     seed_sign_signature,
-    sign_pattern_states,
     unit_states,
     unit_statistics,
+)
+from physlens.probes.populations import (
+    ari_interval,
+    best_member,
+    label_stability,
+    label_switches,
+    refined_classes,
+    ridge_valley_split,
+    transfer_scores,
 )
 from physlens.probes.scan import (
     AlgorithmScan,
@@ -201,53 +203,9 @@ def _auc(roc: RocResult | None) -> str:
     return f"{roc.auc:.3f} [{roc.interval.low:.3f}, {roc.interval.high:.3f}]"
 
 
-def _crease_orientation(params: dict[str, torch.Tensor], states: torch.Tensor) -> np.ndarray:
-    """For networks with exactly one crease: "along" (within 30° of the diagonal m = a), "across"
-    (more than 60° from it) or "oblique"; "" otherwise."""
-    angles = crease_angles(params)
-    crease = states.numpy() == STRADDLING
-    out = np.full(states.shape[0], "", dtype=object)
-    for i in np.flatnonzero(crease.sum(1) == 1):
-        angle = angles[i, np.argmax(crease[i])]
-        out[i] = "along" if angle < 30 else ("across" if angle > 60 else "oblique")
-    return out.astype(str)
-
-
-def _refined_classes(params: dict[str, torch.Tensor], states: torch.Tensor, stats: Any) -> np.ndarray:
-    classes = crease_labels(states, stats)
-    orientation = _crease_orientation(params, states)
-    return np.array([f"{c} {o}" if o else c for c, o in zip(classes, orientation)])
-
-
-def _switches(snapshot_labels: np.ndarray, epochs: list[int]) -> dict[str, Any]:
-    """How many networks change label after training starts, and at which snapshot they last do."""
-    trained = snapshot_labels[1:]  # skip epoch 0: random init has labels too, but no mechanism yet
-    changes = trained[1:] != trained[:-1]  # [snapshot - 2, model]
-    last = np.full(trained.shape[1], -1)
-    for k in range(changes.shape[0]):
-        last[changes[k]] = epochs[k + 2]
-    transitions = Counter((a, b) for a, b in zip(trained[0], trained[-1]) if a != b)
-    return {
-        "n_switching": int(changes.any(axis=0).sum()), "last_switch": last, "transitions": transitions,
-        "per_epoch": [int(changes[k].sum()) for k in range(changes.shape[0])],
-    }  # fmt: skip
-
-
 def _discover(network: Any, distribution: str, opts: dict[str, Any], seed: int) -> tuple[np.ndarray, MechanismDiscovery]:
     fingerprints = function_fingerprints(network, distribution, n_points=opts["n_points"], step=opts["step"], seed=seed)
     return fingerprints, MechanismDiscovery(max_groups=opts["max_groups"], random_state=seed).fit(fingerprints)
-
-
-def _ari_interval(groups: np.ndarray, labels: np.ndarray, seed: int, n_resamples: int) -> tuple[Interval, float]:
-    """Adjusted Rand index with a bootstrap interval over networks, and its permutation control (the
-    97.5th percentile of the index for groups shuffled across networks)."""
-    from sklearn.metrics import adjusted_rand_score
-
-    codes = np.unique(labels, return_inverse=True)[1]
-    interval = paired_interval(adjusted_rand_score, codes, groups, n_resamples=min(n_resamples, 300), seed=seed)
-    rng = np.random.default_rng(seed)
-    control = [adjusted_rand_score(codes, rng.permutation(groups)) for _ in range(200)]
-    return interval, float(np.quantile(control, 0.975))
 
 
 # ---------------------------------------------------------------------------------------------- run
@@ -317,7 +275,7 @@ def run(spec: dict[str, Any], out_dir: Path, *, progress: bool) -> None:
     stats = unit_statistics(params, dist)
     states = unit_states(stats, tolerance=lab["tolerance"])
     labels = labels_from_states(states, stats.output_weight)
-    classes = _refined_classes(params, states, stats)
+    classes = refined_classes(params, states, stats)
     report.heading("2. Mechanism labels, and how stable they are")
     report.paragraph(
         "A hidden unit is judged by what it does to the computed function over the data distribution (computed "
@@ -330,17 +288,11 @@ def run(spec: dict[str, Any], out_dir: Path, *, progress: bool) -> None:
         "ridge+valley and same-sign pair (two creases)."
     )
     stability_rows, stability_metrics = [], {}
-    old_train = labels_from_states(sign_pattern_states(params, data.train_inputs), stats.output_weight)
-    for size in lab["stability_sizes"]:
-        relabels = relabel_on_samples(params, dist, n_points=size, repeats=lab["stability_repeats"], seed=seed + 1000 + size, tolerance=lab["tolerance"])
-        changed = mean_interval((relabels != labels[None]).mean(0), seed=seed, n_resamples=n_res)
-        old_changed = []
-        for r in range(lab["stability_repeats"]):
-            sample = sample_fma(size, dist, seed=seed + 5000 + size + r, dtype="float64")[0]
-            old_changed.append(labels_from_states(sign_pattern_states(params, sample), stats.output_weight) != old_train)
-        old = mean_interval(np.mean(old_changed, axis=0), seed=seed, n_resamples=n_res)
-        stability_rows.append([f"{size:,}", _pct(changed), _pct(old)])
-        stability_metrics[str(size)] = {"changed": changed.estimate, "low": changed.low, "high": changed.high, "old_rule_changed": old.estimate}
+    for row in label_stability(params, labels, data.train_inputs, dist, sizes=lab["stability_sizes"], repeats=lab["stability_repeats"],
+                               seed=seed, tolerance=lab["tolerance"], n_resamples=n_res):
+        changed, old = row.changed, row.old_rule_changed
+        stability_rows.append([f"{row.size:,}", _pct(changed), _pct(old)])
+        stability_metrics[str(row.size)] = {"changed": changed.estimate, "low": changed.low, "high": changed.high, "old_rule_changed": old.estimate}
     report.paragraph(
         f"Relabelling every network on fresh samples ({lab['stability_repeats']} samples per size) instead of the exact "
         "distribution: the share of labels that change (mean over samples, bootstrap interval over networks). The old rule "
@@ -430,32 +382,24 @@ def run(spec: dict[str, Any], out_dir: Path, *, progress: bool) -> None:
     )  # fmt: skip
 
     # the best mechanism
-    best_rv = _best(val, labels, "ridge+valley")
-    best_3 = _best(val, labels, "3")
+    best_rv = best_member(val, labels, "ridge+valley")
+    best_3 = best_member(val, labels, "3")
     if best_rv is not None and best_3 is not None:
-        rv = {k: v[[best_rv]] for k, v in params.items()}
-        rv_stats = unit_statistics(rv, dist)
-        ridge, valley = int(np.argmin(rv_stats.output_weight[0])), int(np.argmax(rv_stats.output_weight[0]))
-        angles = crease_angles(rv)[0]
-        valley_off = (eval_points @ rv["W_in"][0, :, valley] + rv["b_in"][0, valley]) <= 0
-        pair = {k: v[[best_3, best_rv]] for k, v in params.items()}
-        inside, outside = region_mse(pair, eval_points, valley_off).T
-        share = float(valley_off.double().mean())
-        outputs = evaluate_layers(network_layers(pair), eval_points[valley_off]).mean(1).numpy()
-        target_mean = float((eval_points[valley_off, 0] * eval_points[valley_off, 1]).mean())
-        gain_in, gain_out = (inside[0] - inside[1]) * share, (outside[0] - outside[1]) * (1 - share)
+        split = ridge_valley_split(params, best_3, best_rv, eval_points, dist)
+        share, inside, outside = split.valley_off_share, split.mse_valley_off, split.mse_elsewhere
+        outputs, target_mean = split.mean_output_valley_off, split.target_mean_valley_off
         rv_vals, m3_vals = val[labels == "ridge+valley"], val[labels == "3"]
-        formula = network_formula(rv)
+        formula = network_formula({k: v[[best_rv]] for k, v in params.items()})
         report.paragraph(
             f"**What the seed missed: ridge+valley.** The lowest losses (best {val.min():.2e}) belong to networks whose two units "
             f"are both creases, with output weights of opposite sign. The best one computes `{formula}`: a ridge "
-            f"{angles[ridge]:.0f}° from the diagonal (mode 3's roof) and a valley {angles[valley]:.0f}° from it that is off on "
+            f"{split.ridge_angle:.0f}° from the diagonal (mode 3's roof) and a valley {split.valley_angle:.0f}° from it that is off on "
             f"{share:.0%} of the data, where m + a is small. There m·a averages {target_mean:.3f}, the best mode-3 network "
             f"{outputs[0]:.3f} and the best ridge+valley network {outputs[1]:.3f}. m·a is a saddle: concave across the "
             "diagonal, which the ridge of min of two planes follows, and convex along it, which a ridge cannot follow and "
             "a valley can. MSE where the "
             f"valley is off: mode 3 {inside[0]:.2e}, ridge+valley {inside[1]:.2e}; elsewhere {outside[0]:.2e} and "
-            f"{outside[1]:.2e} — {gain_in / (gain_in + gain_out):.0%} of the gap between the two best networks comes from "
+            f"{outside[1]:.2e} — {split.gap_share_valley_off:.0%} of the gap between the two best networks comes from "
             f"the {share:.0%} near the origin. Median validation MSE: ridge+valley {_median(rv_vals, seed, n_res)}, mode 3 "
             f"{_median(m3_vals, seed, n_res)}, exact best plane {plane.mse:.2e}."
         )
@@ -475,7 +419,7 @@ def run(spec: dict[str, Any], out_dir: Path, *, progress: bool) -> None:
                   "Validation MSE per mechanism, with the exact best plane and constant on the same distribution")  # fmt: skip
     examples: dict[str, Any] = {}
     for mode in MODES:
-        best = _best(val, labels, mode)
+        best = best_member(val, labels, mode)
         if best is not None and mode != "1":
             examples[f"{mode} (#{best})"] = {name: value[best] for name, value in params.items()}
     examples |= {f"seed {s}": m for s, m in zip(st["positives"], positives)} | {"hand-crafted": handcrafted}
@@ -498,8 +442,8 @@ def run(spec: dict[str, Any], out_dir: Path, *, progress: bool) -> None:
     fingerprints, discovery = _discover(params, dist, disc_opts, seed)
     groups = discovery.labels_
     vs_classes, vs_modes = compare_groups(groups, classes), compare_groups(groups, labels)
-    ari_classes, control_classes = _ari_interval(groups, classes, seed, n_res)
-    ari_modes, control_modes = _ari_interval(groups, labels, seed, n_res)
+    ari_classes, control_classes = ari_interval(groups, classes, seed, n_res)
+    ari_modes, control_modes = ari_interval(groups, labels, seed, n_res)
     group_rows = []
     for g in range(discovery.n_groups_):
         members = np.flatnonzero(groups == g)
@@ -631,12 +575,11 @@ def run(spec: dict[str, Any], out_dir: Path, *, progress: bool) -> None:
         untrained = {kind: float((scans[kind].predict(Z, distribution=rdist) == UNTRAINED).mean()) for kind in ("parameters", "data")}
         row, entry = [name, len(truth)], {"called_untrained": untrained}
         for kind, predicted in predictions.items():
-            accuracy = proportion_interval(int((predicted == truth).sum()), len(truth))
-            balanced = paired_interval(_balanced_accuracy, np.array([codes[x] for x in truth]), np.array([codes[x] for x in predicted]),
-                                       n_resamples=min(n_res, 300), seed=seed)  # fmt: skip
+            scored = transfer_scores(truth, predicted, codes, seed=seed, n_resamples=n_res)
+            accuracy, balanced = scored["accuracy"], scored["balanced"]
             row.append(f"{_pct(accuracy)} / {balanced.estimate:.1%}")
             entry[kind] = {"accuracy": accuracy.estimate, "accuracy_interval": [accuracy.low, accuracy.high], "balanced": balanced.estimate,
-                           "confusion": {f"{a}->{b}": c for (a, b), c in Counter(zip(truth.tolist(), predicted.tolist())).items()}}  # fmt: skip
+                           "confusion": scored["confusion"]}  # fmt: skip
         row.append(f"{untrained['parameters']:.0%} / {untrained['data']:.0%}")
         transfer_rows.append(row)
         transfer_metrics[name] = entry
@@ -660,7 +603,7 @@ def run(spec: dict[str, Any], out_dir: Path, *, progress: bool) -> None:
     snapshot_labels = np.stack([
         mechanism_labels({name: result.snapshots[name][k] for name in params}, dist, tolerance=lab['tolerance']) for k in range(len(epochs))
     ])  # fmt: skip
-    dynamics = _switches(snapshot_labels, epochs) if len(epochs) > 2 else None
+    dynamics = label_switches(snapshot_labels, epochs) if len(epochs) > 2 else None
     report.heading("7. Mechanisms during training")
     report.figure("mode_over_time", plot_mode_over_time(epochs, snapshot_labels, modes=list(MODES)), "Share of networks per mechanism at every snapshot")
     if dynamics is not None:
@@ -691,7 +634,7 @@ def run(spec: dict[str, Any], out_dir: Path, *, progress: bool) -> None:
         wide_classes = crease_labels(unit_states(wide_stats, tolerance=lab["tolerance"]), wide_stats)
         _, wide_disc = _discover(wide_params, dist, disc_opts, seed)
         comparison = compare_groups(wide_disc.labels_, wide_classes)
-        ari, control = _ari_interval(wide_disc.labels_, wide_classes, seed, n_res)
+        ari, control = ari_interval(wide_disc.labels_, wide_classes, seed, n_res)
         top = Counter(wide_classes.tolist()).most_common(4)
         wide_rows.append([
             f"width {width}", len(wide_val), _median(wide_val, seed, n_res), float(wide_val.min()),
@@ -733,16 +676,6 @@ def run(spec: dict[str, Any], out_dir: Path, *, progress: bool) -> None:
     report.table(["stage", "wall s", "CPU s"], [[k, clock.wall[k], clock.cpu[k]] for k in clock.wall]
                  + [["total", sum(clock.wall.values()), sum(clock.cpu.values())]])  # fmt: skip
     report.write(out_dir)
-
-
-def _balanced_accuracy(truth: np.ndarray, predicted: np.ndarray) -> float:
-    """Mean recall over the mechanisms present in ``truth``."""
-    return float(np.mean([(predicted[truth == c] == c).mean() for c in np.unique(truth)]))
-
-
-def _best(val: np.ndarray, labels: np.ndarray, mode: str) -> int | None:
-    members = np.flatnonzero(labels == mode)
-    return int(members[np.argmin(val[members])]) if members.size else None
 
 
 __all__ = ["run"]
