@@ -210,7 +210,11 @@ def _discover(network: Any, distribution: str, opts: dict[str, Any], seed: int) 
 
 # ---------------------------------------------------------------------------------------------- run
 def run(spec: dict[str, Any], out_dir: Path, *, progress: bool) -> None:
-    """Run the study described by ``spec`` and write its report into ``out_dir``."""
+    """Run the study described by ``spec`` and write its report into ``out_dir``.
+
+    The options and seeds are read here; each section of the report is a function of its own
+    (:data:`_SECTIONS`, in order), reading what earlier sections left in the run's shared state.
+    """
     opts = _options(spec)
     seed = int(spec["study"].get("seed", 0))
     d, t, lab, st, sc, tr, disc_opts, wd = (opts[k] for k in ("data", "train", "labels", "seed_test", "scan", "transfer", "discovery", "widths"))
@@ -225,15 +229,33 @@ def run(spec: dict[str, Any], out_dir: Path, *, progress: bool) -> None:
     sets |= {f"init_scale_{k}": tr["n_seeds"] for k in range(len(tr["init_scales"]))}
     sets |= {f"width{w}": wd["n_seeds"] for w in wd["widths"]} | {"deep": wd["deep_n_seeds"]}
     seeds = spawn_seeds(seed, sets)
+    state: dict[str, Any] = dict(
+        spec=spec, out_dir=out_dir, progress=progress, clock=clock, d=d, disc_opts=disc_opts, dist=dist, lab=lab, n_res=n_res,
+        opts=opts, plane=plane, report=report, sc=sc, seed=seed, seeds=seeds, st=st, t=t, tr=tr, wd=wd)
+    for write_section in _SECTIONS:
+        write_section(state)
 
-    # ---------------------------------------------------------------------------- width 2: train
+
+def _take(state: dict[str, Any], *names: str) -> tuple[Any, ...]:
+    """The values of ``names`` in a run's shared state, in order."""
+    return tuple(state[name] for name in names)
+
+
+def _section_train_width2(state: dict[str, Any]) -> None:
+    """Train the width-2 networks every later section reads."""
+    clock, opts, progress, seeds, t = _take(state, "clock", "opts", "progress", "seeds", "t")
     result, data = _train(seeds["width2"], opts, snapshot_every=t["snapshot_every"], progress=progress)
     clock.lap("train width 2")
     params = _cpu_params(result)
     val = result.val_loss.numpy().astype(float)
     n = len(val)
+    state.update(data=data, n=n, params=params, result=result, val=val)
 
-    # ------------------------------------------------------------------- 1. does it multiply?
+
+def _section_task(state: dict[str, Any]) -> None:
+    """§1: do the networks multiply, against the exact best plane and constant on the same distribution."""
+    clock, d, data, dist, n, n_res, opts, plane, progress, report, seed, seeds, t, tr, val = _take(
+        state, "clock", "d", "data", "dist", "n", "n_res", "opts", "plane", "progress", "report", "seed", "seeds", "t", "tr", "val")
     per_seed_plane = plane_fit_val_mse(data)
     beats = int((val < plane.mse).sum())
     uniform_plane = optimal_plane("uniform")
@@ -270,8 +292,13 @@ def run(spec: dict[str, Any], out_dir: Path, *, progress: bool) -> None:
     }  # fmt: skip
 
     clock.lap(f"task check (and {tr['n_seeds']} networks on uniform inputs)")
+    state.update(uniform_result=uniform_result)
 
-    # ------------------------------------------------------------------------------ 2. labels
+
+def _section_labels(state: dict[str, Any]) -> None:
+    """§2: mechanism labels, their stability across sample sizes, and another data size."""
+    clock, d, data, dist, lab, n_res, opts, params, progress, report, seed, seeds, tr = _take(
+        state, "clock", "d", "data", "dist", "lab", "n_res", "opts", "params", "progress", "report", "seed", "seeds", "tr")
     stats = unit_statistics(params, dist)
     states = unit_states(stats, tolerance=lab["tolerance"])
     labels = labels_from_states(states, stats.output_weight)
@@ -327,8 +354,14 @@ def run(spec: dict[str, Any], out_dir: Path, *, progress: bool) -> None:
         "other_size_agreement_interval": [agree.low, agree.high], "counts": dict(Counter(labels.tolist())),
         "other_size_counts": dict(Counter(big_labels.tolist())), "study_size_counts": dict(Counter(small_labels.tolist())),
     }  # fmt: skip
+    state.update(big_labels=big_labels, big_params=big_params, classes=classes, labels=labels)
 
-    # ------------------------------------------------------------------------ 3. mechanisms
+
+def _section_mechanisms(state: dict[str, Any]) -> None:
+    """§3: every mechanism's loss, mode 3's two kinds, the seed's networks and the ridge+valley split."""
+    classes, clock, d, data, dist, lab, labels, n, n_res, out_dir, params, plane, report, result, seed, st, val = _take(
+        state, "classes", "clock", "d", "data", "dist", "lab", "labels", "n", "n_res", "out_dir", "params", "plane", "report",
+        "result", "seed", "st", "val")
     report.heading("3. The mechanisms of width-2 networks and their losses")
     mech_rows = []
     for mode in MODES:
@@ -428,8 +461,13 @@ def run(spec: dict[str, Any], out_dir: Path, *, progress: bool) -> None:
     report.figure("gallery", plot_mode_gallery(params, labels, losses=val, modes=[m for m in MODES if (labels == m).any()], distribution=dist),
                   "The best networks of each mechanism: error F̂ − m·a on the data's support, and the units' creases")  # fmt: skip
     clock.lap("mechanisms and figures")
+    state.update(positive_rows=positive_rows, positives=positives)
 
-    # --------------------------------------------------------------------------- 4. discovery
+
+def _section_discovery(state: dict[str, Any]) -> None:
+    """§4: mechanisms found from function fingerprints without labels."""
+    classes, clock, disc_opts, dist, labels, n_res, params, report, seed, val = _take(
+        state, "classes", "clock", "disc_opts", "dist", "labels", "n_res", "params", "report", "seed", "val")
     report.heading("4. Mechanisms found without labels")
     report.paragraph(
         "Each network is described by a fingerprint of its function alone — its second differences along m, a and "
@@ -472,7 +510,11 @@ def run(spec: dict[str, Any], out_dir: Path, *, progress: bool) -> None:
     }  # fmt: skip
     clock.lap("discovery, width 2")
 
-    # ----------------------------------------------------------------- 5. scores and the scan
+
+def _section_scores(state: dict[str, Any]) -> None:
+    """§5: the seed's mode-3 score and ours, by AUC on the seed's test and on held-out trained networks."""
+    dist, labels, n, n_res, params, positive_rows, positives, report, sc, seed, seeds, st = _take(
+        state, "dist", "labels", "n", "n_res", "params", "positive_rows", "positives", "report", "sc", "seed", "seeds", "st")
     X = flatten_parameters(params)
     scan_random = flatten_parameters(MLPEnsemble(EnsembleConfig(seeds=seeds["scan_random"], dtype="float64")))
     test_random = flatten_parameters(MLPEnsemble(EnsembleConfig(seeds=seeds["test_random"], dtype="float64")))
@@ -550,7 +592,14 @@ def run(spec: dict[str, Any], out_dir: Path, *, progress: bool) -> None:
     if curves:
         report.figure("roc_mode3", plot_roc_curves(curves, title="Mode 3: the seed's score and the scan"), "ROC curves for mode 3")
     report.metrics["scores"] = auc_metrics
+    state.update(scans=scans, test_rows=test_rows, y_test=y_test)
 
+
+def _section_scan(state: dict[str, Any]) -> None:
+    """§6: the algorithm scan on held-out seeds and on networks trained by independent recipes."""
+    big_labels, big_params, clock, d, dist, lab, n_res, opts, params, progress, report, scans, seed, seeds, test_rows, tr, uniform_result, y_test = _take(
+        state, "big_labels", "big_params", "clock", "d", "dist", "lab", "n_res", "opts", "params", "progress", "report", "scans",
+        "seed", "seeds", "test_rows", "tr", "uniform_result", "y_test")
     # the scan: held-out seeds, transfer recipes, corner rule
     report.heading("6. The algorithm scan: held-out seeds and independent recipes")
     recipes: dict[str, tuple[dict[str, torch.Tensor], np.ndarray, str]] = {}
@@ -598,7 +647,10 @@ def run(spec: dict[str, Any], out_dir: Path, *, progress: bool) -> None:
     report.metrics["transfer"] = transfer_metrics
     clock.lap("scores, scan, transfer recipes")
 
-    # ------------------------------------------------------------------------- 7. dynamics
+
+def _section_dynamics(state: dict[str, Any]) -> None:
+    """§7: mechanisms through training."""
+    clock, dist, lab, n, params, report, result = _take(state, "clock", "dist", "lab", "n", "params", "report", "result")
     epochs = result.snapshot_epochs
     snapshot_labels = np.stack([
         mechanism_labels({name: result.snapshots[name][k] for name in params}, dist, tolerance=lab['tolerance']) for k in range(len(epochs))
@@ -618,7 +670,11 @@ def run(spec: dict[str, Any], out_dir: Path, *, progress: bool) -> None:
                                       "transitions": {f"{a}->{b}": c for (a, b), c in dynamics["transitions"].items()}}  # fmt: skip
     clock.lap("dynamics")
 
-    # -------------------------------------------------------------- 8. wider and deeper networks
+
+def _section_wider(state: dict[str, Any]) -> None:
+    """§8: wider networks and two hidden layers."""
+    clock, d, disc_opts, dist, lab, n_res, opts, plane, progress, report, seed, seeds, t, wd = _take(
+        state, "clock", "d", "disc_opts", "dist", "lab", "n_res", "opts", "plane", "progress", "report", "seed", "seeds", "t", "wd")
     report.heading("8. Wider networks and two hidden layers")
     report.paragraph(
         "Labels for one hidden layer of any width: constant (every unit dead), plane (no crease), or r·v· (the numbers of "
@@ -669,6 +725,10 @@ def run(spec: dict[str, Any], out_dir: Path, *, progress: bool) -> None:
     report.metrics["wider"] = wide_metrics
     clock.lap("two hidden layers")
 
+
+def _section_timings(state: dict[str, Any]) -> None:
+    """The timings table; writes the report."""
+    clock, out_dir, report = _take(state, "clock", "out_dir", "report")
     report.timings["seconds"] = clock.wall
     report.timings["cpu_seconds"] = clock.cpu
     report.heading("Timings")
@@ -676,6 +736,21 @@ def run(spec: dict[str, Any], out_dir: Path, *, progress: bool) -> None:
     report.table(["stage", "wall s", "CPU s"], [[k, clock.wall[k], clock.cpu[k]] for k in clock.wall]
                  + [["total", sum(clock.wall.values()), sum(clock.cpu.values())]])  # fmt: skip
     report.write(out_dir)
+
+
+_SECTIONS = (
+    _section_train_width2,
+    _section_task,
+    _section_labels,
+    _section_mechanisms,
+    _section_discovery,
+    _section_scores,
+    _section_scan,
+    _section_dynamics,
+    _section_wider,
+    _section_timings,
+)
+"""The report's sections in order; each reads what earlier ones left in the run's state."""
 
 
 __all__ = ["run"]
