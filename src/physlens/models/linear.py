@@ -51,7 +51,7 @@ class LinearAutoregressive(BaseEstimator):
     :func:`physlens.training.rollout` can roll it out like a transformer.
     """
 
-    def __init__(self, window: int = 1, alpha: float = 0.0, rcond: float | None = None, dtype: str = "float64", device: str | None = None) -> None:
+    def __init__(self, window: int = 1, *, alpha: float = 0.0, rcond: float | None = None, dtype: str = "float64", device: str | None = None) -> None:
         self.window = window  # how many past states the prediction reads
         self.alpha = alpha  # ridge penalty on the coefficients (0: plain least squares)
         self.rcond = rcond  # singular values below rcond · the largest count as zero (None: eps · max(n, features), as numpy)

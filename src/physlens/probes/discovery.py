@@ -150,6 +150,7 @@ class MechanismDiscovery(ClusterMixin, BaseEstimator):
     def __init__(
         self,
         n_components: int = 12,
+        *,
         max_groups: int = 12,
         n_init: int = 3,
         flat: float = FLAT_BEND,

@@ -118,6 +118,7 @@ class SymbolicDistiller(RegressorMixin, BaseEstimator):
     def __init__(
         self,
         variable_names: Sequence[str] | None = None,
+        *,
         max_degree: int = 2,
         unary: Sequence[str] = ("sin", "cos", "exp", "sqrt", "inv"),
         unary_products: bool = True,

@@ -85,7 +85,7 @@ class PolynomialLatentRegression(RegressorMixin, BaseEstimator):
     term ``"1"`` included), ``r2_`` (training R²), ``expression_`` (sympy).
     """
 
-    def __init__(self, degree: int = 2, feature_names: Sequence[str] | None = None, alpha: float = 0.0) -> None:
+    def __init__(self, degree: int = 2, *, feature_names: Sequence[str] | None = None, alpha: float = 0.0) -> None:
         self.degree = degree
         self.feature_names = feature_names
         self.alpha = alpha

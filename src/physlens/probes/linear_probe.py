@@ -185,7 +185,7 @@ class RidgeProbeSweep(BaseEstimator):
     1 − Σ out-of-fold squared error / Σ (y − ȳ)²), ``cv_r2_path_ [alpha, site, t]``.
     """
 
-    def __init__(self, alphas: Sequence[float] = DEFAULT_ALPHAS, n_folds: int = 5, seed: int = 0, dtype: str = "float64", device: str | None = None) -> None:
+    def __init__(self, alphas: Sequence[float] = DEFAULT_ALPHAS, *, n_folds: int = 5, seed: int = 0, dtype: str = "float64", device: str | None = None) -> None:
         self.alphas = alphas  # ridge penalties to choose from
         self.n_folds = n_folds  # K of the grouped K-fold cross-validation
         self.seed = seed  # seed of the fold assignment when fit() derives folds from groups
@@ -335,7 +335,7 @@ class LinearProbe(BaseEstimator, RegressorMixin):
     scikit-learn's ``Ridge``), ``intercept_``, ``alpha_``, ``cv_r2_``.
     """
 
-    def __init__(self, alphas: Sequence[float] = DEFAULT_ALPHAS, n_folds: int = 5, seed: int = 0, device: str | None = None) -> None:
+    def __init__(self, alphas: Sequence[float] = DEFAULT_ALPHAS, *, n_folds: int = 5, seed: int = 0, device: str | None = None) -> None:
         self.alphas = alphas  # ridge penalties to choose from
         self.n_folds = n_folds  # K of the grouped K-fold cross-validation
         self.seed = seed  # seed of the fold assignment
@@ -347,7 +347,7 @@ class LinearProbe(BaseEstimator, RegressorMixin):
         if X.ndim != 2:
             raise ValueError(f"X must have shape [n, d], got {list(X.shape)}")
         single = y.ndim == 1
-        sweep = RidgeProbeSweep(self.alphas, self.n_folds, self.seed, "float64", self.device)
+        sweep = RidgeProbeSweep(self.alphas, n_folds=self.n_folds, seed=self.seed, dtype="float64", device=self.device)
         sweep.fit(torch.from_numpy(X)[:, None], torch.from_numpy(y.reshape(len(y), -1) if y.ndim else y), groups)
         coef = sweep.coef_[0].T.cpu().numpy()  # [t, d]
         self.coef_ = coef[0] if single else coef
@@ -570,7 +570,7 @@ def probe_sweep(
             for width, members in layout.items():
                 X = torch.cat([features[i] for i in members], dim=1)  # [n, hooks·pos, d]
                 y_sites = y_all.to(device)[:, None].expand(n, len(members), *y_all.shape[1:]).reshape(n, -1, y_all.shape[-1])
-                sweep = sweeps.setdefault(role, {}).setdefault(width, RidgeProbeSweep(alphas, n_folds, seed, dtype, None))
+                sweep = sweeps.setdefault(role, {}).setdefault(width, RidgeProbeSweep(alphas, n_folds=n_folds, seed=seed, dtype=dtype, device=None))
                 sweep.partial_fit(X, y_sites, chunk_folds.to(device))
     if positions_resolved is None:
         raise ValueError("data yielded no trajectories")

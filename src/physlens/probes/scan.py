@@ -201,6 +201,7 @@ class AlgorithmScan(ClassifierMixin, BaseEstimator):
     def __init__(
         self,
         d_hidden: int = 2,
+        *,
         features: str = "parameters",
         distribution: str = "product",
         n_estimators: int = 300,

@@ -66,7 +66,7 @@ class LinearSurrogate(BaseEstimator):
     :class:`~physlens.models.linear.LinearAutoregressive`), ``fit_r2_`` (in-sample R² against the model).
     """
 
-    def __init__(self, window: int | None = None, alpha: float = 0.0) -> None:
+    def __init__(self, window: int | None = None, *, alpha: float = 0.0) -> None:
         self.window = window  # states the surrogate reads; None: the whole context
         self.alpha = alpha  # ridge penalty of the linear fit
 
