@@ -328,7 +328,7 @@ class RidgeProbeSweep(BaseEstimator):
         return 1 - ((y - pred) ** 2).sum(dim=0) / ((y - y.mean(dim=0)) ** 2).sum(dim=0)
 
 
-class LinearProbe(BaseEstimator, RegressorMixin):
+class LinearProbe(RegressorMixin, BaseEstimator):
     """One ridge probe (scikit-learn style, numpy in and out), α chosen by grouped K-fold CV.
 
     ``fit(X [n, d], y [n] or [n, t], groups=None)``; fitted ``coef_`` (``[d]`` or ``[t, d]``, as
