@@ -14,10 +14,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator, RegressorMixin
+from sklearn.base import BaseEstimator, MultiOutputMixin, RegressorMixin
+from sklearn.utils.validation import check_is_fitted
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from physlens._estimators import as_float_array, check_target_given, validate_table
 from physlens._validation import check_nonnegative_int, check_positive_int, resolve_dtype
 from physlens.probes.activations import (
     Positions,
@@ -328,7 +330,7 @@ class RidgeProbeSweep(BaseEstimator):
         return 1 - ((y - pred) ** 2).sum(dim=0) / ((y - y.mean(dim=0)) ** 2).sum(dim=0)
 
 
-class LinearProbe(RegressorMixin, BaseEstimator):
+class LinearProbe(MultiOutputMixin, RegressorMixin, BaseEstimator):
     """One ridge probe (scikit-learn style, numpy in and out), α chosen by grouped K-fold CV.
 
     ``fit(X [n, d], y [n] or [n, t], groups=None)``; fitted ``coef_`` (``[d]`` or ``[t, d]``, as
@@ -343,11 +345,14 @@ class LinearProbe(RegressorMixin, BaseEstimator):
 
     def fit(self, X: Any, y: Any, groups: Any = None) -> LinearProbe:
         """Fit the probe; samples of one group (trajectory) never straddle a train/test split."""
-        X, y = np.asarray(X, dtype=np.float64), np.asarray(y, dtype=np.float64)
-        if X.ndim != 2:
-            raise ValueError(f"X must have shape [n, d], got {list(X.shape)}")
+        check_target_given(self, y)
+        X = validate_table(self, X, reset=True)
+        n_folds = check_positive_int("n_folds", self.n_folds)
+        if X.shape[0] < n_folds:
+            raise ValueError(f"X needs at least n_folds={n_folds} samples for cross-validation, got n_samples={X.shape[0]}")
+        y = as_float_array("y", y)
         single = y.ndim == 1
-        sweep = RidgeProbeSweep(self.alphas, n_folds=self.n_folds, seed=self.seed, dtype="float64", device=self.device)
+        sweep = RidgeProbeSweep(self.alphas, n_folds=n_folds, seed=self.seed, dtype="float64", device=self.device)
         sweep.fit(torch.from_numpy(X)[:, None], torch.from_numpy(y.reshape(len(y), -1) if y.ndim else y), groups)
         coef = sweep.coef_[0].T.cpu().numpy()  # [t, d]
         self.coef_ = coef[0] if single else coef
@@ -357,12 +362,12 @@ class LinearProbe(RegressorMixin, BaseEstimator):
         self.alpha_ = float(alpha[0]) if single else alpha
         cv = sweep.cv_r2_[0].cpu().numpy()
         self.cv_r2_ = float(cv[0]) if single else cv
-        self.n_features_in_ = X.shape[1]
         return self
 
     def predict(self, X: Any) -> np.ndarray:
         """Predicted targets, ``[n]`` or ``[n, t]``."""
-        X = np.asarray(X, dtype=np.float64)
+        check_is_fitted(self)
+        X = validate_table(self, X, reset=False)
         return X @ np.asarray(self.coef_).T + self.intercept_
 
 
