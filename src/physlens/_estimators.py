@@ -82,7 +82,11 @@ def check_target_given(estimator: Any, y: Any) -> None:
 
 def warn_column_target(y: Any) -> None:
     """Warn, as scikit-learn does, when a single-output estimator is given ``y`` of shape ``[n, 1]``."""
-    if np.ndim(y) == 2 and np.shape(y)[1] == 1:
+    try:
+        shape = tuple(y.shape) if hasattr(y, "shape") else np.asarray(y).shape
+    except ValueError:  # ragged: the target's own check says so
+        return
+    if len(shape) == 2 and shape[1] == 1:
         warnings.warn(
             "A column-vector y was passed when a 1d array was expected. Please change the shape of y to "
             "(n_samples,), for example using ravel().",
