@@ -311,8 +311,7 @@ class SymbolicDistiller(RegressorMixin, BaseEstimator):
         self.expression_ = self.selected_.expression
         self.terms_ = [exprs[i] for i in subset]
         self.library_ = [str(e) for e in exprs]
-        self._symbols = symbols
-        self._term_functions = [sympy.lambdify(symbols, e, modules="numpy") for e in self.terms_]
+        self._compile_terms()
         return self
 
     def _select(self, front: list[FormulaCandidate], floor: float) -> int:
@@ -387,6 +386,26 @@ class SymbolicDistiller(RegressorMixin, BaseEstimator):
             return np.asarray(self._pysr.predict(X), dtype=np.float64)
         columns = [np.broadcast_to(np.asarray(f(*X.T), dtype=np.float64), (X.shape[0],)) for f in self._term_functions]
         return np.stack(columns, axis=1) @ self.coef_ if columns else np.zeros(X.shape[0])
+
+    def _compile_terms(self) -> None:
+        """The chosen terms as numpy functions of the input columns, for :meth:`predict`.
+
+        They are kept out of the pickled state and compiled again on loading: sympy's ``lambdify``
+        makes each function in a module of its own, which pickle cannot find again, so a fitted
+        distiller that pickled them could not be saved or sent to a joblib worker.
+        """
+        symbols = sympy.symbols(self.variable_names_)
+        self._term_functions = [sympy.lambdify(symbols, term, modules="numpy") for term in self.terms_]
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(super().__getstate__())  # a copy: on Python >= 3.11 it is the instance's own __dict__
+        state.pop("_term_functions", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        if "terms_" in state:
+            self._compile_terms()
 
 
 def record_io(
