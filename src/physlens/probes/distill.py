@@ -24,8 +24,9 @@ import torch
 from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.utils.validation import check_is_fitted
 
+from physlens._estimators import check_target_given, validate_table, warn_column_target
 from physlens._validation import check_choice, check_nonnegative_int, check_positive_int
-from physlens.probes.invariants import _as_numpy, _as_target, monomial_exponents
+from physlens.probes.invariants import _as_target, monomial_exponents
 
 UNARY_FUNCTIONS = ("sin", "cos", "exp", "sqrt", "inv", "log")
 """Unary functions the built-in library can apply to each input variable (``inv`` is 1/x)."""
@@ -148,14 +149,12 @@ class SymbolicDistiller(RegressorMixin, BaseEstimator):
 
     # ----------------------------------------------------------------------------------- checks
     def _validated(self, X: object, y: object) -> tuple[np.ndarray, np.ndarray, list[str]]:
-        X = _as_numpy("X", X)
-        if X.ndim == 1:
-            raise ValueError("X must have shape [n_samples, n_features]; reshape a single feature with X[:, None]")
-        if X.ndim != 2:
-            raise ValueError(f"X must have shape [n_samples, n_features], got {list(X.shape)}")
+        check_target_given(self, y)
+        X = validate_table(self, X, reset=True)
+        warn_column_target(y)
         y = _as_target("y", y, X.shape[0])
         if X.shape[0] < 2:
-            raise ValueError(f"X needs at least 2 samples, got {X.shape[0]}")
+            raise ValueError(f"X needs at least 2 samples, got n_samples={X.shape[0]}")
         if self.variable_names is None:
             names = [f"x{i}" for i in range(X.shape[1])]
         else:
@@ -284,7 +283,6 @@ class SymbolicDistiller(RegressorMixin, BaseEstimator):
         self._check_params()
         X, y, names = self._validated(X, y)
         self.variable_names_ = names
-        self.n_features_in_ = X.shape[1]
         if self.backend == "pysr":
             return self._fit_pysr(X, y, names)
         symbols = list(sympy.symbols(names))
@@ -379,9 +377,7 @@ class SymbolicDistiller(RegressorMixin, BaseEstimator):
     def predict(self, X: object) -> np.ndarray:
         """Evaluate the chosen formula on the rows of ``X``."""
         check_is_fitted(self, "expression_")
-        X = _as_numpy("X", X, ndim=2)
-        if X.shape[1] != self.n_features_in_:
-            raise ValueError(f"X must have {self.n_features_in_} columns, got {X.shape[1]}")
+        X = validate_table(self, X, reset=False)
         if self.backend == "pysr":
             return np.asarray(self._pysr.predict(X), dtype=np.float64)
         columns = [np.broadcast_to(np.asarray(f(*X.T), dtype=np.float64), (X.shape[0],)) for f in self._term_functions]
