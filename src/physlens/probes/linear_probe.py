@@ -15,11 +15,12 @@ from typing import Any
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, MultiOutputMixin, RegressorMixin
+from sklearn.utils import Tags
 from sklearn.utils.validation import check_is_fitted
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from physlens._estimators import as_float_array, check_target_given, validate_table
+from physlens._estimators import NotFittedError, as_float_array, check_fitted, check_target_given, validate_table
 from physlens._validation import check_nonnegative_int, check_positive_int, resolve_dtype
 from physlens.probes.activations import (
     Positions,
@@ -194,6 +195,14 @@ class RidgeProbeSweep(BaseEstimator):
         self.dtype = dtype  # dtype of the statistics and the solve
         self.device = device  # where to accumulate and solve; None: where X lives
 
+    def __sklearn_tags__(self) -> Tags:
+        # X is [n, site, d], a table per site, so scikit-learn's checks (which fit 2-D tables) do not apply
+        tags = super().__sklearn_tags__()
+        tags.input_tags.two_d_array = False
+        tags.input_tags.three_d_array = True
+        tags.target_tags.required = True
+        return tags
+
     def _check_alphas(self) -> list[float]:
         alphas = [float(a) for a in self.alphas]
         if not alphas or any(not np.isfinite(a) or a < 0 for a in alphas):
@@ -227,6 +236,7 @@ class RidgeProbeSweep(BaseEstimator):
 
     def partial_fit(self, X: Any, y: Any, folds: Any) -> RidgeProbeSweep:
         """Accumulate a chunk of samples with their fold indices (trajectory-grouped folds)."""
+        check_target_given(self, y)
         n_folds = check_positive_int("n_folds", self.n_folds)
         if n_folds < 2:
             raise ValueError(f"n_folds must be >= 2 for cross-validation, got {n_folds}")
@@ -245,6 +255,7 @@ class RidgeProbeSweep(BaseEstimator):
     def fit(self, X: Any, y: Any, groups: Any = None, *, folds: Any = None, batch_size: int = 8192) -> RidgeProbeSweep:
         """Fit in memory. Folds come from ``folds`` if given, else from ``groups`` (trajectory ids;
         default: every sample is its own group) via :func:`grouped_folds` with ``seed``."""
+        check_target_given(self, y)
         if hasattr(self, "stats_"):
             del self.stats_
         n = torch.as_tensor(X).shape[0]
@@ -264,7 +275,7 @@ class RidgeProbeSweep(BaseEstimator):
         """Cross-validate every α from the accumulated statistics, pick the best per site and target,
         and refit on all samples."""
         if not hasattr(self, "stats_"):
-            raise RuntimeError("no data: call partial_fit (or fit) before finalize")
+            raise NotFittedError("no data: call partial_fit (or fit) before finalize")
         alphas = self._check_alphas()
         st = self.stats_
         empty = [k for k in range(st.n_folds) if float(st.count[k]) == 0]
@@ -315,8 +326,7 @@ class RidgeProbeSweep(BaseEstimator):
 
     def predict(self, X: Any) -> Tensor:
         """Predictions ``[n, site, t]`` of every site's probe on ``X [n, site, d]``."""
-        if not hasattr(self, "coef_"):
-            raise RuntimeError("RidgeProbeSweep is not fitted yet; call fit or finalize first")
+        check_fitted(self, "coef_")
         X = torch.as_tensor(X)
         if X.ndim != 3 or tuple(X.shape[1:]) != tuple(self.coef_.shape[:2]):
             raise ValueError(f"X must have shape [n, {self.coef_.shape[0]}, {self.coef_.shape[1]}], got {list(X.shape)}")
@@ -324,6 +334,7 @@ class RidgeProbeSweep(BaseEstimator):
 
     def score(self, X: Any, y: Any) -> Tensor:
         """R² of every site's probe on new data: ``[site, t]``."""
+        check_fitted(self, "coef_")
         X, y, _ = self._check_batch(X, y, torch.zeros(torch.as_tensor(X).shape[0], dtype=torch.long))
         pred = self.predict(X)
         y = y.to(pred)
