@@ -364,6 +364,7 @@ class LinearProbe(MultiOutputMixin, RegressorMixin, BaseEstimator):
         y = as_float_array("y", y)
         single = y.ndim == 1
         sweep = RidgeProbeSweep(self.alphas, n_folds=n_folds, seed=self.seed, dtype="float64", device=self.device)
+        X, y = (np.array(a) if not a.flags.writeable else a for a in (X, y))  # torch wants writable memory (a read-only memmap is not)
         sweep.fit(torch.from_numpy(X)[:, None], torch.from_numpy(y.reshape(len(y), -1) if y.ndim else y), groups)
         coef = sweep.coef_[0].T.cpu().numpy()  # [t, d]
         self.coef_ = coef[0] if single else coef
