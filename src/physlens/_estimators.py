@@ -45,7 +45,7 @@ def validate_table(estimator: Any, X: Any, *, reset: bool) -> np.ndarray:
     if not scipy.sparse.issparse(X):
         try:
             shape = tuple(X.shape) if hasattr(X, "shape") else np.asarray(X).shape
-        except ValueError:  # ragged nested lists: let check_array say so
+        except (TypeError, ValueError):  # ragged nested lists and the like: let check_array say so
             shape = None
         if shape is not None and len(shape) != 2:
             raise ValueError(
@@ -84,7 +84,7 @@ def warn_column_target(y: Any) -> None:
     """Warn, as scikit-learn does, when a single-output estimator is given ``y`` of shape ``[n, 1]``."""
     try:
         shape = tuple(y.shape) if hasattr(y, "shape") else np.asarray(y).shape
-    except ValueError:  # ragged: the target's own check says so
+    except (TypeError, ValueError):  # ragged and the like: the target's own check says so
         return
     if len(shape) == 2 and shape[1] == 1:
         warnings.warn(
