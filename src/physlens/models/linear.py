@@ -11,8 +11,10 @@ from typing import Any
 import torch
 from jaxtyping import Float
 from sklearn.base import BaseEstimator
+from sklearn.utils import Tags
 from torch import Tensor
 
+from physlens._estimators import check_fitted
 from physlens._validation import check_finite, check_positive_int, resolve_dtype
 
 
@@ -51,12 +53,21 @@ class LinearAutoregressive(BaseEstimator):
     :func:`physlens.training.rollout` can roll it out like a transformer.
     """
 
-    def __init__(self, window: int = 1, alpha: float = 0.0, rcond: float | None = None, dtype: str = "float64", device: str | None = None) -> None:
+    def __init__(self, window: int = 1, *, alpha: float = 0.0, rcond: float | None = None, dtype: str = "float64", device: str | None = None) -> None:
         self.window = window  # how many past states the prediction reads
         self.alpha = alpha  # ridge penalty on the coefficients (0: plain least squares)
         self.rcond = rcond  # singular values below rcond · the largest count as zero (None: eps · max(n, features), as numpy)
         self.dtype = dtype  # dtype of the solve and the fitted coefficients
         self.device = device  # where to solve; None: where the data lives
+
+    def __sklearn_tags__(self) -> Tags:
+        # X is trajectories [traj, step, d] or windows [n, window, d], so scikit-learn's checks (which
+        # fit 2-D tables) do not apply; y is optional, as fit on trajectories takes the next states
+        tags = super().__sklearn_tags__()
+        tags.input_tags.two_d_array = False
+        tags.input_tags.three_d_array = True
+        tags.target_tags.required = False
+        return tags
 
     def fit(self, X: Any, y: Any = None) -> LinearAutoregressive:
         """Fit on trajectories ``X [traj, step, d]`` (``y`` None: every window → next state), or on
@@ -93,8 +104,7 @@ class LinearAutoregressive(BaseEstimator):
         return self
 
     def _check_fitted(self) -> None:
-        if not hasattr(self, "coef_"):
-            raise RuntimeError("LinearAutoregressive is not fitted yet; call fit first")
+        check_fitted(self, "coef_")
 
     def predict(self, X: Any) -> Tensor:
         """The next state after each window ``X [n, window, d]`` → ``[n, d_out]``."""

@@ -25,8 +25,10 @@ from sklearn.base import BaseEstimator, ClusterMixin
 from sklearn.decomposition import PCA
 from sklearn.metrics import adjusted_rand_score
 from sklearn.mixture import GaussianMixture
+from sklearn.utils.validation import check_is_fitted
 from torch import Tensor
 
+from physlens._estimators import validate_table
 from physlens._validation import check_choice, check_finite, check_nonnegative_int, check_positive_int
 from physlens.models.mlp import DeepMLPEnsemble, MLPEnsemble, TinyMLP
 from physlens.probes.mechanisms import network_parameters
@@ -150,6 +152,7 @@ class MechanismDiscovery(ClusterMixin, BaseEstimator):
     def __init__(
         self,
         n_components: int = 12,
+        *,
         max_groups: int = 12,
         n_init: int = 3,
         flat: float = FLAT_BEND,
@@ -176,10 +179,11 @@ class MechanismDiscovery(ClusterMixin, BaseEstimator):
 
     def fit(self, X: ArrayLike, y: None = None) -> MechanismDiscovery:
         """Choose the number of groups by BIC and fit the mixture to fingerprints ``X`` ``[model, F]``."""
-        X = np.asarray(X, dtype=np.float64)
-        if X.ndim != 2 or X.shape[0] < 2:
-            raise ValueError(f"X must be fingerprints [model, F] of at least 2 networks, got shape {list(X.shape)}")
-        check_finite("X", X)
+        X = validate_table(self, X, reset=True)
+        if X.shape[0] < 2:
+            raise ValueError(f"X must be fingerprints [model, F] of at least 2 networks, got shape {list(X.shape)} (n_samples={X.shape[0]})")
+        if X.shape[1] < 3 or (X.shape[1] - 2) % 4:
+            raise ValueError(f"X must be fingerprints [model, 4·n_points + 2] from function_fingerprints, got n_features={X.shape[1]} columns")
         if not isinstance(self.flat, (int, float)) or self.flat < 0:
             raise ValueError(f"flat must be a number >= 0, got {self.flat!r}")
         bending = X[summarise_fingerprints(X, flat=self.flat).bend > self.flat]
@@ -202,7 +206,6 @@ class MechanismDiscovery(ClusterMixin, BaseEstimator):
         self.codes_ = codes[np.argsort(-sizes, kind="stable")]  # raw codes by size, largest first
         self.n_groups_ = len(codes)
         self.labels_ = self._renumber(raw)
-        self.n_features_in_ = X.shape[1]
         return self
 
     def _renumber(self, raw: np.ndarray) -> np.ndarray:
@@ -212,11 +215,8 @@ class MechanismDiscovery(ClusterMixin, BaseEstimator):
     def predict(self, X: ArrayLike) -> np.ndarray:
         """The group of each network with fingerprints ``X`` (−1 for a kind of function, constant or
         plane, that no fitted network had)."""
-        if not hasattr(self, "codes_"):
-            raise ValueError("this MechanismDiscovery is not fitted yet; call fit(X) first")
-        X = np.asarray(X, dtype=np.float64)
-        if X.ndim != 2 or X.shape[1] != self.n_features_in_:
-            raise ValueError(f"X must have shape [model, {self.n_features_in_}], got {list(X.shape)}")
+        check_is_fitted(self, "codes_")
+        X = validate_table(self, X, reset=False)
         return self._renumber(self._raw_groups(X))
 
 

@@ -24,8 +24,9 @@ import torch
 from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.utils.validation import check_is_fitted
 
+from physlens._estimators import check_target_given, validate_table, warn_column_target
 from physlens._validation import check_choice, check_nonnegative_int, check_positive_int
-from physlens.probes.invariants import _as_numpy, _as_target, monomial_exponents
+from physlens.probes.invariants import _as_target, monomial_exponents
 
 UNARY_FUNCTIONS = ("sin", "cos", "exp", "sqrt", "inv", "log")
 """Unary functions the built-in library can apply to each input variable (``inv`` is 1/x)."""
@@ -118,6 +119,7 @@ class SymbolicDistiller(RegressorMixin, BaseEstimator):
     def __init__(
         self,
         variable_names: Sequence[str] | None = None,
+        *,
         max_degree: int = 2,
         unary: Sequence[str] = ("sin", "cos", "exp", "sqrt", "inv"),
         unary_products: bool = True,
@@ -147,14 +149,12 @@ class SymbolicDistiller(RegressorMixin, BaseEstimator):
 
     # ----------------------------------------------------------------------------------- checks
     def _validated(self, X: object, y: object) -> tuple[np.ndarray, np.ndarray, list[str]]:
-        X = _as_numpy("X", X)
-        if X.ndim == 1:
-            raise ValueError("X must have shape [n_samples, n_features]; reshape a single feature with X[:, None]")
-        if X.ndim != 2:
-            raise ValueError(f"X must have shape [n_samples, n_features], got {list(X.shape)}")
+        check_target_given(self, y)
+        X = validate_table(self, X, reset=True)
+        warn_column_target(y)
         y = _as_target("y", y, X.shape[0])
         if X.shape[0] < 2:
-            raise ValueError(f"X needs at least 2 samples, got {X.shape[0]}")
+            raise ValueError(f"X needs at least 2 samples, got n_samples={X.shape[0]}")
         if self.variable_names is None:
             names = [f"x{i}" for i in range(X.shape[1])]
         else:
@@ -283,7 +283,6 @@ class SymbolicDistiller(RegressorMixin, BaseEstimator):
         self._check_params()
         X, y, names = self._validated(X, y)
         self.variable_names_ = names
-        self.n_features_in_ = X.shape[1]
         if self.backend == "pysr":
             return self._fit_pysr(X, y, names)
         symbols = list(sympy.symbols(names))
@@ -310,8 +309,7 @@ class SymbolicDistiller(RegressorMixin, BaseEstimator):
         self.expression_ = self.selected_.expression
         self.terms_ = [exprs[i] for i in subset]
         self.library_ = [str(e) for e in exprs]
-        self._symbols = symbols
-        self._term_functions = [sympy.lambdify(symbols, e, modules="numpy") for e in self.terms_]
+        self._compile_terms()
         return self
 
     def _select(self, front: list[FormulaCandidate], floor: float) -> int:
@@ -379,13 +377,31 @@ class SymbolicDistiller(RegressorMixin, BaseEstimator):
     def predict(self, X: object) -> np.ndarray:
         """Evaluate the chosen formula on the rows of ``X``."""
         check_is_fitted(self, "expression_")
-        X = _as_numpy("X", X, ndim=2)
-        if X.shape[1] != self.n_features_in_:
-            raise ValueError(f"X must have {self.n_features_in_} columns, got {X.shape[1]}")
+        X = validate_table(self, X, reset=False)
         if self.backend == "pysr":
             return np.asarray(self._pysr.predict(X), dtype=np.float64)
         columns = [np.broadcast_to(np.asarray(f(*X.T), dtype=np.float64), (X.shape[0],)) for f in self._term_functions]
         return np.stack(columns, axis=1) @ self.coef_ if columns else np.zeros(X.shape[0])
+
+    def _compile_terms(self) -> None:
+        """The chosen terms as numpy functions of the input columns, for :meth:`predict`.
+
+        They are kept out of the pickled state and compiled again on loading: sympy's ``lambdify``
+        makes each function in a module of its own, which pickle cannot find again, so a fitted
+        distiller that pickled them could not be saved or sent to a joblib worker.
+        """
+        symbols = sympy.symbols(self.variable_names_)
+        self._term_functions = [sympy.lambdify(symbols, term, modules="numpy") for term in self.terms_]
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(super().__getstate__())  # a copy: on Python >= 3.11 it is the instance's own __dict__
+        state.pop("_term_functions", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        if "terms_" in state:
+            self._compile_terms()
 
 
 def record_io(

@@ -21,12 +21,18 @@ from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.isotonic import IsotonicRegression
 from sklearn.utils.validation import check_is_fitted
 
+from physlens._estimators import check_target_given, validate_table, warn_column_target
 from physlens._validation import check_nonnegative_int, check_positive_int
 
 
 def _as_numpy(name: str, values: object, *, ndim: int | None = None) -> np.ndarray:
     array = values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
-    if array.dtype == object or not np.issubdtype(array.dtype, np.number):
+    if array.dtype == object:  # numbers held as Python objects count as numbers, as in scikit-learn
+        try:
+            array = array.astype(np.float64)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name} must be numeric, got dtype object holding non-numbers") from None
+    if not np.issubdtype(array.dtype, np.number):
         raise ValueError(f"{name} must be numeric, got dtype {array.dtype}")
     array = array.astype(np.float64)
     if ndim is not None and array.ndim != ndim:
@@ -85,7 +91,7 @@ class PolynomialLatentRegression(RegressorMixin, BaseEstimator):
     term ``"1"`` included), ``r2_`` (training R²), ``expression_`` (sympy).
     """
 
-    def __init__(self, degree: int = 2, feature_names: Sequence[str] | None = None, alpha: float = 0.0) -> None:
+    def __init__(self, degree: int = 2, *, feature_names: Sequence[str] | None = None, alpha: float = 0.0) -> None:
         self.degree = degree
         self.feature_names = feature_names
         self.alpha = alpha
@@ -103,7 +109,9 @@ class PolynomialLatentRegression(RegressorMixin, BaseEstimator):
         degree = check_positive_int("degree", self.degree)
         if degree > 3:
             raise ValueError(f"degree must be 1, 2 or 3 (higher degrees overfit and blur the terms), got {degree}")
-        X = _as_numpy("X", X, ndim=2)
+        check_target_given(self, y)
+        X = validate_table(self, X, reset=True)
+        warn_column_target(y)
         y = _as_target("y", y, X.shape[0])
         alpha = float(self.alpha)
         if not np.isfinite(alpha) or alpha < 0:
@@ -112,7 +120,7 @@ class PolynomialLatentRegression(RegressorMixin, BaseEstimator):
         exponents = monomial_exponents(X.shape[1], degree)
         features = polynomial_features(X, exponents)
         if features.shape[0] < features.shape[1]:
-            raise ValueError(f"X needs at least {features.shape[1]} samples for a degree-{degree} fit, got {features.shape[0]}")
+            raise ValueError(f"X needs at least {features.shape[1]} samples for a degree-{degree} fit, got n_samples={features.shape[0]}")
         if alpha == 0:
             coef, *_ = np.linalg.lstsq(features, y, rcond=None)
         else:
@@ -126,7 +134,6 @@ class PolynomialLatentRegression(RegressorMixin, BaseEstimator):
         self.exponents_ = exponents
         self.feature_names_ = [monomial_name(p, names) for p in exponents]
         self.coef_ = coef
-        self.n_features_in_ = X.shape[1]
         self.input_names_ = names
         self.feature_std_ = features.std(axis=0)
         self.r2_ = _r2(y, features @ coef)
@@ -140,9 +147,7 @@ class PolynomialLatentRegression(RegressorMixin, BaseEstimator):
     def predict(self, X: object) -> np.ndarray:
         """The polynomial's value at each row of ``X``."""
         check_is_fitted(self, "coef_")
-        X = _as_numpy("X", X, ndim=2)
-        if X.shape[1] != self.n_features_in_:
-            raise ValueError(f"X must have {self.n_features_in_} columns, got {X.shape[1]}")
+        X = validate_table(self, X, reset=False)
         return polynomial_features(X, self.exponents_) @ self.coef_
 
     def coefficient(self, term: str) -> float:

@@ -14,10 +14,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator, RegressorMixin
+from sklearn.base import BaseEstimator, MultiOutputMixin, RegressorMixin
+from sklearn.utils import Tags
+from sklearn.utils.validation import check_is_fitted
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from physlens._estimators import NotFittedError, as_float_array, check_fitted, check_target_given, validate_table
 from physlens._validation import check_nonnegative_int, check_positive_int, resolve_dtype
 from physlens.probes.activations import (
     Positions,
@@ -185,12 +188,20 @@ class RidgeProbeSweep(BaseEstimator):
     1 − Σ out-of-fold squared error / Σ (y − ȳ)²), ``cv_r2_path_ [alpha, site, t]``.
     """
 
-    def __init__(self, alphas: Sequence[float] = DEFAULT_ALPHAS, n_folds: int = 5, seed: int = 0, dtype: str = "float64", device: str | None = None) -> None:
+    def __init__(self, alphas: Sequence[float] = DEFAULT_ALPHAS, *, n_folds: int = 5, seed: int = 0, dtype: str = "float64", device: str | None = None) -> None:
         self.alphas = alphas  # ridge penalties to choose from
         self.n_folds = n_folds  # K of the grouped K-fold cross-validation
         self.seed = seed  # seed of the fold assignment when fit() derives folds from groups
         self.dtype = dtype  # dtype of the statistics and the solve
         self.device = device  # where to accumulate and solve; None: where X lives
+
+    def __sklearn_tags__(self) -> Tags:
+        # X is [n, site, d], a table per site, so scikit-learn's checks (which fit 2-D tables) do not apply
+        tags = super().__sklearn_tags__()
+        tags.input_tags.two_d_array = False
+        tags.input_tags.three_d_array = True
+        tags.target_tags.required = True
+        return tags
 
     def _check_alphas(self) -> list[float]:
         alphas = [float(a) for a in self.alphas]
@@ -225,6 +236,7 @@ class RidgeProbeSweep(BaseEstimator):
 
     def partial_fit(self, X: Any, y: Any, folds: Any) -> RidgeProbeSweep:
         """Accumulate a chunk of samples with their fold indices (trajectory-grouped folds)."""
+        check_target_given(self, y)
         n_folds = check_positive_int("n_folds", self.n_folds)
         if n_folds < 2:
             raise ValueError(f"n_folds must be >= 2 for cross-validation, got {n_folds}")
@@ -243,6 +255,7 @@ class RidgeProbeSweep(BaseEstimator):
     def fit(self, X: Any, y: Any, groups: Any = None, *, folds: Any = None, batch_size: int = 8192) -> RidgeProbeSweep:
         """Fit in memory. Folds come from ``folds`` if given, else from ``groups`` (trajectory ids;
         default: every sample is its own group) via :func:`grouped_folds` with ``seed``."""
+        check_target_given(self, y)
         if hasattr(self, "stats_"):
             del self.stats_
         n = torch.as_tensor(X).shape[0]
@@ -262,7 +275,7 @@ class RidgeProbeSweep(BaseEstimator):
         """Cross-validate every α from the accumulated statistics, pick the best per site and target,
         and refit on all samples."""
         if not hasattr(self, "stats_"):
-            raise RuntimeError("no data: call partial_fit (or fit) before finalize")
+            raise NotFittedError("no data: call partial_fit (or fit) before finalize")
         alphas = self._check_alphas()
         st = self.stats_
         empty = [k for k in range(st.n_folds) if float(st.count[k]) == 0]
@@ -313,8 +326,7 @@ class RidgeProbeSweep(BaseEstimator):
 
     def predict(self, X: Any) -> Tensor:
         """Predictions ``[n, site, t]`` of every site's probe on ``X [n, site, d]``."""
-        if not hasattr(self, "coef_"):
-            raise RuntimeError("RidgeProbeSweep is not fitted yet; call fit or finalize first")
+        check_fitted(self, "coef_")
         X = torch.as_tensor(X)
         if X.ndim != 3 or tuple(X.shape[1:]) != tuple(self.coef_.shape[:2]):
             raise ValueError(f"X must have shape [n, {self.coef_.shape[0]}, {self.coef_.shape[1]}], got {list(X.shape)}")
@@ -322,20 +334,21 @@ class RidgeProbeSweep(BaseEstimator):
 
     def score(self, X: Any, y: Any) -> Tensor:
         """R² of every site's probe on new data: ``[site, t]``."""
+        check_fitted(self, "coef_")
         X, y, _ = self._check_batch(X, y, torch.zeros(torch.as_tensor(X).shape[0], dtype=torch.long))
         pred = self.predict(X)
         y = y.to(pred)
         return 1 - ((y - pred) ** 2).sum(dim=0) / ((y - y.mean(dim=0)) ** 2).sum(dim=0)
 
 
-class LinearProbe(BaseEstimator, RegressorMixin):
+class LinearProbe(MultiOutputMixin, RegressorMixin, BaseEstimator):
     """One ridge probe (scikit-learn style, numpy in and out), α chosen by grouped K-fold CV.
 
     ``fit(X [n, d], y [n] or [n, t], groups=None)``; fitted ``coef_`` (``[d]`` or ``[t, d]``, as
     scikit-learn's ``Ridge``), ``intercept_``, ``alpha_``, ``cv_r2_``.
     """
 
-    def __init__(self, alphas: Sequence[float] = DEFAULT_ALPHAS, n_folds: int = 5, seed: int = 0, device: str | None = None) -> None:
+    def __init__(self, alphas: Sequence[float] = DEFAULT_ALPHAS, *, n_folds: int = 5, seed: int = 0, device: str | None = None) -> None:
         self.alphas = alphas  # ridge penalties to choose from
         self.n_folds = n_folds  # K of the grouped K-fold cross-validation
         self.seed = seed  # seed of the fold assignment
@@ -343,11 +356,15 @@ class LinearProbe(BaseEstimator, RegressorMixin):
 
     def fit(self, X: Any, y: Any, groups: Any = None) -> LinearProbe:
         """Fit the probe; samples of one group (trajectory) never straddle a train/test split."""
-        X, y = np.asarray(X, dtype=np.float64), np.asarray(y, dtype=np.float64)
-        if X.ndim != 2:
-            raise ValueError(f"X must have shape [n, d], got {list(X.shape)}")
+        check_target_given(self, y)
+        X = validate_table(self, X, reset=True)
+        n_folds = check_positive_int("n_folds", self.n_folds)
+        if X.shape[0] < n_folds:
+            raise ValueError(f"X needs at least n_folds={n_folds} samples for cross-validation, got n_samples={X.shape[0]}")
+        y = as_float_array("y", y)
         single = y.ndim == 1
-        sweep = RidgeProbeSweep(self.alphas, self.n_folds, self.seed, "float64", self.device)
+        sweep = RidgeProbeSweep(self.alphas, n_folds=n_folds, seed=self.seed, dtype="float64", device=self.device)
+        X, y = (np.array(a) if not a.flags.writeable else a for a in (X, y))  # torch wants writable memory (a read-only memmap is not)
         sweep.fit(torch.from_numpy(X)[:, None], torch.from_numpy(y.reshape(len(y), -1) if y.ndim else y), groups)
         coef = sweep.coef_[0].T.cpu().numpy()  # [t, d]
         self.coef_ = coef[0] if single else coef
@@ -357,12 +374,12 @@ class LinearProbe(BaseEstimator, RegressorMixin):
         self.alpha_ = float(alpha[0]) if single else alpha
         cv = sweep.cv_r2_[0].cpu().numpy()
         self.cv_r2_ = float(cv[0]) if single else cv
-        self.n_features_in_ = X.shape[1]
         return self
 
     def predict(self, X: Any) -> np.ndarray:
         """Predicted targets, ``[n]`` or ``[n, t]``."""
-        X = np.asarray(X, dtype=np.float64)
+        check_is_fitted(self)
+        X = validate_table(self, X, reset=False)
         return X @ np.asarray(self.coef_).T + self.intercept_
 
 
@@ -570,7 +587,7 @@ def probe_sweep(
             for width, members in layout.items():
                 X = torch.cat([features[i] for i in members], dim=1)  # [n, hooks·pos, d]
                 y_sites = y_all.to(device)[:, None].expand(n, len(members), *y_all.shape[1:]).reshape(n, -1, y_all.shape[-1])
-                sweep = sweeps.setdefault(role, {}).setdefault(width, RidgeProbeSweep(alphas, n_folds, seed, dtype, None))
+                sweep = sweeps.setdefault(role, {}).setdefault(width, RidgeProbeSweep(alphas, n_folds=n_folds, seed=seed, dtype=dtype, device=None))
                 sweep.partial_fit(X, y_sites, chunk_folds.to(device))
     if positions_resolved is None:
         raise ValueError("data yielded no trajectories")

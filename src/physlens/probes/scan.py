@@ -23,7 +23,10 @@ from numpy.typing import ArrayLike
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.metrics import roc_auc_score, roc_curve
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted
 
+from physlens._estimators import check_target_given, validate_table, warn_column_target
 from physlens._validation import check_choice, check_finite, check_nonnegative_int, check_positive_int
 from physlens.stats import Interval, auc_interval
 from physlens.probes.mechanisms import (
@@ -201,6 +204,7 @@ class AlgorithmScan(ClassifierMixin, BaseEstimator):
     def __init__(
         self,
         d_hidden: int = 2,
+        *,
         features: str = "parameters",
         distribution: str = "product",
         n_estimators: int = 300,
@@ -221,13 +225,18 @@ class AlgorithmScan(ClassifierMixin, BaseEstimator):
 
     def fit(self, X: ArrayLike, y: ArrayLike) -> AlgorithmScan:
         """Fit the forest on the features of ``X`` and the labels ``y``; returns ``self``."""
-        y = np.asarray(y)
-        X = np.asarray(X, dtype=np.float64)
+        check_target_given(self, y)
+        X = validate_table(self, X, reset=True)
+        warn_column_target(y)
+        y = np.asarray(y.detach().cpu() if isinstance(y, torch.Tensor) else y)
+        if y.ndim == 2 and y.shape[1] == 1:
+            y = y[:, 0]
         if y.ndim != 1 or y.shape[0] != X.shape[0]:
             raise ValueError(f"y must be a 1-D array with one label per row of X ({X.shape[0]}), got shape {list(y.shape)}")
-        features = self._features(X)
+        check_classification_targets(y)
         if len(np.unique(y)) < 2:
-            raise ValueError("y must hold at least two different labels to fit a classifier")
+            raise ValueError("y must hold at least two different labels to fit a classifier, got one class")
+        features = self._features(X)
         self.forest_ = RandomForestClassifier(
             n_estimators=check_positive_int("n_estimators", self.n_estimators),
             min_samples_leaf=check_positive_int("min_samples_leaf", self.min_samples_leaf),
@@ -236,13 +245,8 @@ class AlgorithmScan(ClassifierMixin, BaseEstimator):
             n_jobs=1,
         ).fit(features, y)
         self.classes_ = self.forest_.classes_
-        self.n_features_in_ = X.shape[1]
         self.feature_names_ = scan_feature_names(self.features)
         return self
-
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "forest_"):
-            raise ValueError("this AlgorithmScan is not fitted yet; call fit(X, y) first")
 
     def predict_proba(self, X: np.ndarray, *, distribution: str | None = None) -> np.ndarray:
         """Probability of each class (columns in ``classes_`` order) for every network.
@@ -250,7 +254,8 @@ class AlgorithmScan(ClassifierMixin, BaseEstimator):
         ``distribution`` overrides the one data-aware features are computed on, for networks
         trained on other data than the scan's (it does not matter for parameter-only features).
         """
-        self._check_fitted()
+        check_is_fitted(self, "forest_")
+        X = validate_table(self, X, reset=False)
         return self.forest_.predict_proba(self._features(X, distribution))
 
     def predict(self, X: np.ndarray, *, distribution: str | None = None, among: Sequence[str] | None = None) -> np.ndarray:
@@ -259,7 +264,8 @@ class AlgorithmScan(ClassifierMixin, BaseEstimator):
         ``among`` restricts the answer to some of the fitted classes, e.g. every mechanism but
         ``"untrained"`` when the networks are known to be trained.
         """
-        self._check_fitted()
+        check_is_fitted(self, "forest_")
+        X = validate_table(self, X, reset=False)
         if among is None:
             return self.forest_.predict(self._features(X, distribution))
         among = list(among)
@@ -272,7 +278,7 @@ class AlgorithmScan(ClassifierMixin, BaseEstimator):
 
     def mode_score(self, X: np.ndarray, mode: str, *, distribution: str | None = None) -> np.ndarray:
         """The probability of ``mode`` for every network: the scan's one-vs-rest score."""
-        self._check_fitted()
+        check_is_fitted(self, "forest_")
         if mode not in self.classes_:
             raise ValueError(f"mode must be one of the fitted classes {list(self.classes_)}, got {mode!r}")
         return self.predict_proba(X, distribution=distribution)[:, list(self.classes_).index(mode)]

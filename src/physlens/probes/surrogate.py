@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator
 from torch import Tensor
 
+from physlens._estimators import NotFittedError
 from physlens._validation import check_positive_float, check_positive_int
 from physlens.models.linear import LinearAutoregressive
 from physlens.probes.activations import model_device
@@ -58,17 +58,27 @@ class SurrogateFidelity:
         }
 
 
-class LinearSurrogate(BaseEstimator):
+class LinearSurrogate:
     """A linear autoregressive model fitted to a network's last-position predictions.
 
     ``fit(model, contexts [n, seq_len, d])``: the last ``window`` states of each context (default:
     all of them) → ``model(contexts)[:, -1]``. Fitted: ``linear_`` (the
     :class:`~physlens.models.linear.LinearAutoregressive`), ``fit_r2_`` (in-sample R² against the model).
+
+    Not a scikit-learn estimator: what it fits is a network, not a table of samples, so ``clone``,
+    pipelines and cross-validation have nothing to split. ``linear_`` is the estimator.
     """
 
-    def __init__(self, window: int | None = None, alpha: float = 0.0) -> None:
+    def __init__(self, window: int | None = None, *, alpha: float = 0.0) -> None:
         self.window = window  # states the surrogate reads; None: the whole context
         self.alpha = alpha  # ridge penalty of the linear fit
+
+    def __repr__(self) -> str:
+        return f"LinearSurrogate(window={self.window!r}, alpha={self.alpha!r})"
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "linear_"):
+            raise NotFittedError("This LinearSurrogate instance is not fitted yet; call fit(model, contexts) first")
 
     def fit(self, model: Any, contexts: Tensor) -> LinearSurrogate:
         """Fit to ``model``'s next-state predictions on ``contexts``."""
@@ -88,14 +98,12 @@ class LinearSurrogate(BaseEstimator):
 
     def predict(self, windows: Tensor) -> Tensor:
         """Next state after each window ``[n, window, d]``."""
-        if not hasattr(self, "linear_"):
-            raise RuntimeError("LinearSurrogate is not fitted yet; call fit first")
+        self._check_fitted()
         return self.linear_.predict(windows)
 
     def fidelity(self, model: Any, contexts: Tensor, n_steps: int, *, threshold: float = 0.1) -> SurrogateFidelity:
         """Compare surrogate and model from the same held-out ``contexts`` over ``n_steps`` of rollout."""
-        if not hasattr(self, "linear_"):
-            raise RuntimeError("LinearSurrogate is not fitted yet; call fit first")
+        self._check_fitted()
         n_steps = check_positive_int("n_steps", n_steps)
         threshold = check_positive_float("threshold", threshold)
         contexts = contexts.to(model_device(model))
