@@ -25,6 +25,7 @@ from physlens.probes.algorithm_match import (
     build_candidates,
     candidate_name,
     curve_distance,
+    curve_shape_distance,
     evaluate_candidates,
     identify_algorithm,
 )
@@ -126,6 +127,31 @@ def test_the_match_names_the_planted_algorithm_and_its_context(candidates, organ
         assert match.sentence().startswith("no candidate")
     summary = match.to_dict()
     assert summary["verdict"] == planted and json.dumps(summary)
+
+
+@pytest.mark.parametrize("window, low, high", [(5, 5, 5), (10, 9, 11), (20, 17, 26)])
+def test_the_noise_curve_alone_reads_off_the_effective_context(candidates, window, low, high):
+    # Without pairing mistakes, the shape of the curve still tells short contexts apart exactly and long ones roughly.
+    match = identify_algorithm(LeastSquaresOrganism(window, noise=0.003, seed=window), candidates)
+    k, shape = match.effective_context()
+    assert low <= k <= high and shape < 0.05
+    assert match.shape_distance["finite differences"] > 10 * shape and match.shape_distance["least squares k=3"] > 10 * shape
+    assert match.to_dict()["effective_context"]["least_squares_k"] == k
+    with pytest.raises(ValueError, match="family must be one of"):
+        match.effective_context("transformer")
+
+
+def test_curve_shape_distance_is_the_log_ratio_of_the_noise_added_errors(data):
+    a = noise_curve(LeastSquaresOrganism(5), data, SIGMAS, seed=2)
+    b = noise_curve(LeastSquaresOrganism(5, noise=0.003, seed=1), data, SIGMAS, seed=2)
+    assert curve_shape_distance(a, a) == 0.0
+    rms_a, rms_b = a.rms_error(), b.rms_error()
+    assert rms_a[0] < 1e-13 and rms_b[0] > 1e-3  # clean: only the noisy organism errs
+    noise_dominated = rms_b[1:] >= 2 * rms_b[0]
+    ratio = np.log(np.sqrt(rms_b[1:] ** 2 - rms_b[0] ** 2) / np.sqrt(rms_a[1:] ** 2 - rms_a[0] ** 2))[noise_dominated]
+    assert curve_shape_distance(b, a) == pytest.approx(float(np.sqrt(np.mean(ratio**2))), rel=1e-12)
+    assert np.isnan(curve_shape_distance(noise_curve(LeastSquaresOrganism(5), data, SIGMAS[1:], seed=2),
+                                         noise_curve(LeastSquaresOrganism(6), data, SIGMAS[1:], seed=2)))  # no σ = 0
 
 
 def test_the_old_comparison_cannot_see_the_least_squares_organism(data):

@@ -17,6 +17,10 @@ not. A candidate matches when both minima are at most the threshold. Candidates 
 prediction distance — the prediction after the last state is where a window of k states is exactly k
 states, while the map pools positions at which shorter windows coincide — and the verdict is the
 closest matching candidate, or ``"none"``.
+
+Where no candidate matches mistake for mistake (a trained network is no exact algorithm), the noise
+curve alone still reads off the effective context: :meth:`AlgorithmMatch.effective_context` is the k
+whose median error curve runs closest to the model's where noise dominates its own error.
 """
 
 from __future__ import annotations
@@ -162,6 +166,32 @@ def curve_distance(model: NoiseCurve, candidate: NoiseCurve) -> tuple[np.ndarray
     return prediction, kernel
 
 
+NOISE_DOMINATED = 2.0
+"""The noise curve's shape is compared only at σ where the model's error is at least this many times its clean error."""
+
+
+def curve_shape_distance(model: NoiseCurve, candidate: NoiseCurve) -> float:
+    """How far apart two noise curves run where injected noise dominates the model's own error: the
+    root-mean-square of log(excess_model / excess_candidate) over those σ, with excess(σ) =
+    √(rms(σ)² − rms(0)²) the error the noise added (:meth:`NoiseCurve.rms_error`). NaN if no σ of the
+    grid is noise-dominated (:data:`NOISE_DOMINATED`) or the grid lacks σ = 0. Unlike
+    :func:`curve_distance` it compares the curves' shapes, not mistakes trajectory by trajectory."""
+    if not np.array_equal(model.sigmas, candidate.sigmas):
+        raise ValueError("the curves must share their sigmas")
+    clean = np.flatnonzero(model.sigmas == 0)
+    if clean.size == 0:
+        return float("nan")
+    model_rms, candidate_rms = model.rms_error(), candidate.rms_error()
+    model_clean, candidate_clean = model_rms[clean[0]], candidate_rms[clean[0]]
+    dominated = (model.sigmas > 0) & (model_rms >= NOISE_DOMINATED * model_clean)
+    model_excess = np.sqrt(np.clip(model_rms[dominated] ** 2 - model_clean**2, 0, None))
+    candidate_excess = np.sqrt(np.clip(candidate_rms[dominated] ** 2 - candidate_clean**2, 0, None))
+    usable = (model_excess > 0) & (candidate_excess > 0)
+    if not usable.any():
+        return float("nan")
+    return float(np.sqrt(np.mean(np.log(model_excess[usable] / candidate_excess[usable]) ** 2)))
+
+
 @dataclass
 class AlgorithmMatch:
     """The predictor's distance to every candidate, and the verdict."""
@@ -175,6 +205,20 @@ class AlgorithmMatch:
     windows: dict[str, int | None]  # candidate -> context length
     threshold: float
     model_curve: NoiseCurve
+    shape_distance: dict[str, float] = field(default_factory=dict)  # candidate -> curve_shape_distance
+
+    def effective_context(self, family: str = LEAST_SQUARES_FAMILY) -> tuple[int | None, float]:
+        """The context length k of ``family`` whose noise curve runs closest to the model's
+        (:func:`curve_shape_distance`), and that distance: the model's effective context read off the
+        curve alone, meaningful even when no candidate matches mistake for mistake. (None, NaN) if no
+        candidate of ``family`` has a finite distance."""
+        if family not in FAMILIES:
+            raise ValueError(f"family must be one of {list(FAMILIES)}, got {family!r}")
+        options = {name: d for name, d in self.shape_distance.items() if self.families[name] == family and np.isfinite(d)}
+        if not options:
+            return None, float("nan")
+        name = min(options, key=options.get)
+        return self.windows[name], options[name]
 
     def ranking(self) -> list[str]:
         """Candidates from the closest to the farthest."""
@@ -214,9 +258,12 @@ class AlgorithmMatch:
         """One sentence stating the verdict with its distance and the runner-up."""
         other, other_distance = self.runner_up()
         if self.verdict == NO_MATCH:
+            k, shape = self.effective_context()
+            curve = (f"; its noise curve runs closest to least squares over k = {k} states (log-RMS {shape:.2g})"
+                     if k is not None else "")
             return (f"no candidate algorithm matches: the closest, {self.best}, leaves {self.distance[self.best]:.3g} of the "
                     f"model's prediction error and {self.map_match[self.best]:.3g} of its map error unexplained "
-                    f"(a match needs <= {self.threshold:g} in both)")
+                    f"(a match needs <= {self.threshold:g} in both){curve}")
         return (f"the model matches {self.verdict} (distance {self.distance[self.verdict]:.3g}, map "
                 f"{self.map_match[self.verdict]:.3g}, both <= {self.threshold:g}; next closest {other} at {other_distance:.3g})")
 
@@ -232,6 +279,8 @@ class AlgorithmMatch:
             "prediction_distance": {k: v.tolist() for k, v in self.prediction_distance.items()},
             "map_distance": {k: v.tolist() for k, v in self.map_distance.items()},
             "model_curve": self.model_curve.to_dict(),
+            "shape_distance": {name: self.shape_distance[name] for name in self.ranking() if name in self.shape_distance},
+            "effective_context": dict(zip(("least_squares_k", "distance"), self.effective_context())),
         }
 
 
@@ -246,17 +295,19 @@ def identify_algorithm(model: Callable[[Tensor], Tensor], candidates: CandidateS
     ``candidates`` under the same noisy contexts, and name the closest if it is within ``threshold``."""
     threshold = check_positive_float("threshold", threshold)
     curve = noise_curve(model, candidates.trajectories, candidates.sigmas, seed=candidates.seed, start=candidates.start)
-    distance, map_match, prediction, kernel = {}, {}, {}, {}
+    distance, map_match, prediction, kernel, shape = {}, {}, {}, {}, {}
     for candidate in candidates.candidates:
+        shape[candidate.name] = curve_shape_distance(curve, candidates.curves[candidate.name])
         prediction[candidate.name], kernel[candidate.name] = curve_distance(curve, candidates.curves[candidate.name])
         distance[candidate.name] = _smallest(prediction[candidate.name])
         map_match[candidate.name] = _smallest(kernel[candidate.name])
     return AlgorithmMatch(sigmas=list(candidates.sigmas), distance=distance, map_match=map_match, prediction_distance=prediction,
                           map_distance=kernel,
                           families={c.name: c.family for c in candidates.candidates},
-                          windows={c.name: c.window for c in candidates.candidates}, threshold=threshold, model_curve=curve)
+                          windows={c.name: c.window for c in candidates.candidates}, threshold=threshold, model_curve=curve,
+                          shape_distance=shape)
 
 
 __all__ = ["AR_FAMILY", "CONTEXT_BLIND_FAMILY", "DEFAULT_SIGMAS", "FAMILIES", "FINITE_DIFFERENCE_FAMILY", "LEAST_SQUARES_FAMILY",
-           "MATCH_DISTANCE", "NO_MATCH", "ROUNDING_FACTOR", "AlgorithmMatch", "Candidate", "CandidateSet", "build_candidates", "candidate_name",
-           "curve_distance", "evaluate_candidates", "identify_algorithm"]
+           "MATCH_DISTANCE", "NOISE_DOMINATED", "NO_MATCH", "ROUNDING_FACTOR", "AlgorithmMatch", "Candidate", "CandidateSet", "build_candidates", "candidate_name",
+           "curve_distance", "curve_shape_distance", "evaluate_candidates", "identify_algorithm"]

@@ -80,6 +80,12 @@ class NoiseCurve:
         """Number of trajectories behind every point."""
         return int(self.truth.shape[0])
 
+    def rms_error(self) -> np.ndarray:
+        """Per σ, the root-mean-square over trajectories of ‖ŷ − y‖/‖y‖ (last position): unlike the median,
+        independent error sources add in quadrature, so the error noise added is √(rms(σ)² − rms(0)²)."""
+        relative = ((self.predictions - self.truth) ** 2).sum(-1) / (self.truth**2).sum(-1)  # [sigma, traj]
+        return np.sqrt(relative.mean(axis=1))
+
     def gain(self) -> np.ndarray:
         """``error / σ`` per σ > 0 (NaN at σ = 0): how many times the injected noise the error is."""
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -88,7 +94,8 @@ class NoiseCurve:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (the per-trajectory arrays are left out)."""
         return {"sigmas": self.sigmas.tolist(), "error": self.error.tolist(), "kernel_error": self.kernel_error.tolist(),
-                "gain": [None if np.isnan(g) else float(g) for g in self.gain()], "context_length": self.context_length,
+                "rms_error": self.rms_error().tolist(), "gain": [None if np.isnan(g) else float(g) for g in self.gain()],
+                "context_length": self.context_length,
                 "start": self.start, "seed": self.seed, "dtype": self.dtype, "n_trajectories": self.n_trajectories}
 
 
