@@ -129,6 +129,16 @@ def test_the_match_names_the_planted_algorithm_and_its_context(candidates, organ
     assert summary["verdict"] == planted and json.dumps(summary)
 
 
+def test_the_match_says_none_rather_than_a_wrong_algorithm_when_the_models_own_noise_is_large(candidates):
+    # The limit of its power: with observation noise of 3 % of its own, a third of the largest injected σ, least
+    # squares over 20 states is no longer matched mistake for mistake (1 % still is) — but nothing else is named either.
+    assert identify_algorithm(LeastSquaresOrganism(20, noise=0.01, seed=7), candidates).verdict == "least squares k=20"
+    match = identify_algorithm(LeastSquaresOrganism(20, noise=0.03, seed=7), candidates)
+    assert match.verdict == NO_MATCH
+    assert match.families[match.best] == "least squares" and 18 <= match.windows[match.best] <= 24
+    assert MATCH_DISTANCE < match.distance[match.best] < 2 * MATCH_DISTANCE
+
+
 @pytest.mark.parametrize("window, low, high", [(5, 5, 5), (10, 9, 11), (20, 17, 26)])
 def test_the_noise_curve_alone_reads_off_the_effective_context(candidates, window, low, high):
     # Without pairing mistakes, the shape of the curve still tells short contexts apart exactly and long ones roughly.

@@ -20,7 +20,7 @@ closest matching candidate, or ``"none"``.
 
 Where no candidate matches mistake for mistake (a trained network is no exact algorithm), the noise
 curve alone still reads off the effective context: :meth:`AlgorithmMatch.effective_context` is the k
-whose median error curve runs closest to the model's where noise dominates its own error.
+whose root-mean-square error curve runs closest to the model's where noise dominates its own error.
 """
 
 from __future__ import annotations
