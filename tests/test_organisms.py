@@ -22,6 +22,7 @@ from physlens.models.organisms import (
     spec_mean,
 )
 from physlens.probes.implied import (
+    default_start,
     implied_kernel,
     implied_parameters,
     parameter_directions,
@@ -231,6 +232,21 @@ def test_a_shifted_map_is_read_as_that_shift(data):
     assert_allclose(result.gamma, 0.12, atol=1e-9)
     assert result.parameter_share > 0.999
     assert_allclose(result.along_parameters, np.tile([0.05, 0.02], (len(data), 1)), atol=2e-3)
+
+
+def test_the_readout_uses_the_second_half_of_the_context_by_default(contexts):
+    # A causal predictor's early positions carry its least informed guesses. Planted: the prior (mean-ω0) step until
+    # 10 states have been seen, least squares after. From position 2 the readout mixes the prior in; by default it does not.
+    assert default_start(40) == 20 and default_start(3) == 1
+    prior, exact = ContextBlindOrganism.from_system(SYSTEM), LeastSquaresOrganism(20)
+
+    def late_reader(states):
+        informed = (torch.arange(states.shape[1]) >= 9)[None, :, None]
+        return torch.where(informed, exact(states), prior(states))
+
+    late, early = implied_parameters(late_reader, contexts), implied_parameters(late_reader, contexts, start=2)
+    assert late.start == 20 and early.start == 2
+    assert late.omega0_rmse < 1e-9 and early.omega0_rmse > 0.1
 
 
 def test_readout_input_checks(data):

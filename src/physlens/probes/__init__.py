@@ -92,6 +92,7 @@ from physlens.probes.algorithms import AlgorithmComparison, compare_algorithms, 
 from physlens.probes.context_swap import SwapTestResult, context_swap_test
 from physlens.probes.implied import (
     ImpliedParameters,
+    default_start,
     implied_kernel,
     implied_parameters,
     parameter_directions,
@@ -142,6 +143,7 @@ __all__ = [
     "SwapTestResult",
     "context_swap_test",
     "ImpliedParameters",
+    "default_start",
     "implied_kernel",
     "implied_parameters",
     "parameter_directions",

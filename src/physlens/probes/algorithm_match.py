@@ -40,6 +40,7 @@ from physlens.models.organisms import (
     LeastSquaresOrganism,
     fit_ar_filters,
 )
+from physlens.probes.implied import default_start
 from physlens.probes.noise_curves import NoiseCurve, noise_curve
 from physlens.systems.oscillator import OscillatorSystem, Trajectories
 
@@ -130,7 +131,7 @@ def evaluate_candidates(candidates: Sequence[Candidate], trajectories: Trajector
     The implied maps are fitted from position ``start`` on (default: the second half of the context, where
     no candidate relies on its shortest, most noise-sensitive windows)."""
     candidates = list(candidates)
-    start = (trajectories.n_steps - 1) // 2 if start is None else check_nonnegative_int("start", start)
+    start = default_start(trajectories.n_steps - 1) if start is None else check_nonnegative_int("start", start)
     names = [c.name for c in candidates]
     if not candidates or len(set(names)) != len(names):
         raise ValueError(f"candidates must be a non-empty list with distinct names, got {names}")

@@ -17,7 +17,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from physlens._validation import check_nonnegative_int
+from physlens._validation import check_nonnegative_int, check_positive_int
 from physlens.systems.oscillator import STATE_DIM, Trajectories, parameters_from_propagator, propagator
 
 
@@ -41,12 +41,22 @@ def predict_all_positions(model: Callable[[Tensor], Tensor], states: Float[Tenso
     return out.to(device="cpu", dtype=torch.float64)
 
 
+def default_start(n_positions: int) -> int:
+    """The first position a readout uses by default: the second half of a context of ``n_positions``.
+
+    A causal model (and every organism) has seen only t + 1 states at position t; early positions carry its
+    shortest, least informed predictions, which would dominate the fit (on the shipped variable-ω0
+    transformer, positions from 2 give an implied-ω0 RMSE of 0.15, positions from 20 one of 0.014)."""
+    return check_positive_int("n_positions", n_positions) // 2
+
+
 def implied_kernel(states: Float[Tensor, "batch pos 2"], predictions: Float[Tensor, "batch pos 2"], *,
-                   start: int = 2) -> Float[Tensor, "batch 2 2"]:
-    """Per trajectory, the least-squares map K̂ with ``predictions[:, t] ≈ K̂ states[:, t]`` over positions t ≥ ``start``."""
+                   start: int | None = None) -> Float[Tensor, "batch 2 2"]:
+    """Per trajectory, the least-squares map K̂ with ``predictions[:, t] ≈ K̂ states[:, t]`` over positions
+    t ≥ ``start`` (default :func:`default_start`)."""
     if states.ndim != 3 or states.shape[-1] != STATE_DIM or predictions.shape != states.shape:
         raise ValueError(f"states and predictions must both have shape [batch, pos, 2], got {list(states.shape)} and {list(predictions.shape)}")
-    start = check_nonnegative_int("start", start)
+    start = default_start(states.shape[1]) if start is None else check_nonnegative_int("start", start)
     if states.shape[1] - start < 2:
         raise ValueError(f"the fit needs at least 2 positions from start={start}, but the context holds {states.shape[1]}")
     current, predicted = states[:, start:].to(torch.float64), predictions[:, start:].to(torch.float64)
@@ -119,12 +129,13 @@ class ImpliedParameters:
         }
 
 
-def implied_parameters(model: Callable[[Tensor], Tensor], trajectories: Trajectories, *, start: int = 2) -> ImpliedParameters:
+def implied_parameters(model: Callable[[Tensor], Tensor], trajectories: Trajectories, *, start: int | None = None) -> ImpliedParameters:
     """Run ``model`` on the states of ``trajectories`` (the whole sequence is the context) and read off the
     one-step map its predictions imply at positions ≥ ``start``, with the ω0 and γ of that map.
 
     ``start`` skips positions where a causal predictor has seen too little to have inferred anything
-    (2: the first position with two transitions behind it)."""
+    (default :func:`default_start`, the second half of the context; 2 is the first position with two
+    transitions behind it)."""
     states = trajectories.states.to(device="cpu", dtype=torch.float64)
     predictions = predict_all_positions(model, states)
     return readout_from_predictions(states, predictions, trajectories.omega0, trajectories.gamma, trajectories.dt, start=start)
@@ -132,10 +143,11 @@ def implied_parameters(model: Callable[[Tensor], Tensor], trajectories: Trajecto
 
 def readout_from_predictions(states: Float[Tensor, "batch pos 2"], predictions: Float[Tensor, "batch pos 2"],
                              omega0: Float[Tensor, " batch"], gamma: Float[Tensor, " batch"], dt: float, *,
-                             start: int = 2) -> ImpliedParameters:
+                             start: int | None = None) -> ImpliedParameters:
     """:func:`implied_parameters` from predictions already made: the implied map, its parameters and errors."""
     states, predictions = states.to(torch.float64).cpu(), predictions.to(torch.float64).cpu()
     omega0, gamma = omega0.to(torch.float64).cpu(), gamma.to(torch.float64).cpu()
+    start = default_start(states.shape[1]) if start is None else check_nonnegative_int("start", start)
     kernel = implied_kernel(states, predictions, start=start)
     truth = propagator(omega0, gamma, dt)
     params = parameters_from_propagator(kernel, dt)
@@ -155,5 +167,5 @@ def readout_from_predictions(states: Float[Tensor, "batch pos 2"], predictions: 
     )
 
 
-__all__ = ["ImpliedParameters", "implied_kernel", "implied_parameters", "parameter_directions", "predict_all_positions",
+__all__ = ["ImpliedParameters", "default_start", "implied_kernel", "implied_parameters", "parameter_directions", "predict_all_positions",
            "predictor_dtype", "readout_from_predictions"]

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from physlens._validation import check_nonnegative_int
 from physlens.models.organisms import check_noise, observation_scale
-from physlens.probes.implied import implied_kernel, predict_all_positions, predictor_dtype
+from physlens.probes.implied import default_start, implied_kernel, predict_all_positions, predictor_dtype
 from physlens.systems.oscillator import Trajectories, propagator
 
 RESOLUTION_FACTOR = 10.0
@@ -100,15 +100,16 @@ class NoiseCurve:
 
 
 def noise_curve(model: Callable[[Tensor], Tensor], trajectories: Trajectories, sigmas: Sequence[float], *, seed: int,
-                start: int = 2) -> NoiseCurve:
+                start: int | None = None) -> NoiseCurve:
     """The noise-injection curve of ``model`` on ``trajectories``: their first ``n_steps − 1`` states are
     the context, the last the clean target. The same standard-normal draw (from ``seed``) is scaled to
-    every σ, so the curve is smooth in σ and shared by every model run with the same seed.
+    every σ, so the curve is smooth in σ and shared by every model run with the same seed. The implied
+    maps use positions from ``start`` on (default :func:`~physlens.probes.default_start`).
 
     ``model`` runs in its own dtype; a nonzero σ too small for that dtype to represent is refused.
     """
     seed = check_nonnegative_int("seed", seed)
-    start = check_nonnegative_int("start", start)
+    start = default_start(trajectories.n_steps - 1) if start is None else check_nonnegative_int("start", start)
     if trajectories.n_steps < 2:
         raise ValueError(f"trajectories need a context and a target: at least 2 steps, got {trajectories.n_steps}")
     states = trajectories.states.to(device="cpu", dtype=torch.float64)
