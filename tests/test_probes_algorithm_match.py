@@ -28,6 +28,7 @@ from physlens.probes.algorithm_match import (
     curve_shape_distance,
     evaluate_candidates,
     identify_algorithm,
+    identify_oscillator_algorithm,
 )
 from physlens.probes.algorithms import compare_algorithms, fit_ar_candidates
 from physlens.probes.calibration import CALIBRATED_ANALYSES, calibrate_analyses, planted_organisms
@@ -181,6 +182,18 @@ def test_curve_distance_is_zero_for_the_same_algorithm_and_refuses_other_noise(d
     assert_allclose(prediction[1:], 0.0) and assert_allclose(kernel[1:], 0.0)
     with pytest.raises(ValueError, match="same trajectories, sigmas, start and seed"):
         curve_distance(a, noise_curve(LeastSquaresOrganism(7), data, SIGMAS, seed=2))
+
+
+def test_the_one_call_comparison_on_a_float32_system():
+    # As a study calls it: a float32 system (the comparison runs in float64), a short context, a few k.
+    system = OscillatorSystem(omega0={"range": [1.0, 4.0]}, gamma=0.1, dt=0.1)
+    match, candidates = identify_oscillator_algorithm(LeastSquaresOrganism(6, noise=0.003, seed=0, n_ctx=12), system, seed=5,
+                                                      context_length=12, context_lengths=[3, 5, 6, 7, 12], n_trajectories=32)
+    assert match.verdict == "least squares k=6"
+    assert candidates.trajectories.states.dtype == torch.float64 and candidates.start == 6
+    again, _ = identify_oscillator_algorithm(LeastSquaresOrganism(6, noise=0.003, seed=0, n_ctx=12), system, seed=5,
+                                             context_length=12, context_lengths=[3, 5, 6, 7, 12], n_trajectories=32)
+    assert again.distance == match.distance
 
 
 def test_candidates_and_match_arguments_are_checked(candidates):

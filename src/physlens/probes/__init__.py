@@ -121,6 +121,7 @@ from physlens.probes.algorithm_match import (
     curve_shape_distance,
     evaluate_candidates,
     identify_algorithm,
+    identify_oscillator_algorithm,
 )
 from physlens.probes.calibration import (
     CALIBRATED_ANALYSES,
@@ -174,6 +175,7 @@ __all__ = [
     "curve_shape_distance",
     "evaluate_candidates",
     "identify_algorithm",
+    "identify_oscillator_algorithm",
     "CALIBRATED_ANALYSES",
     "CARRIES_OMEGA0_R2",
     "CalibrationRow",

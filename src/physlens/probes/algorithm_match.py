@@ -309,6 +309,28 @@ def identify_algorithm(model: Callable[[Tensor], Tensor], candidates: CandidateS
                           shape_distance=shape)
 
 
+def identify_oscillator_algorithm(model: Callable[[Tensor], Tensor], system: OscillatorSystem, *, seed: int,
+                                  context_length: int = 40, context_lengths: Sequence[int] | None = None,
+                                  n_trajectories: int = 128, sigmas: Sequence[float] = DEFAULT_SIGMAS,
+                                  threshold: float = MATCH_DISTANCE) -> tuple[AlgorithmMatch, CandidateSet]:
+    """The whole comparison in one call, as a study runs it: candidates for every k in ``context_lengths``
+    (default 2 … ``context_length``) built and evaluated on ``n_trajectories`` fresh float64 contexts of
+    ``context_length`` states of ``system``, then ``model`` matched against them. ``seed`` fixes the AR
+    fits, the trajectories and the noise draw. Returns the match and the candidate set (reusable for
+    other models, e.g. a random-init control)."""
+    seed = check_nonnegative_int("seed", seed)
+    context_length = check_positive_int("context_length", context_length)
+    ks = range(2, context_length + 1) if context_lengths is None else context_lengths
+    system64 = OscillatorSystem(**{**system.to_dict(), "dtype": "float64", "device": "cpu"})
+    generator_seeds = np.random.SeedSequence(seed).generate_state(3)
+    candidates = evaluate_candidates(
+        build_candidates(system64, ks, seed=int(generator_seeds[0]), n_ctx=context_length),
+        system64.sample(check_positive_int("n_trajectories", n_trajectories), context_length + 1, seed=int(generator_seeds[1])),
+        sigmas, seed=int(generator_seeds[2]))
+    return identify_algorithm(model, candidates, threshold=threshold), candidates
+
+
 __all__ = ["AR_FAMILY", "CONTEXT_BLIND_FAMILY", "DEFAULT_SIGMAS", "FAMILIES", "FINITE_DIFFERENCE_FAMILY", "LEAST_SQUARES_FAMILY",
            "MATCH_DISTANCE", "NOISE_DOMINATED", "NO_MATCH", "ROUNDING_FACTOR", "AlgorithmMatch", "Candidate", "CandidateSet", "build_candidates", "candidate_name",
-           "curve_distance", "curve_shape_distance", "evaluate_candidates", "identify_algorithm"]
+           "curve_distance", "curve_shape_distance", "evaluate_candidates", "identify_algorithm",
+           "identify_oscillator_algorithm"]
