@@ -4,6 +4,21 @@ from physlens.models.base import MODEL_REGISTRY, HookedModel, register_model
 from physlens.models.cache import HookedModelCache
 from physlens.models.linear import LinearAutoregressive, sliding_windows
 from physlens.models.reference import ExactStep, InContextLeastSquares
+from physlens.models.organisms import (
+    AR_TRAINING_STEPS,
+    ARFilterOrganism,
+    BlendOrganism,
+    ContextBlindOrganism,
+    FiniteDifferenceOrganism,
+    LeastSquaresOrganism,
+    Organism,
+    OrganismConfig,
+    add_observation_noise,
+    check_noise,
+    fit_ar_filters,
+    observation_scale,
+    spec_mean,
+)
 from physlens.models.siamese import BottleneckConfig, BottleneckNetwork, SiameseConfig, SiameseTower
 from physlens.models.transformer import (
     PRESETS,
@@ -30,6 +45,19 @@ __all__ = [
     "EnsembleConfig",
     "ExactStep",
     "InContextLeastSquares",
+    "AR_TRAINING_STEPS",
+    "ARFilterOrganism",
+    "BlendOrganism",
+    "ContextBlindOrganism",
+    "FiniteDifferenceOrganism",
+    "LeastSquaresOrganism",
+    "Organism",
+    "OrganismConfig",
+    "add_observation_noise",
+    "check_noise",
+    "fit_ar_filters",
+    "observation_scale",
+    "spec_mean",
     "LinearAutoregressive",
     "sliding_windows",
     "MLPConfig",
