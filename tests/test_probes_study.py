@@ -103,6 +103,40 @@ def test_a_swap_test_on_a_fixed_omega0_system_is_refused():
         parse_analyses({"run": ["patching"]}, _model(), fixed, 6)
 
 
+def test_the_mechanism_analysis_reports_its_calibration_match_implied_map_and_patching():
+    cfg = TransformerConfig(d_model=4, n_layers=2, n_heads=2, d_head=2, n_ctx=24, causal=True, attn_only=False, dtype="float64", seed=5)
+    model = OscillatorTransformer(cfg).eval()
+    options = parse_analyses({"run": ["mechanism"], "mechanism": {"n_trajectories": 16, "n_pairs": 12, "calibration_seeds": 1}},
+                             model, SYSTEM, 24)
+    report = Report("tiny")
+    ctx = AnalysisContext(model=model, system=SYSTEM, seq_len=24, loss_positions="all", seed=0, progress=False, report=report)
+    run_analyses(ctx, options)
+    mechanism = report.metrics["analyses"]["mechanism"]
+    assert mechanism["calibration"]["all_right"]  # every calibrated analysis gave the planted answer
+    assert mechanism["match"]["verdict"] == "none"  # an untrained network runs none of the candidate algorithms
+    assert set(mechanism["patching"]["recovery"]) >= {"L0 resid_pre @ last", "L1 attn_out", "L1 mlp_out", "L1H1"}
+    assert mechanism["patching"]["recovery"]["L0 resid_pre @ last"]["estimate"] == pytest.approx(0.0, abs=1e-5)  # the shared final state
+    text = "\n".join(report.lines)
+    assert "How it predicts" in text[text.index("### Findings"):].splitlines()[2]  # the mechanism answer leads the findings
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ({"run": ["mechanism"], "mechanism": {"sigmas": [0.01, 0.1]}}, "sigmas: must include 0"),
+        ({"run": ["mechanism"], "mechanism": {"sigmas": [0.0, -0.1]}}, "sigmas: must be a list of at least 2 finite"),
+        ({"run": ["mechanism"], "mechanism": {"threshold": 1.5}}, "threshold: must lie in"),
+        ({"run": ["mechanism"], "mechanism": {"calibration_seeds": 0}}, "calibration_seeds: must be >= 1"),
+    ],
+)
+def test_bad_mechanism_options_are_refused_before_training(spec, message):
+    cfg = TransformerConfig(d_model=4, n_layers=1, n_heads=1, d_head=4, n_ctx=24, dtype="float64")
+    with pytest.raises(StudySpecError, match=message):
+        parse_analyses(spec, OscillatorTransformer(cfg), SYSTEM, 24)
+    with pytest.raises(StudySpecError, match="needs a context of at least 21 states"):
+        parse_analyses({"run": ["mechanism"]}, _model(), SYSTEM, 6)
+
+
 STUDY = """
 [study]
 name = "reopen"

@@ -108,3 +108,27 @@ def plot_group_patching(result: Any, *, title: str = "where the swapped context'
 
 
 __all__ = ["plot_algorithm_comparison", "plot_group_patching", "plot_steering", "plot_swap_test"]
+
+
+def plot_noise_curves(model_curve: Any, candidate_curves: dict[str, Any], *, title: str = "noise-injection curves") -> Figure:
+    """Next-step error and implied-map error against the observation noise σ added to the context.
+
+    ``model_curve`` and the values of ``candidate_curves`` are :class:`~physlens.probes.NoiseCurve`
+    objects drawn with the same seed; σ = 0 is drawn at the left edge of the log axis.
+    """
+    sigmas = np.asarray(model_curve.sigmas, dtype=float)
+    positive = sigmas[sigmas > 0]
+    zero_at = positive.min() / 3 if positive.size else 1e-4
+    x = np.where(sigmas > 0, sigmas, zero_at)
+    floor = np.finfo(float).tiny
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, field, label in ((axes[0], "error", "median next-step error ‖ŷ − y‖/‖y‖"),
+                             (axes[1], "kernel_error", "median implied-map error ‖K̂ − K‖/‖K‖")):
+        ax.plot(x, np.clip(getattr(model_curve, field), floor, None), color="k", lw=2.2, marker="o", label="model")
+        for i, (name, curve) in enumerate(candidate_curves.items()):
+            ax.plot(x, np.clip(getattr(curve, field), floor, None), color=f"C{i}", lw=1.2, marker=".", label=name)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xticks(x, ["0" if s == 0 else f"{s:g}" for s in sigmas], fontsize=7)
+        _finish(fig, ax, "observation noise σ (relative to the state's RMS)", label, title)
+    return fig

@@ -11,13 +11,16 @@ last prediction says how much of the inferred ω0 that site carries.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
 from physlens._validation import check_finite, check_positive_float, check_positive_int
+from physlens.stats import Interval, paired_interval
 from physlens.systems.oscillator import propagator
 
 OMEGA_MAX = 10.0
@@ -115,4 +118,112 @@ def implied_omega0_of_model(model: Any, inputs: Float[Tensor, "batch pos 2"], *,
     return implied_omega0_from_step(inputs[:, -1], output[:, -1], gamma=gamma, dt=dt)
 
 
-__all__ = ["OMEGA_MAX", "implied_omega0_from_step", "implied_omega0_metric", "implied_omega0_of_model"]
+CARRIER_SHARE = 0.8
+"""A component "carries" the inferred ω0 when patching it alone restores at least this share of the
+clean run's implied ω0 (mean recovery over pairs)."""
+
+
+def _slope(shift: np.ndarray, gap: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Least-squares slope through the origin of ``shift`` on ``gap``: Σ shift·gap / Σ gap²."""
+    return (shift * gap).sum(axis=axis) / (gap * gap).sum(axis=axis)
+
+
+@dataclass
+class ImpliedPatching:
+    """Implied-ω0 recovery when one component is patched from the clean run into the corrupted one.
+
+    Per pair, ``patched[name]`` is the implied ω0 of the last prediction with ``name`` patched, beside
+    ``clean`` and ``corrupted``. A component's recovery is the slope of ω̂_patched − ω̂_corrupted on
+    ω̂_clean − ω̂_corrupted over pairs (through the origin: Σ shift·gap / Σ gap², stable where single
+    pairs are noisy, and signed as the gap is), with a bootstrap interval over pairs. Names are ``"L{l} resid_pre @ last"`` (the residual stream entering layer l
+    at the last position only), ``"L{l} attn_out"``, ``"L{l} mlp_out"`` (the whole layer's output at
+    every position) and ``"L{l}H{h}"`` (one head's z at every position).
+    """
+
+    patched: dict[str, np.ndarray]  # component -> [pair] implied ω0 with that component patched
+    clean: np.ndarray  # [pair]
+    corrupted: np.ndarray  # [pair]
+    kinds: dict[str, str]  # component -> "last position" | "layer output" | "head"
+    seed: int = 0  # of the bootstrap
+
+    @property
+    def n_pairs(self) -> int:
+        """Number of clean/corrupted pairs."""
+        return int(self.clean.shape[0])
+
+    def recovery(self, name: str) -> Interval:
+        """Recovery of the implied ω0 with ``name`` patched, with a 95 % bootstrap interval over pairs."""
+        return paired_interval(_slope, self.patched[name] - self.corrupted, self.clean - self.corrupted,
+                               n_resamples=1000, seed=self.seed, vectorized=True)
+
+    def carriers(self, share: float = CARRIER_SHARE, kinds: tuple[str, ...] = ("layer output", "head")) -> list[str]:
+        """Components of ``kinds`` whose patch alone restores at least ``share`` of the implied ω0 (the
+        lower end of the interval), best first. Components that write into the stream (layer outputs
+        and heads) by default; the last position's residual stream says where ω0 has been gathered,
+        not who computed it."""
+        found = {n: self.recovery(n) for n in self.patched if self.kinds[n] in kinds}
+        return sorted((n for n, r in found.items() if r.low >= share), key=lambda n: found[n].estimate, reverse=True)
+
+    def gathered_from(self, share: float = CARRIER_SHARE) -> str | None:
+        """The first layer whose input at the last position alone restores ``share`` of the implied
+        ω0 (the lower end of the interval), or None: where the inferred ω0 has been gathered into the
+        position that predicts."""
+        for name in self.patched:
+            if self.kinds[name] == "last position" and self.recovery(name).low >= share:
+                return name
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary."""
+        return {"n_pairs": self.n_pairs, "recovery": {n: self.recovery(n).to_dict() for n in self.patched}, "kinds": self.kinds,
+                "carriers": self.carriers(), "gathered_from": self.gathered_from(),
+                "clean_minus_corrupted": float(np.mean(self.clean - self.corrupted))}
+
+
+def implied_omega0_patching(
+    model: Any, clean_inputs: Float[Tensor, "batch pos 2"], corrupted_inputs: Float[Tensor, "batch pos 2"], *,
+    gamma: float | Tensor, dt: float, seed: int = 0, progress: bool = False,
+) -> ImpliedPatching:
+    """Patch every layer's input at the last position, every layer's attention and MLP output and
+    every head's z (at every position) from the clean run into the corrupted one, and read the
+    implied ω0 of the last prediction (:func:`implied_omega0_from_step`) each time.
+
+    Clean and corrupted contexts must end in the same state (swap pairs), so the implied ω0 differs
+    only through what the model inferred from the context. ``model`` needs TransformerLens-style
+    hooks ``blocks.{l}.hook_resid_pre``, ``hook_attn_out``, ``hook_mlp_out`` (when it has MLPs) and
+    ``attn.hook_z``, and a ``cfg`` with ``n_layers``.
+    """
+    from physlens.probes.patching import patching_sweep  # patching imports activations, which import probes here
+
+    if clean_inputs.shape != corrupted_inputs.shape or clean_inputs.ndim != 3:
+        raise ValueError(f"clean and corrupted inputs must be [batch, pos, 2] of one shape, got {list(clean_inputs.shape)} and {list(corrupted_inputs.shape)}")
+    final = clean_inputs[:, -1]
+    if not torch.allclose(final.double(), corrupted_inputs[:, -1].double(), rtol=1e-5, atol=1e-7):
+        raise ValueError("clean and corrupted contexts must end in the same state (use OscillatorSystem.sample_swap_pairs)")
+
+    def read(output: Tensor) -> Tensor:
+        return implied_omega0_from_step(final.detach(), output[:, -1].detach(), gamma=gamma, dt=dt).to(output.dtype)
+
+    with torch.no_grad():
+        clean, corrupted = read(model(clean_inputs)), read(model(corrupted_inputs))
+    last = clean_inputs.shape[1] - 1
+    patched: dict[str, np.ndarray] = {}
+    kinds: dict[str, str] = {}
+    n_layers, hook_names = model.cfg.n_layers, set(model.hook_dict)
+
+    def add(result: Any, names: list[str], kind: str) -> None:
+        for name, row in zip(names, result.values):  # [cell, example] (reduce="none")
+            patched[name], kinds[name] = row.detach().double().cpu().numpy(), kind
+
+    result = patching_sweep(model, clean_inputs, corrupted_inputs, site="resid_pre", positions=[last], metric=read, progress=progress)
+    add(result, [f"L{layer} resid_pre @ last" for layer in range(n_layers)], "last position")
+    for site in ("attn_out", "mlp_out"):
+        if all(f"blocks.{layer}.hook_{site}" in hook_names for layer in range(n_layers)):
+            result = patching_sweep(model, clean_inputs, corrupted_inputs, site=site, per_position=False, metric=read, progress=progress)
+            add(result, [f"L{layer} {site}" for layer in range(n_layers)], "layer output")
+    result = patching_sweep(model, clean_inputs, corrupted_inputs, site="z", per_position=False, metric=read, progress=progress)
+    add(result, [f"L{int(r['layer'])}H{int(r['head'])}" for _, r in result.index_df.iterrows()], "head")
+    return ImpliedPatching(patched, clean.double().cpu().numpy(), corrupted.double().cpu().numpy(), kinds, seed=seed)
+
+
+__all__ = ["CARRIER_SHARE", "ImpliedPatching", "implied_omega0_patching", "OMEGA_MAX", "implied_omega0_from_step", "implied_omega0_metric", "implied_omega0_of_model"]
