@@ -14,7 +14,7 @@ from physlens.plots.invariants import (
     plot_latent_vs_invariant,
 )
 from physlens.plots.training import plot_loss_curve, plot_phase_space, plot_rollout_error
-from physlens.plots.evidence import plot_algorithm_comparison, plot_group_patching, plot_steering, plot_swap_test
+from physlens.plots.evidence import plot_algorithm_comparison, plot_group_patching, plot_noise_curves, plot_steering, plot_swap_test
 from physlens.plots.fma import (
     plot_loss_by_mode,
     plot_mode_gallery,
@@ -24,6 +24,7 @@ from physlens.plots.fma import (
 )
 
 __all__ = [
+    "plot_noise_curves",
     "plot_algorithm_comparison",
     "plot_group_patching",
     "plot_steering",

@@ -132,12 +132,53 @@ from physlens.probes.calibration import (
     calibrate_analyses,
     planted_organisms,
 )
+from physlens.probes.baselines import input_baseline_r2, input_features
+from physlens.probes.implied_step import (
+    CARRIER_SHARE,
+    ImpliedPatching,
+    implied_omega0_from_step,
+    implied_omega0_metric,
+    implied_omega0_of_model,
+    implied_omega0_patching,
+)
 from physlens.probes.nonlinear import mlp_probe, mlp_probe_r2
+from physlens.probes.populations import (
+    RidgeValleySplit,
+    StabilityRow,
+    ari_interval,
+    balanced_accuracy,
+    best_member,
+    crease_orientation,
+    label_stability,
+    label_switches,
+    refined_classes,
+    ridge_valley_split,
+    transfer_scores,
+)
 from physlens.probes.parity import ParityReport, parity_report, pattern_features, quadratic_features
 from physlens.probes.selection import SiteSelection, nested_cv_r2, select_sites, site_features
 from physlens.probes.steering import ProbeDirection, SteeringResult, fit_probe_direction, model_fingerprint, steering_sweep
 
 __all__ = [
+    "CARRIER_SHARE",
+    "ImpliedPatching",
+    "implied_omega0_from_step",
+    "implied_omega0_metric",
+    "implied_omega0_of_model",
+    "implied_omega0_patching",
+    "input_baseline_r2",
+    "input_features",
+    "RidgeValleySplit",
+    "StabilityRow",
+    "ari_interval",
+    "balanced_accuracy",
+    "best_member",
+    "crease_orientation",
+    "label_stability",
+    "label_switches",
+    "refined_classes",
+    "ridge_valley_split",
+    "transfer_scores",
     "AlgorithmComparison",
     "compare_algorithms",
     "fit_ar_candidates",
