@@ -23,7 +23,7 @@ from physlens.models.base import HookedModel, HookPoint, register_model
 
 CHANNELS = ("planted", "none")
 """``"planted"``: the planted head writes its ω0 estimate; ``"none"``: the null organism, whose planted
-head is an ordinary averaging head that writes nothing, so the stepper always uses the reference ω0."""
+head is an ordinary head that writes nothing, so the stepper always uses the reference ω0."""
 
 FRAME = {"x": 0, "p": 1, "channel": 2, "out_x": 3, "out_p": 4, "distractor": 5}
 """Columns of the organism's orthonormal frame that carry something: the current state (x, p), the
@@ -187,10 +187,11 @@ class PlantedAttention(nn.Module):
     """Attention with input-independent positional patterns; the planted (and distractor) head reads ω0.
 
     Every head's value is the current state (``W_V`` projects onto the state directions) and its
-    queries and keys are zero, so its scores are a fixed positional table: ordinary heads average
-    every earlier position; a *reader* head (the planted head when the channel is planted, and the
-    distractor) attends to its three source positions. An ordinary head's ``z`` is the weighted sum
-    of its values; a reader head's ``z`` replaces that sum by the nonlinear readout
+    queries and keys are zero, so its scores are a fixed positional table: ordinary heads attend to
+    their own position (so every activation of the null organism is a function of the current state);
+    a *reader* head (the planted head when the channel is planted, and the distractor) attends to its
+    three source positions. An ordinary head's ``z`` is the weighted sum of its values (the current
+    state); a reader head's ``z`` replaces that sum by the nonlinear readout
     :func:`three_state_omega0` of the values at its source positions — ``z[..., 0] = gain·(ω̂ − ω̄)``,
     the rest zero, and zero at positions before its sources are complete. ``W_O`` maps the planted
     head's ``z[..., 0]`` onto the channel direction, the distractor's onto its own direction, and
@@ -235,9 +236,8 @@ class PlantedAttention(nn.Module):
     def _position_scores(self) -> Tensor:
         cfg = self.cfg
         n = cfg.n_ctx
-        causal = torch.ones(n, n, dtype=torch.bool).tril()
         scores = torch.full((cfg.n_heads, n, n), float("-inf"), dtype=torch.float64)
-        scores[:, causal] = 0.0
+        scores[:, torch.arange(n), torch.arange(n)] = 0.0  # ordinary heads attend to their own position
         for head in self.readers:
             scores[head] = float("-inf")
             for query in range(n):
