@@ -21,6 +21,7 @@ from physlens.probes.planted import (
     ANALYSES,
     ORGANISMS,
     calibration_rows,
+    calibration_table,
     claimed_patching_cells,
     claimed_probe_sites,
     expected_ablation_components,
@@ -278,3 +279,13 @@ def test_calibration_rows_refuse_bad_arguments():
         calibration_rows(n_ctx=10)
     with pytest.raises(ValueError, match="name"):
         make_organism("planted-elsewhere")
+
+
+def test_calibration_table_renders_every_row():
+    rows = calibration_rows(organisms=["null"], analyses=["probes", "mean ablation"], seeds=(0,), n_trajectories=32)
+    table = calibration_table(rows).splitlines()
+    assert len(table) == 2 + len(rows)
+    assert table[2].startswith("| probes | null | nothing | seed 0: 0 sites") and "| yes |" in table[2]
+    assert table[3].split("|")[6].strip() == "1.00"  # the stepper is the one component whose ablation matters
+    with pytest.raises(ValueError, match="lacks"):
+        calibration_table([{"analysis": "probes"}])

@@ -412,6 +412,27 @@ def calibration_rows(
     return rows
 
 
+def calibration_table(rows: Sequence[dict[str, Any]]) -> str:
+    """A Markdown table of :func:`calibration_rows` (analysis, organism, expected, found, correct,
+    power, false-positive rate, seeds), for the docs: every cell comes from the rows."""
+    def number(value: Any) -> str:
+        return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.2f}"
+
+    def cell(text: Any) -> str:
+        return str(text).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| analysis | organism | expected | found | correct | power | false-positive rate | seeds |",
+             "|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        missing = {"analysis", "organism", "expected", "found", "correct", "power", "false_positive_rate", "n_seeds"} - set(row)
+        if missing:
+            raise ValueError(f"rows must be calibration_rows output; a row lacks {sorted(missing)}")
+        lines.append("| " + " | ".join([cell(row["analysis"]), cell(row["organism"]), cell(row["expected"]), cell(row["found"]),
+                                        "yes" if row["correct"] else "**no**", number(row["power"]),
+                                        number(row["false_positive_rate"]), str(row["n_seeds"])]) + " |")
+    return "\n".join(lines) + "\n"
+
+
 __all__ = [
     "ANALYSES",
     "CLAIM_R2",
@@ -422,6 +443,7 @@ __all__ = [
     "ORGANISMS",
     "PATCHING_SITES",
     "calibration_rows",
+    "calibration_table",
     "claimed_patching_cells",
     "claimed_probe_sites",
     "expected_ablation_components",
