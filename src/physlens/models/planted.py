@@ -353,7 +353,10 @@ class PlantedOrganism(HookedModel):
     ``cfg.channel="none"`` (the null organism) the channel stays empty and the model steps every
     state with the reference ω̄: its residual stream holds functions of the current state only.
 
-    All directions come from a random orthonormal frame drawn from ``cfg.seed``.
+    All directions come from a random orthonormal frame drawn from ``cfg.seed``, so a re-seeded copy
+    (what :func:`~physlens.probes.linear_probe.random_init_copy` makes, and ``probe_sweep``'s default
+    control) is the same mechanism along other directions and carries ω0 too: probe it against
+    :func:`physlens.probes.planted.random_transformer_control` or the null organism instead.
     """
 
     config_class = PlantedConfig

@@ -21,7 +21,7 @@ from physlens.models.transformer import OscillatorTransformer, TransformerConfig
 from physlens.probes.ablation import Component, ablation_sweep, model_components
 from physlens.probes.attribution import attribution_patching_sweep, patching_agreement
 from physlens.probes.linear_probe import ProbeResult, probe_sweep
-from physlens.probes.patching import patching_sweep
+from physlens.probes.patching import group_patching, patching_sweep
 from physlens.probes.steering import ProbeDirection, SteeringResult, fit_probe_direction, steering_sweep
 from physlens.systems.oscillator import OscillatorSystem
 from physlens.systems.params import Uniform
@@ -31,7 +31,7 @@ ORGANISMS = ("planted", "latest-window", "null")
 states (with a distractor head in layer 1 that writes the same estimate where nothing reads it); the
 same with the estimate taken from the three latest states; and the null organism."""
 
-ANALYSES = ("probes", "activation patching", "attribution patching", "steering", "steering (distractor site)", "mean ablation")
+ANALYSES = ("probes", "activation patching", "attribution patching", "group patching", "steering", "steering (distractor site)", "mean ablation")
 """Analyses :func:`calibration_rows` calibrates, each on every organism."""
 
 CLAIM_R2 = 0.5
@@ -280,6 +280,24 @@ def _patching_seed(model: PlantedOrganism, system: OscillatorSystem, seed: int, 
     return out
 
 
+def _group_seed(model: PlantedOrganism, system: OscillatorSystem, seed: int, n_pairs: int) -> dict[str, Any]:
+    n_ctx = model.cfg.n_ctx
+    last = n_ctx - 1
+    clean, corrupted = system.sample_swap_pairs(n_pairs, n_ctx, seed=seed)
+    try:
+        groups = group_patching(model, clean.states, corrupted.states, {"context": list(range(last)), "last": [last]}, site="resid_pre")
+    except ValueError as error:
+        if "identical predictions" not in str(error):
+            raise
+        return {"seed": seed, "found": "refused: the clean and corrupted predictions coincide", "correct": model.cfg.channel != "planted"}
+    context, final = groups.mean("context").numpy(), groups.mean("last").numpy()
+    written = model.cfg.planted_layer  # the channel enters the last position in this layer's attention
+    expected_context = np.array([1.0 if layer <= written else 0.0 for layer in groups.layers])
+    correct = model.cfg.channel == "planted" and np.allclose(context, expected_context, atol=1e-6) and np.allclose(final, 1 - expected_context, atol=1e-6)
+    return {"seed": seed, "found": f"context {np.round(context, 3).tolist()}, last position {np.round(final, 3).tolist()} by layer",
+            "context_recovery": context.tolist(), "last_recovery": final.tolist(), "correct": bool(correct)}
+
+
 def steering_claim(result: SteeringResult) -> str:
     """What a steering result claims, read as the oscillator study reads it: ``"reads"`` (the model
     reads the direction as ω0: the slope's interval lies above 0.5), ``"partial"`` (the slope is
@@ -350,6 +368,9 @@ EXPECTED = {
     ("activation patching", "planted"): "L0H0 (z), L0 attn_out and L1 resid_pre at the last position, the stepper; beside them only the three source states",
     ("activation patching", "latest-window"): "L0H0 (z), L0 attn_out and L1 resid_pre at the last position, the stepper; beside them only the three source states",
     ("activation patching", "null"): "nothing (the predictions of a pair coincide)",
+    ("group patching", "planted"): "resid_pre: the context carries all at layer 0, the last position all from layer 1 on",
+    ("group patching", "latest-window"): "resid_pre: the context carries all at layer 0, the last position all from layer 1 on",
+    ("group patching", "null"): "nothing (the predictions of a pair coincide)",
     ("steering", "planted"): "slope (u·e)/gain ≈ 1: the stepper reads the channel",
     ("steering", "latest-window"): "slope > 1: the organism reads the channel but re-estimates ω0 from its own steered rollout, so the push compounds",
     ("steering", "null"): "no claim (or refused): nothing reads a direction carrying ω0",
@@ -404,6 +425,8 @@ def calibration_rows(
                     per_seed.append(_probe_seed(model, system, seed, n_trajectories))
                 elif analysis in ("activation patching", "attribution patching"):
                     per_seed.append(_patching_seed(model, system, seed, n_pairs, analysis == "attribution patching"))
+                elif analysis == "group patching":
+                    per_seed.append(_group_seed(model, system, seed, n_pairs))
                 elif analysis.startswith("steering"):
                     per_seed.append(_steering_seed(model, system, seed, n_trajectories, analysis == "steering (distractor site)"))
                 else:
