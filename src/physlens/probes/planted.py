@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import torch
 from transformer_lens.patching import PatchingResult
 
 from physlens._validation import check_choice, check_nonnegative_int, check_positive_int
