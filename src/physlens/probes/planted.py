@@ -175,7 +175,9 @@ def expected_steering_slope(model: PlantedOrganism, direction: ProbeDirection) -
     before the last MLP moves the ω0 of every rollout step by α·(u·e)/gain — when the estimate itself
     comes from fixed context positions (``source_start``) that the rollout window still holds. When it
     comes from the three latest states, the model re-estimates ω0 from its own steered rollout and the
-    push compounds: no closed form (None).
+    push compounds: no closed form (None). The formula holds for a push without components along the
+    state and output directions, which also move the rollout (a probe fitted where ω0 is readable
+    has next to none; one fitted where it is not, as on the null organism, may be nothing else).
     """
     cfg = model.cfg
     parts = direction.hook.split(".")
