@@ -289,3 +289,26 @@ def test_calibration_table_renders_every_row():
     assert table[3].split("|")[6].strip() == "1.00"  # the stepper is the one component whose ablation matters
     with pytest.raises(ValueError, match="lacks"):
         calibration_table([{"analysis": "probes"}])
+
+
+# --- the oscillator study's sentences on the organisms ------------------------------------------
+
+def _study_findings(model, analysis: str, options: dict) -> list[str]:
+    from physlens.studies.oscillator_analyses import AnalysisContext, parse_analyses, run_analyses
+
+    system = omega0_system()
+    parsed = parse_analyses({"run": [analysis], analysis: options}, model, system, N_CTX)
+    ctx = AnalysisContext(model=model, system=system, seq_len=N_CTX, loss_positions="last", seed=0, progress=False)
+    run_analyses(ctx, parsed)
+    return ctx.findings
+
+
+def test_study_patching_names_the_planted_cells_and_says_nothing_on_the_null(planted, null):
+    findings = _study_findings(planted, "patching", {"n_pairs": 8})
+    assert any("best single cell (layer 0, head 0) recovers 1" in f for f in findings)
+    assert any("best single cell (layer 0, pos 15) recovers 1" in f for f in findings)  # attn_out
+    null_findings = _study_findings(null, "patching", {"n_pairs": 8})
+    assert null_findings == [
+        "Patching: for every pair the clean and corrupted contexts give the same last prediction, so the prediction does "
+        "not depend on what differs (omega0) there: nothing to localise."
+    ]

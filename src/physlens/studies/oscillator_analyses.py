@@ -647,6 +647,19 @@ def _run_patching(ctx: AnalysisContext, opts: dict[str, Any]) -> None:
         + " Metric: recovery 1 − ‖y_patched − y_clean‖/‖y_corrupted − y_clean‖ of the last-position prediction (1 = clean restored)."
     )
     last = ctx.seq_len - 1
+    with torch.no_grad():
+        gap = torch.linalg.vector_norm(model(clean.states)[:, -1] - model(corrupted.states)[:, -1], dim=-1)
+        size = torch.linalg.vector_norm(model(clean.states)[:, -1], dim=-1).clamp_min(1e-30)
+    blind = int((gap <= 1e-12 * size).sum())
+    if blind:
+        # Recovery is undefined for such pairs; a model that ignores the context gives nothing else.
+        share = "every pair" if blind == len(gap) else f"{blind} of {len(gap)} pairs"
+        report.paragraph(f"Patching skipped: for {share} the model's last prediction is the same in both runs, so there is "
+                         "no difference for a patch to recover.")
+        ctx.findings.append(f"Patching: for {share} the clean and corrupted contexts give the same last prediction, so the "
+                            f"prediction does not depend on what differs ({opts['vary']}) there: nothing to localise.")
+        ctx.metrics["patching"] = {"skipped": "identical predictions", "n_identical_pairs": blind, "n_pairs": len(gap)}
+        return
     groups = group_patching(model, clean.states, corrupted.states,
                             {"every position but the last": list(range(last)), "the last position only": [last]}, site="resid_pre")
     rows = [[layer] + [f"{format_number(float(groups.mean(g)[i]))} ± {format_number(float(groups.stderr(g)[i]))}" for g in groups.groups]
