@@ -312,3 +312,12 @@ def test_study_patching_names_the_planted_cells_and_says_nothing_on_the_null(pla
         "Patching: for every pair the clean and corrupted contexts give the same last prediction, so the prediction does "
         "not depend on what differs (omega0) there: nothing to localise."
     ]
+
+
+def test_study_ablation_ranks_the_planted_head_and_nothing_on_the_null(planted, null):
+    options = {"n_trajectories": 32, "rollout_trajectories": 4, "rollout_steps": 3, "methods": ["mean"]}
+    findings = _study_findings(planted, "ablation", options)
+    assert findings[0].startswith("Mean-ablating layer 0 head 0 hurts most among heads")
+    null_findings = _study_findings(null, "ablation", options)
+    assert len(null_findings) == 1 and "hurts most" not in null_findings[0]
+    assert "leaves the next-step loss at" in null_findings[0] and "(largest ×1)" in null_findings[0]

@@ -608,6 +608,14 @@ def _run_ablation(ctx: AnalysisContext, opts: dict[str, Any]) -> None:
         worst_layer = int(np.argmax(result.attn_loss))
         rows.append([method, result.baseline_loss, f"L{layer} H{head}", result.head_loss[layer, head], f"L{worst_layer}", result.attn_loss[worst_layer]])
         report.figure(f"ablation_{method}", plot_ablation_grid(result), f"{method} ablation: next-step loss relative to the unablated model.")
+        unchanged = result.baseline_loss * (1 + 1e-6)  # "hurts most" would rank round-off
+        if result.head_loss[layer, head] <= unchanged and result.attn_loss[worst_layer] <= unchanged:
+            ctx.findings.append(
+                f"{method.capitalize()}-ablating any head or whole attention layer leaves the next-step loss at "
+                f"{format_number(result.baseline_loss)} (largest ×{format_number(result.attn_loss[worst_layer] / result.baseline_loss)}): "
+                "the prediction does not depend on what attention writes."
+            )
+            continue
         ctx.findings.append(
             f"{method.capitalize()}-ablating layer {layer} head {head} hurts most among heads: next-step loss "
             f"{format_number(result.head_loss[layer, head])} vs {format_number(result.baseline_loss)} unablated "
