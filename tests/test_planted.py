@@ -321,3 +321,14 @@ def test_study_ablation_ranks_the_planted_head_and_nothing_on_the_null(planted, 
     null_findings = _study_findings(null, "ablation", options)
     assert len(null_findings) == 1 and "hurts most" not in null_findings[0]
     assert "leaves the next-step loss at" in null_findings[0] and "(largest ×1)" in null_findings[0]
+
+
+def test_study_steering_reads_the_channel_and_gives_the_null_no_wrong_reason(planted, null):
+    options = {"n_trajectories": 16, "n_probe_trajectories": 64, "hooks": ["blocks.0.hook_resid_mid"]}
+    findings = _study_findings(planted, "steering", options)
+    assert "is dω0/dα = 1 [1, 1]" in findings[0] and findings[0].endswith("the model reads this direction as its ω0.")
+    null_findings = _study_findings(null, "steering", options)
+    assert len(null_findings) == 1 and "reads this direction" not in null_findings[0]
+    # The probe decodes nothing, so its push is enormous and the rollouts break: said so, not blamed on the model.
+    assert null_findings[0].startswith("Steering was skipped") and "decode omega0 poorly" in null_findings[0]
+    assert "no oscillation" not in null_findings[0]

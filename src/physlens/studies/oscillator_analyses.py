@@ -541,7 +541,7 @@ def _run_steering(ctx: AnalysisContext, opts: dict[str, Any]) -> None:
         try:
             result = steering_sweep(ctx.model, direction, contexts, alphas, n_steps=opts["n_steps"], positions=opts["positions"],
                                     seed=ctx.stream("steering control direction"))
-        except ValueError as error:  # the model's rollouts are no oscillation to read a frequency from
+        except ValueError as error:  # no readable frequency in the steered or the randomly pushed rollouts
             rows.append([_short_site(site), direction.cv_r2, f"skipped: {error}", "", ""])
             results[f"{hook}@{position}"] = {"skipped": str(error), "direction": direction.to_dict()}
             continue
@@ -553,7 +553,13 @@ def _run_steering(ctx: AnalysisContext, opts: dict[str, Any]) -> None:
     report.table(["site", "probe R²", "slope dω0/dα [95 % CI]", "random direction", "rollouts with a readable frequency"], rows)
     ctx.metrics["steering"] = {"sites": results, "positions": opts["positions"], "target": target}
     if best is None:
-        ctx.findings.append("Steering was skipped at every site: the model's rollouts are no oscillation to read a frequency from.")
+        best_r2 = max(entry["direction"]["cv_r2"] for entry in results.values())
+        pushes = [float(np.linalg.norm(entry["direction"]["coef"])) for entry in results.values()]
+        why = (f" The probes there decode {target} poorly (best held-out R² {format_number(best_r2)}), and a push α·w/‖w‖² grows as "
+               f"the probe's weights shrink (‖w/‖w‖²‖ up to {format_number(1 / max(min(pushes), 1e-300))}): such pushes say nothing "
+               "about how the model uses a direction." if best_r2 < 0.5 else "")
+        ctx.findings.append("Steering was skipped at every site: for fewer than 2 contexts did the steered and the randomly "
+                            "pushed rollouts stay oscillations with a readable frequency at every α." + why)
         return
     site, result = best
     ctx.metrics["steering"]["largest"] = {"site": list(site), "slope": result.slope.to_dict(), "control_slope": result.control_slope.to_dict()}
