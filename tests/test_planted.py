@@ -332,3 +332,18 @@ def test_study_steering_reads_the_channel_and_gives_the_null_no_wrong_reason(pla
     # The probe decodes nothing, so its push is enormous and the rollouts break: said so, not blamed on the model.
     assert null_findings[0].startswith("Steering was skipped") and "decode omega0 poorly" in null_findings[0]
     assert "no oscillation" not in null_findings[0]
+
+
+def test_where_the_channel_is_written_and_read_from(planted, system):
+    latest = make_organism("latest-window", n_ctx=N_CTX)
+    assert planted.channel_positions(N_CTX) == latest.channel_positions(N_CTX) == list(range(2, N_CTX))
+    assert planted.source_positions(1) is None and planted.source_positions(9) == [0, 1, 2]
+    assert latest.source_positions(9) == [7, 8, 9]
+    assert planted.W_O.shape == (2, 2, 2, 8) and planted.W_V.shape == (2, 2, 8, 2)
+    assert float((planted.W_Q.abs().sum() + planted.W_K.abs().sum()).detach()) == 0.0  # patterns are positional
+    written = planted.W_O[0, 0, 0]  # the planted head's first z component, in the residual stream
+    assert_allclose(written.detach().numpy(), planted.channel_direction.numpy(), atol=1e-15)
+    # The loss form of the call backpropagates into every hook, as on the transformer.
+    inputs, targets = system.sample(4, N_CTX + 1, seed=14).inputs_targets()
+    loss, cache = planted.run_with_cache(inputs, return_type="loss", targets=targets, incl_bwd=True)
+    assert float(loss.detach()) < 1e-3 and cache["blocks.0.hook_attn_out_grad"].shape == (4, N_CTX, 8)
