@@ -704,7 +704,7 @@ def _run_steering(ctx: AnalysisContext, opts: dict[str, Any]) -> None:
         try:
             result = steering_sweep(ctx.model, direction, contexts, alphas, n_steps=opts["n_steps"], positions=opts["positions"],
                                     seed=ctx.stream("steering control direction"))
-        except ValueError as error:  # the model's rollouts are no oscillation to read a frequency from
+        except ValueError as error:  # no readable frequency in the steered or the randomly pushed rollouts
             rows.append([_short_site(site), direction.cv_r2, f"skipped: {error}", "", ""])
             results[f"{hook}@{position}"] = {"skipped": str(error), "direction": direction.to_dict()}
             continue
@@ -716,7 +716,13 @@ def _run_steering(ctx: AnalysisContext, opts: dict[str, Any]) -> None:
     report.table(["site", "probe R²", "slope dω0/dα [95 % CI]", "random direction", "rollouts with a readable frequency"], rows)
     ctx.metrics["steering"] = {"sites": results, "positions": opts["positions"], "target": target}
     if best is None:
-        ctx.findings.append("Steering was skipped at every site: the model's rollouts are no oscillation to read a frequency from.")
+        best_r2 = max(entry["direction"]["cv_r2"] for entry in results.values())
+        pushes = [float(np.linalg.norm(entry["direction"]["coef"])) for entry in results.values()]
+        why = (f" The probes there decode {target} poorly (best held-out R² {format_number(best_r2)}), and a push α·w/‖w‖² grows as "
+               f"the probe's weights shrink (‖w/‖w‖²‖ up to {format_number(1 / max(min(pushes), 1e-300))}): such pushes say nothing "
+               "about how the model uses a direction." if best_r2 < 0.5 else "")
+        ctx.findings.append("Steering was skipped at every site: for fewer than 2 contexts did the steered and the randomly "
+                            "pushed rollouts stay oscillations with a readable frequency at every α." + why)
         return
     site, result = best
     ctx.metrics["steering"]["largest"] = {"site": list(site), "slope": result.slope.to_dict(), "control_slope": result.control_slope.to_dict()}
@@ -771,6 +777,14 @@ def _run_ablation(ctx: AnalysisContext, opts: dict[str, Any]) -> None:
         worst_layer = int(np.argmax(result.attn_loss))
         rows.append([method, result.baseline_loss, f"L{layer} H{head}", result.head_loss[layer, head], f"L{worst_layer}", result.attn_loss[worst_layer]])
         report.figure(f"ablation_{method}", plot_ablation_grid(result), f"{method} ablation: next-step loss relative to the unablated model.")
+        unchanged = result.baseline_loss * (1 + 1e-6)  # "hurts most" would rank round-off
+        if result.head_loss[layer, head] <= unchanged and result.attn_loss[worst_layer] <= unchanged:
+            ctx.findings.append(
+                f"{method.capitalize()}-ablating any head or whole attention layer leaves the next-step loss at "
+                f"{format_number(result.baseline_loss)} (largest ×{format_number(result.attn_loss[worst_layer] / result.baseline_loss)}): "
+                "the prediction does not depend on what attention writes."
+            )
+            continue
         ctx.findings.append(
             f"{method.capitalize()}-ablating layer {layer} head {head} hurts most among heads: next-step loss "
             f"{format_number(result.head_loss[layer, head])} vs {format_number(result.baseline_loss)} unablated "
@@ -810,6 +824,19 @@ def _run_patching(ctx: AnalysisContext, opts: dict[str, Any]) -> None:
         + " Metric: recovery 1 − ‖y_patched − y_clean‖/‖y_corrupted − y_clean‖ of the last-position prediction (1 = clean restored)."
     )
     last = ctx.seq_len - 1
+    with torch.no_grad():
+        gap = torch.linalg.vector_norm(model(clean.states)[:, -1] - model(corrupted.states)[:, -1], dim=-1)
+        size = torch.linalg.vector_norm(model(clean.states)[:, -1], dim=-1).clamp_min(1e-30)
+    blind = int((gap <= 1e-12 * size).sum())
+    if blind:
+        # Recovery is undefined for such pairs; a model that ignores the context gives nothing else.
+        share = "every pair" if blind == len(gap) else f"{blind} of {len(gap)} pairs"
+        report.paragraph(f"Patching skipped: for {share} the model's last prediction is the same in both runs, so there is "
+                         "no difference for a patch to recover.")
+        ctx.findings.append(f"Patching: for {share} the clean and corrupted contexts give the same last prediction, so the "
+                            f"prediction does not depend on what differs ({opts['vary']}) there: nothing to localise.")
+        ctx.metrics["patching"] = {"skipped": "identical predictions", "n_identical_pairs": blind, "n_pairs": len(gap)}
+        return
     groups = group_patching(model, clean.states, corrupted.states,
                             {"every position but the last": list(range(last)), "the last position only": [last]}, site="resid_pre")
     rows = [[layer] + [f"{format_number(float(groups.mean(g)[i]))} ± {format_number(float(groups.stderr(g)[i]))}" for g in groups.groups]
