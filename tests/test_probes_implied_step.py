@@ -59,3 +59,20 @@ def test_bad_arguments_are_named(kwargs, message) -> None:
         implied_omega0_from_step(torch.zeros(3, 2), torch.zeros(3, 2), **args)
     with pytest.raises(ValueError, match=r"\[batch, 2\]"):
         implied_omega0_from_step(torch.zeros(3, 3), torch.zeros(3, 3), gamma=0.1, dt=0.1)
+
+
+def test_implied_patching_finds_the_planted_channel_and_nothing_else() -> None:
+    from physlens.probes.implied_step import implied_omega0_patching
+    from physlens.probes.planted import make_organism, omega0_system
+
+    organism = make_organism("planted", n_ctx=16, seed=0)  # ω0 written by L0H0 from states 0–2, a distractor at L1H1
+    a, b = omega0_system().sample_swap_pairs(48, 16, seed=3)
+    patched = implied_omega0_patching(organism, a.states, b.states, gamma=0.1, dt=0.1)
+    for name in ("L0H0", "L0 attn_out", "L1 resid_pre @ last"):
+        assert patched.recovery(name).estimate == pytest.approx(1.0, abs=1e-6), name
+    for name in ("L0H1", "L1H0", "L1H1", "L0 mlp_out", "L1 attn_out", "L0 resid_pre @ last"):
+        assert abs(patched.recovery(name).estimate) < 1e-6, name  # off the causal graph (L1H1 writes a direction nothing reads)
+    assert set(patched.carriers()) == {"L0H0", "L0 attn_out", "L1 mlp_out"}  # the planted write, and the stepper that reads it
+    assert patched.gathered_from() == "L1 resid_pre @ last"
+    with pytest.raises(ValueError, match="nothing to localise"):
+        implied_omega0_patching(make_organism("null", n_ctx=16), a.states, b.states, gamma=0.1, dt=0.1)

@@ -206,6 +206,9 @@ def implied_omega0_patching(
 
     with torch.no_grad():
         clean, corrupted = read(model(clean_inputs)), read(model(corrupted_inputs))
+    if float((clean - corrupted).abs().max()) < 1e-6:
+        raise ValueError("the model's implied ω0 is the same for every clean and corrupted context: its last prediction does not "
+                         "depend on the ω0 of the context, so there is nothing to localise")
     last = clean_inputs.shape[1] - 1
     patched: dict[str, np.ndarray] = {}
     kinds: dict[str, str] = {}
