@@ -62,6 +62,11 @@ HEADLINE_TARGET = "omega0"
 CALIBRATION_CONTEXT = 21
 """The shortest context the mechanism analysis accepts: its calibration organisms include least squares over 20 states."""
 
+ATTRIBUTION_AGREEMENT = 0.9
+"""Attribution patching may rank cells in place of exact patching only where the lower end of the
+interval of its Pearson correlation with exact patching reaches this."""
+
+
 FAILED_ROLLOUT = 1.0
 """A rollout whose median relative error reaches this has lost the trajectory (it is as far off as predicting 0)."""
 
@@ -846,7 +851,7 @@ def _run_patching(ctx: AnalysisContext, opts: dict[str, Any]) -> None:
                      "plus whatever earlier layers gathered there).")
     report.table(["layer (resid_pre)"] + [f"recovery, {g}" for g in groups.groups], rows)
     report.figure("patching_groups", plot_group_patching(groups), "Recovery per layer when the context, or the last position, is patched whole.")
-    out, agreement_rows, largest = {"groups": groups.to_dict()}, [], 0.0
+    out, agreement_rows, agreement_lows, largest = {"groups": groups.to_dict()}, [], [], 0.0
     sites = list(opts["sites"]) + ([opts["head_site"]] if opts["head_site"] else [])
     for site in sites:
         per_position = site not in ("z", "result")
@@ -867,6 +872,7 @@ def _run_patching(ctx: AnalysisContext, opts: dict[str, Any]) -> None:
                      "p_value": result.permutation_pvalue(n_permutations=500, seed=ctx.stream(f"patching {site} permutations")).tolist(),
                      "attribution_agreement": agreement.to_dict() if agreement is not None else None}
         if agreement is not None:
+            agreement_lows.append((site, float(agreement.pearson_interval[0])))
             agreement_rows.append([site, agreement.n_cells, f"{format_number(agreement.pearson)} [{format_number(agreement.pearson_interval[0])}, "
                                    f"{format_number(agreement.pearson_interval[1])}]", agreement.spearman, agreement.max_abs_error])
         report.figure(f"patching_{site}", plot_patching(result, title=f"patching {site} ({opts['vary']} corrupted, final state shared)"),
@@ -892,6 +898,13 @@ def _run_patching(ctx: AnalysisContext, opts: dict[str, Any]) -> None:
                          "patching above, on the same pairs: correlation of the per-cell mean recoveries, 95 % interval from "
                          "resampling pairs." + note)
         report.table(["site", "cells", "Pearson [95 % CI]", "Spearman", "largest error of a cell mean"], agreement_rows)
+        poor = [site for site, low in agreement_lows if low < ATTRIBUTION_AGREEMENT]
+        if poor:
+            ctx.findings.append(
+                f"Attribution patching agrees poorly with exact patching at {', '.join(poor)} (the lower end of the Pearson interval "
+                f"is below {ATTRIBUTION_AGREEMENT:g}): here it cannot stand in for exact patching to rank cells, whatever it is "
+                "recommended for elsewhere."
+            )
     ctx.metrics["patching"] = out
 
 
