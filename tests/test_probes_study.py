@@ -58,6 +58,8 @@ def test_every_analysis_runs_and_findings_lead_with_the_verdict(tmp_path):
     findings = text[text.index("### Findings"):]
     assert findings.splitlines()[2].startswith("- **The model fails its task (fails 1 of 1 criteria)**")
     assert "Context swap: with the final state fixed" in findings
+    assert "Strongest of 3 random-init copies at each pre-registered site" in text  # the probe's control is the strongest copy
+    assert {"random-init control 1", "random-init control 2"} <= set(report.metrics["analyses"]["seeds"])
     # An untrained model's rollouts are no oscillation: steering says why it cannot read a frequency.
     assert "Steering was skipped at every site" in findings
     assert "skipped" in analyses["steering"]["sites"]["blocks.0.hook_resid_mid@5"]

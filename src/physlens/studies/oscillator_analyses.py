@@ -102,11 +102,13 @@ class AnalysisContext:
         """``n`` fresh trajectories of ``n_steps`` from the stream ``name``, in the model's dtype."""
         return self.system.sample(n, n_steps, seed=self.stream(name)).to(device=self.model.cfg.device, dtype=self.dtype)
 
-    def control_model(self) -> OscillatorTransformer:
-        """A randomly initialised copy of the model from its own stream (never the model's own seed)."""
-        seed = self.stream("random-init control")
+    def control_model(self, index: int = 0) -> OscillatorTransformer:
+        """A randomly initialised copy of the model from its own stream (never the model's own seed);
+        ``index`` > 0 gives further copies, each from a stream of its own."""
+        name = "random-init control" if index == 0 else f"random-init control {index}"
+        seed = self.stream(name)
         if seed == self.model.cfg.seed:
-            seed = self.stream("random-init control (second draw)")
+            seed = self.stream(f"{name} (second draw)")
         return OscillatorTransformer(dataclasses.replace(self.model.cfg, seed=seed)).to(self.model.cfg.device).eval()
 
 
@@ -443,7 +445,7 @@ def _run_swap(ctx: AnalysisContext, opts: dict[str, Any]) -> None:
 # --- probes ------------------------------------------------------------------------------------
 
 def _check_probes(opts, model, system, seq_len) -> None:
-    _check_positive("probes", opts, ("n_trajectories", "n_folds"))
+    _check_positive("probes", opts, ("n_trajectories", "n_folds", "n_controls"))
     if opts["n_folds"] < 3:
         raise _error("probes", "n_folds", f"must be >= 3 for nested cross-validation, got {opts['n_folds']}")
     if opts["n_permutations"] < 0:
@@ -522,6 +524,13 @@ def _run_probes(ctx: AnalysisContext, opts: dict[str, Any]) -> None:
     kwargs = dict(n_folds=opts["n_folds"], n_permutations=opts["n_permutations"], seed=seed)
     selection = select_sites(X, y, sites, targets, **kwargs)
     control_selection = select_sites(X_control, y, sites, targets, **kwargs)
+    # Further random-init copies: the strongest of them at each site is the control a site must beat.
+    extra_controls = [select_sites(site_features(ctx.control_model(i), data.states, hooks, positions)[0], y, sites, targets,
+                                   n_folds=opts["n_folds"], n_permutations=0, seed=seed)
+                      for i in range(1, opts["n_controls"])]
+    ctx.shared["strongest_control"] = {
+        (site, target): max([control_selection.r2_at(site, target)] + [c.r2_at(site, target) for c in extra_controls])
+        for site in registered for target in targets}
     parity = parity_report(model, data.states, hooks, positions)
     report.paragraph(
         f"Ridge probes on {len(data)} fresh trajectories at {len(hooks)} hooks × {len(positions)} positions = {len(sites)} "
@@ -542,6 +551,10 @@ def _run_probes(ctx: AnalysisContext, opts: dict[str, Any]) -> None:
                 rows.append([f"{site[0]} @ {site[1]}", target, selection.r2_at(site, target), control_selection.r2_at(site, target),
                              share, "" if possible else "odd site: no linear readout of an even label"])
         report.table(["pre-registered site", "target", "held-out R²", "random-init R²", "even share", "note"], rows)
+        if opts["n_controls"] > 1:
+            report.paragraph(f"Strongest of {opts['n_controls']} random-init copies at each pre-registered site: "
+                             + "; ".join(f"{_short_site(site)} {target} {format_number(ctx.shared['strongest_control'][(site, target)])}"
+                                         for site in registered for target in targets) + ".")
     baseline = _input_baselines(data, targets, registered or [sites[-1]], model, seed, opts["n_folds"])
     report.paragraph(
         "**Input-feature baseline**: the same ridge probe on quadratic features of the last 3 input states (in the units the "
@@ -637,6 +650,9 @@ def _probe_findings(ctx, targets, registered, selection, control_selection, pari
             site = registered[0]
             sentence += (f"at the pre-registered site {_short_site(site)} a linear probe reaches held-out R² "
                          f"{format_number(selection.r2_at(site, target))} (random-init control {format_number(control_selection.r2_at(site, target))}")
+            strongest = ctx.shared.get("strongest_control", {}).get((site, target))
+            if strongest is not None and strongest != control_selection.r2_at(site, target):
+                sentence += f"; strongest of several random-init copies {format_number(strongest)}"
             baseline = ctx.shared.get("input_baselines", {}).get((site[1], target))
             if baseline is not None:
                 sentence += f"; quadratic features of the last 3 input states {format_number(baseline)}"
@@ -1009,9 +1025,10 @@ ANALYSES: dict[str, Analysis] = {
                      _check_swap, _run_swap),
     "probes": Analysis(
         {"hooks": list, "targets": list, "positions": (str, list), "n_trajectories": int, "n_folds": int, "n_permutations": int,
-         "sites": list, "nonlinear": bool},
+         "sites": list, "nonlinear": bool, "n_controls": int},
         {"hooks": ["hook_embed", "resid_post"], "targets": ["omega0", "omega0_sq", "energy", "acceleration", "omega0_sq_x", "gamma_p"],
-         "positions": "all", "n_trajectories": 512, "n_folds": 5, "n_permutations": 100, "sites": [], "nonlinear": True},
+         "positions": "all", "n_trajectories": 512, "n_folds": 5, "n_permutations": 100, "sites": [], "nonlinear": True,
+         "n_controls": 3},
         _check_probes, _run_probes),
     "steering": Analysis(
         {"hooks": list, "position": int, "positions": str, "target": str, "alphas": list, "n_trajectories": int,
