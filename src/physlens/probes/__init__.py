@@ -133,6 +133,7 @@ from physlens.probes.calibration import (
     planted_organisms,
 )
 from physlens.probes.baselines import input_baseline_r2, input_features
+from physlens.probes.energy import EnergyDecay, decay_rate, rollout_energy_decay
 from physlens.probes.implied_step import (
     CARRIER_SHARE,
     ImpliedPatching,
@@ -160,6 +161,9 @@ from physlens.probes.selection import SiteSelection, nested_cv_r2, select_sites,
 from physlens.probes.steering import ProbeDirection, SteeringResult, fit_probe_direction, model_fingerprint, steering_sweep
 
 __all__ = [
+    "EnergyDecay",
+    "decay_rate",
+    "rollout_energy_decay",
     "CARRIER_SHARE",
     "ImpliedPatching",
     "implied_omega0_from_step",
