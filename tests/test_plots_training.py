@@ -39,3 +39,18 @@ def test_rollout_error_plots_the_median_per_step():
     np.testing.assert_allclose(median, [2e-3, 2e-2])
     with pytest.raises(ValueError, match=r"\[traj, step\]"):
         plot_rollout_error(torch.zeros(3))
+
+
+def test_rollout_error_axis_ignores_exact_zeros():
+    import numpy as np
+
+    from physlens.plots.training import plot_rollout_error
+
+    exact = np.zeros((8, 20))
+    exact[:, 5:] = 1e-15  # an exact reference: 0 at the first steps, round-off after
+    model = np.full((8, 20), 1e-6)
+    fig = plot_rollout_error({"oracle": exact, "model": model})
+    low, high = fig.axes[0].get_ylim()
+    assert low >= 1e-16 and high <= 1e-5  # set from the positive values, not dragged to ~1e-300 by the zeros
+    all_zero = plot_rollout_error({"exact": np.zeros((4, 5)), "model": model[:4, :5]})
+    assert "exactly 0 at every step" in all_zero.axes[0].get_legend().get_texts()[0].get_text()

@@ -74,18 +74,29 @@ def plot_phase_space(
 def plot_rollout_error(
     errors: dict[str, torch.Tensor | np.ndarray] | torch.Tensor | np.ndarray, *, title: str = "rollout error"
 ) -> Figure:
-    """Median relative error per step with its 10–90 % band, for one or several ``[traj, step]`` arrays."""
+    """Median relative error per step with its 10–90 % band, for one or several ``[traj, step]`` arrays.
+
+    The axis is logarithmic, so exact zeros (an exact reference's error at some steps) cannot be
+    drawn: they are left out of the lines and bands, and the axis limits are set from the positive
+    values, so one exact zero cannot stretch the axis down to 1e-300 and flatten every curve.
+    """
     series = errors if isinstance(errors, dict) else {"model": errors}
     fig, ax = plt.subplots(figsize=(6, 3.5))
+    positive: list[np.ndarray] = []
     for i, (name, error) in enumerate(series.items()):
         values = to_numpy(error)
         if values.ndim != 2:
             raise ValueError(f"errors[{name!r}] must have shape [traj, step], got {list(values.shape)}")
         steps = np.arange(1, values.shape[1] + 1)
-        floor = np.finfo(float).tiny
-        low, median, high = (np.clip(np.quantile(values, q, axis=0), floor, None) for q in (0.1, 0.5, 0.9))
-        ax.semilogy(steps, median, color=f"C{i}", label=f"{name} (median)")
-        ax.fill_between(steps, low, high, color=f"C{i}", alpha=0.2)
+        low, median, high = (np.quantile(values, q, axis=0) for q in (0.1, 0.5, 0.9))
+        masked = [np.where(v > 0, v, np.nan) for v in (low, median, high)]
+        positive.extend(v[np.isfinite(v) & (v > 0)] for v in (low, median, high))
+        exact = "" if np.any(median > 0) else ", exactly 0 at every step"
+        ax.semilogy(steps, masked[1], color=f"C{i}", label=f"{name} (median{exact})")
+        ax.fill_between(steps, np.where(np.isnan(masked[0]), masked[1], masked[0]), masked[2], color=f"C{i}", alpha=0.2)
+    drawn = np.concatenate(positive) if positive else np.array([])
+    if drawn.size:
+        ax.set_ylim(drawn.min() / 2, drawn.max() * 2)
     ax.set_xlabel("rollout step")
     ax.set_ylabel("‖pred − true‖ / ‖true‖")
     ax.set_title(title)
