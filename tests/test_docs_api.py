@@ -187,3 +187,20 @@ def test_sphinx_roles_render_as_inline_code() -> None:
     text = "a :class:`~physlens.systems.Uniform`, :func:`physlens.training.train` and :meth:`fit`; ``code`` stays"
     assert module.strip_roles(text) == "a `Uniform`, `physlens.training.train` and `fit`; ``code`` stays"
     assert module.ROLE.search(":class:`X`") and not module.ROLE.search("`X`")
+
+
+@pytest.mark.parametrize(("module_name", "class_name"), [("physlens.training.trainer", "TrainConfig"),
+                                                         ("physlens.training.ensemble", "EnsembleTrainConfig")])
+def test_every_config_field_has_an_attribute_docstring(module_name: str, class_name: str) -> None:
+    """help() and the API reference show what each field means: a string literal follows every field."""
+    module = importlib.import_module(module_name)
+    tree = ast.parse(inspect.getsource(module))
+    cls = next(node for node in tree.body if isinstance(node, ast.ClassDef) and node.name == class_name)
+    body = cls.body
+    fields = [f.name for f in dataclasses.fields(getattr(module, class_name))]
+    documented = {
+        stmt.target.id for stmt, after in zip(body, body[1:])
+        if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)
+        and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant) and isinstance(after.value.value, str)
+    }
+    assert [name for name in fields if name not in documented] == []

@@ -56,14 +56,22 @@ FUSED_CHUNK = 64
 class EnsembleTrainConfig:
     """Training recipe shared by the ensemble and the one-network reference (the seed's defaults)."""
 
-    epochs: int = 4000  # full-batch Adam steps
-    lr: float = 1e-3  # Adam learning rate
-    beta1: float = 0.9  # Adam first-moment decay
-    beta2: float = 0.999  # Adam second-moment decay
-    eps: float = 1e-8  # Adam denominator guard
-    snapshot_every: int = 0  # keep every member's parameters every k epochs (0: only start and end)
-    compile: bool = False  # torch.compile the eager step: the GPU path (eager, with a warning, where no compiler exists)
-    backend: str = "auto"  # "fused" (CPU kernel), "eager" (torch, any device) or "auto" (fused where it can run)
+    epochs: int = 4000
+    """Full-batch Adam steps."""
+    lr: float = 1e-3
+    """Adam learning rate."""
+    beta1: float = 0.9
+    """Adam first-moment decay."""
+    beta2: float = 0.999
+    """Adam second-moment decay."""
+    eps: float = 1e-8
+    """Adam denominator guard."""
+    snapshot_every: int = 0
+    """Keep every member's parameters every k epochs (0: only start and end)."""
+    compile: bool = False
+    """torch.compile the eager step: the GPU path (eager, with a warning, where no compiler exists)."""
+    backend: str = "auto"
+    """The training step: "fused" (CPU kernel), "eager" (torch, any device) or "auto" (fused where it can run)."""
 
     def __post_init__(self) -> None:
         check_positive_int("epochs", self.epochs)

@@ -48,23 +48,40 @@ class LeakageError(ValueError):
 class TrainConfig:
     """How to train a next-step model on an oscillator system."""
 
-    steps: int = 2000  # optimizer steps
-    batch_size: int = 256  # trajectories per step, drawn fresh every step
-    seq_len: int = 40  # positions per training sequence (T); must be <= the model's n_ctx
-    lr: float = 1e-3  # peak learning rate
-    min_lr: float = 0.0  # final learning rate of the cosine schedule
-    schedule: str = "constant"  # "constant" or "cosine" (decays lr -> min_lr over the steps)
-    warmup_steps: int = 0  # linear warm-up from 0 to lr
-    weight_decay: float = 0.0  # AdamW decoupled decay; 0 because decay biases an exact linear solution
-    betas: tuple[float, float] = (0.9, 0.999)  # AdamW moment decay rates
-    loss_positions: str | int = "last"  # "last": final position only; "all": every position; k: positions k.. (skips the first k)
-    allow_leakage: bool = False  # permit "all" on a model that sees the future (warns loudly)
-    fixed_dataset: int | None = None  # if set, draw this many trajectories once and sample batches from them
-    grad_clip: float | None = None  # clip the global gradient norm to this value
-    seed: int = 0  # seeds the batch stream (the model's init has its own seed in its config)
-    checkpoint_every: int | None = None  # save a resumable checkpoint every this many steps
-    log_every: int = 50  # update the progress bar every this many steps
-    compile: bool = False  # torch.compile the forward and backward pass (eager, with a warning, where no compiler exists)
+    steps: int = 2000
+    """Optimizer steps."""
+    batch_size: int = 256
+    """Trajectories per step, drawn fresh every step."""
+    seq_len: int = 40
+    """Positions per training sequence (T); must be <= the model's n_ctx."""
+    lr: float = 1e-3
+    """Peak learning rate."""
+    min_lr: float = 0.0
+    """Final learning rate of the cosine schedule."""
+    schedule: str = "constant"
+    """The learning-rate schedule: "constant", or "cosine" (decays lr -> min_lr over the steps)."""
+    warmup_steps: int = 0
+    """Linear warm-up from 0 to lr."""
+    weight_decay: float = 0.0
+    """AdamW decoupled decay; 0 because decay biases an exact linear solution."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW moment decay rates."""
+    loss_positions: str | int = "last"
+    """Positions the loss scores: "last" (the final position only), "all" (every position) or k (positions k.., skipping the first k)."""
+    allow_leakage: bool = False
+    """Permit "all" on a model that sees the future (warns loudly)."""
+    fixed_dataset: int | None = None
+    """If set, draw this many trajectories once and sample batches from them."""
+    grad_clip: float | None = None
+    """Clip the global gradient norm to this value."""
+    seed: int = 0
+    """Seeds the batch stream (the model's init has its own seed in its config)."""
+    checkpoint_every: int | None = None
+    """Save a resumable checkpoint every this many steps."""
+    log_every: int = 50
+    """Update the progress bar every this many steps."""
+    compile: bool = False
+    """torch.compile the forward and backward pass (eager, with a warning, where no compiler exists)."""
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "seq_len", "log_every"):
