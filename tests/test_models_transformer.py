@@ -171,6 +171,7 @@ def test_transformer_lens_patching_runs_on_the_model():
         (torch.zeros(2, 5, 2, dtype=torch.float32), "dtype"),
     ],
 )
+@pytest.mark.unchecked_types
 def test_bad_inputs_are_refused(states, message):
     with pytest.raises(ValueError, match=message):
         _model()(states)
@@ -193,6 +194,7 @@ def test_unknown_hook_names_are_refused_with_a_suggestion():
      (dict(n_key_value_heads=3), "n_key_value_heads"), (dict(dtype="int64"), "dtype"),
      (dict(n_layers=1.5), "n_layers must be a positive integer")],
 )
+@pytest.mark.unchecked_types
 def test_bad_configs_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
         TransformerConfig(**kwargs)
