@@ -154,6 +154,7 @@ def test_organisms_behave_like_models_hooks_rollout_and_dtype(data):
     assert organism.to_dict()["window"] == 5 and organism.to_dict()["family"] == "least squares"
 
 
+@pytest.mark.unchecked_types  # passes wrong types or shapes on purpose, to check physlens's own message
 @pytest.mark.parametrize("make, match", [
     (lambda: LeastSquaresOrganism(41), "window must be <= the context n_ctx=40"),
     (lambda: LeastSquaresOrganism(50, n_ctx=40), "window"),
@@ -171,6 +172,7 @@ def test_bad_organism_arguments_are_refused_by_name(make, match):
         make()
 
 
+@pytest.mark.unchecked_types  # passes wrong types or shapes on purpose, to check physlens's own message
 def test_organisms_refuse_inputs_longer_than_their_context():
     with pytest.raises(ValueError, match="n_ctx is 8"):
         LeastSquaresOrganism(3, n_ctx=8)(torch.zeros(1, 9, 2, dtype=torch.float64))
@@ -249,6 +251,7 @@ def test_the_readout_uses_the_second_half_of_the_context_by_default(contexts):
     assert late.omega0_rmse < 1e-9 and early.omega0_rmse > 0.1
 
 
+@pytest.mark.unchecked_types  # passes wrong types or shapes on purpose, to check physlens's own message
 def test_readout_input_checks(data):
     states = data.states[:, :10]
     with pytest.raises(ValueError, match="at least 2 positions from start=9"):

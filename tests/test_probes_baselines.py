@@ -40,6 +40,7 @@ def test_a_quadratic_of_the_input_is_decoded_and_noise_is_not(trajectories, rng:
     assert input_baseline_r2(trajectories.states, energy, position=4) > 0.5
 
 
+@pytest.mark.unchecked_types  # passes a label of the wrong length on purpose, to check physlens's own message
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [({"position": 9}, "position must be"), ({"position": 1, "last_k": 3}, "last_k must be <= position"), ({"position": 4, "degree": 0}, "degree")],

@@ -123,7 +123,7 @@ CARRIER_SHARE = 0.8
 clean run's implied ω0 (mean recovery over pairs)."""
 
 
-def _slope(shift: np.ndarray, gap: np.ndarray, axis: int = -1) -> np.ndarray:
+def _slope(shift: np.ndarray, gap: np.ndarray, axis: int = -1) -> np.ndarray | np.floating:
     """Least-squares slope through the origin of ``shift`` on ``gap``: Σ shift·gap / Σ gap²."""
     return (shift * gap).sum(axis=axis) / (gap * gap).sum(axis=axis)
 

@@ -126,7 +126,7 @@ def _system_table(spec: dict[str, Any]) -> dict[str, Any]:
     return section(spec, "system", SYSTEM_KEYS)
 
 
-def _evaluation_options(table: dict[str, Any], train_config: TrainConfig, system: OscillatorSystem) -> EvaluationOptions:
+def _evaluation_options(table: dict[str, Any], train_config: TrainConfig, system: System) -> EvaluationOptions:
     def positive(key: str, default: int) -> int:
         value = table.get(key, default)
         if value < 1:

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from physlens.models.base import HookedModel
 from physlens.models.reference import InContextLeastSquares
 from physlens.models.transformer import OscillatorTransformer
 from physlens.plots.evidence import plot_algorithm_comparison, plot_group_patching, plot_noise_curves, plot_steering, plot_swap_test
@@ -75,7 +76,7 @@ FAILED_ROLLOUT = 1.0
 class AnalysisContext:
     """What every analysis reads: the trained model, its system, the study's seed and the report."""
 
-    model: OscillatorTransformer  # the trained model, in eval mode
+    model: HookedModel  # the trained model, in eval mode
     system: OscillatorSystem  # the training distribution
     seq_len: int  # positions the model was trained on
     loss_positions: str | int  # the training loss's positions ("last", "all" or the first scored one)
@@ -118,7 +119,7 @@ class Analysis:
 
     keys: Mapping[str, Any]
     defaults: Mapping[str, Any]
-    check: Callable[[dict[str, Any], OscillatorTransformer, OscillatorSystem, int], None]
+    check: Callable[[dict[str, Any], HookedModel, OscillatorSystem, int], None]
     run: Callable[[AnalysisContext, dict[str, Any]], None]
 
 
@@ -146,7 +147,7 @@ def _check_varies(name: str, system: OscillatorSystem, vary: str, min_change: fl
         )
 
 
-def expand_hooks(model: OscillatorTransformer, hooks: list[str], where: str = "[analyses.probes] hooks") -> list[str]:
+def expand_hooks(model: HookedModel, hooks: list[str], where: str = "[analyses.probes] hooks") -> list[str]:
     """Short names (``resid_post``, ``attn_out``…) become one hook per layer; full names pass through."""
     names = []
     for hook in hooks:
@@ -162,7 +163,7 @@ def expand_hooks(model: OscillatorTransformer, hooks: list[str], where: str = "[
     return names
 
 
-def _sites(opts_sites: list[Any], model: OscillatorTransformer, seq_len: int, where: str) -> list[tuple[str, int]]:
+def _sites(opts_sites: list[Any], model: HookedModel, seq_len: int, where: str) -> list[tuple[str, int]]:
     sites = []
     for site in opts_sites:
         if not (isinstance(site, list) and len(site) == 2 and isinstance(site[0], str) and isinstance(site[1], int)
@@ -466,7 +467,7 @@ def _constant_targets(system: OscillatorSystem, targets: list[str], seq_len: int
     return [t for t in targets if float(labels[t].max() - labels[t].min()) <= 1e-12 * float(labels[t].abs().max() + 1e-300)]
 
 
-def _label_matrix(data: Any, targets: list[str], sites: list[tuple[str, int]], model: OscillatorTransformer) -> torch.Tensor:
+def _label_matrix(data: Any, targets: list[str], sites: list[tuple[str, int]], model: HookedModel) -> torch.Tensor:
     # A scale-equivariant model sees states in units of its first state's size; so must its labels.
     labels = data.to(dtype=torch.float64).labels(first_state_units=model.cfg.scale_by_first_state)
     columns = []
@@ -477,7 +478,7 @@ def _label_matrix(data: Any, targets: list[str], sites: list[tuple[str, int]], m
     return torch.stack(columns, dim=-1)  # [n, site, t]
 
 
-def _input_baselines(data: Any, targets: list[str], sites: list[tuple[str, int]], model: OscillatorTransformer, seed: int,
+def _input_baselines(data: Any, targets: list[str], sites: list[tuple[str, int]], model: HookedModel, seed: int,
                      n_folds: int) -> dict[tuple[int, str], float]:
     """Held-out R² of each target from quadratic features of the last 3 input states, at each site's position."""
     scaled = bool(model.cfg.scale_by_first_state)
@@ -1053,7 +1054,7 @@ ANALYSES: dict[str, Analysis] = {
 """Every analysis an oscillator study can run, in the order the report shows them."""
 
 
-def parse_analyses(spec: Mapping[str, Any], model: OscillatorTransformer, system: OscillatorSystem, seq_len: int) -> dict[str, dict[str, Any]]:
+def parse_analyses(spec: Mapping[str, Any], model: HookedModel, system: OscillatorSystem, seq_len: int) -> dict[str, dict[str, Any]]:
     """Read and check the ``[analyses]`` table against ``model`` and ``system`` before any training.
 
     Returns ``{analysis: options}`` for the analyses in ``run`` (in :data:`ANALYSES` order), defaults
