@@ -205,6 +205,7 @@ def test_crease_angles_formula_and_region_mse(rng):
         network_formula(network, index=3)
 
 
+@pytest.mark.unchecked_types
 def test_bad_networks_are_refused():
     seed_style = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.ReLU(), torch.nn.Linear(2, 1))
     with pytest.raises(TypeError, match="another architecture"):

@@ -109,6 +109,7 @@ def test_colliding_orbits_are_refused() -> None:
         CentralPotentialSystem(energy_range=(-0.8, -0.7), angular_momentum_range=(0.05, 0.1), min_perihelion=0.5)
 
 
+@pytest.mark.unchecked_types
 def test_non_finite_and_malformed_states_are_refused() -> None:
     bad = torch.tensor([[1.0, float("nan"), 0.0, 1.0]], dtype=torch.float64)
     with pytest.raises(ValueError, match="finite"):

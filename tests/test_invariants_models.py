@@ -38,6 +38,7 @@ def test_siamese_tower_hooks_and_shapes() -> None:
     assert "SiameseTower" in MODEL_REGISTRY and "BottleneckNetwork" in MODEL_REGISTRY
 
 
+@pytest.mark.unchecked_types
 def test_models_refuse_bad_input() -> None:
     model = SiameseTower(SiameseConfig(d_hidden=4))
     with pytest.raises(ValueError, match=r"\[batch, 4\]"):

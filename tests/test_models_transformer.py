@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import pandas as pd
 import pytest
@@ -170,6 +171,7 @@ def test_transformer_lens_patching_runs_on_the_model():
         (torch.zeros(2, 5, 2, dtype=torch.float32), "dtype"),
     ],
 )
+@pytest.mark.unchecked_types
 def test_bad_inputs_are_refused(states, message):
     with pytest.raises(ValueError, match=message):
         _model()(states)
@@ -192,6 +194,7 @@ def test_unknown_hook_names_are_refused_with_a_suggestion():
      (dict(n_key_value_heads=3), "n_key_value_heads"), (dict(dtype="int64"), "dtype"),
      (dict(n_layers=1.5), "n_layers must be a positive integer")],
 )
+@pytest.mark.unchecked_types
 def test_bad_configs_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
         TransformerConfig(**kwargs)
@@ -337,6 +340,51 @@ def test_transformer_lens_sweeps_over_positions_are_refused_with_the_physlens_na
     _, cache = model.run_with_cache(clean)
     with pytest.raises(ValueError, match=r"last axis.*6 positions.*physlens\.probes\.patching\.get_act_patch_"):
         getattr(patching, helper)(model, corrupted, cache, lambda out: out[:, -1, 0].mean())
+
+
+class _LoggingTransformer(OscillatorTransformer):
+    """A user's subclass that wraps run_with_hooks, as a logging or timing layer would."""
+
+    calls = 0
+
+    def run_with_hooks(self, *model_args, **kwargs):
+        type(self).calls += 1
+        return super().run_with_hooks(*model_args, **kwargs)
+
+
+def _decorated(method):
+    @functools.wraps(method)
+    def wrapper(*args, **kwargs):
+        return method(*args, **kwargs)
+
+    return wrapper
+
+
+@pytest.mark.parametrize("wrap", ["subclass override", "decorator", "two decorators"])
+def test_a_wrapper_around_run_with_hooks_does_not_switch_the_refusal_off(wrap, monkeypatch):
+    # The refusal used to look at the immediate caller of run_with_hooks only, so any layer between
+    # TransformerLens's sweep and the model (the runtime type checker of the test run is one) let
+    # the sweep run and return a grid of the wrong shape.
+    model = _model(d_model=4, n_heads=2, d_head=2, n_layers=2, seed=4)
+    if wrap == "subclass override":
+        model = _LoggingTransformer(model.cfg)
+    else:
+        layers = 2 if wrap == "two decorators" else 1
+        method = model.run_with_hooks
+        for _ in range(layers):
+            method = _decorated(method)
+        monkeypatch.setattr(model, "run_with_hooks", method)
+    clean, corrupted = _states(3, 6, seed=1), _states(3, 6, seed=2)
+    _, cache = model.run_with_cache(clean)
+    with pytest.raises(ValueError, match=r"last axis.*6 positions.*physlens\.probes\.patching\.get_act_patch_resid_pre"):
+        patching.get_act_patch_resid_pre(model, corrupted, cache, lambda out: out[:, -1, 0].mean())
+    # explicit cells still run through the same wrapper
+    index_df = pd.DataFrame([(0, pos) for pos in range(6)], columns=["layer", "pos"])
+    result = patching.generic_activation_patch(model, corrupted, cache, lambda out: out[:, -1, 0].mean(),
+                                               patching.layer_pos_patch_setter, "resid_pre", index_df=index_df)
+    assert result.shape == (6,)
+    if wrap == "subclass override":
+        assert _LoggingTransformer.calls >= 7
 
 
 @pytest.mark.parametrize("name", ["out", "q", "k", "v", "pattern"])

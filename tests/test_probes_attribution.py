@@ -144,6 +144,7 @@ def test_agreement_statistics_against_numpy_and_scipy():
         patching_agreement(result(values), result(values[:, :4]))
 
 
+@pytest.mark.unchecked_types
 def test_bad_arguments_are_refused(pairs):
     model = _model()
     clean, corrupted = pairs

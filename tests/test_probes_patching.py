@@ -207,6 +207,7 @@ def test_new_sites_match_a_hand_written_recovery_loop(model, pairs):
         torch.testing.assert_close(result.values.double(), grid.reshape(-1, grid.shape[-1]), atol=1e-6, rtol=0)
 
 
+@pytest.mark.unchecked_types
 def test_sweep_with_a_custom_metric(model, pairs):
     clean, corrupted = pairs
     result = patching_sweep(model, clean.states, corrupted.states, site="resid_pre", per_position=False, metric=lambda out: out[:, 3, 0])

@@ -52,6 +52,7 @@ def test_attributions_are_complete_on_a_nonlinear_model():
         coarse.check_completeness(rtol=1e-6)
 
 
+@pytest.mark.unchecked_types
 def test_bad_arguments_are_refused():
     model = _model()
     x = _states()

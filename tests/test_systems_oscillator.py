@@ -149,6 +149,7 @@ def test_bad_systems_are_refused(kwargs, message):
         OscillatorSystem(**kwargs)
 
 
+@pytest.mark.unchecked_types
 def test_bad_propagator_and_sampling_arguments():
     with pytest.raises(ValueError, match="underdamped"):
         propagator(1.0, 1.0, 0.1)
@@ -195,6 +196,7 @@ def test_even_labels_do_not_change_when_the_states_flip_sign():
         assert_allclose(flipped.labels()[name].numpy(), sign * value.numpy(), err_msg=name)
 
 
+@pytest.mark.unchecked_types
 def test_labels_in_first_state_units_do_not_change_when_the_states_are_scaled():
     """In units of the first state's norm, every label is unchanged by s → λs (the dynamics are
     linear): the units a ``scale_by_first_state`` model sees."""

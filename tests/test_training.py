@@ -115,6 +115,7 @@ def test_leakage_rule():
      (dict(loss_positions="first"), "loss_positions"), (dict(min_lr=1.0), "min_lr"),
      (dict(batch_size=2.5), "batch_size"), (dict(weight_decay=float("nan")), "weight_decay")],
 )
+@pytest.mark.unchecked_types
 def test_bad_train_configs(kwargs, message):
     with pytest.raises(ValueError, match=message):
         TrainConfig(**kwargs)
@@ -224,6 +225,7 @@ def test_rollout_uses_a_sliding_window():
     assert seen[-2:] == [2, 2]
 
 
+@pytest.mark.unchecked_types
 def test_rollout_and_error_validation():
     model = _exact_model()
     with pytest.raises(ValueError, match="context must have shape"):

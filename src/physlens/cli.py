@@ -106,6 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sweep.add_argument("--dry-run", action="store_true", help="list the trials and exit without running them")
     sweep.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
+    _use_non_interactive_backend()
     if args.command == "run":
         if (args.study is None) == (args.resume is None):
             run.error("give either a study file or --resume RUN_DIR (not both)")
@@ -116,6 +117,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _guarded(lambda: _runs(args), args, "interrupted")
     return _guarded(lambda: _sweep(args), args,
                     "interrupted; run the same command again to continue the sweep (finished trials are kept)")
+
+
+def _use_non_interactive_backend() -> None:
+    """The command saves its figures and never shows one, so it draws them without a GUI backend,
+    whatever display the machine has."""
+    import matplotlib
+
+    matplotlib.use("Agg")
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -90,11 +90,11 @@ def _bootstrap(samples: tuple[np.ndarray, ...], statistic: Callable[..., Any], c
     return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
-def _median(sample: np.ndarray, axis: int = -1) -> np.ndarray:
+def _median(sample: np.ndarray, axis: int = -1) -> np.ndarray | np.floating:
     return np.median(sample, axis=axis)
 
 
-def _mean(sample: np.ndarray, axis: int = -1) -> np.ndarray:
+def _mean(sample: np.ndarray, axis: int = -1) -> np.ndarray | np.floating:
     return np.mean(sample, axis=axis)
 
 
@@ -205,7 +205,7 @@ def proportion_interval(successes: int, trials: int, *, confidence: float = 0.95
     return Interval(successes / trials, float(ci.low), float(ci.high), confidence, trials)
 
 
-def auc_statistic(positive: np.ndarray, negative: np.ndarray, axis: int = -1) -> np.ndarray:
+def auc_statistic(positive: np.ndarray, negative: np.ndarray, axis: int = -1) -> np.ndarray | np.floating:
     """Area under the ROC curve of scores that should be higher for ``positive`` (ties count ½),
     vectorised along ``axis``: the Mann–Whitney U of the positives divided by n₊·n₋."""
     positive, negative = np.moveaxis(np.asarray(positive, float), axis, -1), np.moveaxis(np.asarray(negative, float), axis, -1)

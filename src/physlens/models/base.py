@@ -164,7 +164,7 @@ class HookedModel(HookedRootModule):
         """TransformerLens's ``run_with_hooks``, refusing hook names this model does not have, and
         refusing to serve a ``transformer_lens.patching`` sweep that counts positions on the wrong
         input axis (see :meth:`check_patching_call`)."""
-        self.check_patching_call(sys._getframe(1))
+        self.check_patching_call(_enclosing_patching_sweep())
         return super().run_with_hooks(
             *model_args, fwd_hooks=fwd_hooks, bwd_hooks=bwd_hooks, reset_hooks_end=reset_hooks_end,
             clear_contexts=clear_contexts, **model_kwargs,
@@ -235,6 +235,22 @@ class HookedModel(HookedRootModule):
     def device(self) -> torch.device:
         """Device of the model's parameters."""
         return next(self.parameters()).device
+
+
+def _enclosing_patching_sweep() -> FrameType | None:
+    """The frame of the ``transformer_lens.patching.generic_activation_patch`` call this code runs
+    under, if any: the nearest one up the stack, however many wrappers (a runtime type checker's, a
+    subclass's override of ``run_with_hooks``) sit between it and the model.
+
+    Only that frame knows whether the sweep's positions were counted from the input's last axis
+    (``index_axis_names``) or given as cells (``index_df``): the model is called with the input and
+    the hooks alone, which are the same either way.
+    """
+    frame = sys._getframe(1)
+    sweep = tl_patching.generic_activation_patch.__code__
+    while frame is not None and frame.f_code is not sweep:
+        frame = frame.f_back
+    return frame
 
 
 @functools.cache

@@ -8,17 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # figures are saved, never shown
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-
-from physlens.probes.mechanisms import NetworkLike, network_parameters  # noqa: E402
-from physlens.probes.scan import RocResult  # noqa: E402
-from physlens.systems.fma import support_vertices  # noqa: E402
+from physlens.probes.mechanisms import NetworkLike, network_parameters
+from physlens.probes.scan import RocResult
+from physlens.systems.fma import support_vertices
 
 
 def _grid(distribution: str, resolution: int) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:

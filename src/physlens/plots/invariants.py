@@ -5,15 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import sympy
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # figures are only ever saved
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import sympy  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-
-from physlens.probes.distill import FormulaCandidate  # noqa: E402
+from physlens.probes.distill import FormulaCandidate
 
 _MAX_POINTS = 4000  # scatter plots thin to this many points so figures stay small
 

@@ -18,9 +18,10 @@ from tqdm.auto import tqdm
 from physlens._validation import check_finite, check_positive_int
 from physlens.systems.base import TrajectoryBatch
 
-Positions = Union[str, int, Sequence[int], None]
-"""``"all"``, one position, a list of positions (negative counts from the end), or ``None`` for
-activations without a position axis (the whole activation is kept)."""
+Positions = Union[str, int, np.integer, Sequence[Union[int, np.integer]], np.ndarray, Tensor, None]
+"""``"all"``, one position, a list of positions (negative counts from the end; numpy integers, arrays
+and tensors of them too), or ``None`` for activations without a position axis (the whole activation
+is kept)."""
 
 QUERY_AXIS_HOOKS = ("hook_pattern", "hook_attn_scores")
 """Hooks shaped ``[batch, head, q, k]``: their position axis is the query axis (2), not axis 1."""
@@ -31,8 +32,11 @@ def position_axis(name: str) -> int:
     return 2 if name.rsplit(".", 1)[-1] in QUERY_AXIS_HOOKS else 1
 
 
-def resolve_positions(positions: Positions, n_pos: int) -> list[int] | None:
-    """Turn a position selection into sorted-as-given non-negative indices, refusing any out of range."""
+def resolve_positions(positions: object, n_pos: int) -> list[int] | None:
+    """Turn a position selection into sorted-as-given non-negative indices, refusing any out of range.
+
+    It is the check of the :data:`Positions` a caller was given, so it takes any object and refuses
+    what is not a selection of positions by name."""
     if positions is None:
         return None
     if isinstance(positions, str):

@@ -42,7 +42,7 @@ class SwapTestResult:
         return {"slope": self.slope.to_dict(), "r2": self.r2, "n_pairs": self.n_pairs}
 
 
-def _ratio_of_sums(numerator: np.ndarray, denominator: np.ndarray, axis: int = -1) -> np.ndarray:
+def _ratio_of_sums(numerator: np.ndarray, denominator: np.ndarray, axis: int = -1) -> np.ndarray | np.floating:
     return numerator.sum(axis=axis) / denominator.sum(axis=axis)
 
 

@@ -16,11 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")  # studies run headless; figures are only ever saved
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
 
 
 class StudySpecError(ValueError):
@@ -106,8 +103,8 @@ def _toml_types(hint: Any) -> tuple[type, ...]:
         for arg in typing.get_args(hint):
             part = _toml_types(arg)
             accepted += [t for t in part if t not in accepted]
-            if getattr(part, "items", None) is not None:
-                items, length = part.items, part.length
+            if getattr(part, "items", None) is not None and (items is None or part.length is not None):
+                items, length = part.items, part.length  # a fixed length (tuple[float, float] | list[float]) wins
         return TomlTypes(accepted, items, length) if items is not None else tuple(accepted)
     if hint in _TOML_TYPES:
         return (hint,)

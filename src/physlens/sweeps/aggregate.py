@@ -124,7 +124,7 @@ def sweep_table(records: Sequence[TrialRecord], sweep: SweepSpec) -> pd.DataFram
     return table
 
 
-def median_interval(values: Sequence[float], *, confidence: float = CONFIDENCE, seed: int = 0) -> tuple[float, float, float]:
+def median_interval(values: Sequence[float] | np.ndarray, *, confidence: float = CONFIDENCE, seed: int = 0) -> tuple[float, float, float]:
     """Median of ``values`` (NaN dropped: failed trials) and a percentile-bootstrap interval for it,
     :func:`physlens.stats.median_interval`'s, as a tuple; NaN bounds with fewer than 2 values."""
     data = np.asarray([v for v in values if not math.isnan(v)], dtype=float)

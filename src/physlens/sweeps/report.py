@@ -112,9 +112,6 @@ def write_report(
     notes: Sequence[str] = (),
 ) -> Path:
     """Write ``report.md`` and ``figures/*.png`` of a sweep into ``directory`` and return the report's path."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     axes = [key_text(k) for k in sweep.axes if k != SEED_KEY]

@@ -111,7 +111,8 @@ def execute_trial(task: TrialTask) -> TrialOutcome:
 
 def _init_worker() -> None:
     """One torch thread per worker process (the trials are tiny and the processes share the cores),
-    and, on Linux, the worker ends with the process that started it instead of running on orphaned."""
+    matplotlib's non-interactive backend (a trial saves its figures and never shows one), and, on
+    Linux, the worker ends with the process that started it instead of running on orphaned."""
     for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[variable] = "1"
     if sys.platform.startswith("linux"):
@@ -121,8 +122,10 @@ def _init_worker() -> None:
             ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
         except (OSError, AttributeError):
             pass
+    import matplotlib
     import torch
 
+    matplotlib.use("Agg")
     torch.set_num_threads(1)
 
 
@@ -418,7 +421,7 @@ def run_sweep(
             if tasks:
                 if backend == "local":
                     n_workers = min(len(tasks), workers if workers is not None else _cores())
-                    _run_local(tasks, n_workers, record, [__name__, STUDY_KINDS[sweep.kind], "physlens.sweeps._warmup"])
+                    _run_local(tasks, n_workers, record, [__name__, STUDY_KINDS[sweep.kind], "physlens.sweeps._forkserver_preload"])
                 else:
                     _run_ray(tasks, workers, address, gpus_per_trial, record)
         finally:

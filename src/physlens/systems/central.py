@@ -232,7 +232,7 @@ class OrbitTrajectories:
         return self.states[:, :-1], self.states[:, 1:]
 
 
-def _check_range(name: str, bounds: tuple[float, float], *, negative: bool) -> tuple[float, float]:
+def _check_range(name: str, bounds: tuple[float, ...], *, negative: bool) -> tuple[float, float]:
     if len(bounds) != 2:
         raise ValueError(f"{name} must be a pair (low, high), got {bounds!r}")
     low, high = (float(v) for v in bounds)
@@ -257,8 +257,8 @@ class CentralPotentialSystem:
     starting phase are uniform. E and L therefore vary independently over most of the box.
     """
 
-    energy_range: tuple[float, float] = (-0.8, -0.3)  # orbital energy E (must be < 0)
-    angular_momentum_range: tuple[float, float] = (0.2, 1.2)  # |L|; the sign is drawn at random
+    energy_range: tuple[float, float] | list[float] = (-0.8, -0.3)  # orbital energy E (must be < 0); a list from JSON/TOML, kept as a tuple
+    angular_momentum_range: tuple[float, float] | list[float] = (0.2, 1.2)  # |L|; the sign is drawn at random
     min_perihelion: float = 0.1  # refuse orbits that come closer to the centre than this
     dt: float = 0.1  # time between stored states when times are on a grid
     dtype: str = "float32"  # dtype of the sampled states

@@ -7,9 +7,8 @@ its physical labels (ω0, γ, Ω = √(ω0² − γ²), energy at every step) fo
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import torch
@@ -239,7 +238,7 @@ class ExactStep:
         return torch.einsum("bij,bj->bi", kernel, states[:, -1])[:, None]
 
 
-def _check_energy_range(name: str, energy_range: tuple[float, float]) -> tuple[float, float]:
+def _check_energy_range(name: str, energy_range: tuple[float, ...]) -> tuple[float, float]:
     if len(energy_range) != 2:
         raise ValueError(f"{name} must be a pair (low, high), got {energy_range!r}")
     low, high = (float(v) for v in energy_range)
@@ -260,7 +259,7 @@ class OscillatorSystem:
     omega0: ParamSpec | float | dict[str, Any] = 2.0  # natural frequency spec
     gamma: ParamSpec | float | dict[str, Any] = 0.1  # damping rate spec (must stay < omega0)
     dt: float = 0.1  # time step between stored states
-    energy_range: tuple[float, float] = (0.0, 1.0)  # initial energies for training
+    energy_range: tuple[float, float] | list[float] = (0.0, 1.0)  # initial energies for training (a list from JSON/TOML; kept as a tuple)
     dtype: str = "float32"  # dtype of the sampled states ("float64" for exact work)
     device: str = "cpu"  # where sampled tensors live
     _omega0: ParamSpec = field(init=False, repr=False)
@@ -325,7 +324,7 @@ class OscillatorSystem:
         *,
         seed: int | None = None,
         generator: torch.Generator | None = None,
-        energy_range: tuple[float, float] | None = None,
+        energy_range: Sequence[float] | None = None,
     ) -> Trajectories:
         """Draw ``n_traj`` trajectories of ``n_steps`` states each, computed with the exact propagator.
 
@@ -437,7 +436,7 @@ class OscillatorSystem:
 
 
 def _equal_stretch_finals(
-    draw: Trajectories, omega0_b: Tensor, gamma_b: Tensor, n_steps: int, energy_range: tuple[float, float],
+    draw: Trajectories, omega0_b: Tensor, gamma_b: Tensor, n_steps: int, energy_range: Sequence[float],
     generator: torch.Generator,
 ) -> tuple[Tensor, Tensor]:
     """Final states s with ‖A_a s‖ = ‖A_b s‖ for the two backward maps A = K(−(n_steps−1)·dt), i.e.

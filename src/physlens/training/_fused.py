@@ -169,7 +169,9 @@ def load_kernel(d_in: int, d_hidden: int) -> ModuleType:
     return module
 
 
-def adam_schedule(epochs: int, lr: float, beta1: float, beta2: float, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+def adam_schedule(
+    epochs: int, lr: float, beta1: float, beta2: float, dtype: type[np.floating] | np.dtype
+) -> tuple[np.ndarray, np.ndarray]:
     """Adam's per-step scalars as torch.optim.Adam computes them: in double, then cast to ``dtype``."""
     neg_step = np.array([-(lr / (1 - beta1**t)) for t in range(1, epochs + 1)], dtype=np.float64)
     bc2_sqrt = np.array([(1 - beta2**t) ** 0.5 for t in range(1, epochs + 1)], dtype=np.float64)

@@ -213,7 +213,7 @@ class TaskVerdict:
         return {"works": self.works, "status": self.status, "horizon": self.horizon, "checks": [c.to_dict() for c in self.checks]}
 
 
-def _mean(sample: np.ndarray, axis: int = -1) -> np.ndarray:
+def _mean(sample: np.ndarray, axis: int = -1) -> np.ndarray | np.floating:
     return np.mean(sample, axis=axis)
 
 

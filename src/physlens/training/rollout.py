@@ -6,11 +6,12 @@ which spikes whenever x crosses zero.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from jaxtyping import Float
-from torch import Tensor, nn
+from torch import Tensor
 
 from physlens._validation import check_finite, check_positive_int, check_shape
 from physlens.systems.base import System, TrajectoryBatch
@@ -19,7 +20,7 @@ from physlens.training._compile import compile_or_eager
 
 @torch.no_grad()
 def rollout(
-    model: nn.Module,
+    model: Callable[[Tensor], Tensor],
     context: Float[Tensor, "batch t0 d"],
     n_steps: int,
     *,
@@ -100,7 +101,7 @@ class RolloutEvaluation:
 
 
 def evaluate_rollout(
-    model: nn.Module,
+    model: Callable[[Tensor], Tensor],
     system: System,
     *,
     n_traj: int,
