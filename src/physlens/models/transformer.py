@@ -141,8 +141,10 @@ class Attention(nn.Module):
         norm = norm if norm is not None else nn.Identity()
         n_pos = resid.shape[1]
         if self.cfg.use_split_qkv_input:
+            # repeat gives a stride-0 view of resid: each hook gets its own copy, so an in-place edit of
+            # one head's query input reaches neither the other heads, nor k and v, nor the residual stream.
             copies = einops.repeat(resid, "batch pos d_model -> batch pos head d_model", head=self.cfg.n_heads)
-            inputs = [norm(hook(copies)) for hook in (self.hook_q_input, self.hook_k_input, self.hook_v_input)]
+            inputs = [norm(hook(copies.clone())) for hook in (self.hook_q_input, self.hook_k_input, self.hook_v_input)]
             project = "batch pos head d_model, head d_model d_head -> batch pos head d_head"
         else:
             inputs = [norm(resid)] * 3
@@ -229,7 +231,9 @@ class Block(nn.Module):
             self.hook_mlp_out = HookPoint()  # [batch, pos, d_model]
 
     def forward(self, resid: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
-        resid = self.hook_resid_pre(resid)
+        # resid is the previous block's hook_resid_post (or hook_embed) itself: a copy keeps an in-place
+        # edit here out of that activation (and out of a cache holding it).
+        resid = self.hook_resid_pre(resid.clone())
         resid = resid + self.hook_attn_out(self.attn(resid, self.ln1))
         if not self.cfg.attn_only:
             resid = self.hook_resid_mid(resid)
@@ -316,7 +320,9 @@ class OscillatorTransformer(HookedModel):
             resid = resid + self.b_E
         resid = self.hook_embed(resid)
         if self.cfg.positional_embedding:
-            resid = resid + self.hook_pos_embed(self.W_pos[: states.shape[1]].expand_as(resid))
+            # expand_as is a stride-0 view of W_pos: hooked as is, an in-place edit would rewrite the parameter
+            # (and every example at once), as in TransformerLens's issue #157, which it fixed the same way.
+            resid = resid + self.hook_pos_embed(self.W_pos[: states.shape[1]].expand_as(resid).clone())
         for block in self.blocks:
             resid = block(resid)
         output = self.unembed(self.ln_final(resid))
