@@ -7,7 +7,9 @@ way, so caches, hooks and ``transformer_lens.patching`` work unchanged.
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -241,6 +243,42 @@ class Block(nn.Module):
         return self.hook_resid_post(resid)
 
 
+class _InputScaleReadout:
+    """The post-unembedding transform of a ``scale_by_first_state`` model, where TransformerLens's
+    readout tools (``logit_lens``, ``logit_readout``) look for one: ``model.adapter``.
+
+    The model multiplies its unembedding by each example's ``hook_input_scale``, which a flat chunk
+    of read-out vectors cannot know, so a readout that is not run by the cache (which knows each
+    example's scale, and applies it) is refused instead of returning unscaled states.
+    """
+
+    supports_generation = False
+
+    def __init__(self) -> None:
+        self._applied_by_cache = False
+
+    @contextlib.contextmanager
+    def scaled_by_cache(self) -> Iterator[None]:
+        """While the cache reads the stream out and multiplies each example's read-out by its scale."""
+        self._applied_by_cache = True
+        try:
+            yield
+        finally:
+            self._applied_by_cache = False
+
+    def apply_output_logits_transform(self, logits: Tensor) -> Tensor:
+        if not self._applied_by_cache:
+            raise ValueError(
+                "this model (scale_by_first_state=True) multiplies its unembedding by each example's hook_input_scale, "
+                "which a read-out of bare residual vectors cannot know; use cache.logit_lens() on a run_with_cache cache, "
+                "which applies it, or multiply model.unembed(model.ln_final(resid)) by cache['hook_input_scale'] yourself"
+            )
+        return logits
+
+    def validate_output_logits_transform(self) -> None:
+        self.apply_output_logits_transform(torch.zeros(0))
+
+
 @register_model
 class OscillatorTransformer(HookedModel):
     """A tiny transformer over phase-space sequences: [batch, pos, 2] states → [batch, pos, 2] next states.
@@ -261,6 +299,7 @@ class OscillatorTransformer(HookedModel):
         generator = torch.Generator().manual_seed(cfg.seed)
         if cfg.scale_by_first_state:
             self.hook_input_scale = HookPoint()  # [batch, 1, 1]: ‖states[:, 0]‖, divided out of the input and multiplied back
+            self.adapter = _InputScaleReadout()  # TransformerLens's readout tools apply (here: refuse) the output's scale
         self.W_E = _init((cfg.d_in, cfg.d_model), cfg.d_in, generator, cfg)
         self.b_E = _zeros((cfg.d_model,), cfg) if cfg.embed_bias else None
         self.hook_embed = HookPoint()  # [batch, pos, d_model]
@@ -270,7 +309,10 @@ class OscillatorTransformer(HookedModel):
         self.blocks = nn.ModuleList(Block(cfg, generator) for _ in range(cfg.n_layers))
         self.ln_final = LayerNorm(cfg) if cfg.layer_norm else nn.Identity()
         self.W_U = _init((cfg.d_model, cfg.d_in), cfg.d_model, generator, cfg)
-        self.b_U = _zeros((cfg.d_in,), cfg) if cfg.unembed_bias else None
+        if cfg.unembed_bias:
+            self.b_U = _zeros((cfg.d_in,), cfg)
+        else:  # zeros that are not trained nor saved: b_U is a tensor, as TransformerLens's readout tools expect
+            self.register_buffer("b_U", torch.zeros(cfg.d_in, dtype=resolve_dtype(cfg.dtype), device=cfg.device), persistent=False)
         self.setup()
 
     def forward(
@@ -330,8 +372,7 @@ class OscillatorTransformer(HookedModel):
 
     def unembed(self, resid: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_in"]:
         """Read a (final-normalised) residual-stream vector out as a state: ``resid @ W_U + b_U``."""
-        out = resid @ self.W_U
-        return out + self.b_U if self.b_U is not None else out
+        return resid @ self.W_U + self.b_U
 
     def _check_input(self, states: Tensor) -> None:
         cfg = self.cfg
@@ -453,6 +494,41 @@ class OscillatorTransformer(HookedModel):
             if name in params:
                 params[tl_name] = params.pop(name)
         return params
+
+    def fold_layer_norm(self) -> OscillatorTransformer:
+        """TransformerLens's ``fold_ln``: move each LayerNorm's weight ``w`` and bias ``b`` into the
+        weights that read its output, leaving the norm a bare centre-and-scale (``w = 1``, ``b = 0``).
+
+        Outputs are unchanged (to rounding); afterwards the cached-scale recipes (``logit_attrs``,
+        ``apply_ln_to_stack``, ``decompose_resid(apply_ln=True)``) are exact. ``ln_final`` folds
+        into ``W_U`` and ``b_U`` (created, and ``cfg.unembed_bias`` set, if the model had none),
+        ``ln2`` into the MLP's ``W_in`` and ``b_in``, ``ln1`` into ``W_Q``, ``W_K``, ``W_V`` when its
+        bias is zero: the attention has no query, key or value biases to take a nonzero one, so such
+        an ``ln1`` stays as it is and the recipes into that attention stay refused. Returns the model.
+        """
+        if not self.cfg.layer_norm:
+            return self
+        with torch.no_grad():
+            final = self.ln_final
+            if not self.cfg.unembed_bias and bool((final.b != 0).any()):
+                del self.b_U  # the zero buffer becomes a parameter, saved with the model
+                self.b_U = _zeros((self.cfg.d_in,), self.cfg)
+                self.cfg.unembed_bias = True
+            self.b_U += final.b @ self.W_U
+            self.W_U *= final.w[:, None]
+            final.w.fill_(1.0)
+            final.b.zero_()
+            for block in self.blocks:
+                if not self.cfg.attn_only:
+                    block.mlp.b_in += block.ln2.b @ block.mlp.W_in
+                    block.mlp.W_in *= block.ln2.w[:, None]
+                    block.ln2.w.fill_(1.0)
+                    block.ln2.b.zero_()
+                if not bool((block.ln1.b != 0).any()):
+                    for weight in (block.attn.W_Q, block.attn.W_K, block.attn.W_V):
+                        weight *= block.ln1.w[:, None]
+                    block.ln1.w.fill_(1.0)
+        return self
 
     def set_use_split_qkv_input(self, use_split_qkv_input: bool) -> None:
         """TransformerLens's switch for per-head copies of each block's input (``attn.hook_q_input``,
