@@ -6,6 +6,7 @@ code; the rest raise an error that says why, instead of an ``AttributeError`` fr
 
 from __future__ import annotations
 
+import difflib
 import functools
 from collections.abc import Callable
 from typing import Any
@@ -63,6 +64,30 @@ class HookedModelCache(ActivationCache):
     layers; ``ssm_layers`` answers ``[]``), and batch slicing on an ``MLPEnsemble``, whose
     activations lead with the member axis.
     """
+
+    def __getitem__(self, key: Any) -> Any:
+        """TransformerLens's indexing (``cache["resid_pre", 0]``), with a missing activation named."""
+        try:
+            return super().__getitem__(key)
+        except KeyError:
+            name = key if isinstance(key, str) else None
+            if name is None and isinstance(key, tuple):
+                from transformer_lens.utilities import get_act_name
+
+                name = get_act_name(*key)
+            hook_dict = getattr(self.model, "hook_dict", {})
+            if name in hook_dict:
+                reason = "the model has this hook, but names_filter (or pos_slice) left it out of the cache"
+            else:
+                close = difflib.get_close_matches(str(name), list(hook_dict), n=3)
+                flags = ""
+                if name is not None and (".ln" in name or "ln_final" in name) and not getattr(self.model.cfg, "layer_norm", True):
+                    flags = " (the model has no LayerNorm: cfg.layer_norm=False)"
+                elif name is not None and (".mlp." in name or name.endswith(("mlp_out", "resid_mid"))):
+                    if getattr(self.model.cfg, "attn_only", False):
+                        flags = " (the model is attention-only: cfg.attn_only=True)"
+                reason = f"{type(self.model).__name__} has no hook of that name{flags}" + (f"; close names: {close}" if close else "")
+            raise KeyError(f"no activation {name!r} in this cache: {reason}") from None
 
     def _check_batch_axis(self, method: str) -> None:
         if not _leads_with_batch(self.model):

@@ -79,6 +79,42 @@ class TransformerConfig:
         """TransformerLens's width of ``W_U``'s output: here the state's components, not a vocabulary."""
         return self.d_in
 
+    # Read-only answers to the TransformerLens config fields its code reads, for this architecture.
+    @property
+    def d_vocab_out(self) -> int:
+        """TransformerLens field: the unembedding's width, the state's components."""
+        return self.d_in
+
+    @property
+    def act_fn(self) -> str | None:
+        """TransformerLens field: the MLP's nonlinearity, ``"gelu"`` (None when attention-only)."""
+        return None if self.attn_only else "gelu"
+
+    @property
+    def positional_embedding_type(self) -> str | None:
+        """TransformerLens field: ``"standard"`` (a learned ``W_pos``) or None (no positional embedding)."""
+        return "standard" if self.positional_embedding else None
+
+    @property
+    def use_attn_result(self) -> bool:
+        """TransformerLens flag: always True, every head's ``hook_result`` is computed."""
+        return True
+
+    @property
+    def use_hook_mlp_in(self) -> bool:
+        """TransformerLens flag: False, there is no ``hook_mlp_in``."""
+        return False
+
+    @property
+    def use_attn_in(self) -> bool:
+        """TransformerLens flag: False, there is no ``hook_attn_in``."""
+        return False
+
+    @property
+    def default_prepend_bos(self) -> bool:
+        """TransformerLens field: False, inputs are states and there is no BOS token."""
+        return False
+
     @property
     def sees_future(self) -> bool:
         """True when some position can attend to a later one (no causal mask and window > 1).
@@ -243,6 +279,46 @@ class Block(nn.Module):
         return self.hook_resid_post(resid)
 
 
+def _refuse_text(states: Any) -> None:
+    if isinstance(states, str) or (isinstance(states, (list, tuple)) and states and all(isinstance(item, str) for item in states)):
+        raise ValueError(
+            "the model reads states, not text: pass a [batch, pos, 2] tensor of (x, p), e.g. "
+            "OscillatorSystem(...).sample(n, seq_len, seed=0).states; there is no tokenizer (to_tokens refuses too)"
+        )
+
+
+class _Embed:
+    """``model.embed``, as TransformerLens has it: the embedding's weights, callable on states."""
+
+    def __init__(self, model: OscillatorTransformer) -> None:
+        self.W_E, self.b_E = model.W_E, model.b_E
+
+    def __call__(self, states: Float[Tensor, "... d_in"]) -> Float[Tensor, "... d_model"]:
+        out = states @ self.W_E
+        return out if self.b_E is None else out + self.b_E
+
+
+class _Unembed:
+    """``model.unembed``, as TransformerLens has it: the unembedding's weights, callable on the stream."""
+
+    def __init__(self, model: OscillatorTransformer) -> None:
+        self.W_U, self.b_U = model.W_U, model.b_U
+
+    def __call__(self, resid: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_in"]:
+        return resid @ self.W_U + self.b_U
+
+
+class _PosEmbed:
+    """``model.pos_embed``, as TransformerLens has it: ``W_pos``, callable on the input."""
+
+    def __init__(self, model: OscillatorTransformer) -> None:
+        self.W_pos = model.W_pos
+
+    def __call__(self, states: Float[Tensor, "batch pos d_in"]) -> Float[Tensor, "batch pos d_model"]:
+        batch, n_pos = states.shape[:2]
+        return self.W_pos[:n_pos].expand(batch, n_pos, -1).clone()
+
+
 class _InputScaleReadout:
     """The post-unembedding transform of a ``scale_by_first_state`` model, where TransformerLens's
     readout tools (``logit_lens``, ``logit_readout``) look for one: ``model.adapter``.
@@ -293,6 +369,7 @@ class OscillatorTransformer(HookedModel):
     config_class = TransformerConfig
     input_position_axis = 1
     has_residual_stream = True
+    unpositioned_hooks = ("hook_input_scale",)  # [batch, 1, 1]: one scale per example
 
     def __init__(self, cfg: TransformerConfig) -> None:
         super().__init__(cfg)
@@ -322,16 +399,28 @@ class OscillatorTransformer(HookedModel):
         *,
         targets: Float[Tensor, "batch pos d_in"] | None = None,
         loss_positions: str = "all",
+        stop_at_layer: int | None = None,
     ) -> Any:
         """Predict the next state at every position.
 
         ``return_type`` follows TransformerLens: ``"output"`` (the predictions, ``[batch, pos,
-        d_in]``), ``"loss"`` (the mean squared error against ``targets``, a scalar, so
-        ``loss.backward()`` and ``run_with_cache(..., incl_bwd=True)`` work), ``"both"``
-        (``(output, loss)``) or None. ``loss_positions`` is ``"all"`` or ``"last"``, as in training.
+        d_in]``; TransformerLens's ``"logits"``), ``"loss"`` (the mean squared error against
+        ``targets``, a scalar, so ``loss.backward()`` and ``run_with_cache(..., incl_bwd=True)``
+        work), ``"both"`` (``(output, loss)``) or None. ``loss_positions`` is ``"all"`` or
+        ``"last"``, as in training. ``stop_at_layer=l`` runs the first ``l`` blocks only and returns
+        the residual stream there, ``[batch, pos, d_model]`` (TransformerLens's meaning; negative
+        counts from the end; on ``scale_by_first_state`` in units of the first state's size).
         """
+        _refuse_text(states)
         if return_type not in ("output", "loss", "both", None):
-            raise ValueError(f"return_type must be 'output', 'loss', 'both' or None, got {return_type!r}")
+            hint = {"logits": "the predicted states, TransformerLens's logits, are return_type='output'"}.get(return_type, "")
+            raise ValueError(f"return_type must be 'output', 'loss', 'both' or None, got {return_type!r}" + (f"; {hint}" if hint else ""))
+        if stop_at_layer is not None:
+            if return_type != "output" or targets is not None:
+                raise ValueError("stop_at_layer returns the residual stream, which has no loss: call it with return_type='output' and no targets")
+            if isinstance(stop_at_layer, bool) or not isinstance(stop_at_layer, int) or not -self.cfg.n_layers <= stop_at_layer <= self.cfg.n_layers:
+                raise ValueError(f"stop_at_layer must be an integer in -{self.cfg.n_layers}..{self.cfg.n_layers}, got {stop_at_layer!r}")
+            return self._predict(states, stop_at_layer=stop_at_layer)
         if loss_positions not in ("all", "last"):
             raise ValueError(f"loss_positions must be 'all' or 'last', got {loss_positions!r}")
         wants_loss = return_type in ("loss", "both")
@@ -347,7 +436,7 @@ class OscillatorTransformer(HookedModel):
         loss = (prediction - target).pow(2).mean()
         return loss if return_type == "loss" else (output, loss)
 
-    def _predict(self, states: Tensor) -> Tensor:
+    def _predict(self, states: Tensor, stop_at_layer: int | None = None) -> Tensor:
         self._check_input(states)
         scale = None
         if self.cfg.scale_by_first_state:
@@ -365,14 +454,102 @@ class OscillatorTransformer(HookedModel):
             # expand_as is a stride-0 view of W_pos: hooked as is, an in-place edit would rewrite the parameter
             # (and every example at once), as in TransformerLens's issue #157, which it fixed the same way.
             resid = resid + self.hook_pos_embed(self.W_pos[: states.shape[1]].expand_as(resid).clone())
-        for block in self.blocks:
+        blocks = self.blocks if stop_at_layer is None else self.blocks[:stop_at_layer]
+        for block in blocks:
             resid = block(resid)
+        if stop_at_layer is not None:
+            return resid
         output = self.unembed(self.ln_final(resid))
         return output if scale is None else output * scale
 
-    def unembed(self, resid: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_in"]:
-        """Read a (final-normalised) residual-stream vector out as a state: ``resid @ W_U + b_U``."""
-        return resid @ self.W_U + self.b_U
+    @property
+    def embed(self) -> _Embed:
+        """TransformerLens's ``model.embed``: ``W_E``, ``b_E``, and ``embed(states)`` = ``states @ W_E + b_E``
+        (the states as the blocks see them: on ``scale_by_first_state``, divided by ``hook_input_scale``)."""
+        return _Embed(self)
+
+    @property
+    def unembed(self) -> _Unembed:
+        """TransformerLens's ``model.unembed``: ``W_U``, ``b_U``, and ``unembed(resid)`` = ``resid @ W_U + b_U``,
+        a (final-normalised) residual-stream vector read out as a state (on ``scale_by_first_state``,
+        before the output is multiplied by ``hook_input_scale``)."""
+        return _Unembed(self)
+
+    @property
+    def pos_embed(self) -> _PosEmbed:
+        """TransformerLens's ``model.pos_embed``: ``W_pos``, and ``pos_embed(states)`` its rows for the
+        input's positions, ``[batch, pos, d_model]``. Only with ``cfg.positional_embedding``."""
+        if not self.cfg.positional_embedding:
+            raise AttributeError("pos_embed: this model has no positional embedding (cfg.positional_embedding=False)")
+        return _PosEmbed(self)
+
+    def __getattr__(self, name: str) -> Any:
+        # A property that raises AttributeError falls through to here, and nn.Module's message would drop the reason.
+        if name == "pos_embed" and not self.cfg.positional_embedding:
+            raise AttributeError("pos_embed: this model has no positional embedding (cfg.positional_embedding=False)")
+        return super().__getattr__(name)
+
+    def _attn_bias(self, *shape: int) -> Tensor:
+        return torch.zeros(self.cfg.n_layers, *shape, dtype=self.W_E.dtype, device=self.W_E.device)
+
+    @property
+    def b_Q(self) -> Float[Tensor, "layer head d_head"]:  # noqa: N802
+        """TransformerLens's query biases: zeros, the attention has none."""
+        return self._attn_bias(self.cfg.n_heads, self.cfg.d_head)
+
+    @property
+    def b_K(self) -> Float[Tensor, "layer head d_head"]:  # noqa: N802
+        """TransformerLens's key biases: zeros, the attention has none."""
+        return self._attn_bias(self.cfg.n_heads, self.cfg.d_head)
+
+    @property
+    def b_V(self) -> Float[Tensor, "layer head d_head"]:  # noqa: N802
+        """TransformerLens's value biases: zeros, the attention has none."""
+        return self._attn_bias(self.cfg.n_heads, self.cfg.d_head)
+
+    @property
+    def b_O(self) -> Float[Tensor, "layer d_model"]:  # noqa: N802
+        """TransformerLens's attention output biases: zeros, the attention has none."""
+        return self._attn_bias(self.cfg.d_model)
+
+    def loss_fn(
+        self,
+        output: Float[Tensor, "batch pos d_in"],
+        targets: Float[Tensor, "batch pos d_in"],
+        per_token: bool = False,
+    ) -> Tensor:
+        """TransformerLens's ``loss_fn`` for predicted states: the mean squared error against ``targets``
+        (the next states, already shifted), as ``model(x, return_type="loss", targets=y)`` gives it;
+        ``per_token=True`` keeps it per position, ``[batch, pos]``."""
+        if not isinstance(output, Tensor) or not isinstance(targets, Tensor) or output.shape != targets.shape:
+            raise ValueError(
+                f"loss_fn needs the predicted states and the target states, two tensors of the same shape; got "
+                f"{getattr(output, 'shape', type(output).__name__)} and {getattr(targets, 'shape', type(targets).__name__)}"
+            )
+        errors = (output - targets).pow(2)
+        return errors.mean(dim=-1) if per_token else errors.mean()
+
+    def set_use_attn_result(self, use_attn_result: bool) -> None:
+        """TransformerLens's switch for ``attn.hook_result``: every head's result is always computed
+        and hooked here, so either value leaves the model as it is."""
+        if not isinstance(use_attn_result, bool):
+            raise ValueError(f"use_attn_result must be a bool, got {use_attn_result!r}")
+
+    def tl_named_parameters(self) -> Iterator[tuple[str, Tensor]]:
+        """TransformerLens's ``tl_named_parameters``: :meth:`tl_parameters` as ``(name, tensor)`` pairs."""
+        return iter(self.tl_parameters().items())
+
+    def generate(self, *args: Any, **kwargs: Any) -> Any:
+        """Refused: there is no text to continue; roll states forward with ``physlens.training.rollout``."""
+        raise NotImplementedError(
+            f"{type(self).__name__} predicts states, not tokens; to continue a trajectory use "
+            "physlens.training.rollout(model, context, n_steps) (or evaluate_rollout to score one)"
+        )
+
+    def to_string(self, *args: Any, **kwargs: Any) -> str:
+        """Refused, as :meth:`to_tokens`: there are no tokens to turn into text."""
+        self.to_tokens()
+        return ""
 
     def _check_input(self, states: Tensor) -> None:
         cfg = self.cfg
