@@ -64,6 +64,7 @@ def test_compiled_ensemble_step_falls_back_to_eager_with_a_message(no_compiler):
 
 
 @pytest.mark.slow
+@pytest.mark.unchecked_types
 def test_compiled_training_and_rollout_equal_eager():
     if _compile.compiler_unavailable_reason("cpu"):
         pytest.skip("no C++ compiler for torch.compile")

@@ -229,6 +229,7 @@ def test_bad_training_input_is_refused():
 
 
 @pytest.mark.slow
+@pytest.mark.unchecked_types
 def test_compiled_step_trains_like_the_eager_step():
     seeds = [1, 2, 3]
     config = dict(epochs=100, lr=1e-2)

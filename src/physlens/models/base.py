@@ -184,7 +184,7 @@ class HookedModel(HookedRootModule):
         """TransformerLens's ``run_with_hooks``, refusing hook names this model does not have, and
         refusing to serve a ``transformer_lens.patching`` sweep that counts positions on the wrong
         input axis (see :meth:`check_patching_call`)."""
-        self.check_patching_call(_enclosing_patching_sweep())
+        self.check_patching_call(_enclosing_patching_sweep(model_args[0] if model_args else None))
         return super().run_with_hooks(
             *model_args, fwd_hooks=fwd_hooks, bwd_hooks=bwd_hooks, reset_hooks_end=reset_hooks_end,
             clear_contexts=clear_contexts, **model_kwargs,
@@ -270,10 +270,11 @@ def _as_name_filter(names_filter: Any) -> Callable[[str], bool]:
     raise ValueError(f"names_filter must be a hook name, a list of names or a function, got {type(names_filter).__name__}")
 
 
-def _enclosing_patching_sweep() -> FrameType | None:
-    """The frame of the ``transformer_lens.patching.generic_activation_patch`` call this code runs
-    under, if any: the nearest one up the stack, however many wrappers (a runtime type checker's, a
-    subclass's override of ``run_with_hooks``) sit between it and the model.
+def _enclosing_patching_sweep(inputs: Any) -> FrameType | None:
+    """The frame of the ``transformer_lens.patching.generic_activation_patch`` call that runs the
+    model on ``inputs``, if any: the nearest one up the stack, however many wrappers (a runtime type
+    checker's, a subclass's override of ``run_with_hooks``) sit between it and the model, and only
+    if ``inputs`` is that sweep's own input (not a model called from inside another model's sweep).
 
     Only that frame knows whether the sweep's positions were counted from the input's last axis
     (``index_axis_names``) or given as cells (``index_df``): the model is called with the input and
@@ -283,6 +284,8 @@ def _enclosing_patching_sweep() -> FrameType | None:
     sweep = tl_patching.generic_activation_patch.__code__
     while frame is not None and frame.f_code is not sweep:
         frame = frame.f_back
+    if frame is None or inputs is None or frame.f_locals.get("corrupted_tokens") is not inputs:
+        return None
     return frame
 
 
