@@ -76,6 +76,9 @@ def _check_everything(model: OscillatorTransformer, states: torch.Tensor) -> Non
     torch.testing.assert_close(diff, expected)
     lens = cache.logit_lens()
     torch.testing.assert_close(lens.values[-1], output[:, -1])
+    torch.testing.assert_close(cache.logit_lens(batch_slice=2).values[-1], output[2, -1])
+    one = cache.logit_attrs(stack, tokens=0, batch_slice=2)  # [part, pos] of example 2
+    torch.testing.assert_close(one.sum(0) + _bias_share(model, cache, 0)[2], output[2, :, 0])
     lens = cache.logit_lens(positions=None, targets=1)
     torch.testing.assert_close(lens.values[-1, ..., 0], output[..., 1])
     direction = model.W_U[:, 0]
@@ -146,3 +149,18 @@ def test_shipped_checkpoint_attribution_is_exact() -> None:
         share = model.b_U[component] * cache["hook_input_scale"][:, 0, 0] if model.b_U is not None else 0.0
         torch.testing.assert_close(attrs.sum(0) + share, output[:, -1, component], rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(cache.logit_lens().values[-1], output[:, -1], rtol=1e-5, atol=1e-6)
+
+
+def test_a_folded_model_saves_and_loads(tmp_path: Path) -> None:
+    from physlens.training import load_checkpoint, save_checkpoint
+
+    model = build("nLA", "layer_norm_no_unembed_bias")
+    states = _states()
+    before = model(states)
+    model.fold_layer_norm()
+    assert model.cfg.unembed_bias and "b_U" in dict(model.named_parameters())  # ln_final's bias had to go somewhere
+    loaded, _ = load_checkpoint(save_checkpoint(tmp_path / "folded", model))
+    torch.testing.assert_close(loaded(states), before)
+    _, cache = loaded.run_with_cache(states)
+    attrs = cache.logit_attrs(cache.get_full_resid_decomposition(), tokens=1)
+    torch.testing.assert_close(attrs.sum(0) + loaded.b_U[1], before[..., 1])

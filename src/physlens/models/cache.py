@@ -188,7 +188,7 @@ class HookedModelCache(ActivationCache):
         with self.model.adapter.scaled_by_cache():
             result = logit_lens(self.model, cache=self, **kwargs)
             full = logit_lens(self.model, cache=self, **{k: v for k, v in kwargs.items() if k not in ("vocab", "targets", "top_k")})
-        scale = self._output_scale(kwargs.get("batch_slice"), result.has_batch_dim, result.values.ndim)
+        scale = self._output_scale(kwargs.get("batch_slice"), self.has_batch_dim, result.values.ndim)
         readout = result.readout
         readout.values = readout.values * scale
         log_probs = torch.log_softmax((full.values * scale).float(), dim=-1)
