@@ -96,6 +96,9 @@ def test_in_place_hook_edit_equals_edit_of_a_copy(preset: str, option: str, grad
         with torch.no_grad():
             if not torch.equal(model(states), reference):
                 failures.append(f"{name}: a later hook-free run changed")
+        if not torch.equal(states, _states()):
+            failures.append(f"{name}: in-place edit rewrote the caller's input")
+            states = _states()
     assert not failures, "\n".join(failures)
 
 
