@@ -59,6 +59,7 @@ class HookedModel(HookedRootModule):
     config_class: ClassVar[type]
     input_position_axis: ClassVar[int | None] = None
     has_residual_stream: ClassVar[bool] = False
+    unpositioned_hooks: ClassVar[tuple[str, ...]] = ()  # hooks with no position axis, which pos_slice leaves whole
 
     def __init__(self, cfg: Any) -> None:
         super().__init__()
@@ -111,8 +112,9 @@ class HookedModel(HookedRootModule):
         reset_hooks_end: bool = True,
         clear_contexts: bool = False,
         pos_slice: Any = None,
+        return_cache_object: bool = True,
         **model_kwargs: Any,
-    ) -> tuple[Any, HookedModelCache]:
+    ) -> tuple[Any, HookedModelCache | dict[str, Tensor]]:
         """TransformerLens's ``run_with_cache``: the model's output and a TransformerLens
         ``ActivationCache`` (a :class:`~physlens.models.cache.HookedModelCache`) of every hook point
         that passes ``names_filter``.
@@ -120,7 +122,9 @@ class HookedModel(HookedRootModule):
         Hook names this model does not have are refused. ``incl_bwd=True`` also caches the
         gradient of the output at every hook (as ``<name>_grad``), which needs a scalar output: on
         the oscillator transformer pass ``return_type="loss"`` and ``targets``. ``pos_slice``
-        keeps some positions only, so it needs a model with positions.
+        keeps some positions only, so it needs a model with positions; hooks without a position axis
+        (``unpositioned_hooks``, e.g. ``hook_input_scale``) are kept whole. ``return_cache_object=False``
+        returns the plain dict of activations instead of the cache, as in TransformerLens.
         """
         if isinstance(names_filter, str) or (
             isinstance(names_filter, (list, tuple)) and all(isinstance(n, str) for n in names_filter)
@@ -133,9 +137,22 @@ class HookedModel(HookedRootModule):
             batch = model_args[0].shape[0] if model_args[0].ndim > 0 else 1
             if batch != 1:
                 raise ValueError(f"remove_batch_dim=True needs a batch of one example, got {batch}")
-        cache_dict, fwd_hooks, bwd_hooks = self.get_caching_hooks(
-            names_filter, incl_bwd, device, remove_batch_dim=remove_batch_dim, pos_slice=pos_slice
-        )
+        unpositioned = [name for name in self.unpositioned_hooks if name in self.hook_dict]
+        if pos_slice is not None and unpositioned:
+            keep = _as_name_filter(names_filter)
+            cache_dict, fwd_hooks, bwd_hooks = self.get_caching_hooks(
+                lambda name: keep(name) and name not in unpositioned, incl_bwd, device,
+                remove_batch_dim=remove_batch_dim, pos_slice=pos_slice,
+            )
+            whole, more_fwd, more_bwd = self.get_caching_hooks(
+                lambda name: keep(name) and name in unpositioned, incl_bwd, device, remove_batch_dim=remove_batch_dim
+            )
+            fwd_hooks, bwd_hooks = fwd_hooks + more_fwd, bwd_hooks + more_bwd
+        else:
+            whole = {}
+            cache_dict, fwd_hooks, bwd_hooks = self.get_caching_hooks(
+                names_filter, incl_bwd, device, remove_batch_dim=remove_batch_dim, pos_slice=pos_slice
+            )
         with self.hooks(fwd_hooks=fwd_hooks, bwd_hooks=bwd_hooks, reset_hooks_end=reset_hooks_end, clear_contexts=clear_contexts):
             output = self(*model_args, **model_kwargs)
             if incl_bwd:
@@ -147,6 +164,9 @@ class HookedModel(HookedRootModule):
                         + self._scalar_output_hint()
                     )
                 output.backward()
+        cache_dict.update(whole)
+        if not return_cache_object:
+            return output, cache_dict
         return output, HookedModelCache(cache_dict, self, has_batch_dim=not remove_batch_dim)
 
     def _scalar_output_hint(self) -> str:
@@ -235,6 +255,19 @@ class HookedModel(HookedRootModule):
     def device(self) -> torch.device:
         """Device of the model's parameters."""
         return next(self.parameters()).device
+
+
+def _as_name_filter(names_filter: Any) -> Callable[[str], bool]:
+    """``run_with_cache``'s ``names_filter`` (None, a name, a list of names or a function) as a function."""
+    if names_filter is None:
+        return lambda name: True
+    if isinstance(names_filter, str):
+        return lambda name: name == names_filter
+    if isinstance(names_filter, (list, tuple)):
+        return lambda name: name in names_filter
+    if callable(names_filter):
+        return names_filter
+    raise ValueError(f"names_filter must be a hook name, a list of names or a function, got {type(names_filter).__name__}")
 
 
 def _enclosing_patching_sweep(inputs: Any) -> FrameType | None:

@@ -7,7 +7,9 @@ way, so caches, hooks and ``transformer_lens.patching`` work unchanged.
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,6 +79,42 @@ class TransformerConfig:
         """TransformerLens's width of ``W_U``'s output: here the state's components, not a vocabulary."""
         return self.d_in
 
+    # Read-only answers to the TransformerLens config fields its code reads, for this architecture.
+    @property
+    def d_vocab_out(self) -> int:
+        """TransformerLens field: the unembedding's width, the state's components."""
+        return self.d_in
+
+    @property
+    def act_fn(self) -> str | None:
+        """TransformerLens field: the MLP's nonlinearity, ``"gelu"`` (None when attention-only)."""
+        return None if self.attn_only else "gelu"
+
+    @property
+    def positional_embedding_type(self) -> str | None:
+        """TransformerLens field: ``"standard"`` (a learned ``W_pos``) or None (no positional embedding)."""
+        return "standard" if self.positional_embedding else None
+
+    @property
+    def use_attn_result(self) -> bool:
+        """TransformerLens flag: always True, every head's ``hook_result`` is computed."""
+        return True
+
+    @property
+    def use_hook_mlp_in(self) -> bool:
+        """TransformerLens flag: False, there is no ``hook_mlp_in``."""
+        return False
+
+    @property
+    def use_attn_in(self) -> bool:
+        """TransformerLens flag: False, there is no ``hook_attn_in``."""
+        return False
+
+    @property
+    def default_prepend_bos(self) -> bool:
+        """TransformerLens field: False, inputs are states and there is no BOS token."""
+        return False
+
     @property
     def sees_future(self) -> bool:
         """True when some position can attend to a later one (no causal mask and window > 1).
@@ -141,8 +179,10 @@ class Attention(nn.Module):
         norm = norm if norm is not None else nn.Identity()
         n_pos = resid.shape[1]
         if self.cfg.use_split_qkv_input:
+            # repeat gives a stride-0 view of resid: each hook gets its own copy, so an in-place edit of
+            # one head's query input reaches neither the other heads, nor k and v, nor the residual stream.
             copies = einops.repeat(resid, "batch pos d_model -> batch pos head d_model", head=self.cfg.n_heads)
-            inputs = [norm(hook(copies)) for hook in (self.hook_q_input, self.hook_k_input, self.hook_v_input)]
+            inputs = [norm(hook(copies.clone())) for hook in (self.hook_q_input, self.hook_k_input, self.hook_v_input)]
             project = "batch pos head d_model, head d_model d_head -> batch pos head d_head"
         else:
             inputs = [norm(resid)] * 3
@@ -229,12 +269,90 @@ class Block(nn.Module):
             self.hook_mlp_out = HookPoint()  # [batch, pos, d_model]
 
     def forward(self, resid: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
-        resid = self.hook_resid_pre(resid)
+        # resid is the previous block's hook_resid_post (or hook_embed) itself: a copy keeps an in-place
+        # edit here out of that activation (and out of a cache holding it).
+        resid = self.hook_resid_pre(resid.clone())
         resid = resid + self.hook_attn_out(self.attn(resid, self.ln1))
         if not self.cfg.attn_only:
             resid = self.hook_resid_mid(resid)
             resid = resid + self.hook_mlp_out(self.mlp(self.ln2(resid)))
         return self.hook_resid_post(resid)
+
+
+def _refuse_text(states: Any) -> None:
+    if isinstance(states, str) or (isinstance(states, (list, tuple)) and states and all(isinstance(item, str) for item in states)):
+        raise ValueError(
+            "the model reads states, not text: pass a [batch, pos, 2] tensor of (x, p), e.g. "
+            "OscillatorSystem(...).sample(n, seq_len, seed=0).states; there is no tokenizer (to_tokens refuses too)"
+        )
+
+
+class _Embed:
+    """``model.embed``, as TransformerLens has it: the embedding's weights, callable on states."""
+
+    def __init__(self, model: OscillatorTransformer) -> None:
+        self.W_E, self.b_E = model.W_E, model.b_E
+
+    def __call__(self, states: Float[Tensor, "... d_in"]) -> Float[Tensor, "... d_model"]:
+        out = states @ self.W_E
+        return out if self.b_E is None else out + self.b_E
+
+
+class _Unembed:
+    """``model.unembed``, as TransformerLens has it: the unembedding's weights, callable on the stream."""
+
+    def __init__(self, model: OscillatorTransformer) -> None:
+        self.W_U, self.b_U = model.W_U, model.b_U
+
+    def __call__(self, resid: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_in"]:
+        return resid @ self.W_U + self.b_U
+
+
+class _PosEmbed:
+    """``model.pos_embed``, as TransformerLens has it: ``W_pos``, callable on the input."""
+
+    def __init__(self, model: OscillatorTransformer) -> None:
+        self.W_pos = model.W_pos
+
+    def __call__(self, states: Float[Tensor, "batch pos d_in"]) -> Float[Tensor, "batch pos d_model"]:
+        batch, n_pos = states.shape[:2]
+        return self.W_pos[:n_pos].expand(batch, n_pos, -1).clone()
+
+
+class _InputScaleReadout:
+    """The post-unembedding transform of a ``scale_by_first_state`` model, where TransformerLens's
+    readout tools (``logit_lens``, ``logit_readout``) look for one: ``model.adapter``.
+
+    The model multiplies its unembedding by each example's ``hook_input_scale``, which a flat chunk
+    of read-out vectors cannot know, so a readout that is not run by the cache (which knows each
+    example's scale, and applies it) is refused instead of returning unscaled states.
+    """
+
+    supports_generation = False
+
+    def __init__(self) -> None:
+        self._applied_by_cache = False
+
+    @contextlib.contextmanager
+    def scaled_by_cache(self) -> Iterator[None]:
+        """While the cache reads the stream out and multiplies each example's read-out by its scale."""
+        self._applied_by_cache = True
+        try:
+            yield
+        finally:
+            self._applied_by_cache = False
+
+    def apply_output_logits_transform(self, logits: Tensor) -> Tensor:
+        if not self._applied_by_cache:
+            raise ValueError(
+                "this model (scale_by_first_state=True) multiplies its unembedding by each example's hook_input_scale, "
+                "which a read-out of bare residual vectors cannot know; use cache.logit_lens() on a run_with_cache cache, "
+                "which applies it, or multiply model.unembed(model.ln_final(resid)) by cache['hook_input_scale'] yourself"
+            )
+        return logits
+
+    def validate_output_logits_transform(self) -> None:
+        self.apply_output_logits_transform(torch.zeros(0))
 
 
 @register_model
@@ -251,12 +369,14 @@ class OscillatorTransformer(HookedModel):
     config_class = TransformerConfig
     input_position_axis = 1
     has_residual_stream = True
+    unpositioned_hooks = ("hook_input_scale",)  # [batch, 1, 1]: one scale per example
 
     def __init__(self, cfg: TransformerConfig) -> None:
         super().__init__(cfg)
         generator = torch.Generator().manual_seed(cfg.seed)
         if cfg.scale_by_first_state:
             self.hook_input_scale = HookPoint()  # [batch, 1, 1]: ‖states[:, 0]‖, divided out of the input and multiplied back
+            self.adapter = _InputScaleReadout()  # TransformerLens's readout tools apply (here: refuse) the output's scale
         self.W_E = _init((cfg.d_in, cfg.d_model), cfg.d_in, generator, cfg)
         self.b_E = _zeros((cfg.d_model,), cfg) if cfg.embed_bias else None
         self.hook_embed = HookPoint()  # [batch, pos, d_model]
@@ -266,7 +386,10 @@ class OscillatorTransformer(HookedModel):
         self.blocks = nn.ModuleList(Block(cfg, generator) for _ in range(cfg.n_layers))
         self.ln_final = LayerNorm(cfg) if cfg.layer_norm else nn.Identity()
         self.W_U = _init((cfg.d_model, cfg.d_in), cfg.d_model, generator, cfg)
-        self.b_U = _zeros((cfg.d_in,), cfg) if cfg.unembed_bias else None
+        if cfg.unembed_bias:
+            self.b_U = _zeros((cfg.d_in,), cfg)
+        else:  # zeros that are not trained nor saved: b_U is a tensor, as TransformerLens's readout tools expect
+            self.register_buffer("b_U", torch.zeros(cfg.d_in, dtype=resolve_dtype(cfg.dtype), device=cfg.device), persistent=False)
         self.setup()
 
     def forward(
@@ -276,16 +399,28 @@ class OscillatorTransformer(HookedModel):
         *,
         targets: Float[Tensor, "batch pos d_in"] | None = None,
         loss_positions: str = "all",
+        stop_at_layer: int | None = None,
     ) -> Any:
         """Predict the next state at every position.
 
         ``return_type`` follows TransformerLens: ``"output"`` (the predictions, ``[batch, pos,
-        d_in]``), ``"loss"`` (the mean squared error against ``targets``, a scalar, so
-        ``loss.backward()`` and ``run_with_cache(..., incl_bwd=True)`` work), ``"both"``
-        (``(output, loss)``) or None. ``loss_positions`` is ``"all"`` or ``"last"``, as in training.
+        d_in]``; TransformerLens's ``"logits"``), ``"loss"`` (the mean squared error against
+        ``targets``, a scalar, so ``loss.backward()`` and ``run_with_cache(..., incl_bwd=True)``
+        work), ``"both"`` (``(output, loss)``) or None. ``loss_positions`` is ``"all"`` or
+        ``"last"``, as in training. ``stop_at_layer=l`` runs the first ``l`` blocks only and returns
+        the residual stream there, ``[batch, pos, d_model]`` (TransformerLens's meaning; negative
+        counts from the end; on ``scale_by_first_state`` in units of the first state's size).
         """
+        _refuse_text(states)
         if return_type not in ("output", "loss", "both", None):
-            raise ValueError(f"return_type must be 'output', 'loss', 'both' or None, got {return_type!r}")
+            hint = {"logits": "the predicted states, TransformerLens's logits, are return_type='output'"}.get(return_type, "")
+            raise ValueError(f"return_type must be 'output', 'loss', 'both' or None, got {return_type!r}" + (f"; {hint}" if hint else ""))
+        if stop_at_layer is not None:
+            if return_type != "output" or targets is not None:
+                raise ValueError("stop_at_layer returns the residual stream, which has no loss: call it with return_type='output' and no targets")
+            if isinstance(stop_at_layer, bool) or not isinstance(stop_at_layer, int) or not -self.cfg.n_layers <= stop_at_layer <= self.cfg.n_layers:
+                raise ValueError(f"stop_at_layer must be an integer in -{self.cfg.n_layers}..{self.cfg.n_layers}, got {stop_at_layer!r}")
+            return self._predict(states, stop_at_layer=stop_at_layer)
         if loss_positions not in ("all", "last"):
             raise ValueError(f"loss_positions must be 'all' or 'last', got {loss_positions!r}")
         wants_loss = return_type in ("loss", "both")
@@ -301,7 +436,7 @@ class OscillatorTransformer(HookedModel):
         loss = (prediction - target).pow(2).mean()
         return loss if return_type == "loss" else (output, loss)
 
-    def _predict(self, states: Tensor) -> Tensor:
+    def _predict(self, states: Tensor, stop_at_layer: int | None = None) -> Tensor:
         self._check_input(states)
         scale = None
         if self.cfg.scale_by_first_state:
@@ -316,16 +451,105 @@ class OscillatorTransformer(HookedModel):
             resid = resid + self.b_E
         resid = self.hook_embed(resid)
         if self.cfg.positional_embedding:
-            resid = resid + self.hook_pos_embed(self.W_pos[: states.shape[1]].expand_as(resid))
-        for block in self.blocks:
+            # expand_as is a stride-0 view of W_pos: hooked as is, an in-place edit would rewrite the parameter
+            # (and every example at once), as in TransformerLens's issue #157, which it fixed the same way.
+            resid = resid + self.hook_pos_embed(self.W_pos[: states.shape[1]].expand_as(resid).clone())
+        blocks = self.blocks if stop_at_layer is None else self.blocks[:stop_at_layer]
+        for block in blocks:
             resid = block(resid)
+        if stop_at_layer is not None:
+            return resid
         output = self.unembed(self.ln_final(resid))
         return output if scale is None else output * scale
 
-    def unembed(self, resid: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_in"]:
-        """Read a (final-normalised) residual-stream vector out as a state: ``resid @ W_U + b_U``."""
-        out = resid @ self.W_U
-        return out + self.b_U if self.b_U is not None else out
+    @property
+    def embed(self) -> _Embed:
+        """TransformerLens's ``model.embed``: ``W_E``, ``b_E``, and ``embed(states)`` = ``states @ W_E + b_E``
+        (the states as the blocks see them: on ``scale_by_first_state``, divided by ``hook_input_scale``)."""
+        return _Embed(self)
+
+    @property
+    def unembed(self) -> _Unembed:
+        """TransformerLens's ``model.unembed``: ``W_U``, ``b_U``, and ``unembed(resid)`` = ``resid @ W_U + b_U``,
+        a (final-normalised) residual-stream vector read out as a state (on ``scale_by_first_state``,
+        before the output is multiplied by ``hook_input_scale``)."""
+        return _Unembed(self)
+
+    @property
+    def pos_embed(self) -> _PosEmbed:
+        """TransformerLens's ``model.pos_embed``: ``W_pos``, and ``pos_embed(states)`` its rows for the
+        input's positions, ``[batch, pos, d_model]``. Only with ``cfg.positional_embedding``."""
+        if not self.cfg.positional_embedding:
+            raise AttributeError("pos_embed: this model has no positional embedding (cfg.positional_embedding=False)")
+        return _PosEmbed(self)
+
+    def __getattr__(self, name: str) -> Any:
+        # A property that raises AttributeError falls through to here, and nn.Module's message would drop the reason.
+        if name == "pos_embed" and not self.cfg.positional_embedding:
+            raise AttributeError("pos_embed: this model has no positional embedding (cfg.positional_embedding=False)")
+        return super().__getattr__(name)
+
+    def _attn_bias(self, *shape: int) -> Tensor:
+        return torch.zeros(self.cfg.n_layers, *shape, dtype=self.W_E.dtype, device=self.W_E.device)
+
+    @property
+    def b_Q(self) -> Float[Tensor, "layer head d_head"]:  # noqa: N802
+        """TransformerLens's query biases: zeros, the attention has none."""
+        return self._attn_bias(self.cfg.n_heads, self.cfg.d_head)
+
+    @property
+    def b_K(self) -> Float[Tensor, "layer head d_head"]:  # noqa: N802
+        """TransformerLens's key biases: zeros, the attention has none."""
+        return self._attn_bias(self.cfg.n_heads, self.cfg.d_head)
+
+    @property
+    def b_V(self) -> Float[Tensor, "layer head d_head"]:  # noqa: N802
+        """TransformerLens's value biases: zeros, the attention has none."""
+        return self._attn_bias(self.cfg.n_heads, self.cfg.d_head)
+
+    @property
+    def b_O(self) -> Float[Tensor, "layer d_model"]:  # noqa: N802
+        """TransformerLens's attention output biases: zeros, the attention has none."""
+        return self._attn_bias(self.cfg.d_model)
+
+    def loss_fn(
+        self,
+        output: Float[Tensor, "batch pos d_in"],
+        targets: Float[Tensor, "batch pos d_in"],
+        per_token: bool = False,
+    ) -> Tensor:
+        """TransformerLens's ``loss_fn`` for predicted states: the mean squared error against ``targets``
+        (the next states, already shifted), as ``model(x, return_type="loss", targets=y)`` gives it;
+        ``per_token=True`` keeps it per position, ``[batch, pos]``."""
+        if not isinstance(output, Tensor) or not isinstance(targets, Tensor) or output.shape != targets.shape:
+            raise ValueError(
+                f"loss_fn needs the predicted states and the target states, two tensors of the same shape; got "
+                f"{getattr(output, 'shape', type(output).__name__)} and {getattr(targets, 'shape', type(targets).__name__)}"
+            )
+        errors = (output - targets).pow(2)
+        return errors.mean(dim=-1) if per_token else errors.mean()
+
+    def set_use_attn_result(self, use_attn_result: bool) -> None:
+        """TransformerLens's switch for ``attn.hook_result``: every head's result is always computed
+        and hooked here, so either value leaves the model as it is."""
+        if not isinstance(use_attn_result, bool):
+            raise ValueError(f"use_attn_result must be a bool, got {use_attn_result!r}")
+
+    def tl_named_parameters(self) -> Iterator[tuple[str, Tensor]]:
+        """TransformerLens's ``tl_named_parameters``: :meth:`tl_parameters` as ``(name, tensor)`` pairs."""
+        return iter(self.tl_parameters().items())
+
+    def generate(self, *args: Any, **kwargs: Any) -> Any:
+        """Refused: there is no text to continue; roll states forward with ``physlens.training.rollout``."""
+        raise NotImplementedError(
+            f"{type(self).__name__} predicts states, not tokens; to continue a trajectory use "
+            "physlens.training.rollout(model, context, n_steps) (or evaluate_rollout to score one)"
+        )
+
+    def to_string(self, *args: Any, **kwargs: Any) -> str:
+        """Refused, as :meth:`to_tokens`: there are no tokens to turn into text."""
+        self.to_tokens()
+        return ""
 
     def _check_input(self, states: Tensor) -> None:
         cfg = self.cfg
@@ -447,6 +671,41 @@ class OscillatorTransformer(HookedModel):
             if name in params:
                 params[tl_name] = params.pop(name)
         return params
+
+    def fold_layer_norm(self) -> OscillatorTransformer:
+        """TransformerLens's ``fold_ln``: move each LayerNorm's weight ``w`` and bias ``b`` into the
+        weights that read its output, leaving the norm a bare centre-and-scale (``w = 1``, ``b = 0``).
+
+        Outputs are unchanged (to rounding); afterwards the cached-scale recipes (``logit_attrs``,
+        ``apply_ln_to_stack``, ``decompose_resid(apply_ln=True)``) are exact. ``ln_final`` folds
+        into ``W_U`` and ``b_U`` (created, and ``cfg.unembed_bias`` set, if the model had none),
+        ``ln2`` into the MLP's ``W_in`` and ``b_in``, ``ln1`` into ``W_Q``, ``W_K``, ``W_V`` when its
+        bias is zero: the attention has no query, key or value biases to take a nonzero one, so such
+        an ``ln1`` stays as it is and the recipes into that attention stay refused. Returns the model.
+        """
+        if not self.cfg.layer_norm:
+            return self
+        with torch.no_grad():
+            final = self.ln_final
+            if not self.cfg.unembed_bias and bool((final.b != 0).any()):
+                del self.b_U  # the zero buffer becomes a parameter, saved with the model
+                self.b_U = _zeros((self.cfg.d_in,), self.cfg)
+                self.cfg.unembed_bias = True
+            self.b_U += final.b @ self.W_U
+            self.W_U *= final.w[:, None]
+            final.w.fill_(1.0)
+            final.b.zero_()
+            for block in self.blocks:
+                if not self.cfg.attn_only:
+                    block.mlp.b_in += block.ln2.b @ block.mlp.W_in
+                    block.mlp.W_in *= block.ln2.w[:, None]
+                    block.ln2.w.fill_(1.0)
+                    block.ln2.b.zero_()
+                if not bool((block.ln1.b != 0).any()):
+                    for weight in (block.attn.W_Q, block.attn.W_K, block.attn.W_V):
+                        weight *= block.ln1.w[:, None]
+                    block.ln1.w.fill_(1.0)
+        return self
 
     def set_use_split_qkv_input(self, use_split_qkv_input: bool) -> None:
         """TransformerLens's switch for per-head copies of each block's input (``attn.hook_q_input``,

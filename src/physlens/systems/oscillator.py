@@ -7,9 +7,8 @@ its physical labels (ω0, γ, Ω = √(ω0² − γ²), energy at every step) fo
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import torch

@@ -37,7 +37,7 @@ from physlens._validation import (
     check_positive_float,
     check_positive_int,
 )
-from physlens.models.mlp import PARAM_NAMES, MLPEnsemble, TinyMLP
+from physlens.models.mlp import PARAM_NAMES, DeepMLPEnsemble, MLPEnsemble, TinyMLP
 from physlens.systems.fma import FmaSplit
 from physlens.training import _compile, _fused
 from physlens.training._divergence import TrainingDiverged, check_loss, diverged_members, loss_reference
@@ -350,7 +350,7 @@ def train_ensemble(
 
 
 def _check_ensemble_divergence(
-    losses: Tensor, final_train: Tensor, targets: Tensor, ensemble: MLPEnsemble, config: EnsembleTrainConfig
+    losses: Tensor, final_train: Tensor, targets: Tensor, ensemble: MLPEnsemble | DeepMLPEnsemble, config: EnsembleTrainConfig
 ) -> None:
     """Raise :class:`TrainingDiverged` naming the members (and seeds) whose loss stopped being finite or
     rose far above its start; read from the recorded losses, so the kernels run unchanged."""
