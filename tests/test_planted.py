@@ -347,3 +347,24 @@ def test_where_the_channel_is_written_and_read_from(planted, system):
     inputs, targets = system.sample(4, N_CTX + 1, seed=14).inputs_targets()
     loss, cache = planted.run_with_cache(inputs, return_type="loss", targets=targets, incl_bwd=True)
     assert float(loss.detach()) < 1e-3 and cache["blocks.0.hook_attn_out_grad"].shape == (4, N_CTX, 8)
+
+
+def test_an_in_place_hook_edit_reaches_neither_the_previous_activation_nor_the_callers_states():
+    import torch
+
+    from physlens.models.organisms import LeastSquaresOrganism
+    from physlens.probes.planted import make_organism, omega0_system
+
+    states = omega0_system().sample(4, 16, seed=0).states
+    organism = make_organism("planted", n_ctx=16)
+    seen = {}
+
+    def keep(z, hook):
+        seen["tensor"], seen["copy"] = z, z.clone()  # the very tensor the embed hook handed on, and its value
+
+    with torch.no_grad():
+        organism.run_with_hooks(states, fwd_hooks=[("hook_embed", keep), ("blocks.0.hook_resid_pre", lambda z, hook: z.zero_())])
+    assert torch.equal(seen["tensor"], seen["copy"]) and bool(seen["copy"].abs().sum() > 0)
+    kept = states.clone()
+    LeastSquaresOrganism(5, n_ctx=16).run_with_hooks(states, fwd_hooks=[("hook_observed", lambda z, hook: z.zero_())])
+    assert torch.equal(states, kept)  # the caller's states are untouched

@@ -119,7 +119,7 @@ class Organism(HookedRootModule):
         if not 1 <= states.shape[1] <= self.cfg.n_ctx:
             raise ValueError(f"states has {states.shape[1]} positions but the organism's context n_ctx is {self.cfg.n_ctx}")
         observed = add_observation_noise(states.to(torch.float64), self.noise, self._generator)
-        observed = self.hook_observed(observed)
+        observed = self.hook_observed(observed.clone())  # never the caller's tensor: a hook may edit it in place
         return self.predict_clean(observed).to(states.dtype)
 
     def predict_clean(self, states: Float[Tensor, "batch pos 2"]) -> Float[Tensor, "batch pos 2"]:

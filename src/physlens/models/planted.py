@@ -335,7 +335,7 @@ class PlantedBlock(nn.Module):
 
     def forward(self, resid: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
         """One block: resid + attention, then + MLP."""
-        resid = self.hook_resid_pre(resid)
+        resid = self.hook_resid_pre(resid.clone())  # its own tensor: an in-place hook edit never reaches the previous hook's
         resid = self.hook_resid_mid(resid + self.hook_attn_out(self.attn(resid)))
         return self.hook_resid_post(resid + self.hook_mlp_out(self.mlp(resid)))
 
