@@ -21,6 +21,7 @@ import os
 import secrets
 import shutil
 import socket
+import stat
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,6 +32,50 @@ PARTIAL_PREFIX = ".partial-"
 LOCK_FILE = ".lock"
 RUN_FILE = "run.json"
 """Inside a run directory: who claimed it, what it runs and, once finished, that it is complete."""
+
+
+MAX_RECORD_BYTES = 1 << 20
+"""The most a ``run.json`` (or a lock file) may hold; anything larger is not one physlens wrote."""
+
+
+class NotARegularFile(OSError):
+    """A path that should be a plain file is a FIFO, a device, a socket or a directory: refused by its
+    type before anything is read from it (reading a FIFO blocks forever, a device never ends)."""
+
+
+def _file_type(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a directory")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def open_regular(path: str | os.PathLike[str], flags: int = os.O_RDONLY, mode: int = 0o666) -> int:
+    """``os.open`` for a file that must be a regular file: opened without blocking (a FIFO would block
+    an ordinary open until a writer came), its type checked on the open descriptor, and refused with
+    :class:`NotARegularFile` naming the path when it is anything else. Returns a blocking descriptor."""
+    fd = os.open(path, flags | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0), mode)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise NotARegularFile(errno.EINVAL, f"{str(path)!r} is {_file_type(info.st_mode)}, not a regular file; "
+                                                "refusing to read it", str(path))
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_bounded(path: str | os.PathLike[str], limit: int, *, what: str = "file") -> bytes:
+    """The bytes of the regular file ``path`` (see :func:`open_regular`), refusing one larger than
+    ``limit`` bytes with a ``ValueError`` naming it, so a huge or endless file is never read whole."""
+    with os.fdopen(open_regular(path), "rb") as handle:
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise ValueError(f"{what} {str(path)!r} is larger than {limit} bytes; it is not a file physlens wrote or reads")
+    return data
 
 
 def _umask() -> int:
@@ -209,8 +254,8 @@ def target_for(staging: str | os.PathLike[str]) -> Path:
 def read_run_record(directory: str | os.PathLike[str]) -> dict[str, Any] | None:
     """The ``run.json`` of a run or staging directory, or ``None`` when it has none or it is unreadable."""
     try:
-        record = json.loads((Path(directory) / RUN_FILE).read_text())
-    except (OSError, ValueError):
+        record = json.loads(read_bounded(Path(directory) / RUN_FILE, MAX_RECORD_BYTES, what=RUN_FILE))
+    except (OSError, ValueError, RecursionError):
         return None
     return record if isinstance(record, dict) else None
 
@@ -220,14 +265,14 @@ def lock_holder(staging: str | os.PathLike[str]) -> str | None:
     import fcntl
 
     try:
-        handle = open(Path(staging) / LOCK_FILE, "r")
+        handle = os.fdopen(open_regular(Path(staging) / LOCK_FILE), "r")
     except OSError:
         return None
     with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
-            return handle.read().strip() or "another process"
+            return handle.read(256).strip() or "another process"
         except OSError:
             return None
         fcntl.flock(handle, fcntl.LOCK_UN)
@@ -256,12 +301,12 @@ class RunDirectory:
     def _lock(staging: Path) -> Any:
         import fcntl
 
-        handle = open(staging / LOCK_FILE, "a+")
+        handle = os.fdopen(open_regular(staging / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_APPEND), "a+")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             handle.seek(0)
-            holder = handle.read().strip() or "another process"
+            holder = handle.read(256).strip() or "another process"
             handle.close()
             raise DirectoryBusy(errno.EBUSY, f"{str(staging)!r} is being written by {holder}", str(staging)) from None
         except BaseException:
@@ -342,6 +387,7 @@ class RunDirectory:
 __all__ = [
     "DirectoryBusy",
     "DirectoryTaken",
+    "NotARegularFile",
     "RunDirectory",
     "atomic_directory",
     "atomic_write_bytes",
@@ -349,6 +395,8 @@ __all__ = [
     "atomic_write_text",
     "is_partial",
     "lock_holder",
+    "open_regular",
+    "read_bounded",
     "read_run_record",
     "rename_noreplace",
     "staging_for",

@@ -36,9 +36,11 @@ from physlens._io import (
     RUN_FILE,
     DirectoryBusy,
     DirectoryTaken,
+    NotARegularFile,
     RunDirectory,
     is_partial,
     lock_holder,
+    read_bounded,
     read_run_record,
     staging_for,
 )
@@ -50,6 +52,9 @@ STUDY_KINDS: dict[str, str] = {
     "invariants": "physlens.studies.invariants",
 }
 """Study kind (``[study] kind`` in the TOML file) → module that runs it."""
+
+MAX_STUDY_BYTES = 4 << 20
+"""The largest study file read: study files are a few kilobytes, and a device or a runaway file must not be read whole."""
 
 CHECKPOINT_DIR = "checkpoints"
 """Where a run keeps its resumable training checkpoints, inside its directory."""
@@ -85,9 +90,14 @@ def read_study_text(path: str | os.PathLike[str]) -> str:
             f"{str(file)!r} is a directory, not a study file; give a study TOML file (e.g. probes/oscillator.toml), "
             f"or continue an interrupted run with `physlens run --resume {file}`"
         )
-    if not file.is_file():
+    if not os.path.lexists(file):
         raise FileNotFoundError(f"study file {str(file)!r} does not exist")
-    data = file.read_bytes()
+    try:
+        data = read_bounded(file, MAX_STUDY_BYTES, what="study file")
+    except NotARegularFile as error:
+        raise StudySpecError(f"study file {error.strerror}; give a study TOML file") from None
+    except FileNotFoundError:  # a dangling link
+        raise FileNotFoundError(f"study file {str(file)!r} does not exist") from None
     for bom, encoding in ((codecs.BOM_UTF32_LE, "UTF-32"), (codecs.BOM_UTF32_BE, "UTF-32"),
                           (codecs.BOM_UTF16_LE, "UTF-16"), (codecs.BOM_UTF16_BE, "UTF-16")):
         if data.startswith(bom):
@@ -109,6 +119,8 @@ def _parse_study_text(text: str, file: Path) -> dict[str, Any]:
         spec = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise StudySpecError(f"study file {str(file)!r} is not valid TOML: {error}") from None
+    except RecursionError:
+        raise StudySpecError(f"study file {str(file)!r} nests its arrays or tables too deeply to read") from None
     spec.pop("sweep", None)
     try:
         check_study_header(spec)
@@ -472,8 +484,8 @@ def list_runs(root: str | os.PathLike[str] = "runs") -> list[RunInfo]:
             kind = record.get("kind")
             if kind is None and (child / "study.toml").is_file():
                 try:
-                    kind = tomllib.loads((child / "study.toml").read_text()).get("study", {}).get("kind")
-                except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError):
+                    kind = tomllib.loads(read_bounded(child / "study.toml", MAX_STUDY_BYTES).decode()).get("study", {}).get("kind")
+                except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError, ValueError, RecursionError, AttributeError):
                     kind = None
             found.append(RunInfo(child.name, child, "complete", kind, str(child / "report.md")))
     return sorted(found, key=lambda info: (info.name, info.status))
