@@ -17,10 +17,13 @@ interrupted.
 from __future__ import annotations
 
 import codecs
+import hashlib
 import importlib
 import inspect
+import json
 import os
 import re
+import secrets
 import socket
 import time
 import tomllib
@@ -38,6 +41,7 @@ from physlens._io import (
     DirectoryTaken,
     NotARegularFile,
     RunDirectory,
+    atomic_write_bytes,
     is_partial,
     lock_holder,
     read_bounded,
@@ -345,10 +349,72 @@ def resume_run(
         spec = _parse_study_text(read_study_text(file), file)
         _checked(spec, file)
         _threads(spec, threads)
+        run_key = _check_identity(staging, record, spec)
     except BaseException:
         claim.release(keep=True)
         raise
-    return _execute(spec, claim, progress=progress, threads=threads, extra_files={}, resume=True)
+    return _execute(spec, claim, progress=progress, threads=threads, extra_files={}, resume=True, run_key=run_key)
+
+
+class RunIdentityError(ValueError):
+    """A run's inputs (its kept study file, a user's system class) changed after it started, so its
+    checkpoints no longer belong to the study it would report: the run is not resumed."""
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _system_source(spec: Mapping[str, Any]) -> str:
+    """The digest of the file that defines a user's system class (``[system] kind =
+    "package.module:Class"``), so that editing it between an interruption and a resume is caught;
+    empty for the built-in systems, which are part of physlens itself."""
+    kind = spec.get("system", {}).get("kind") if isinstance(spec.get("system"), Mapping) else None
+    if not isinstance(kind, str) or ":" not in kind:
+        return ""
+    from physlens.systems.base import import_system_class
+
+    try:
+        source = inspect.getsourcefile(import_system_class(kind))
+        return _sha256(Path(source).read_bytes()) if source else ""
+    except (OSError, TypeError, ValueError):
+        return ""
+
+
+def _input_digests(inputs: Mapping[str, bytes], spec: Mapping[str, Any]) -> dict[str, str]:
+    digests = {name: _sha256(data) for name, data in sorted(inputs.items())}
+    digests["[system] class source"] = _system_source(spec)
+    return digests
+
+
+def _run_key(run_id: str, digests: Mapping[str, str]) -> str:
+    """A run's identity: its random id bound to the digest of every input it depends on. Written into
+    every checkpoint the run saves, so a checkpoint of another run, or of this run before an input
+    was edited, is refused on resume."""
+    return _sha256(json.dumps({"run": run_id, "inputs": dict(digests)}, sort_keys=True).encode())
+
+
+def _check_identity(staging: Path, record: Mapping[str, Any], spec: Mapping[str, Any]) -> str:
+    """The run key of the interrupted run in ``staging``, after checking that its inputs are those it started with."""
+    run_id, saved = record.get("run_id"), record.get("input_digests")
+    if not isinstance(run_id, str) or not isinstance(saved, dict):
+        raise RunIdentityError(f"{str(staging / RUN_FILE)!r} records no run identity (the run was started by an older "
+                               "physlens, or the file was edited), so its checkpoints cannot be verified; it cannot be "
+                               "resumed: delete it and run the study again")
+    inputs = {name: read_bounded(staging / name, MAX_STUDY_BYTES, what="run input") for name in saved
+              if not name.startswith("[")}
+    now = _input_digests(inputs, spec)
+    changed = sorted(name for name in set(saved) | set(now) if saved.get(name) != now.get(name))
+    if changed:
+        raise RunIdentityError(
+            f"{', '.join(repr(str(staging / n)) if not n.startswith('[') else n for n in changed)} changed after the run "
+            f"in {str(staging)!r} started; its first steps were trained on the original, so resuming would report "
+            "settings it was not trained with. Refusing to resume: restore the original, or delete the run and start again"
+        )
+    if record.get("run_key") != _run_key(run_id, now):
+        raise RunIdentityError(f"{str(staging / RUN_FILE)!r} was edited (its run key no longer matches its inputs); "
+                               "refusing to resume")
+    return _run_key(run_id, now)
 
 
 def _resumable(staging: Path) -> bool:
@@ -385,7 +451,7 @@ def _keep_after(error: BaseException, staging: Path) -> bool:
 
 def _execute(
     spec: Mapping[str, Any], claim: RunDirectory, *, progress: bool, threads: int | None,
-    extra_files: Mapping[str, str], resume: bool,
+    extra_files: Mapping[str, str], resume: bool, run_key: str | None = None,
 ) -> Path:
     previous_threads = torch.get_num_threads()
     staging = claim.staging
@@ -401,14 +467,22 @@ def _execute(
             claim.write_record(status="running", resumed=time.strftime("%Y-%m-%dT%H:%M:%S%z"), pid=os.getpid(),
                                host=socket.gethostname())
         else:
-            for name, text in extra_files.items():
-                (staging / name).write_text(text)
+            inputs = {name: text.encode("utf-8") for name, text in extra_files.items()}
+            for name, data in inputs.items():
+                atomic_write_bytes(staging / name, data)
+            run_id = secrets.token_hex(16)
+            digests = _input_digests(inputs, spec)
+            run_key = _run_key(run_id, digests)
             claim.write_record(status="running", name=claim.target.name, study=spec["study"]["name"],
                                kind=spec["study"]["kind"], inputs=sorted(extra_files), overwrite=claim.overwrite,
+                               run_id=run_id, input_digests=digests, run_key=run_key,
                                started=time.strftime("%Y-%m-%dT%H:%M:%S%z"), pid=os.getpid(), host=socket.gethostname())
         options: dict[str, Any] = {"progress": progress}
-        if "resume" in inspect.signature(module.run).parameters:
+        parameters = inspect.signature(module.run).parameters
+        if "resume" in parameters:
             options["resume"] = resume
+        if "run_key" in parameters:
+            options["run_key"] = run_key
         module.run(dict(spec), staging, **options)
         elapsed = time.perf_counter() - start
         (staging / "run_time.txt").write_text(f"{elapsed:.1f} s\n")
@@ -494,7 +568,7 @@ def list_runs(root: str | os.PathLike[str] = "runs") -> list[RunInfo]:
 from physlens.studies.runs import LoadedRun, load_run  # noqa: E402  (after run_spec: runs imports the study kinds)
 
 __all__ = [
-    "CHECKPOINT_DIR", "RUN_STATUSES", "STUDY_KINDS", "LoadedRun", "Report", "RunInfo", "RunInterrupted",
+    "CHECKPOINT_DIR", "RUN_STATUSES", "STUDY_KINDS", "LoadedRun", "Report", "RunIdentityError", "RunInfo", "RunInterrupted",
     "StudySpecError", "check_spec", "check_study_header", "format_number", "list_runs", "load_run", "load_study",
     "read_metrics", "read_study_text", "resume_run", "run_spec", "run_study", "section", "study_sections",
 ]

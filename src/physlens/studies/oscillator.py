@@ -214,15 +214,16 @@ def learned_linear_map(model: OscillatorTransformer) -> tuple[torch.Tensor, torc
     return (outputs[1:] - offset).T, offset
 
 
-def run(spec: dict[str, Any], out_dir: Path, *, progress: bool, resume: bool = False) -> None:
+def run(spec: dict[str, Any], out_dir: Path, *, progress: bool, resume: bool = False, run_key: str | None = None) -> None:
     """Parse, train, judge, analyse and report one oscillator study into ``out_dir``; with ``resume``,
-    training continues from the latest checkpoint in ``out_dir/checkpoints`` if there is one."""
+    training continues from the latest checkpoint in ``out_dir/checkpoints`` if there is one, which
+    must carry ``run_key`` (the run's identity, written into every checkpoint)."""
     study = parse_study(spec)
     model, system, config, options = study.model, study.system, study.train_config, study.evaluation
     start = time.perf_counter()
     checkpoint_dir = out_dir / "checkpoints" if config.checkpoint_every else None
     resume = resume and checkpoint_dir is not None and checkpoint_dir.is_dir()
-    result = train(model, system, config, checkpoint_dir=checkpoint_dir, resume=resume, progress=progress)
+    result = train(model, system, config, checkpoint_dir=checkpoint_dir, resume=resume, progress=progress, run_key=run_key)
     save_checkpoint(out_dir / "model", model, metadata={"study": study.name, "steps": config.steps})
     model.eval()
 
