@@ -255,3 +255,52 @@ def test_the_fuzzed_base_study_is_valid(tmp_path):
     assert tomllib.loads(dump_toml(BASE)) == BASE
     with pytest.raises(StudySpecError, match="causal"):
         check_spec({**spec, "model": {**spec["model"], "causal": "false"}})
+
+
+# --- bad batches to the analyses are refused by name (issue 22) ------------------------------------------------
+
+
+def _tiny_transformer():
+    from physlens.models import OscillatorTransformer, TransformerConfig
+
+    cfg = TransformerConfig(d_model=4, n_layers=1, n_heads=2, d_head=2, n_ctx=4, causal=True, attn_only=False, dtype="float64")
+    return OscillatorTransformer(cfg).eval()
+
+
+def _bad_batches(good: torch.Tensor) -> dict[str, torch.Tensor]:
+    nan = good.clone()
+    nan[0, 0, 0] = float("nan")
+    return {"one NaN": nan, "empty": good[:0], "complex": good.to(torch.complex128)}
+
+
+@pytest.mark.parametrize("bad", ["one NaN", "empty", "complex"])
+@pytest.mark.parametrize("argument", ["inputs", "reference"])
+def test_ablation_sweep_refuses_a_nan_empty_or_complex_batch(argument, bad):
+    """Before: one NaN input, a NaN reference or an empty batch returned numbers (a NaN baseline loss next to
+    head losses of 0.904) instead of an error."""
+    from physlens.probes.ablation import ablation_sweep
+
+    model = _tiny_transformer()
+    inputs = torch.randn(6, 4, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    targets = inputs.roll(-1, dims=1)
+    batch = _bad_batches(inputs)[bad]
+    call = {"inputs": batch, "targets": targets if bad != "empty" else targets[:0]} if argument == "inputs" else {
+        "inputs": inputs, "targets": targets, "reference": batch}
+    with pytest.raises(ValueError, match=rf"^{argument} must"):
+        ablation_sweep(model, method="mean", **call)
+
+
+@pytest.mark.parametrize("bad", ["one NaN", "empty", "complex"])
+def test_patching_and_collection_refuse_a_nan_empty_or_complex_batch(bad):
+    """Before: empty batches returned empty results that raised StopIteration later; a NaN said "identical
+    predictions"; complex input silently dropped its imaginary part."""
+    from physlens.probes.activations import collect_activations
+    from physlens.probes.patching import patching_sweep
+
+    model = _tiny_transformer()
+    inputs = torch.randn(6, 4, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    batch = _bad_batches(inputs)[bad]
+    with pytest.raises(ValueError, match=r"^inputs must"):
+        collect_activations(model, batch, "blocks.0.hook_resid_post")
+    with pytest.raises(ValueError, match=r"^clean_inputs must"):
+        patching_sweep(model, batch, batch, site="resid_pre")
