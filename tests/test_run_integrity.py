@@ -194,3 +194,111 @@ def test_a_missing_state_file_is_named(tmp_path, monkeypatch, capsys, missing):
     (staging / "checkpoints" / "step_0000020" / missing).unlink()
     code, err = _cli(capsys, "run", "--resume", str(tmp_path / "runs" / "tiny"), "--quiet")
     assert code == 2 and f"{missing}' is missing" in _one_line(err)
+
+
+# --- 2. no crash point of a run's directory steps, or of --overwrite, loses a run ---------------------------
+
+
+def _die_before_mutation(number: int) -> None:
+    """From now on, this process dies (as from SIGKILL: no handler, no cleanup) just before its
+    ``number``-th filesystem mutation (0: the first)."""
+    import physlens._io as io_module
+
+    count = [0]
+
+    def counted(function):
+        def call(*args, **kwargs):
+            if count[0] == number:
+                os._exit(86)
+            count[0] += 1
+            return function(*args, **kwargs)
+        return call
+
+    for name in ("mkdir", "rename", "replace", "unlink", "rmdir"):
+        setattr(os, name, counted(getattr(os, name)))
+    real_open = os.open
+    opening = counted(real_open)
+    os.open = lambda path, flags, *args, **kwargs: (opening if flags & (os.O_CREAT | os.O_TRUNC) else real_open)(
+        path, flags, *args, **kwargs)
+    if io_module._RENAMEAT2 is not None:
+        io_module._RENAMEAT2 = counted(io_module._RENAMEAT2)
+
+
+def _run_until_killed(target: Path, number: int, atomic_swap: bool) -> int:
+    """In a forked child: claim ``target`` with overwrite, write a run into it and finish it, dying
+    before mutation ``number``. Returns the child's exit status (0: it finished)."""
+    import time
+
+    import physlens._io as io_module
+    from physlens._io import RunDirectory
+
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            if not atomic_swap:
+                io_module.exchange = lambda first, second: False
+            _die_before_mutation(number)
+            claim = RunDirectory.claim(target, overwrite=True)
+            for name, text in (("who", "new"), ("report.md", "new"), ("metrics.json", "{}")):
+                io_module.atomic_write_text(claim.staging / name, text)
+            claim.write_record(status="running", run_id="new-run")
+            claim.finish()
+        except BaseException:
+            os._exit(87)
+        os._exit(0)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.005)
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    raise AssertionError(f"the child killed at mutation {number} hung")
+
+
+@pytest.mark.parametrize("atomic_swap", [True, False], ids=["exchange", "move-aside"])
+def test_no_kill_point_of_an_overwrite_loses_the_earlier_run(tmp_path, atomic_swap):
+    """Before: --overwrite killed between moving the old run aside and renaming the new one left no runs/<name>;
+    the old run sat in .partial-old-<name>.*, which `physlens runs` skipped and nothing restored, and six other
+    kill points left empty leftovers. Here the process dies before each of its filesystem mutations in turn."""
+    from physlens._io import exchange, recover_run
+    from physlens.studies import list_runs
+
+    if atomic_swap:
+        probe = tmp_path / "probe"
+        (probe / "a").mkdir(parents=True)
+        (probe / "b").mkdir()
+        if not exchange(probe / "a", probe / "b"):
+            pytest.skip("no atomic exchange on this filesystem")
+    for number in range(200):
+        root = tmp_path / f"kill-{number}"
+        target = root / "tiny"
+        target.mkdir(parents=True)
+        for name, text in (("who", "old"), ("report.md", "old"), ("metrics.json", "{}"),
+                           ("run.json", json.dumps({"status": "complete", "run_id": "old-run"}))):
+            (target / name).write_text(text)
+        code = _run_until_killed(target, number, atomic_swap)
+        assert code in (0, 86), f"the child failed at mutation {number} (exit {code})"
+        who = (target / "who").read_text() if target.is_dir() else None
+        if atomic_swap:
+            assert who in ("old", "new"), f"killed before mutation {number}: runs/tiny holds {who!r}"
+        aside = [info for info in list_runs(root) if info.status == "aside"]
+        if who is None:  # only where no atomic swap exists: the earlier run is shown, and put back
+            assert aside, f"killed before mutation {number}: no runs/tiny and nothing listed to recover"
+        recover_run(target)
+        who = (target / "who").read_text()
+        assert who in ("old", "new")
+        leftovers = sorted(p.name for p in root.iterdir() if p.name.startswith(".partial-old-"))
+        assert leftovers == [], f"killed before mutation {number}: left {leftovers}"
+        staging = root / ".partial-tiny"
+        assert not staging.exists() or json.loads((staging / "run.json").read_text()).get("status") == "running" \
+            if (staging / "run.json").exists() else True
+        statuses = {(info.name, info.status) for info in list_runs(root)}
+        assert ("tiny", "complete") in statuses and not {s for _, s in statuses} & {"aside"}, statuses
+        if code == 0:
+            assert who == "new" and sorted(p.name for p in root.iterdir()) == ["tiny"]
+            assert number > 5
+            break
+    else:
+        raise AssertionError("the run never finished")

@@ -18,6 +18,7 @@ import ctypes.util
 import errno
 import json
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -129,7 +130,21 @@ def _load_renameat2() -> Any:
 
 
 _RENAMEAT2 = _load_renameat2()
-_AT_FDCWD, _RENAME_NOREPLACE = -100, 1
+_AT_FDCWD, _RENAME_NOREPLACE, _RENAME_EXCHANGE = -100, 1, 2
+_UNSUPPORTED = (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP)
+
+
+def exchange(first: str | os.PathLike[str], second: str | os.PathLike[str]) -> bool:
+    """Swap ``first`` and ``second`` in one atomic step (``renameat2`` with ``RENAME_EXCHANGE``), so
+    that neither name is ever missing; ``False`` where the kernel or filesystem cannot."""
+    if _RENAMEAT2 is None:
+        return False
+    if _RENAMEAT2(_AT_FDCWD, os.fsencode(first), _AT_FDCWD, os.fsencode(second), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in _UNSUPPORTED:
+        return False
+    raise OSError(code, os.strerror(code), str(first), None, str(second))
 
 
 def rename_noreplace(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
@@ -145,7 +160,7 @@ def rename_noreplace(source: str | os.PathLike[str], target: str | os.PathLike[s
         code = ctypes.get_errno()
         if code == errno.EEXIST or code == errno.ENOTEMPTY:
             raise FileExistsError(errno.EEXIST, f"{str(target)!r} appeared meanwhile; refusing to replace it", str(target))
-        if code not in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP):
+        if code not in _UNSUPPORTED:
             raise OSError(code, os.strerror(code), str(source), None, str(target))
     if os.path.lexists(target):
         raise FileExistsError(errno.EEXIST, f"{str(target)!r} appeared meanwhile; refusing to replace it", str(target))
@@ -205,8 +220,25 @@ def atomic_directory(path: str | os.PathLike[str], *, overwrite: bool = False) -
         raise
 
 
+RETIRED = re.compile(r"\.partial-old-(?P<name>.+)\.[0-9a-f]{8}")
+"""Where a replaced directory waits to be deleted: ``.partial-old-<name>.<8 hex digits>``."""
+
+
+def _retire(path: Path, name: str) -> None:
+    """Delete ``path``, an earlier version of ``name``: renamed to a ``.partial-old-`` name first, so
+    that a deletion cut short leaves something clearly garbage, never a half-deleted result."""
+    retired = path.parent / f"{PARTIAL_PREFIX}old-{name}.{secrets.token_hex(4)}"
+    try:
+        os.rename(path, retired)
+    except FileNotFoundError:  # retired meanwhile by a recovery
+        return
+    shutil.rmtree(retired, ignore_errors=True)
+
+
 def _move_into_place(staging: Path, target: Path, *, overwrite: bool) -> None:
-    if overwrite and target.exists():
+    if overwrite and os.path.lexists(target) and exchange(staging, target):
+        _retire(staging, target.name)  # the exchange left the earlier one at the staging name
+    elif overwrite and target.exists():  # no atomic exchange here: move the earlier one aside, then into place
         retired = _make_dir(target.parent, f"{PARTIAL_PREFIX}old-{target.name}.")
         os.replace(target, retired / target.name)
         try:
@@ -324,6 +356,8 @@ class RunDirectory:
         ``overwrite`` is not set) or another run owns its staging directory, live or interrupted."""
         target = Path(target)
         staging = staging_for(target)
+        if target.parent.is_dir():
+            recover_run(target)  # a finished run or an --overwrite that a kill cut short
         if target.exists() and not overwrite:
             raise DirectoryTaken(errno.EEXIST, f"{str(target)!r} already exists", str(target))
         for parent in (target.parent, *target.parent.parents):
@@ -365,10 +399,23 @@ class RunDirectory:
         atomic_write_json(self.staging / RUN_FILE, record)
 
     def finish(self) -> Path:
-        """Mark the run complete and rename it to its target; returns the target."""
-        self.write_record(status="complete", finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-        (self.staging / LOCK_FILE).unlink(missing_ok=True)  # the lock is held on the open file, not the name
+        """Mark the run complete and rename it to its target; returns the target.
+
+        With ``overwrite``, the earlier run and the new one are swapped in one step where the
+        filesystem allows, so ``<name>`` always holds one of them; each is marked first (the earlier
+        ``retired_by`` the new one's id, the new one ``replaces`` the earlier one's), so that
+        :func:`recover_run` can finish or undo a replacement that a kill cut short.
+        """
+        record = read_run_record(self.staging) or {}
+        run_id = record.get("run_id") or secrets.token_hex(16)
+        marks: dict[str, Any] = {"run_id": run_id}
+        if self.overwrite and self.target.is_dir():
+            earlier = read_run_record(self.target) or {}
+            marks["replaces"] = earlier.get("run_id") or secrets.token_hex(16)
+            atomic_write_json(self.target / RUN_FILE, {**earlier, "run_id": marks["replaces"], "retired_by": run_id})
+        self.write_record(status="complete", finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), **marks)
         _move_into_place(self.staging, self.target, overwrite=self.overwrite)
+        (self.target / LOCK_FILE).unlink(missing_ok=True)  # held until the run is in place, so no recovery races it
         self._close()
         return self.target
 
@@ -384,6 +431,56 @@ class RunDirectory:
             self._handle = None
 
 
+def set_aside(target: str | os.PathLike[str]) -> list[Path]:
+    """What an ``--overwrite`` cut short left next to ``target``: replaced runs waiting to be deleted
+    (``.partial-old-<name>.*``) and a finished run not yet moved into place."""
+    target = Path(target)
+    found = [child for child in (target.parent.iterdir() if target.parent.is_dir() else ())
+             if (match := RETIRED.fullmatch(child.name)) and match["name"] == target.name]
+    staging = staging_for(target)
+    if (read_run_record(staging) or {}).get("status") == "complete" and lock_holder(staging) is None:
+        found.append(staging)
+    return sorted(found)
+
+
+def recover_run(target: str | os.PathLike[str]) -> list[str]:
+    """Finish or undo what a kill left of a run's last steps, so that ``target`` holds a complete run
+    and nothing is left aside; returns what was done, in words.
+
+    A finished run whose final rename was cut short is moved into place; a replacement cut short
+    after the swap deletes the earlier run, before it completes the swap; an earlier run that was
+    moved aside (where no atomic swap exists) while nothing stands at ``target`` is put back; empty
+    leftovers are deleted. A staging directory whose run is still writing is never touched.
+    """
+    target = Path(target)
+    done: list[str] = []
+    staging = staging_for(target)
+    record = read_run_record(staging) if staging.is_dir() else None
+    if record is not None and record.get("status") == "complete" and lock_holder(staging) is None:
+        current = read_run_record(target) if target.is_dir() else None
+        if not os.path.lexists(target):
+            rename_noreplace(staging, target)
+            done.append(f"moved the finished run {str(staging)!r} into place")
+        elif current is not None and record.get("retired_by") and record["retired_by"] == current.get("run_id"):
+            _retire(staging, target.name)
+            done.append(f"deleted the run {str(target)!r} replaced (its replacement is in place)")
+        elif current is not None and record.get("replaces") and record["replaces"] == current.get("run_id"):
+            _move_into_place(staging, target, overwrite=True)
+            done.append(f"finished replacing {str(target)!r} with the run in {str(staging)!r}")
+    for leftover in set_aside(target):
+        if leftover == staging or not leftover.is_dir():
+            continue
+        if not os.path.lexists(target):
+            inner = leftover / target.name  # moved aside whole, by one rename
+            if inner.is_dir():
+                rename_noreplace(inner, target)
+                done.append(f"put back the run {str(target)!r} that an interrupted --overwrite had moved aside")
+        shutil.rmtree(leftover, ignore_errors=True)
+    if target.is_dir() and os.path.lexists(target / LOCK_FILE) and (read_run_record(target) or {}).get("status") == "complete":
+        (target / LOCK_FILE).unlink(missing_ok=True)
+    return done
+
+
 __all__ = [
     "DirectoryBusy",
     "DirectoryTaken",
@@ -393,12 +490,15 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",
+    "exchange",
     "is_partial",
     "lock_holder",
     "open_regular",
     "read_bounded",
     "read_run_record",
+    "recover_run",
     "rename_noreplace",
+    "set_aside",
     "staging_for",
     "target_for",
 ]

@@ -40,12 +40,15 @@ from physlens._io import (
     DirectoryBusy,
     DirectoryTaken,
     NotARegularFile,
+    RETIRED,
     RunDirectory,
     atomic_write_bytes,
     is_partial,
     lock_holder,
     read_bounded,
     read_run_record,
+    recover_run,
+    set_aside,
     staging_for,
 )
 from physlens.studies.report import Report, StudySpecError, format_number, read_metrics, section
@@ -332,6 +335,9 @@ def resume_run(
     """
     path = Path(run_dir)
     staging = path if is_partial(path) else staging_for(path)
+    target = staging.parent / staging.name.removeprefix(PARTIAL_PREFIX)
+    if target.parent.is_dir() and recover_run(target) and not staging.is_dir() and target.is_dir():
+        return target  # an interrupted --overwrite or final rename, finished or undone: the run is complete
     if not staging.is_dir():
         if path.is_dir() and (read_run_record(path) or {}).get("status") == "complete" or (path / "report.md").is_file():
             raise FileExistsError(f"{str(path)!r} is a complete run; there is nothing to resume")
@@ -508,15 +514,17 @@ class RunInfo:
 
     name: str  # the run's name (its final directory's name)
     path: Path  # where it is now: the run directory, or its .partial- directory
-    status: str  # "complete", "running", "resumable", "interrupted" or "sweep"
+    status: str  # one of RUN_STATUSES
     kind: str | None  # the study kind, when known
     detail: str  # a short note: the latest checkpoint, who is running it, how to resume
 
 
-RUN_STATUSES = ("complete", "running", "resumable", "interrupted", "sweep")
+RUN_STATUSES = ("complete", "running", "resumable", "interrupted", "aside", "sweep")
 """What :func:`list_runs` reports: a finished run; one being written by a live process; one interrupted
 after a checkpoint (``physlens run --resume`` continues it); one interrupted before any checkpoint
-(``--resume`` runs it again from the start, or it was left by an older physlens); a sweep directory."""
+(``--resume`` runs it again from the start, or it was left by an older physlens); a run an interrupted
+``--overwrite`` or final rename left aside (``--resume``, or running the study again, puts it in place);
+a sweep directory."""
 
 
 def _checkpoint_detail(staging: Path) -> str:
@@ -538,9 +546,22 @@ def list_runs(root: str | os.PathLike[str] = "runs") -> list[RunInfo]:
         record = read_run_record(child) or {}
         if is_partial(child):
             name = child.name.removeprefix(PARTIAL_PREFIX)
-            if name.startswith("old-"):
-                continue  # an earlier run being replaced by --overwrite
+            retired = RETIRED.fullmatch(child.name)
+            if retired is not None:
+                name = retired["name"]
+                if (child / name).is_dir() and not (directory / name).exists():
+                    found.append(RunInfo(name, child / name, "aside", None,
+                                         f"set aside by an interrupted --overwrite; `physlens run --resume {directory / name}` "
+                                         "puts it back"))
+                continue  # otherwise an earlier run replaced by --overwrite, waiting to be deleted
             holder = lock_holder(child)
+            if holder is None and record.get("status") == "complete":
+                if record.get("retired_by"):
+                    continue  # an earlier run swapped out by --overwrite, waiting to be deleted
+                found.append(RunInfo(name, child, "aside", record.get("kind"),
+                                     f"finished, but not yet moved into place; `physlens run --resume {directory / name}` "
+                                     "finishes the move"))
+                continue
             if holder is not None:
                 found.append(RunInfo(name, child, "running", record.get("kind"), f"{holder}; {_checkpoint_detail(child)}"))
             elif record and (child / "study.toml").is_file():
