@@ -109,11 +109,52 @@ def execute_trial(task: TrialTask) -> TrialOutcome:
     return TrialOutcome(task.name, True, time.perf_counter() - start, worker, files=files)
 
 
-def _init_worker() -> None:
+def _die_with(driver: int) -> None:
+    """End this worker as soon as the sweep's driver process ``driver`` ends, however it ends.
+
+    A worker's parent is the fork server, not the driver, so the parent-death signal alone does not
+    reach it when the driver is killed (the fork server can outlive it): an orphaned worker would go
+    on finishing its trial outside the sweep's lock, racing the rerun that holds it. A daemon thread
+    waits on a pidfd of the driver (polls its pid where pidfds do not exist) and kills the worker.
+    """
+    import select
+    import threading
+
+    try:
+        handle = os.pidfd_open(driver)
+    except ProcessLookupError:
+        os._exit(1)
+    except (AttributeError, OSError):
+        handle = None
+
+    def alive() -> bool:
+        try:
+            os.kill(driver, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+    def watch() -> None:
+        if handle is not None:
+            select.select([handle], [], [])  # readable once the driver has exited
+        else:
+            while alive():
+                time.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="physlens-sweep-driver-watch", daemon=True).start()
+
+
+def _init_worker(driver: int | None = None) -> None:
     """One torch thread per worker process (the trials are tiny and the processes share the cores),
-    and, on Linux, the worker ends with the process that started it instead of running on orphaned."""
+    and the worker ends with the driver ``driver`` (and, on Linux, with its parent) instead of
+    running on orphaned."""
     for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[variable] = "1"
+    if driver is not None:
+        _die_with(driver)
     if sys.platform.startswith("linux"):
         try:
             import ctypes
@@ -220,7 +261,8 @@ def _run_local(tasks: list[TrialTask], workers: int, record: Callable[[TrialOutc
     deaths: dict[str, int] = {}
     while pending:
         broken = False
-        pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker)
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker,
+                                   initargs=(os.getpid(),))
         running: dict[Future, TrialTask] = {}
         try:
             while (pending or running) and not broken:
@@ -396,8 +438,20 @@ def run_sweep(
         failures: dict[str, str] = {}
         bar = tqdm(total=len(trials), initial=n_skipped, desc=f"sweep {sweep.name}", unit="trial", disable=not progress)
 
+        by_name = {t.name: t for t in trials}
+
+        def finished_meanwhile(name: str) -> bool:
+            """A trial that failed only because its run appeared meanwhile, complete (its worker
+            finished it after all): it is finished, not failed."""
+            try:
+                return name in by_name and trial_status(directory, by_name[name]) == "finished"
+            except SweepError:
+                return False
+
         def record(outcome: TrialOutcome) -> None:
             failure_file = failures_dir / f"{outcome.name}.json"
+            if not outcome.ok and outcome.files is None and finished_meanwhile(outcome.name):
+                outcome = replace(outcome, ok=True, error=None, traceback=None)
             if outcome.ok:
                 if outcome.files is not None:
                     with atomic_directory(trials_dir / outcome.name) as staging:
