@@ -25,7 +25,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 def _physlens(*argv: str, timeout: float = 60) -> subprocess.CompletedProcess:
     """The CLI in a child process, so that a hang fails the test instead of stalling the suite."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), str(SRC)])), "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, "-m", "physlens.cli", *argv], capture_output=True, text=True, timeout=timeout,
                           env=env, stdin=subprocess.DEVNULL)
 
