@@ -63,6 +63,10 @@ STUDY_KINDS: dict[str, str] = {
 MAX_STUDY_BYTES = 4 << 20
 """The largest study file read: study files are a few kilobytes, and a device or a runaway file must not be read whole."""
 
+MAX_NAME_LENGTH = 100
+"""The longest ``[study] name``: a run's internal names (``.partial-old-<name>.<hex>``, ``<name>-<n>``, a
+sweep's ``<trial>-<hash>``) add to it, and a file name has at most 255 bytes."""
+
 CHECKPOINT_DIR = "checkpoints"
 """Where a run keeps its resumable training checkpoints, inside its directory."""
 
@@ -155,6 +159,9 @@ def check_study_header(spec: Mapping[str, Any]) -> dict[str, Any]:
             raise StudySpecError(f"[study] needs a {key!r} key")
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", header["name"]) or header["name"].startswith("."):
         raise StudySpecError(f"[study] name must be letters, digits, '_', '-' or '.', got {header['name']!r}")
+    if len(header["name"]) > MAX_NAME_LENGTH:
+        raise StudySpecError(f"[study] name must be at most {MAX_NAME_LENGTH} characters (its run directory and the "
+                             f"names physlens builds from it must fit a file name), got {len(header['name'])}")
     if header.get("seed", 0) < 0:
         raise StudySpecError(f"[study] seed must be >= 0, got {header['seed']}")
     if header.get("threads", 0) < 0:
@@ -181,6 +188,8 @@ def _check_devices(spec: Mapping[str, Any]) -> None:
             device = torch.device(value)
         except (RuntimeError, ValueError):
             raise StudySpecError(f"[{table}] device must be a torch device such as 'cpu' or 'cuda', got {value!r}") from None
+        if device.type not in ("cpu", "cuda", "mps"):
+            raise StudySpecError(f"[{table}] device must be 'cpu', 'cuda' or 'mps' (the devices physlens trains on), got {value!r}")
         if device.type == "cuda" and (not torch.cuda.is_available()
                                       or (device.index is not None and device.index >= torch.cuda.device_count())):
             raise StudySpecError(f"[{table}] device {value!r} is not available on this machine "
