@@ -304,3 +304,46 @@ def test_patching_and_collection_refuse_a_nan_empty_or_complex_batch(bad):
         collect_activations(model, batch, "blocks.0.hook_resid_post")
     with pytest.raises(ValueError, match=r"^clean_inputs must"):
         patching_sweep(model, batch, batch, site="resid_pre")
+
+
+# --- values that failed late, or with a traceback, are one line naming the file, section and key (issue 22) -----
+
+
+def _late_study() -> str:
+    from tests.test_run_safety import STUDY
+
+    return STUDY
+
+
+@pytest.mark.parametrize(
+    "edit, expected",
+    [
+        (lambda s: s.replace("context_len = 1", 'context_len = 1\nmust_beat = [["linear_ar"]]'), "[evaluation] must_beat must be"),
+        (lambda s: s.replace("context_len = 1", "context_len = 1\nenergy_range = [0, inf]"), "[evaluation] energy_range must be"),
+        (lambda s: s.replace("rollout_steps = 10", "rollout_steps = 1000000000"), "[evaluation] n_trajectories = 8 and rollout_steps"),
+        (lambda s: s.replace("n_trajectories = 8", "n_trajectories = 1000000000000"), "[evaluation] n_trajectories = 1000000000000"),
+        (lambda s: s.replace("gamma = 0.1", "gamma = 0.1\ndt = 1e300"), "[system] trajectories of context_len + rollout_steps"),
+        (lambda s: s.replace("seq_len = 4", "seq_len = 4\nbatch_size = 1000000000000"), "[training] batch_size = 1000000000000"),
+        (lambda s: s.replace("n_ctx = 4", "n_ctx = 1000000000"), "[model] n_ctx, d_model"),
+        (lambda s: s.replace('name = "tiny"', 'name = "' + "a" * 250 + '"'), "[study] name must be at most 100 characters"),
+        (lambda s: s.replace('n_ctx = 4\n', 'n_ctx = 4\ndevice = "xpu"\n'), "[model] device must be 'cpu', 'cuda' or 'mps'"),
+        (lambda s: s.replace('n_ctx = 4\n', 'n_ctx = 4\ndevice = "meta"\n'), "[model] device must be 'cpu', 'cuda' or 'mps'"),
+        (lambda s: "a = " + "[" * 100_000 + "]" * 100_000 + "\n", "nests its arrays or tables too deeply"),
+    ],
+    ids=["must_beat-nested", "energy_range-inf", "rollout_steps-1e9", "n_trajectories-1e12", "dt-1e300", "batch_size-1e12",
+         "n_ctx-1e9", "name-250", "device-xpu", "device-meta", "toml-100k-deep"],
+)
+def test_values_that_failed_late_are_one_line_before_training(tmp_path, monkeypatch, capsys, edit, expected):
+    """Before: a TypeError or AssertionError traceback, an allocator error naming no key, 'File name too long' on an
+    internal path, or a failure after training that the advised --resume repeated."""
+    import physlens.studies.oscillator as oscillator
+
+    monkeypatch.setattr(oscillator, "train", lambda *a, **k: pytest.fail("trained before the study was checked"))
+    study = tmp_path / "study.toml"
+    study.write_text(edit(_late_study()))
+    code = main(["run", str(study), "--output", str(tmp_path / "runs"), "--quiet"])
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith(f"physlens: error: study file {str(study)!r}"), err
+    assert expected in lines[0], err
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
