@@ -605,3 +605,33 @@ def test_a_trial_finished_meanwhile_is_not_called_failed(local_sweep, tmp_path, 
     monkeypatch.setattr(runner, "execute_trial", finished_by_another)
     result = run_sweep(load_sweep(study), output_root=output, workers=0, progress=False)
     assert finished not in result.failures and result.n_finished == 2
+
+
+@pytest.mark.parametrize(
+    "sweep_table, message",
+    [
+        ("[sweep.grid]\ntraining.steps = [60, -1]", r"\[training\] with training.steps = -1 is invalid: steps must be"),
+        ("[sweep.grid]\ntraining.lr = [1e-2, nan]", "training.lr = nan can never be a setting"),
+        ("seeds = 1000000000", "seeds must be at most 10000"),
+        ("seeds = 100\n[sweep.grid]\ntraining.lr = [" + ", ".join(f"{i}e-3" for i in range(1, 201)) + "]",
+         "make 20000 trials, more than 10000"),
+    ],
+    ids=["steps-negative", "lr-nan", "seeds-1e9", "too-many-trials"],
+)
+def test_sweep_values_no_trial_could_run_are_refused_up_front(tmp_path, capsys, sweep_table, message):
+    """Before: steps = -1 and lr = nan failed trial by trial (the -1 trial named "steps=1"), and seeds = 1e9 gave no
+    answer after 10 minutes."""
+    import re as regex
+
+    study = _write(tmp_path, TINY + "\n[sweep]\n" + sweep_table + "\n")
+    started = time.monotonic()
+    code = main(["sweep", str(study), "--output", str(tmp_path / "runs"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and regex.search(message, err), err
+    assert time.monotonic() - started < 30 and not (tmp_path / "runs").exists()
+
+
+def test_a_negative_swept_number_keeps_its_sign_in_the_trial_name(tmp_path):
+    sweep = load_sweep(_write(tmp_path, TINY + "\n[sweep]\n[sweep.grid]\nevaluation.target_error = [0.1, 0.2]\n"
+                                              "system.gamma = [0.1, -0.0]\n"))
+    assert any("gamma=-0.0" in trial.name for trial in sweep.trials), [t.name for t in sweep.trials]
