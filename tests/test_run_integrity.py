@@ -302,3 +302,37 @@ def test_no_kill_point_of_an_overwrite_loses_the_earlier_run(tmp_path, atomic_sw
             break
     else:
         raise AssertionError("the run never finished")
+
+
+# --- smaller promises: files on disk before the rename, a damaged checkpoints/ named ------------------------
+
+
+def test_every_file_of_a_run_is_flushed_before_it_is_called_complete(tmp_path, monkeypatch):
+    """Before: report.md, metrics.json and the figures were written with plain writes and renamed into place
+    unflushed, so a power cut could leave a 'complete' run with empty files."""
+    import physlens._io as io_module
+
+    flushed: list[str] = []
+    real_fsync = os.fsync
+
+    def recording(fd):
+        flushed.append(os.readlink(f"/proc/self/fd/{fd}"))
+        return real_fsync(fd)
+
+    monkeypatch.setattr(io_module.os, "fsync", recording)
+    out = run_study(_study(tmp_path), output_root=tmp_path / "runs", progress=False)
+    staging = str(tmp_path / "runs" / ".partial-tiny")
+    for name in ("report.md", "metrics.json", "timings.json", "study.toml"):
+        assert f"{staging}/{name}" in flushed, name
+    figures = [p.name for p in (out / "figures").iterdir()]
+    assert figures and all(f"{staging}/figures/{name}" in flushed for name in figures)
+
+
+def test_a_checkpoints_entry_that_is_not_a_directory_is_named_and_the_run_kept(tmp_path, monkeypatch, capsys):
+    """Before: "File exists" after training restarted from step 0."""
+    staging = _interrupted(tmp_path, monkeypatch)
+    shutil.rmtree(staging / "checkpoints")
+    (staging / "checkpoints").write_text("")
+    code, err = _cli(capsys, "run", "--resume", str(tmp_path / "runs" / "tiny"), "--quiet")
+    assert code == 2 and "checkpoints' should be the run's directory of checkpoints" in _one_line(err)
+    assert (staging / "study.toml").is_file()

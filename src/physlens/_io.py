@@ -105,6 +105,23 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def fsync_tree(root: Path) -> None:
+    """Flush every regular file under ``root`` and every directory in it to disk, so that a directory
+    renamed into place afterwards holds complete files even after a power cut (files written with a
+    plain ``write_text`` or ``savefig`` are otherwise only in the page cache)."""
+    for directory, _, files in os.walk(root):
+        for name in files:
+            try:
+                fd = open_regular(Path(directory) / name)
+            except OSError:  # a link or a special file: nothing of ours to flush
+                continue
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(directory))
+
+
 def _make_dir(parent: Path, prefix: str) -> Path:
     """A new, uniquely named directory under ``parent`` with the permissions the umask gives (0755
     usually; ``tempfile.mkdtemp`` would make it 0700)."""
@@ -413,6 +430,7 @@ class RunDirectory:
             earlier = read_run_record(self.target) or {}
             marks["replaces"] = earlier.get("run_id") or secrets.token_hex(16)
             atomic_write_json(self.target / RUN_FILE, {**earlier, "run_id": marks["replaces"], "retired_by": run_id})
+        fsync_tree(self.staging)  # report.md, metrics.json, figures: on disk before the run is called complete
         self.write_record(status="complete", finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), **marks)
         _move_into_place(self.staging, self.target, overwrite=self.overwrite)
         (self.target / LOCK_FILE).unlink(missing_ok=True)  # held until the run is in place, so no recovery races it
@@ -491,6 +509,7 @@ __all__ = [
     "atomic_write_json",
     "atomic_write_text",
     "exchange",
+    "fsync_tree",
     "is_partial",
     "lock_holder",
     "open_regular",

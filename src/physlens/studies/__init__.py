@@ -17,6 +17,7 @@ interrupted.
 from __future__ import annotations
 
 import codecs
+import errno
 import hashlib
 import importlib
 import inspect
@@ -365,6 +366,10 @@ def resume_run(
         _checked(spec, file)
         _threads(spec, threads)
         run_key = _check_identity(staging, record, spec)
+        checkpoints = staging / CHECKPOINT_DIR
+        if os.path.lexists(checkpoints) and (checkpoints.is_symlink() or not checkpoints.is_dir()):
+            raise NotADirectoryError(errno.ENOTDIR, f"{str(checkpoints)!r} should be the run's directory of checkpoints but "
+                                                    "is not a directory; move it away to resume", str(checkpoints))
     except BaseException:
         claim.release(keep=True)
         raise
