@@ -8,7 +8,12 @@ the kernel has it), so a result that appeared meanwhile is never replaced unless
 
 A run directory (:class:`RunDirectory`) is claimed before any work starts: ``.partial-<name>`` is
 created exclusively next to ``<name>`` and locked for as long as the run lives, so two runs can
-never own one name; it becomes ``<name>`` only when the run is complete.
+never own one name; it becomes ``<name>`` only when the run is complete, its files flushed first. A
+replaced run is swapped out in one step (``RENAME_EXCHANGE``), and :func:`recover_run` finishes or
+undoes whatever a kill cut short, so ``<name>`` never goes missing.
+
+Files physlens reads back (records, locks, study files, checkpoints) are opened without blocking and
+refused unless they are regular files (:func:`open_regular`), and read up to a limit.
 """
 
 from __future__ import annotations
