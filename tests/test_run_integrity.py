@@ -336,3 +336,59 @@ def test_a_checkpoints_entry_that_is_not_a_directory_is_named_and_the_run_kept(t
     code, err = _cli(capsys, "run", "--resume", str(tmp_path / "runs" / "tiny"), "--quiet")
     assert code == 2 and "checkpoints' should be the run's directory of checkpoints" in _one_line(err)
     assert (staging / "study.toml").is_file()
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_ctrl_c_swallowed_inside_a_weakref_callback_still_interrupts_the_run(tmp_path, monkeypatch):
+    """Before: 5 of 23 Ctrl-C landed in a weakref callback, where Python prints the KeyboardInterrupt and drops
+    it, and the run finished with exit 0."""
+    import gc
+    import signal
+    import weakref
+
+    import physlens.studies.oscillator as oscillator
+
+    real_train = oscillator.train
+
+    def train_then_interrupted_in_a_callback(*args, **kwargs):
+        result = real_train(*args, **kwargs)
+
+        class Victim:
+            pass
+
+        def callback(reference):
+            os.kill(os.getpid(), signal.SIGINT)
+            sum(range(1000))  # the handler runs here, inside the callback, and its exception is dropped
+
+        victim = Victim()
+        keep = weakref.ref(victim, callback)
+        del victim
+        gc.collect()
+        assert keep() is None
+        return result
+
+    monkeypatch.setattr(oscillator, "train", train_then_interrupted_in_a_callback)
+    with pytest.raises(RunInterrupted):
+        run_study(_study(tmp_path), output_root=tmp_path / "runs", progress=False)
+    assert not (tmp_path / "runs" / "tiny").exists()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_ctrl_c_that_surfaces_as_another_error_is_an_interrupt(tmp_path, monkeypatch):
+    """Before: a Ctrl-C landing in class creation surfaced as "RuntimeError: Error calling __set_name__" and the
+    run exited 2 as if it had failed."""
+    import signal
+
+    import physlens.studies.oscillator as oscillator
+
+    def interrupted_then_wrapped(*args, **kwargs):
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            sum(range(1000))
+        except KeyboardInterrupt as error:
+            raise RuntimeError("Error calling __set_name__ on 'Descriptor' instance") from error
+        raise AssertionError("SIGINT was not delivered")
+
+    monkeypatch.setattr(oscillator, "train", interrupted_then_wrapped)
+    with pytest.raises(RunInterrupted):
+        run_study(_study(tmp_path), output_root=tmp_path / "runs", progress=False)
