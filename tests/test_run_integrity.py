@@ -392,3 +392,11 @@ def test_a_ctrl_c_that_surfaces_as_another_error_is_an_interrupt(tmp_path, monke
     monkeypatch.setattr(oscillator, "train", interrupted_then_wrapped)
     with pytest.raises(RunInterrupted):
         run_study(_study(tmp_path), output_root=tmp_path / "runs", progress=False)
+
+
+def test_a_config_json_nested_too_deeply_is_named(tmp_path, monkeypatch, capsys):
+    """Before: a RecursionError naming no file."""
+    staging = _interrupted(tmp_path, monkeypatch)
+    (staging / "checkpoints" / "step_0000020" / "config.json").write_text("[" * 100_000 + "]" * 100_000)
+    code, err = _cli(capsys, "run", "--resume", str(tmp_path / "runs" / "tiny"), "--quiet")
+    assert code == 2 and "config.json' nests its values too deeply" in _one_line(err)
