@@ -635,3 +635,20 @@ def test_a_negative_swept_number_keeps_its_sign_in_the_trial_name(tmp_path):
     sweep = load_sweep(_write(tmp_path, TINY + "\n[sweep]\n[sweep.grid]\nevaluation.target_error = [0.1, 0.2]\n"
                                               "system.gamma = [0.1, -0.0]\n"))
     assert any("gamma=-0.0" in trial.name for trial in sweep.trials), [t.name for t in sweep.trials]
+
+
+def test_fifos_in_a_sweep_directory_hang_nothing(tmp_path):
+    """Before: a FIFO as the sweep's .lock, sweep.json or a trial's trial.json blocked `physlens sweep` forever."""
+    study = _write(tmp_path, TINY + '\n[sweep]\nname = "f"\nseeds = 1\n')
+    sweep_dir = tmp_path / "runs" / "f"
+    sweep_dir.mkdir(parents=True)
+    os.mkfifo(sweep_dir / ".lock")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), str(ROOT / "src")]))}
+    command = [sys.executable, "-m", "physlens.cli", "sweep", str(study), "--output", str(tmp_path / "runs"), "--workers", "0",
+               "--quiet"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env, stdin=subprocess.DEVNULL)
+    assert result.returncode == 2 and "a FIFO, not a regular file" in result.stderr, result.stderr
+    (sweep_dir / ".lock").unlink()
+    os.mkfifo(sweep_dir / "sweep.json")
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env, stdin=subprocess.DEVNULL)
+    assert result.returncode == 2 and "is not a sweep directory" in result.stderr, result.stderr

@@ -39,7 +39,16 @@ from typing import Any
 
 import pandas as pd
 
-from physlens._io import atomic_directory, atomic_write_json, is_partial, read_run_record, staging_for
+from physlens._io import (
+    MAX_RECORD_BYTES,
+    atomic_directory,
+    atomic_write_json,
+    is_partial,
+    open_regular,
+    read_bounded,
+    read_run_record,
+    staging_for,
+)
 from physlens.studies import STUDY_KINDS
 from physlens.sweeps.spec import SweepSpec, Trial, key_text, spec_hash
 
@@ -175,13 +184,13 @@ def _locked(directory: Path) -> Iterator[None]:
     import fcntl
 
     directory.mkdir(parents=True, exist_ok=True)
-    handle = open(directory / ".lock", "a+")
+    handle = os.fdopen(open_regular(directory / ".lock", os.O_RDWR | os.O_CREAT | os.O_APPEND), "a+")
     try:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             handle.seek(0)
-            holder = handle.read().strip() or "another process"
+            holder = handle.read(256).strip() or "another process"
             raise SweepError(f"sweep directory {str(directory)!r} is in use by {holder}; wait for it to finish") from None
         handle.seek(0)
         handle.truncate()
@@ -196,9 +205,9 @@ def _check_definition(directory: Path, sweep: SweepSpec) -> None:
     path = directory / "sweep.json"
     if path.is_file():
         try:
-            earlier = json.loads(path.read_text())
-        except json.JSONDecodeError:
-            raise SweepError(f"{path} is not valid JSON; is this a sweep directory?") from None
+            earlier = json.loads(read_bounded(path, MAX_RECORD_BYTES, what="sweep definition"))
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError, ValueError, OSError):
+            raise SweepError(f"{path} is not a readable JSON file; is this a sweep directory?") from None
         if earlier.get("base_hash") != spec_hash(sweep.base):
             raise SweepError(
                 f"{str(directory)!r} holds sweep {earlier.get('name')!r} of a different study (the study file "
@@ -215,8 +224,8 @@ def trial_status(directory: Path, trial: Trial) -> str:
     if run.is_dir():
         record = run / "trial.json"
         try:
-            saved = json.loads(record.read_text())
-        except (OSError, json.JSONDecodeError):
+            saved = json.loads(read_bounded(record, MAX_RECORD_BYTES, what="trial record"))
+        except (OSError, ValueError, RecursionError):
             raise SweepError(f"{run} has no readable trial.json: it is not a trial of this sweep; move it away") from None
         if saved.get("spec_hash") != trial.spec_hash:
             raise SweepError(f"{run} holds a trial of another study (its spec hash differs); move it away")
