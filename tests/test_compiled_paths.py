@@ -88,5 +88,9 @@ def test_checkpoints_written_before_the_compile_option_still_resume(tmp_path):
         saved = json.loads(state.read_text())
         del saved["train_config"]["compile"]
         state.write_text(json.dumps(saved))
+        config_file = state.parent / "config.json"  # nor a digest of state.json
+        written = json.loads(config_file.read_text())
+        del written["digest"]["state.json"]
+        config_file.write_text(json.dumps(written))
     resumed = train(tiny_transformer(), system, config, checkpoint_dir=tmp_path, resume=True, progress=False)
     assert resumed.resumed_from == 6

@@ -255,3 +255,95 @@ def test_the_fuzzed_base_study_is_valid(tmp_path):
     assert tomllib.loads(dump_toml(BASE)) == BASE
     with pytest.raises(StudySpecError, match="causal"):
         check_spec({**spec, "model": {**spec["model"], "causal": "false"}})
+
+
+# --- bad batches to the analyses are refused by name (issue 22) ------------------------------------------------
+
+
+def _tiny_transformer():
+    from physlens.models import OscillatorTransformer, TransformerConfig
+
+    cfg = TransformerConfig(d_model=4, n_layers=1, n_heads=2, d_head=2, n_ctx=4, causal=True, attn_only=False, dtype="float64")
+    return OscillatorTransformer(cfg).eval()
+
+
+def _bad_batches(good: torch.Tensor) -> dict[str, torch.Tensor]:
+    nan = good.clone()
+    nan[0, 0, 0] = float("nan")
+    return {"one NaN": nan, "empty": good[:0], "complex": good.to(torch.complex128)}
+
+
+@pytest.mark.parametrize("bad", ["one NaN", "empty", "complex"])
+@pytest.mark.parametrize("argument", ["inputs", "reference"])
+def test_ablation_sweep_refuses_a_nan_empty_or_complex_batch(argument, bad):
+    """Before: one NaN input, a NaN reference or an empty batch returned numbers (a NaN baseline loss next to
+    head losses of 0.904) instead of an error."""
+    from physlens.probes.ablation import ablation_sweep
+
+    model = _tiny_transformer()
+    inputs = torch.randn(6, 4, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    targets = inputs.roll(-1, dims=1)
+    batch = _bad_batches(inputs)[bad]
+    call = {"inputs": batch, "targets": targets if bad != "empty" else targets[:0]} if argument == "inputs" else {
+        "inputs": inputs, "targets": targets, "reference": batch}
+    with pytest.raises(ValueError, match=rf"^{argument} must"):
+        ablation_sweep(model, method="mean", **call)
+
+
+@pytest.mark.parametrize("bad", ["one NaN", "empty", "complex"])
+def test_patching_and_collection_refuse_a_nan_empty_or_complex_batch(bad):
+    """Before: empty batches returned empty results that raised StopIteration later; a NaN said "identical
+    predictions"; complex input silently dropped its imaginary part."""
+    from physlens.probes.activations import collect_activations
+    from physlens.probes.patching import patching_sweep
+
+    model = _tiny_transformer()
+    inputs = torch.randn(6, 4, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    batch = _bad_batches(inputs)[bad]
+    with pytest.raises(ValueError, match=r"^inputs must"):
+        collect_activations(model, batch, "blocks.0.hook_resid_post")
+    with pytest.raises(ValueError, match=r"^clean_inputs must"):
+        patching_sweep(model, batch, batch, site="resid_pre")
+
+
+# --- values that failed late, or with a traceback, are one line naming the file, section and key (issue 22) -----
+
+
+def _late_study() -> str:
+    from tests.test_run_safety import STUDY
+
+    return STUDY
+
+
+@pytest.mark.parametrize(
+    "edit, expected",
+    [
+        (lambda s: s.replace("context_len = 1", 'context_len = 1\nmust_beat = [["linear_ar"]]'), "[evaluation] must_beat must be"),
+        (lambda s: s.replace("context_len = 1", "context_len = 1\nenergy_range = [0, inf]"), "[evaluation] energy_range must be"),
+        (lambda s: s.replace("rollout_steps = 10", "rollout_steps = 1000000000"), "[evaluation] n_trajectories = 8 and rollout_steps"),
+        (lambda s: s.replace("n_trajectories = 8", "n_trajectories = 1000000000000"), "[evaluation] n_trajectories = 1000000000000"),
+        (lambda s: s.replace("gamma = 0.1", "gamma = 0.1\ndt = 1e300"), "[system] trajectories of context_len + rollout_steps"),
+        (lambda s: s.replace("seq_len = 4", "seq_len = 4\nbatch_size = 1000000000000"), "[training] batch_size = 1000000000000"),
+        (lambda s: s.replace("n_ctx = 4", "n_ctx = 1000000000"), "[model] n_ctx, d_model"),
+        (lambda s: s.replace('name = "tiny"', 'name = "' + "a" * 250 + '"'), "[study] name must be at most 100 characters"),
+        (lambda s: s.replace('n_ctx = 4\n', 'n_ctx = 4\ndevice = "xpu"\n'), "[model] device must be 'cpu', 'cuda' or 'mps'"),
+        (lambda s: s.replace('n_ctx = 4\n', 'n_ctx = 4\ndevice = "meta"\n'), "[model] device must be 'cpu', 'cuda' or 'mps'"),
+        (lambda s: "a = " + "[" * 100_000 + "]" * 100_000 + "\n", "nests its arrays or tables too deeply"),
+    ],
+    ids=["must_beat-nested", "energy_range-inf", "rollout_steps-1e9", "n_trajectories-1e12", "dt-1e300", "batch_size-1e12",
+         "n_ctx-1e9", "name-250", "device-xpu", "device-meta", "toml-100k-deep"],
+)
+def test_values_that_failed_late_are_one_line_before_training(tmp_path, monkeypatch, capsys, edit, expected):
+    """Before: a TypeError or AssertionError traceback, an allocator error naming no key, 'File name too long' on an
+    internal path, or a failure after training that the advised --resume repeated."""
+    import physlens.studies.oscillator as oscillator
+
+    monkeypatch.setattr(oscillator, "train", lambda *a, **k: pytest.fail("trained before the study was checked"))
+    study = tmp_path / "study.toml"
+    study.write_text(edit(_late_study()))
+    code = main(["run", str(study), "--output", str(tmp_path / "runs"), "--quiet"])
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith(f"physlens: error: study file {str(study)!r}"), err
+    assert expected in lines[0], err
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())

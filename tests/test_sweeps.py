@@ -528,3 +528,127 @@ def test_trials_run_with_one_torch_thread_whatever_the_study_says(tmp_path, monk
     before = torch.get_num_threads()
     run_sweep(load_sweep(_write(tmp_path, text), seeds=2), output_root=tmp_path / "runs", workers=0, progress=False)
     assert seen == [1, 1] and torch.get_num_threads() == before
+
+
+# --- issue 22: workers die with their driver; a rerun never calls a finished trial failed ----------------------
+
+
+def _holder_pid(lock: Path) -> int | None:
+    try:
+        text = lock.read_text()
+    except OSError:
+        return None
+    return int(text.split()[1]) if text.startswith("pid ") else None
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")  # exited, waiting to be reaped
+    except OSError:
+        return True
+
+
+def test_killing_the_sweep_driver_ends_its_workers(tmp_path):
+    """Before: kill -9 of the driver orphaned its workers (their parent is the fork server, which outlived the
+    driver): they finished trials outside the sweep's lock while a rerun held it, and never exited."""
+    long = TINY.replace("steps = 60", "steps = 200000").replace("checkpoint_every = 20", "checkpoint_every = 10")
+    study = _write(tmp_path, long + '\n[sweep]\nname = "long"\nseeds = 2\n')
+    output = tmp_path / "runs"
+    command = [sys.executable, "-m", "physlens.cli", "sweep", str(study), "--output", str(output), "--workers", "2", "--quiet"]
+    process = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"})
+    trials = output / "long" / "trials"
+    workers: set[int] = set()
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and process.poll() is None and len(workers) < 2:
+            workers = {pid for lock in trials.glob(".partial-*/.lock") if (pid := _holder_pid(lock)) and pid != process.pid}
+            time.sleep(0.05)
+        assert len(workers) == 2, "the workers never started their trials"
+        os.kill(process.pid, signal.SIGKILL)  # the driver alone, as `kill -9 <pid>` does
+        process.wait(timeout=30)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not all(_gone(pid) for pid in workers):
+            time.sleep(0.05)
+        survivors = [pid for pid in workers if not _gone(pid)]
+    finally:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        process.wait(timeout=30)
+    assert survivors == [], f"workers {survivors} outlived their driver"
+
+
+def test_a_trial_finished_meanwhile_is_not_called_failed(local_sweep, tmp_path, monkeypatch):
+    """Before: a rerun whose trial had been finished meanwhile (by an orphaned worker) exited 1 calling it failed
+    with FileExistsError."""
+    import shutil
+
+    import physlens.sweeps.runner as runner
+
+    study, reference = local_sweep
+    output = tmp_path / "runs"
+    shutil.copytree(reference.directory, output / reference.directory.name)
+    finished = reference.table.loc[reference.table["status"] == "finished", "trial"].iloc[0]
+    trials = output / reference.directory.name / "trials"
+    shutil.rmtree(trials / finished)
+    real = runner.execute_trial
+
+    def finished_by_another(task):
+        if task.name != finished:
+            return real(task)
+        shutil.copytree(reference.directory / "trials" / finished, trials / finished)
+        return runner.TrialOutcome(task.name, False, 0.0, "test", error=f"FileExistsError: {task.directory!r} already exists")
+
+    monkeypatch.setattr(runner, "execute_trial", finished_by_another)
+    result = run_sweep(load_sweep(study), output_root=output, workers=0, progress=False)
+    assert finished not in result.failures and result.n_finished == 2
+
+
+@pytest.mark.parametrize(
+    "sweep_table, message",
+    [
+        ("[sweep.grid]\ntraining.steps = [60, -1]", r"\[training\] with training.steps = -1 is invalid: steps must be"),
+        ("[sweep.grid]\ntraining.lr = [1e-2, nan]", "training.lr = nan can never be a setting"),
+        ("seeds = 1000000000", "seeds must be at most 10000"),
+        ("seeds = 100\n[sweep.grid]\ntraining.lr = [" + ", ".join(f"{i}e-3" for i in range(1, 201)) + "]",
+         "make 20000 trials, more than 10000"),
+    ],
+    ids=["steps-negative", "lr-nan", "seeds-1e9", "too-many-trials"],
+)
+def test_sweep_values_no_trial_could_run_are_refused_up_front(tmp_path, capsys, sweep_table, message):
+    """Before: steps = -1 and lr = nan failed trial by trial (the -1 trial named "steps=1"), and seeds = 1e9 gave no
+    answer after 10 minutes."""
+    import re as regex
+
+    study = _write(tmp_path, TINY + "\n[sweep]\n" + sweep_table + "\n")
+    started = time.monotonic()
+    code = main(["sweep", str(study), "--output", str(tmp_path / "runs"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and regex.search(message, err), err
+    assert time.monotonic() - started < 30 and not (tmp_path / "runs").exists()
+
+
+def test_a_negative_swept_number_keeps_its_sign_in_the_trial_name(tmp_path):
+    sweep = load_sweep(_write(tmp_path, TINY + "\n[sweep]\n[sweep.grid]\nevaluation.target_error = [0.1, 0.2]\n"
+                                              "system.gamma = [0.1, -0.0]\n"))
+    assert any("gamma=-0.0" in trial.name for trial in sweep.trials), [t.name for t in sweep.trials]
+
+
+def test_fifos_in_a_sweep_directory_hang_nothing(tmp_path):
+    """Before: a FIFO as the sweep's .lock, sweep.json or a trial's trial.json blocked `physlens sweep` forever."""
+    study = _write(tmp_path, TINY + '\n[sweep]\nname = "f"\nseeds = 1\n')
+    sweep_dir = tmp_path / "runs" / "f"
+    sweep_dir.mkdir(parents=True)
+    os.mkfifo(sweep_dir / ".lock")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), str(ROOT / "src")]))}
+    command = [sys.executable, "-m", "physlens.cli", "sweep", str(study), "--output", str(tmp_path / "runs"), "--workers", "0",
+               "--quiet"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env, stdin=subprocess.DEVNULL)
+    assert result.returncode == 2 and "a FIFO, not a regular file" in result.stderr, result.stderr
+    (sweep_dir / ".lock").unlink()
+    os.mkfifo(sweep_dir / "sweep.json")
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env, stdin=subprocess.DEVNULL)
+    assert result.returncode == 2 and "is not a sweep directory" in result.stderr, result.stderr

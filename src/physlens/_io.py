@@ -8,7 +8,12 @@ the kernel has it), so a result that appeared meanwhile is never replaced unless
 
 A run directory (:class:`RunDirectory`) is claimed before any work starts: ``.partial-<name>`` is
 created exclusively next to ``<name>`` and locked for as long as the run lives, so two runs can
-never own one name; it becomes ``<name>`` only when the run is complete.
+never own one name; it becomes ``<name>`` only when the run is complete, its files flushed first. A
+replaced run is swapped out in one step (``RENAME_EXCHANGE``), and :func:`recover_run` finishes or
+undoes whatever a kill cut short, so ``<name>`` never goes missing.
+
+Files physlens reads back (records, locks, study files, checkpoints) are opened without blocking and
+refused unless they are regular files (:func:`open_regular`), and read up to a limit.
 """
 
 from __future__ import annotations
@@ -18,9 +23,11 @@ import ctypes.util
 import errno
 import json
 import os
+import re
 import secrets
 import shutil
 import socket
+import stat
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,6 +38,50 @@ PARTIAL_PREFIX = ".partial-"
 LOCK_FILE = ".lock"
 RUN_FILE = "run.json"
 """Inside a run directory: who claimed it, what it runs and, once finished, that it is complete."""
+
+
+MAX_RECORD_BYTES = 1 << 20
+"""The most a ``run.json`` (or a lock file) may hold; anything larger is not one physlens wrote."""
+
+
+class NotARegularFile(OSError):
+    """A path that should be a plain file is a FIFO, a device, a socket or a directory: refused by its
+    type before anything is read from it (reading a FIFO blocks forever, a device never ends)."""
+
+
+def _file_type(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a directory")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def open_regular(path: str | os.PathLike[str], flags: int = os.O_RDONLY, mode: int = 0o666) -> int:
+    """``os.open`` for a file that must be a regular file: opened without blocking (a FIFO would block
+    an ordinary open until a writer came), its type checked on the open descriptor, and refused with
+    :class:`NotARegularFile` naming the path when it is anything else. Returns a blocking descriptor."""
+    fd = os.open(path, flags | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0), mode)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise NotARegularFile(errno.EINVAL, f"{str(path)!r} is {_file_type(info.st_mode)}, not a regular file; "
+                                                "refusing to read it", str(path))
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_bounded(path: str | os.PathLike[str], limit: int, *, what: str = "file") -> bytes:
+    """The bytes of the regular file ``path`` (see :func:`open_regular`), refusing one larger than
+    ``limit`` bytes with a ``ValueError`` naming it, so a huge or endless file is never read whole."""
+    with os.fdopen(open_regular(path), "rb") as handle:
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise ValueError(f"{what} {str(path)!r} is larger than {limit} bytes; it is not a file physlens wrote or reads")
+    return data
 
 
 def _umask() -> int:
@@ -59,6 +110,23 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def fsync_tree(root: Path) -> None:
+    """Flush every regular file under ``root`` and every directory in it to disk, so that a directory
+    renamed into place afterwards holds complete files even after a power cut (files written with a
+    plain ``write_text`` or ``savefig`` are otherwise only in the page cache)."""
+    for directory, _, files in os.walk(root):
+        for name in files:
+            try:
+                fd = open_regular(Path(directory) / name)
+            except OSError:  # a link or a special file: nothing of ours to flush
+                continue
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(directory))
+
+
 def _make_dir(parent: Path, prefix: str) -> Path:
     """A new, uniquely named directory under ``parent`` with the permissions the umask gives (0755
     usually; ``tempfile.mkdtemp`` would make it 0700)."""
@@ -84,7 +152,21 @@ def _load_renameat2() -> Any:
 
 
 _RENAMEAT2 = _load_renameat2()
-_AT_FDCWD, _RENAME_NOREPLACE = -100, 1
+_AT_FDCWD, _RENAME_NOREPLACE, _RENAME_EXCHANGE = -100, 1, 2
+_UNSUPPORTED = (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP)
+
+
+def exchange(first: str | os.PathLike[str], second: str | os.PathLike[str]) -> bool:
+    """Swap ``first`` and ``second`` in one atomic step (``renameat2`` with ``RENAME_EXCHANGE``), so
+    that neither name is ever missing; ``False`` where the kernel or filesystem cannot."""
+    if _RENAMEAT2 is None:
+        return False
+    if _RENAMEAT2(_AT_FDCWD, os.fsencode(first), _AT_FDCWD, os.fsencode(second), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in _UNSUPPORTED:
+        return False
+    raise OSError(code, os.strerror(code), str(first), None, str(second))
 
 
 def rename_noreplace(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
@@ -100,7 +182,7 @@ def rename_noreplace(source: str | os.PathLike[str], target: str | os.PathLike[s
         code = ctypes.get_errno()
         if code == errno.EEXIST or code == errno.ENOTEMPTY:
             raise FileExistsError(errno.EEXIST, f"{str(target)!r} appeared meanwhile; refusing to replace it", str(target))
-        if code not in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP):
+        if code not in _UNSUPPORTED:
             raise OSError(code, os.strerror(code), str(source), None, str(target))
     if os.path.lexists(target):
         raise FileExistsError(errno.EEXIST, f"{str(target)!r} appeared meanwhile; refusing to replace it", str(target))
@@ -160,8 +242,25 @@ def atomic_directory(path: str | os.PathLike[str], *, overwrite: bool = False) -
         raise
 
 
+RETIRED = re.compile(r"\.partial-old-(?P<name>.+)\.[0-9a-f]{8}")
+"""Where a replaced directory waits to be deleted: ``.partial-old-<name>.<8 hex digits>``."""
+
+
+def _retire(path: Path, name: str) -> None:
+    """Delete ``path``, an earlier version of ``name``: renamed to a ``.partial-old-`` name first, so
+    that a deletion cut short leaves something clearly garbage, never a half-deleted result."""
+    retired = path.parent / f"{PARTIAL_PREFIX}old-{name}.{secrets.token_hex(4)}"
+    try:
+        os.rename(path, retired)
+    except FileNotFoundError:  # retired meanwhile by a recovery
+        return
+    shutil.rmtree(retired, ignore_errors=True)
+
+
 def _move_into_place(staging: Path, target: Path, *, overwrite: bool) -> None:
-    if overwrite and target.exists():
+    if overwrite and os.path.lexists(target) and exchange(staging, target):
+        _retire(staging, target.name)  # the exchange left the earlier one at the staging name
+    elif overwrite and target.exists():  # no atomic exchange here: move the earlier one aside, then into place
         retired = _make_dir(target.parent, f"{PARTIAL_PREFIX}old-{target.name}.")
         os.replace(target, retired / target.name)
         try:
@@ -209,8 +308,8 @@ def target_for(staging: str | os.PathLike[str]) -> Path:
 def read_run_record(directory: str | os.PathLike[str]) -> dict[str, Any] | None:
     """The ``run.json`` of a run or staging directory, or ``None`` when it has none or it is unreadable."""
     try:
-        record = json.loads((Path(directory) / RUN_FILE).read_text())
-    except (OSError, ValueError):
+        record = json.loads(read_bounded(Path(directory) / RUN_FILE, MAX_RECORD_BYTES, what=RUN_FILE))
+    except (OSError, ValueError, RecursionError):
         return None
     return record if isinstance(record, dict) else None
 
@@ -220,14 +319,14 @@ def lock_holder(staging: str | os.PathLike[str]) -> str | None:
     import fcntl
 
     try:
-        handle = open(Path(staging) / LOCK_FILE, "r")
+        handle = os.fdopen(open_regular(Path(staging) / LOCK_FILE), "r")
     except OSError:
         return None
     with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
-            return handle.read().strip() or "another process"
+            return handle.read(256).strip() or "another process"
         except OSError:
             return None
         fcntl.flock(handle, fcntl.LOCK_UN)
@@ -256,12 +355,12 @@ class RunDirectory:
     def _lock(staging: Path) -> Any:
         import fcntl
 
-        handle = open(staging / LOCK_FILE, "a+")
+        handle = os.fdopen(open_regular(staging / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_APPEND), "a+")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             handle.seek(0)
-            holder = handle.read().strip() or "another process"
+            holder = handle.read(256).strip() or "another process"
             handle.close()
             raise DirectoryBusy(errno.EBUSY, f"{str(staging)!r} is being written by {holder}", str(staging)) from None
         except BaseException:
@@ -279,6 +378,8 @@ class RunDirectory:
         ``overwrite`` is not set) or another run owns its staging directory, live or interrupted."""
         target = Path(target)
         staging = staging_for(target)
+        if target.parent.is_dir():
+            recover_run(target)  # a finished run or an --overwrite that a kill cut short
         if target.exists() and not overwrite:
             raise DirectoryTaken(errno.EEXIST, f"{str(target)!r} already exists", str(target))
         for parent in (target.parent, *target.parent.parents):
@@ -320,10 +421,24 @@ class RunDirectory:
         atomic_write_json(self.staging / RUN_FILE, record)
 
     def finish(self) -> Path:
-        """Mark the run complete and rename it to its target; returns the target."""
-        self.write_record(status="complete", finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-        (self.staging / LOCK_FILE).unlink(missing_ok=True)  # the lock is held on the open file, not the name
+        """Mark the run complete and rename it to its target; returns the target.
+
+        With ``overwrite``, the earlier run and the new one are swapped in one step where the
+        filesystem allows, so ``<name>`` always holds one of them; each is marked first (the earlier
+        ``retired_by`` the new one's id, the new one ``replaces`` the earlier one's), so that
+        :func:`recover_run` can finish or undo a replacement that a kill cut short.
+        """
+        record = read_run_record(self.staging) or {}
+        run_id = record.get("run_id") or secrets.token_hex(16)
+        marks: dict[str, Any] = {"run_id": run_id}
+        if self.overwrite and self.target.is_dir():
+            earlier = read_run_record(self.target) or {}
+            marks["replaces"] = earlier.get("run_id") or secrets.token_hex(16)
+            atomic_write_json(self.target / RUN_FILE, {**earlier, "run_id": marks["replaces"], "retired_by": run_id})
+        fsync_tree(self.staging)  # report.md, metrics.json, figures: on disk before the run is called complete
+        self.write_record(status="complete", finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), **marks)
         _move_into_place(self.staging, self.target, overwrite=self.overwrite)
+        (self.target / LOCK_FILE).unlink(missing_ok=True)  # held until the run is in place, so no recovery races it
         self._close()
         return self.target
 
@@ -339,18 +454,75 @@ class RunDirectory:
             self._handle = None
 
 
+def set_aside(target: str | os.PathLike[str]) -> list[Path]:
+    """What an ``--overwrite`` cut short left next to ``target``: replaced runs waiting to be deleted
+    (``.partial-old-<name>.*``) and a finished run not yet moved into place."""
+    target = Path(target)
+    found = [child for child in (target.parent.iterdir() if target.parent.is_dir() else ())
+             if (match := RETIRED.fullmatch(child.name)) and match["name"] == target.name]
+    staging = staging_for(target)
+    if (read_run_record(staging) or {}).get("status") == "complete" and lock_holder(staging) is None:
+        found.append(staging)
+    return sorted(found)
+
+
+def recover_run(target: str | os.PathLike[str]) -> list[str]:
+    """Finish or undo what a kill left of a run's last steps, so that ``target`` holds a complete run
+    and nothing is left aside; returns what was done, in words.
+
+    A finished run whose final rename was cut short is moved into place; a replacement cut short
+    after the swap deletes the earlier run, before it completes the swap; an earlier run that was
+    moved aside (where no atomic swap exists) while nothing stands at ``target`` is put back; empty
+    leftovers are deleted. A staging directory whose run is still writing is never touched.
+    """
+    target = Path(target)
+    done: list[str] = []
+    staging = staging_for(target)
+    record = read_run_record(staging) if staging.is_dir() else None
+    if record is not None and record.get("status") == "complete" and lock_holder(staging) is None:
+        current = read_run_record(target) if target.is_dir() else None
+        if not os.path.lexists(target):
+            rename_noreplace(staging, target)
+            done.append(f"moved the finished run {str(staging)!r} into place")
+        elif current is not None and record.get("retired_by") and record["retired_by"] == current.get("run_id"):
+            _retire(staging, target.name)
+            done.append(f"deleted the run {str(target)!r} replaced (its replacement is in place)")
+        elif current is not None and record.get("replaces") and record["replaces"] == current.get("run_id"):
+            _move_into_place(staging, target, overwrite=True)
+            done.append(f"finished replacing {str(target)!r} with the run in {str(staging)!r}")
+    for leftover in set_aside(target):
+        if leftover == staging or not leftover.is_dir():
+            continue
+        if not os.path.lexists(target):
+            inner = leftover / target.name  # moved aside whole, by one rename
+            if inner.is_dir():
+                rename_noreplace(inner, target)
+                done.append(f"put back the run {str(target)!r} that an interrupted --overwrite had moved aside")
+        shutil.rmtree(leftover, ignore_errors=True)
+    if target.is_dir() and os.path.lexists(target / LOCK_FILE) and (read_run_record(target) or {}).get("status") == "complete":
+        (target / LOCK_FILE).unlink(missing_ok=True)
+    return done
+
+
 __all__ = [
     "DirectoryBusy",
     "DirectoryTaken",
+    "NotARegularFile",
     "RunDirectory",
     "atomic_directory",
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",
+    "exchange",
+    "fsync_tree",
     "is_partial",
     "lock_holder",
+    "open_regular",
+    "read_bounded",
     "read_run_record",
+    "recover_run",
     "rename_noreplace",
+    "set_aside",
     "staging_for",
     "target_for",
 ]

@@ -83,6 +83,20 @@ def check_finite(name: str, array: torch.Tensor | np.ndarray) -> None:
         raise ValueError(f"{name} must contain only finite values (found NaN or inf)")
 
 
+def check_batch(name: str, array: torch.Tensor) -> torch.Tensor:
+    """Raise unless ``array`` is a real-valued tensor with at least one example (a non-empty first
+    axis) and only finite values: an empty batch gives empty results that fail far from here, a NaN
+    makes every score NaN (or, compared, equal), and a complex tensor would lose its imaginary part."""
+    if not isinstance(array, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(array).__name__}")
+    if array.is_complex():
+        raise ValueError(f"{name} must be real-valued, got a complex tensor ({array.dtype}); its imaginary part would be lost")
+    if array.ndim == 0 or array.shape[0] == 0:
+        raise ValueError(f"{name} must hold at least one example, got shape {list(array.shape)}")
+    check_finite(name, array)
+    return array
+
+
 def check_shape(name: str, array: torch.Tensor | np.ndarray, expected: tuple[int | None, ...], meaning: str) -> None:
     """Raise unless ``array`` has ``len(expected)`` dims and matches every non-``None`` size.
 

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from physlens._validation import check_choice, check_nonnegative_int
+from physlens._validation import check_batch, check_choice, check_nonnegative_int
 from physlens.probes.activations import capture_activations, check_hooks, model_device
 from physlens.training.rollout import relative_error, rollout
 from physlens.training.trainer import loss_slice
@@ -155,10 +155,17 @@ def ablation_sweep(
     """
     check_choice("method", method, METHODS)
     check_choice("head_hook", head_hook, ("z", "result"))
+    check_batch("inputs", inputs)
+    check_batch("targets", targets)
+    if reference is not None:
+        check_batch("reference", reference)
     if inputs.shape != targets.shape:
         raise ValueError(f"targets must match inputs' shape {list(inputs.shape)}, got {list(targets.shape)}")
     if (rollout_context is None) != (rollout_truth is None):
         raise ValueError("pass both rollout_context and rollout_truth, or neither")
+    if rollout_context is not None:
+        check_batch("rollout_context", rollout_context)
+        check_batch("rollout_truth", rollout_truth)
     device = torch.device(device) if device is not None else model_device(model)
     inputs, targets = inputs.to(device), targets.to(device)
     reference = (inputs if reference is None else reference).to(device)

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from physlens._validation import check_finite, check_positive_int
+from physlens._validation import check_batch, check_finite, check_positive_int
 from physlens.systems.base import TrajectoryBatch
 
 Positions = Union[str, int, np.integer, Sequence[Union[int, np.integer]], np.ndarray, Tensor, None]
@@ -218,7 +218,7 @@ def collect_activations(
     inputs = as_inputs(data, seq_len)
     if labels is None:
         labels = data.labels() if isinstance(data, TrajectoryBatch) else {}
-    check_finite("inputs", inputs)
+    check_batch("inputs", inputs)
     pos = resolve_positions(positions, inputs.shape[1])
     kept = select_labels(labels, inputs.shape[0], pos)
     chunks: dict[str, list[Tensor]] = {}

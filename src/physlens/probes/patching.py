@@ -24,7 +24,7 @@ from transformer_lens import patching as tl_patching
 from transformer_lens.patching import PatchingResult
 from transformer_lens.utilities import get_act_name
 
-from physlens._validation import check_choice, check_nonnegative_int, check_positive_float, check_positive_int
+from physlens._validation import check_batch, check_choice, check_nonnegative_int, check_positive_float, check_positive_int
 from physlens.probes.activations import Positions, capture_activations, check_hooks, model_device, resolve_positions
 from physlens.systems.oscillator import OscillatorSystem, Trajectories, check_underdamped, evolve
 
@@ -209,6 +209,8 @@ def patching_sweep(
     names the cells.
     """
     check_choice("site", site, SITES)
+    check_batch("clean_inputs", clean_inputs)
+    check_batch("corrupted_inputs", corrupted_inputs)
     if clean_inputs.shape != corrupted_inputs.shape:
         raise ValueError(f"clean and corrupted inputs must have the same shape, got {list(clean_inputs.shape)} and {list(corrupted_inputs.shape)}")
     device = torch.device(device) if device is not None else model_device(model)

@@ -17,10 +17,14 @@ interrupted.
 from __future__ import annotations
 
 import codecs
+import errno
+import hashlib
 import importlib
 import inspect
+import json
 import os
 import re
+import secrets
 import socket
 import time
 import tomllib
@@ -36,10 +40,16 @@ from physlens._io import (
     RUN_FILE,
     DirectoryBusy,
     DirectoryTaken,
+    NotARegularFile,
+    RETIRED,
     RunDirectory,
+    atomic_write_bytes,
     is_partial,
     lock_holder,
+    read_bounded,
     read_run_record,
+    recover_run,
+    set_aside,
     staging_for,
 )
 from physlens.studies.report import Report, StudySpecError, format_number, read_metrics, section
@@ -50,6 +60,13 @@ STUDY_KINDS: dict[str, str] = {
     "invariants": "physlens.studies.invariants",
 }
 """Study kind (``[study] kind`` in the TOML file) → module that runs it."""
+
+MAX_STUDY_BYTES = 4 << 20
+"""The largest study file read: study files are a few kilobytes, and a device or a runaway file must not be read whole."""
+
+MAX_NAME_LENGTH = 100
+"""The longest ``[study] name``: a run's internal names (``.partial-old-<name>.<hex>``, ``<name>-<n>``, a
+sweep's ``<trial>-<hash>``) add to it, and a file name has at most 255 bytes."""
 
 CHECKPOINT_DIR = "checkpoints"
 """Where a run keeps its resumable training checkpoints, inside its directory."""
@@ -85,9 +102,14 @@ def read_study_text(path: str | os.PathLike[str]) -> str:
             f"{str(file)!r} is a directory, not a study file; give a study TOML file (e.g. probes/oscillator.toml), "
             f"or continue an interrupted run with `physlens run --resume {file}`"
         )
-    if not file.is_file():
+    if not os.path.lexists(file):
         raise FileNotFoundError(f"study file {str(file)!r} does not exist")
-    data = file.read_bytes()
+    try:
+        data = read_bounded(file, MAX_STUDY_BYTES, what="study file")
+    except NotARegularFile as error:
+        raise StudySpecError(f"study file {error.strerror}; give a study TOML file") from None
+    except FileNotFoundError:  # a dangling link
+        raise FileNotFoundError(f"study file {str(file)!r} does not exist") from None
     for bom, encoding in ((codecs.BOM_UTF32_LE, "UTF-32"), (codecs.BOM_UTF32_BE, "UTF-32"),
                           (codecs.BOM_UTF16_LE, "UTF-16"), (codecs.BOM_UTF16_BE, "UTF-16")):
         if data.startswith(bom):
@@ -109,6 +131,8 @@ def _parse_study_text(text: str, file: Path) -> dict[str, Any]:
         spec = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise StudySpecError(f"study file {str(file)!r} is not valid TOML: {error}") from None
+    except RecursionError:
+        raise StudySpecError(f"study file {str(file)!r} nests its arrays or tables too deeply to read") from None
     spec.pop("sweep", None)
     try:
         check_study_header(spec)
@@ -136,6 +160,9 @@ def check_study_header(spec: Mapping[str, Any]) -> dict[str, Any]:
             raise StudySpecError(f"[study] needs a {key!r} key")
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", header["name"]) or header["name"].startswith("."):
         raise StudySpecError(f"[study] name must be letters, digits, '_', '-' or '.', got {header['name']!r}")
+    if len(header["name"]) > MAX_NAME_LENGTH:
+        raise StudySpecError(f"[study] name must be at most {MAX_NAME_LENGTH} characters (its run directory and the "
+                             f"names physlens builds from it must fit a file name), got {len(header['name'])}")
     if header.get("seed", 0) < 0:
         raise StudySpecError(f"[study] seed must be >= 0, got {header['seed']}")
     if header.get("threads", 0) < 0:
@@ -162,6 +189,8 @@ def _check_devices(spec: Mapping[str, Any]) -> None:
             device = torch.device(value)
         except (RuntimeError, ValueError):
             raise StudySpecError(f"[{table}] device must be a torch device such as 'cpu' or 'cuda', got {value!r}") from None
+        if device.type not in ("cpu", "cuda", "mps"):
+            raise StudySpecError(f"[{table}] device must be 'cpu', 'cuda' or 'mps' (the devices physlens trains on), got {value!r}")
         if device.type == "cuda" and (not torch.cuda.is_available()
                                       or (device.index is not None and device.index >= torch.cuda.device_count())):
             raise StudySpecError(f"[{table}] device {value!r} is not available on this machine "
@@ -316,6 +345,9 @@ def resume_run(
     """
     path = Path(run_dir)
     staging = path if is_partial(path) else staging_for(path)
+    target = staging.parent / staging.name.removeprefix(PARTIAL_PREFIX)
+    if target.parent.is_dir() and recover_run(target) and not staging.is_dir() and target.is_dir():
+        return target  # an interrupted --overwrite or final rename, finished or undone: the run is complete
     if not staging.is_dir():
         if path.is_dir() and (read_run_record(path) or {}).get("status") == "complete" or (path / "report.md").is_file():
             raise FileExistsError(f"{str(path)!r} is a complete run; there is nothing to resume")
@@ -333,10 +365,76 @@ def resume_run(
         spec = _parse_study_text(read_study_text(file), file)
         _checked(spec, file)
         _threads(spec, threads)
+        run_key = _check_identity(staging, record, spec)
+        checkpoints = staging / CHECKPOINT_DIR
+        if os.path.lexists(checkpoints) and (checkpoints.is_symlink() or not checkpoints.is_dir()):
+            raise NotADirectoryError(errno.ENOTDIR, f"{str(checkpoints)!r} should be the run's directory of checkpoints but "
+                                                    "is not a directory; move it away to resume", str(checkpoints))
     except BaseException:
         claim.release(keep=True)
         raise
-    return _execute(spec, claim, progress=progress, threads=threads, extra_files={}, resume=True)
+    return _execute(spec, claim, progress=progress, threads=threads, extra_files={}, resume=True, run_key=run_key)
+
+
+class RunIdentityError(ValueError):
+    """A run's inputs (its kept study file, a user's system class) changed after it started, so its
+    checkpoints no longer belong to the study it would report: the run is not resumed."""
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _system_source(spec: Mapping[str, Any]) -> str:
+    """The digest of the file that defines a user's system class (``[system] kind =
+    "package.module:Class"``), so that editing it between an interruption and a resume is caught;
+    empty for the built-in systems, which are part of physlens itself."""
+    kind = spec.get("system", {}).get("kind") if isinstance(spec.get("system"), Mapping) else None
+    if not isinstance(kind, str) or ":" not in kind:
+        return ""
+    from physlens.systems.base import import_system_class
+
+    try:
+        source = inspect.getsourcefile(import_system_class(kind))
+        return _sha256(Path(source).read_bytes()) if source else ""
+    except (OSError, TypeError, ValueError):
+        return ""
+
+
+def _input_digests(inputs: Mapping[str, bytes], spec: Mapping[str, Any]) -> dict[str, str]:
+    digests = {name: _sha256(data) for name, data in sorted(inputs.items())}
+    digests["[system] class source"] = _system_source(spec)
+    return digests
+
+
+def _run_key(run_id: str, digests: Mapping[str, str]) -> str:
+    """A run's identity: its random id bound to the digest of every input it depends on. Written into
+    every checkpoint the run saves, so a checkpoint of another run, or of this run before an input
+    was edited, is refused on resume."""
+    return _sha256(json.dumps({"run": run_id, "inputs": dict(digests)}, sort_keys=True).encode())
+
+
+def _check_identity(staging: Path, record: Mapping[str, Any], spec: Mapping[str, Any]) -> str:
+    """The run key of the interrupted run in ``staging``, after checking that its inputs are those it started with."""
+    run_id, saved = record.get("run_id"), record.get("input_digests")
+    if not isinstance(run_id, str) or not isinstance(saved, dict):
+        raise RunIdentityError(f"{str(staging / RUN_FILE)!r} records no run identity (the run was started by an older "
+                               "physlens, or the file was edited), so its checkpoints cannot be verified; it cannot be "
+                               "resumed: delete it and run the study again")
+    inputs = {name: read_bounded(staging / name, MAX_STUDY_BYTES, what="run input") for name in saved
+              if not name.startswith("[")}
+    now = _input_digests(inputs, spec)
+    changed = sorted(name for name in set(saved) | set(now) if saved.get(name) != now.get(name))
+    if changed:
+        raise RunIdentityError(
+            f"{', '.join(repr(str(staging / n)) if not n.startswith('[') else n for n in changed)} changed after the run "
+            f"in {str(staging)!r} started; its first steps were trained on the original, so resuming would report "
+            "settings it was not trained with. Refusing to resume: restore the original, or delete the run and start again"
+        )
+    if record.get("run_key") != _run_key(run_id, now):
+        raise RunIdentityError(f"{str(staging / RUN_FILE)!r} was edited (its run key no longer matches its inputs); "
+                               "refusing to resume")
+    return _run_key(run_id, now)
 
 
 def _resumable(staging: Path) -> bool:
@@ -371,13 +469,51 @@ def _keep_after(error: BaseException, staging: Path) -> bool:
     return staging.is_dir() and _resumable(staging)
 
 
+class _InterruptRecorder:
+    """Remembers every Ctrl-C a run receives. Python raises KeyboardInterrupt wherever the signal lands,
+    and where that is a weakref callback or a finaliser the exception is printed and dropped, so the run
+    went on and finished with exit 0 (5 of 23 interrupts in an attack). The run checks the record
+    before it calls itself complete."""
+
+    def __init__(self) -> None:
+        self.received = False
+        self._previous: Any = None
+
+    def install(self) -> None:
+        import signal
+        import threading
+
+        if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+            return  # only the ordinary Ctrl-C handler is wrapped (a test harness or an application may have its own)
+        self._previous = signal.getsignal(signal.SIGINT)
+
+        def record(signum: int, frame: Any) -> None:
+            self.received = True
+            signal.default_int_handler(signum, frame)
+
+        signal.signal(signal.SIGINT, record)
+
+    def raise_if_swallowed(self) -> None:
+        if self.received:
+            raise KeyboardInterrupt
+
+    def uninstall(self) -> None:
+        if self._previous is not None:
+            import signal
+
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+
 def _execute(
     spec: Mapping[str, Any], claim: RunDirectory, *, progress: bool, threads: int | None,
-    extra_files: Mapping[str, str], resume: bool,
+    extra_files: Mapping[str, str], resume: bool, run_key: str | None = None,
 ) -> Path:
     previous_threads = torch.get_num_threads()
     staging = claim.staging
+    interrupts = _InterruptRecorder()
     try:
+        interrupts.install()
         module = importlib.import_module(STUDY_KINDS[spec["study"]["kind"]])
         threads = _threads(spec, threads)
         if threads:
@@ -389,27 +525,40 @@ def _execute(
             claim.write_record(status="running", resumed=time.strftime("%Y-%m-%dT%H:%M:%S%z"), pid=os.getpid(),
                                host=socket.gethostname())
         else:
-            for name, text in extra_files.items():
-                (staging / name).write_text(text)
+            inputs = {name: text.encode("utf-8") for name, text in extra_files.items()}
+            for name, data in inputs.items():
+                atomic_write_bytes(staging / name, data)
+            run_id = secrets.token_hex(16)
+            digests = _input_digests(inputs, spec)
+            run_key = _run_key(run_id, digests)
             claim.write_record(status="running", name=claim.target.name, study=spec["study"]["name"],
                                kind=spec["study"]["kind"], inputs=sorted(extra_files), overwrite=claim.overwrite,
+                               run_id=run_id, input_digests=digests, run_key=run_key,
                                started=time.strftime("%Y-%m-%dT%H:%M:%S%z"), pid=os.getpid(), host=socket.gethostname())
         options: dict[str, Any] = {"progress": progress}
-        if "resume" in inspect.signature(module.run).parameters:
+        parameters = inspect.signature(module.run).parameters
+        if "resume" in parameters:
             options["resume"] = resume
+        if "run_key" in parameters:
+            options["run_key"] = run_key
         module.run(dict(spec), staging, **options)
         elapsed = time.perf_counter() - start
         (staging / "run_time.txt").write_text(f"{elapsed:.1f} s\n")
+        interrupts.raise_if_swallowed()
         return claim.finish()
     except BaseException as error:
         keep = _keep_after(error, staging)
         claim.release(keep=keep)
-        if isinstance(error, KeyboardInterrupt) and not isinstance(error, RunInterrupted):
+        # A Ctrl-C can also surface as another error (Python 3.11 wraps one that lands in class
+        # creation in "RuntimeError: Error calling __set_name__"): it is an interrupt all the same.
+        interrupted = isinstance(error, KeyboardInterrupt) or (interrupts.received and isinstance(error, Exception))
+        if interrupted and not isinstance(error, RunInterrupted):
             raise RunInterrupted(claim.target, staging, keep) from None
         if keep and isinstance(error, Exception):
             error.add_note(f"the checkpoints are kept in {str(staging)!r}: continue with `physlens run --resume {claim.target}`")
         raise
     finally:
+        interrupts.uninstall()
         torch.set_num_threads(previous_threads)
 
 
@@ -422,15 +571,17 @@ class RunInfo:
 
     name: str  # the run's name (its final directory's name)
     path: Path  # where it is now: the run directory, or its .partial- directory
-    status: str  # "complete", "running", "resumable", "interrupted" or "sweep"
+    status: str  # one of RUN_STATUSES
     kind: str | None  # the study kind, when known
     detail: str  # a short note: the latest checkpoint, who is running it, how to resume
 
 
-RUN_STATUSES = ("complete", "running", "resumable", "interrupted", "sweep")
+RUN_STATUSES = ("complete", "running", "resumable", "interrupted", "aside", "sweep")
 """What :func:`list_runs` reports: a finished run; one being written by a live process; one interrupted
 after a checkpoint (``physlens run --resume`` continues it); one interrupted before any checkpoint
-(``--resume`` runs it again from the start, or it was left by an older physlens); a sweep directory."""
+(``--resume`` runs it again from the start, or it was left by an older physlens); a run an interrupted
+``--overwrite`` or final rename left aside (``--resume``, or running the study again, puts it in place);
+a sweep directory."""
 
 
 def _checkpoint_detail(staging: Path) -> str:
@@ -452,9 +603,22 @@ def list_runs(root: str | os.PathLike[str] = "runs") -> list[RunInfo]:
         record = read_run_record(child) or {}
         if is_partial(child):
             name = child.name.removeprefix(PARTIAL_PREFIX)
-            if name.startswith("old-"):
-                continue  # an earlier run being replaced by --overwrite
+            retired = RETIRED.fullmatch(child.name)
+            if retired is not None:
+                name = retired["name"]
+                if (child / name).is_dir() and not (directory / name).exists():
+                    found.append(RunInfo(name, child / name, "aside", None,
+                                         f"set aside by an interrupted --overwrite; `physlens run --resume {directory / name}` "
+                                         "puts it back"))
+                continue  # otherwise an earlier run replaced by --overwrite, waiting to be deleted
             holder = lock_holder(child)
+            if holder is None and record.get("status") == "complete":
+                if record.get("retired_by"):
+                    continue  # an earlier run swapped out by --overwrite, waiting to be deleted
+                found.append(RunInfo(name, child, "aside", record.get("kind"),
+                                     f"finished, but not yet moved into place; `physlens run --resume {directory / name}` "
+                                     "finishes the move"))
+                continue
             if holder is not None:
                 found.append(RunInfo(name, child, "running", record.get("kind"), f"{holder}; {_checkpoint_detail(child)}"))
             elif record and (child / "study.toml").is_file():
@@ -472,8 +636,8 @@ def list_runs(root: str | os.PathLike[str] = "runs") -> list[RunInfo]:
             kind = record.get("kind")
             if kind is None and (child / "study.toml").is_file():
                 try:
-                    kind = tomllib.loads((child / "study.toml").read_text()).get("study", {}).get("kind")
-                except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError):
+                    kind = tomllib.loads(read_bounded(child / "study.toml", MAX_STUDY_BYTES).decode()).get("study", {}).get("kind")
+                except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError, ValueError, RecursionError, AttributeError):
                     kind = None
             found.append(RunInfo(child.name, child, "complete", kind, str(child / "report.md")))
     return sorted(found, key=lambda info: (info.name, info.status))
@@ -482,7 +646,7 @@ def list_runs(root: str | os.PathLike[str] = "runs") -> list[RunInfo]:
 from physlens.studies.runs import LoadedRun, load_run  # noqa: E402  (after run_spec: runs imports the study kinds)
 
 __all__ = [
-    "CHECKPOINT_DIR", "RUN_STATUSES", "STUDY_KINDS", "LoadedRun", "Report", "RunInfo", "RunInterrupted",
+    "CHECKPOINT_DIR", "RUN_STATUSES", "STUDY_KINDS", "LoadedRun", "Report", "RunIdentityError", "RunInfo", "RunInterrupted",
     "StudySpecError", "check_spec", "check_study_header", "format_number", "list_runs", "load_run", "load_study",
     "read_metrics", "read_study_text", "resume_run", "run_spec", "run_study", "section", "study_sections",
 ]

@@ -9,6 +9,8 @@ whether the model does its task, judged against reference predictors on the same
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,8 +87,29 @@ class OscillatorStudy:
     analyses: dict[str, dict[str, Any]]  # parsed [analyses] options, empty when there are none
 
 
+def _memory_budget() -> int:
+    """Bytes of physical memory on this machine (what a study's estimated footprint is checked against)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - no sysconf
+        return 1 << 40
+
+
+def _check_footprint(what: str, keys: str, n_bytes: float) -> None:
+    """Refuse, before anything is allocated, a setting whose estimated memory exceeds half this machine's."""
+    budget = _memory_budget()
+    if n_bytes > budget / 2:
+        raise StudySpecError(f"{what} {keys} would need about {n_bytes / 2**30:.3g} GiB of memory, more than this machine can "
+                             f"give ({budget / 2**30:.3g} GiB in all); make them smaller")
+
+
+def _item_size(dtype: str) -> int:
+    return 8 if "64" in str(dtype) else 4
+
+
 def build_model(options: dict[str, Any], seed: int) -> OscillatorTransformer:
-    """An :class:`OscillatorTransformer` from a study's ``[model]`` table (a preset plus overrides)."""
+    """An :class:`OscillatorTransformer` from a study's ``[model]`` table (a preset plus overrides);
+    a model too large for this machine's memory is refused before any weight is allocated."""
     options = dict(options)
     preset = options.pop("preset", None)
     options["seed"] = seed
@@ -94,6 +117,11 @@ def build_model(options: dict[str, Any], seed: int) -> OscillatorTransformer:
         config = preset_config(preset, **options) if preset is not None else TransformerConfig(**options)
     except (TypeError, ValueError) as error:
         raise StudySpecError(f"[model] is invalid: {error}") from None
+    d_mlp = 0 if config.attn_only else (config.d_mlp or 4 * config.d_model)
+    weights = (config.n_ctx * config.d_model + 2 * config.d_in * config.d_model
+               + config.n_layers * (4 * config.n_heads * config.d_head * config.d_model + 2 * config.d_model * d_mlp))
+    _check_footprint("[model]", "n_ctx, d_model, n_layers, n_heads, d_head and d_mlp",
+                     4 * weights * _item_size(config.dtype) + config.n_ctx ** 2)  # weights, gradients, Adam moments; mask
     return OscillatorTransformer(config)
 
 
@@ -126,6 +154,22 @@ def _system_table(spec: dict[str, Any]) -> dict[str, Any]:
     return section(spec, "system", SYSTEM_KEYS)
 
 
+def _check_trajectories(system: System, n_steps: int, length: str) -> None:
+    """Refuse, before training, a system whose trajectories of the evaluation's length do not stay
+    finite and non-zero (``dt = 1e300`` decays every state to 0, where relative errors are undefined):
+    a few trajectories are drawn from a private generator, so no random stream of the study moves."""
+    try:
+        states = system.sample(4, n_steps, generator=torch.Generator().manual_seed(0)).states
+    except (ValueError, RuntimeError, OverflowError) as error:
+        raise StudySpecError(f"[system] cannot produce trajectories of {length} steps: {error}") from None
+    dt = f" (dt = {system.dt:g})" if isinstance(getattr(system, "dt", None), (int, float)) else ""
+    if not bool(torch.isfinite(states).all()):
+        raise StudySpecError(f"[system] trajectories of {length} steps overflow to inf or NaN{dt}; shorten them or change dt")
+    if bool((states.abs().amax(dim=-1) == 0).any()):
+        raise StudySpecError(f"[system] trajectories of {length} steps decay to exactly zero{dt}, where relative errors are "
+                             "undefined; shorten them or change dt")
+
+
 def _evaluation_options(table: dict[str, Any], train_config: TrainConfig, system: System) -> EvaluationOptions:
     def positive(key: str, default: int) -> int:
         value = table.get(key, default)
@@ -143,14 +187,17 @@ def _evaluation_options(table: dict[str, Any], train_config: TrainConfig, system
     energy_range = None
     if "energy_range" in table:
         value = table["energy_range"]
-        if len(value) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value) or not 0 <= value[0] < value[1]:
-            raise StudySpecError(f"[evaluation] energy_range must be [low, high] with 0 <= low < high, got {value!r}")
+        if (len(value) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+                or not 0 <= value[0] < value[1]):
+            raise StudySpecError(f"[evaluation] energy_range must be [low, high], finite, with 0 <= low < high, got {value!r}")
         energy_range = (float(value[0]), float(value[1]))
     horizon = table.get("horizon", steps)
     if not 1 <= horizon <= steps:
         raise StudySpecError(f"[evaluation] horizon must be a rollout step in 1..rollout_steps={steps}, got {horizon}")
     must_beat = table.get("must_beat")
     if must_beat is not None:
+        if not all(isinstance(m, str) for m in must_beat):
+            raise StudySpecError(f"[evaluation] must_beat must be a list of reference names such as ['linear_ar'], got {must_beat!r}")
         unknown = [m for m in must_beat if m not in MUST_BEAT_NAMES]
         if unknown:
             raise StudySpecError(f"[evaluation] must_beat names unknown references {unknown}; choose from {sorted(MUST_BEAT_NAMES)}")
@@ -160,6 +207,11 @@ def _evaluation_options(table: dict[str, Any], train_config: TrainConfig, system
             raise StudySpecError(f"[evaluation] {key} must be > 0, got {table[key]}")
     if "target_error_ood" in table and energy_range is None:
         raise StudySpecError("[evaluation] target_error_ood needs energy_range, the out-of-distribution initial energies")
+    item = _item_size(system.dtype)
+    sets = 2 if energy_range is not None else 1
+    _check_footprint("[evaluation]", f"n_trajectories = {n_traj} and rollout_steps = {steps}",
+                     8 * sets * n_traj * (steps + train_config.seq_len + 1) * system.state_dim * item)
+    _check_trajectories(system, context_len + steps + 1, f"context_len + rollout_steps = {context_len + steps}")
     criteria = TaskCriteria(horizon=horizon, max_rollout_error=table.get("target_error"), max_next_step_mse=table.get("target_mse"),
                             must_beat=must_beat)
     return EvaluationOptions(steps, n_traj, context_len, energy_range, criteria, table.get("target_error_ood"))
@@ -187,6 +239,12 @@ def parse_study(spec: dict[str, Any]) -> OscillatorStudy:
         raise StudySpecError(f"[training] is invalid: {error}") from None
     if train_config.seq_len > model.cfg.n_ctx:
         raise StudySpecError(f"[training] seq_len must be <= the model's n_ctx ({model.cfg.n_ctx}), got {train_config.seq_len}")
+    cfg = model.cfg
+    per_position = cfg.n_layers * (cfg.n_heads * (train_config.seq_len + 4 * cfg.d_head) + 4 * cfg.d_model
+                                   + (0 if cfg.attn_only else (cfg.d_mlp or 4 * cfg.d_model))) + 4 * cfg.d_in
+    rows = max(train_config.batch_size, train_config.fixed_dataset or 0)
+    _check_footprint("[training]", f"batch_size = {train_config.batch_size} and seq_len = {train_config.seq_len}",
+                     3 * rows * (train_config.seq_len + 1) * per_position * _item_size(cfg.dtype))
     if model.cfg.dtype != system.dtype:
         raise StudySpecError(f"[model] dtype {model.cfg.dtype!r} differs from [system] dtype {system.dtype!r}; set both")
     evaluation = _evaluation_options(section(spec, "evaluation", EVALUATION_KEYS), train_config, system)
@@ -214,15 +272,16 @@ def learned_linear_map(model: OscillatorTransformer) -> tuple[torch.Tensor, torc
     return (outputs[1:] - offset).T, offset
 
 
-def run(spec: dict[str, Any], out_dir: Path, *, progress: bool, resume: bool = False) -> None:
+def run(spec: dict[str, Any], out_dir: Path, *, progress: bool, resume: bool = False, run_key: str | None = None) -> None:
     """Parse, train, judge, analyse and report one oscillator study into ``out_dir``; with ``resume``,
-    training continues from the latest checkpoint in ``out_dir/checkpoints`` if there is one."""
+    training continues from the latest checkpoint in ``out_dir/checkpoints`` if there is one, which
+    must carry ``run_key`` (the run's identity, written into every checkpoint)."""
     study = parse_study(spec)
     model, system, config, options = study.model, study.system, study.train_config, study.evaluation
     start = time.perf_counter()
     checkpoint_dir = out_dir / "checkpoints" if config.checkpoint_every else None
     resume = resume and checkpoint_dir is not None and checkpoint_dir.is_dir()
-    result = train(model, system, config, checkpoint_dir=checkpoint_dir, resume=resume, progress=progress)
+    result = train(model, system, config, checkpoint_dir=checkpoint_dir, resume=resume, progress=progress, run_key=run_key)
     save_checkpoint(out_dir / "model", model, metadata={"study": study.name, "steps": config.steps})
     model.eval()
 

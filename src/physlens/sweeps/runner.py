@@ -39,7 +39,16 @@ from typing import Any
 
 import pandas as pd
 
-from physlens._io import atomic_directory, atomic_write_json, is_partial, read_run_record, staging_for
+from physlens._io import (
+    MAX_RECORD_BYTES,
+    atomic_directory,
+    atomic_write_json,
+    is_partial,
+    open_regular,
+    read_bounded,
+    read_run_record,
+    staging_for,
+)
 from physlens.studies import STUDY_KINDS
 from physlens.sweeps.spec import SweepSpec, Trial, key_text, spec_hash
 
@@ -109,12 +118,52 @@ def execute_trial(task: TrialTask) -> TrialOutcome:
     return TrialOutcome(task.name, True, time.perf_counter() - start, worker, files=files)
 
 
-def _init_worker() -> None:
+def _die_with(driver: int) -> None:
+    """End this worker as soon as the sweep's driver process ``driver`` ends, however it ends.
+
+    A worker's parent is the fork server, not the driver, so the parent-death signal alone does not
+    reach it when the driver is killed (the fork server can outlive it): an orphaned worker would go
+    on finishing its trial outside the sweep's lock, racing the rerun that holds it. A daemon thread
+    waits on a pidfd of the driver (polls its pid where pidfds do not exist) and kills the worker.
+    """
+    import select
+    import threading
+
+    try:
+        handle = os.pidfd_open(driver)
+    except ProcessLookupError:
+        os._exit(1)
+    except (AttributeError, OSError):
+        handle = None
+
+    def alive() -> bool:
+        try:
+            os.kill(driver, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+    def watch() -> None:
+        if handle is not None:
+            select.select([handle], [], [])  # readable once the driver has exited
+        else:
+            while alive():
+                time.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="physlens-sweep-driver-watch", daemon=True).start()
+
+
+def _init_worker(driver: int | None = None) -> None:
     """One torch thread per worker process (the trials are tiny and the processes share the cores),
-    matplotlib's non-interactive backend (a trial saves its figures and never shows one), and, on
-    Linux, the worker ends with the process that started it instead of running on orphaned."""
+    matplotlib's non-interactive backend (a trial saves its figures and never shows one), and the
+    worker ends with the driver ``driver`` (and, on Linux, with its parent) instead of running on orphaned."""
     for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[variable] = "1"
+    if driver is not None:
+        _die_with(driver)
     if sys.platform.startswith("linux"):
         try:
             import ctypes
@@ -137,13 +186,13 @@ def _locked(directory: Path) -> Iterator[None]:
     import fcntl
 
     directory.mkdir(parents=True, exist_ok=True)
-    handle = open(directory / ".lock", "a+")
+    handle = os.fdopen(open_regular(directory / ".lock", os.O_RDWR | os.O_CREAT | os.O_APPEND), "a+")
     try:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             handle.seek(0)
-            holder = handle.read().strip() or "another process"
+            holder = handle.read(256).strip() or "another process"
             raise SweepError(f"sweep directory {str(directory)!r} is in use by {holder}; wait for it to finish") from None
         handle.seek(0)
         handle.truncate()
@@ -158,9 +207,9 @@ def _check_definition(directory: Path, sweep: SweepSpec) -> None:
     path = directory / "sweep.json"
     if path.is_file():
         try:
-            earlier = json.loads(path.read_text())
-        except json.JSONDecodeError:
-            raise SweepError(f"{path} is not valid JSON; is this a sweep directory?") from None
+            earlier = json.loads(read_bounded(path, MAX_RECORD_BYTES, what="sweep definition"))
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError, ValueError, OSError):
+            raise SweepError(f"{path} is not a readable JSON file; is this a sweep directory?") from None
         if earlier.get("base_hash") != spec_hash(sweep.base):
             raise SweepError(
                 f"{str(directory)!r} holds sweep {earlier.get('name')!r} of a different study (the study file "
@@ -177,8 +226,8 @@ def trial_status(directory: Path, trial: Trial) -> str:
     if run.is_dir():
         record = run / "trial.json"
         try:
-            saved = json.loads(record.read_text())
-        except (OSError, json.JSONDecodeError):
+            saved = json.loads(read_bounded(record, MAX_RECORD_BYTES, what="trial record"))
+        except (OSError, ValueError, RecursionError):
             raise SweepError(f"{run} has no readable trial.json: it is not a trial of this sweep; move it away") from None
         if saved.get("spec_hash") != trial.spec_hash:
             raise SweepError(f"{run} holds a trial of another study (its spec hash differs); move it away")
@@ -223,7 +272,8 @@ def _run_local(tasks: list[TrialTask], workers: int, record: Callable[[TrialOutc
     deaths: dict[str, int] = {}
     while pending:
         broken = False
-        pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker)
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker,
+                                   initargs=(os.getpid(),))
         running: dict[Future, TrialTask] = {}
         try:
             while (pending or running) and not broken:
@@ -399,8 +449,20 @@ def run_sweep(
         failures: dict[str, str] = {}
         bar = tqdm(total=len(trials), initial=n_skipped, desc=f"sweep {sweep.name}", unit="trial", disable=not progress)
 
+        by_name = {t.name: t for t in trials}
+
+        def finished_meanwhile(name: str) -> bool:
+            """A trial that failed only because its run appeared meanwhile, complete (its worker
+            finished it after all): it is finished, not failed."""
+            try:
+                return name in by_name and trial_status(directory, by_name[name]) == "finished"
+            except SweepError:
+                return False
+
         def record(outcome: TrialOutcome) -> None:
             failure_file = failures_dir / f"{outcome.name}.json"
+            if not outcome.ok and outcome.files is None and finished_meanwhile(outcome.name):
+                outcome = replace(outcome, ok=True, error=None, traceback=None)
             if outcome.ok:
                 if outcome.files is not None:
                     with atomic_directory(trials_dir / outcome.name) as staging:

@@ -286,6 +286,8 @@ def apply_overrides(base: Mapping[str, Any], overrides: Mapping[Key, Any]) -> di
 
 def _slug(value: Any) -> str:
     text = value if isinstance(value, str) else _canonical(value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and re.fullmatch(r"[-+]?[0-9A-Za-z.+-]+", text):
+        return text[:24]  # a number keeps its sign: steps = -1 is not named steps=1
     text = re.sub(r"[^A-Za-z0-9_.+-]+", "-", text).strip("-.")
     return text[:24] or "x"
 
@@ -380,11 +382,17 @@ def _flatten(table: Mapping[str, Any], schema: Mapping[Key, Any], base: Mapping[
     return out
 
 
+MAX_TRIALS = 10_000
+"""The most trials one sweep may have: more is a typo (seeds = 1e9), and expanding it would not finish."""
+
+
 def _seeds(value: Any, base_seed: int, where: str) -> list[int]:
     expected = "a positive integer (that many seeds from [study] seed on) or a list of distinct seeds >= 0"
     if isinstance(value, int) and not isinstance(value, bool):
         if value < 1:
             raise SweepSpecError(f"{where} must be {expected}, got {value}")
+        if value > MAX_TRIALS:
+            raise SweepSpecError(f"{where} must be at most {MAX_TRIALS} (a sweep has at most {MAX_TRIALS} trials), got {value}")
         return list(range(base_seed, base_seed + value))
     if isinstance(value, list) and value and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value):
         if len(set(value)) != len(value):
@@ -509,13 +517,41 @@ def load_sweep(
     sweep_name = name if name is not None else table.get("name", f"{base['study']['name']}-sweep")
     if not _NAME.fullmatch(sweep_name) or sweep_name.startswith("."):
         raise SweepSpecError(f"sweep name must be letters, digits, '_', '-' or '.', got {sweep_name!r}")
+    n_trials = max(1, len(settings)) * len(sweep_seeds or [None])
+    for values in grid.values():
+        n_trials *= len(values)
+    if n_trials > MAX_TRIALS:
+        raise SweepSpecError(f"{where}: the grid, settings and seeds make {n_trials} trials, more than {MAX_TRIALS}; "
+                             "sweep fewer values")
     sweep = SweepSpec(
         name=sweep_name, study_path=study_path, base=base, fixed=fixed, grid=grid, settings=settings,
         seeds=sweep_seeds, description=table.get("description", ""),
     )
     for trial in sweep.trials:
         check_study_header(trial.spec)
+        _check_values(trial, where)
     return sweep
+
+
+def _check_values(trial: Trial, where: str) -> None:
+    """Refuse up front a swept value that no trial could run with: a NaN anywhere, or a [training]
+    table the oscillator's TrainConfig refuses by itself (steps = -1, lr = nan). Settings that only
+    clash with another section (a context shorter than the training sequences) stay the trial's own
+    failure, reported with the others."""
+    for key, value in trial.overrides.items():
+        if isinstance(value, float) and value != value:
+            raise SweepSpecError(f"{where}: {key_text(key)} = nan can never be a setting (trial {trial.name})")
+    if trial.spec["study"].get("kind") != "oscillator" or not any(key[0] == "training" for key in trial.overrides):
+        return
+    from physlens.training.trainer import config_from_dict
+
+    training = dict(trial.spec.get("training", {}))
+    training.pop("seed", None)
+    try:
+        config_from_dict(training)
+    except (TypeError, ValueError) as error:
+        swept = ", ".join(f"{key_text(k)} = {_canonical(v)}" for k, v in trial.overrides.items() if k[0] == "training")
+        raise SweepSpecError(f"{where}: [training] with {swept} is invalid: {error}") from None
 
 
 __all__ = [

@@ -4,8 +4,8 @@ A checkpoint is a directory holding ``model.safetensors`` (weights), ``config.js
 its config, free-form metadata and SHA-256 digests) and optionally ``state.safetensors`` +
 ``state.json`` (optimizer, random-generator and training state, to resume a run exactly).
 
-``config.json`` carries a digest of the weights file, of the state tensors and of its own content;
-loading checks all of them, so a checkpoint whose config was edited (``causal`` flipped, the dtype
+``config.json`` carries a digest of the weights file, of the state tensors, of ``state.json`` and of
+its own content; loading checks all of them, so a checkpoint whose config was edited (``causal`` flipped, the dtype
 changed) or whose weights were truncated or replaced is refused with a message naming the file,
 instead of loading into a model that computes something else.
 """
@@ -24,11 +24,14 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
-from physlens._io import atomic_directory, is_partial
+from physlens._io import NotARegularFile, atomic_directory, is_partial, open_regular, read_bounded
 from physlens.models.base import MODEL_REGISTRY, HookedModel
 
 FORMAT_VERSION = 2
-"""Version 2 adds the digests; version-1 checkpoints (no digests) still load, with a warning."""
+"""Version 2 adds the digests; version-1 checkpoints (no digests) load only when asked to
+(``allow_unverified=True``): otherwise removing the digests would be a way past every check."""
+MAX_JSON_BYTES = 64 << 20
+"""The largest config.json or state.json read (a long run's loss history is a few megabytes)."""
 MODEL_FILE, CONFIG_FILE = "model.safetensors", "config.json"
 STATE_FILE, STATE_JSON = "state.safetensors", "state.json"
 DIGEST_KEY = "digest"
@@ -84,14 +87,18 @@ def save_checkpoint(
         tensors = {key: value.detach().contiguous().cpu() for key, value in state_tensors.items()}
         state_bytes = save_safetensors_bytes(tensors)
         digest[STATE_FILE] = _sha256(state_bytes)
+    state_text = None
+    if state_json is not None:
+        state_text = json.dumps(state_json, indent=2, sort_keys=True) + "\n"
+        digest[STATE_JSON] = _sha256(state_text.encode("utf-8"))
     config_text = json.dumps({**config, DIGEST_KEY: digest}, indent=2, sort_keys=True)
     with atomic_directory(path, overwrite=overwrite) as staging:
         (staging / MODEL_FILE).write_bytes(weight_bytes)
         (staging / CONFIG_FILE).write_text(config_text + "\n")
         if state_bytes is not None:
             (staging / STATE_FILE).write_bytes(state_bytes)
-        if state_json is not None:
-            (staging / STATE_JSON).write_text(json.dumps(state_json, indent=2, sort_keys=True) + "\n")
+        if state_text is not None:
+            (staging / STATE_JSON).write_bytes(state_text.encode("utf-8"))
         for child in staging.iterdir():
             with open(child, "rb") as handle:
                 os.fsync(handle.fileno())
@@ -107,9 +114,11 @@ def _check_dir(path: str | os.PathLike[str]) -> Path:
     return directory
 
 
-def _read_json(file: Path) -> dict[str, Any]:
+def _read_json(file: Path, data: bytes | None = None) -> dict[str, Any]:
     try:
-        value = json.loads(file.read_bytes().decode("utf-8"))
+        value = json.loads((_read_file(file, MAX_JSON_BYTES) if data is None else data).decode("utf-8"))
+    except RecursionError:
+        raise CheckpointError(f"{str(file)!r} nests its values too deeply to read: the checkpoint is damaged") from None
     except UnicodeDecodeError:
         raise CheckpointError(f"{str(file)!r} is not UTF-8 text: the checkpoint is damaged") from None
     except json.JSONDecodeError as error:
@@ -119,10 +128,24 @@ def _read_json(file: Path) -> dict[str, Any]:
     return value
 
 
+def _read_file(file: Path, limit: int | None = None) -> bytes:
+    """The bytes of a checkpoint file, which must be a regular file (a FIFO or a device is refused
+    before it is read) and, with ``limit``, no larger than that."""
+    try:
+        if limit is not None:
+            return read_bounded(file, limit, what="checkpoint file")
+        with open(open_regular(file), "rb") as handle:
+            return handle.read()
+    except NotARegularFile as error:
+        raise CheckpointError(f"{error.strerror}: the checkpoint is damaged") from None
+    except FileNotFoundError:
+        raise CheckpointError(f"{str(file)!r} is missing: the checkpoint is incomplete or damaged") from None
+
+
 def _read_checked(directory: Path, name: str, config: dict[str, Any]) -> bytes:
     """The bytes of ``directory/name``, checked against the digest config.json holds for it."""
     file = directory / name
-    data = file.read_bytes()
+    data = _read_file(file)
     expected = config.get(DIGEST_KEY, {}).get(name)
     if expected is not None and _sha256(data) != expected:
         raise CheckpointError(
@@ -139,11 +162,12 @@ def _load_tensors(file: Path, data: bytes) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{str(file)!r} is not a readable safetensors file ({error}): it is truncated or damaged") from None
 
 
-def read_checkpoint_config(path: str | os.PathLike[str]) -> dict[str, Any]:
+def read_checkpoint_config(path: str | os.PathLike[str], *, allow_unverified: bool = False) -> dict[str, Any]:
     """The JSON side of a checkpoint: model class, config, metadata and digests, verified.
 
     Raises :class:`CheckpointError` naming the file if ``config.json`` is not a JSON object or was
-    changed after the checkpoint was saved.
+    changed after the checkpoint was saved. A version-1 checkpoint (written before digests) cannot
+    be verified and is refused unless ``allow_unverified`` is set (then it loads with a warning).
     """
     directory = _check_dir(path)
     file = directory / CONFIG_FILE
@@ -155,6 +179,11 @@ def read_checkpoint_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     if missing or not isinstance(config["config"], dict):
         raise CheckpointError(f"{str(file)!r} lacks {missing or ['a config object']}: it is not a physlens checkpoint config")
     if version == 1:
+        if not allow_unverified:
+            raise CheckpointError(
+                f"{str(file)!r} has no digests (format version 1), so nothing in the checkpoint can be verified; "
+                "refusing to load it (pass allow_unverified=True if you trust where it came from)"
+            )
         warnings.warn(f"{str(directory)!r} was written without digests (format version 1); its integrity cannot be checked",
                       stacklevel=3)
         return config
@@ -170,12 +199,13 @@ def read_checkpoint_config(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def load_checkpoint(
-    path: str | os.PathLike[str], *, device: str | torch.device | None = None
+    path: str | os.PathLike[str], *, device: str | torch.device | None = None, allow_unverified: bool = False
 ) -> tuple[HookedModel, dict[str, Any]]:
     """Rebuild the model saved at ``path`` and return ``(model, metadata)``, in eval mode as
-    TransformerLens's loaders return models (training switches modes itself). Nothing is unpickled."""
+    TransformerLens's loaders return models (training switches modes itself). Nothing is unpickled.
+    ``allow_unverified`` admits a version-1 checkpoint, which has no digests to check."""
     directory = _check_dir(path)
-    config = read_checkpoint_config(directory)
+    config = read_checkpoint_config(directory, allow_unverified=allow_unverified)
     name = config["model_class"]
     if name not in MODEL_REGISTRY:
         raise ValueError(f"checkpoint's model_class {name!r} is unknown; registered: {sorted(MODEL_REGISTRY)}")
@@ -199,15 +229,21 @@ def load_checkpoint(
     return model.eval(), config["metadata"]
 
 
-def load_state(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def load_state(
+    path: str | os.PathLike[str], *, allow_unverified: bool = False
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The resumable training state of a checkpoint: ``(tensors, json)``; empty when none was saved.
-    The tensors are checked against their digest in ``config.json``."""
+    Both are checked against their digests in ``config.json``; a state file the digests list but
+    the directory lacks is an error naming it."""
     directory = _check_dir(path)
+    config = read_checkpoint_config(directory, allow_unverified=allow_unverified)
+    listed = config.get(DIGEST_KEY, {})
     tensors: dict[str, torch.Tensor] = {}
-    if (directory / STATE_FILE).is_file():
-        config = read_checkpoint_config(directory)
+    if STATE_FILE in listed or os.path.lexists(directory / STATE_FILE):
         tensors = _load_tensors(directory / STATE_FILE, _read_checked(directory, STATE_FILE, config))
-    extra = _read_json(directory / STATE_JSON) if (directory / STATE_JSON).is_file() else {}
+    extra: dict[str, Any] = {}
+    if STATE_JSON in listed or os.path.lexists(directory / STATE_JSON):
+        extra = _read_json(directory / STATE_JSON, _read_checked(directory, STATE_JSON, config))
     return tensors, extra
 
 

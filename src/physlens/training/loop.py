@@ -43,6 +43,7 @@ def optimise(
     guard: DivergenceGuard | None = None,
     before_step: Callable[[int], None] | None = None,
     after_step: Callable[[int, float], None] | None = None,
+    final_loss: Callable[[], Tensor] | None = None,
     grad_clip: float | None = None,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
     progress: bool = True,
@@ -56,7 +57,9 @@ def optimise(
     has risen far above its reference), ``zero_grad``, ``backward``, optional gradient clipping to
     ``grad_clip``, ``optimizer.step()``, ``scheduler.step()``, then ``after_step(step, loss)``.
     ``losses`` holds the losses of steps already taken (a resumed run): the first of them is the
-    divergence reference, as in an uninterrupted run.
+    divergence reference, as in an uninterrupted run. A step's loss is computed before its update,
+    so the last update would go unchecked: ``final_loss()`` (the loss after the last step, e.g. of
+    its batch again) is checked too, without a gradient, and is not appended to ``losses``.
     """
     steps = check_nonnegative_int("steps", steps)
     start_step = check_nonnegative_int("start_step", start_step)
@@ -88,6 +91,12 @@ def optimise(
         if after_step is not None:
             after_step(step, value)
     bar.close()
+    if final_loss is not None and start_step < steps:
+        with torch.no_grad():
+            value = float(final_loss().detach())
+        if reference is None:  # pragma: no cover - at least one step ran, so the reference is set
+            reference = loss_reference(losses[0] if losses else value)
+        check_loss(value, steps, reference, what=guard.what, hint=guard.hint)
     return losses
 
 

@@ -31,6 +31,7 @@ from physlens.training._compile import compile_or_eager
 from physlens.training._divergence import DIVERGENCE_FACTOR, TrainingDiverged
 from physlens.training.loop import DivergenceGuard, optimise
 from physlens.training.checkpoints import (
+    CheckpointError,
     latest_checkpoint,
     load_checkpoint,
     load_state,
@@ -203,6 +204,7 @@ def train(
     checkpoint_dir: str | os.PathLike[str] | None = None,
     resume: bool = False,
     progress: bool = True,
+    run_key: str | None = None,
 ) -> TrainResult:
     """Train ``model`` in place on next-step prediction of ``system``'s trajectories.
 
@@ -211,11 +213,13 @@ def train(
     ``checkpoint_dir`` and ``config.checkpoint_every`` the run saves resumable checkpoints
     ``step_XXXXXXX``; ``resume=True`` continues from the latest one and ends bit-for-bit where an
     uninterrupted run would. Resuming from a ``checkpoint_dir`` that does not exist, or that holds
-    files but no checkpoint, is an error; an empty one starts from step 0.
+    files but no checkpoint, is an error; an empty one starts from step 0. ``run_key`` (a run's
+    identity) is written into every checkpoint, and resuming refuses a checkpoint that carries
+    another key (one copied from another run, or written for an edited study).
 
     Training stops with :class:`TrainingDiverged` (a ``FloatingPointError``) as soon as the loss is
     not finite or exceeds ``DIVERGENCE_FACTOR`` (10⁴) times its start (the larger of the first loss
-    and the loss of predicting zero).
+    and the loss of predicting zero), including after the last step (the last batch scored again).
     """
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
@@ -241,7 +245,7 @@ def train(
     start_step = 0
 
     if found is not None:
-        start_step = _restore(found, model, optimizer, generator, result, config)
+        start_step = _restore(found, model, optimizer, generator, result, config, run_key)
         result.resumed_from = start_step
 
     forward = compile_or_eager(model, next(model.parameters()).device, "training") if config.compile else model
@@ -262,14 +266,15 @@ def train(
     def record(step: int, loss: float) -> None:
         result.learning_rates.append(config.lr_at(step))
         if config.checkpoint_every is not None and (step + 1) % config.checkpoint_every == 0:
-            _save(Path(checkpoint_dir), step + 1, model, optimizer, generator, result, config)
+            _save(Path(checkpoint_dir), step + 1, model, optimizer, generator, result, config, run_key)
 
     guard = DivergenceGuard(hint="lower [training] lr, add warmup_steps or set grad_clip",
                             target_scale=lambda: _target_scale(batches[0], config))
     started = time.perf_counter()
     model.train()
     optimise(list(model.parameters()), optimizer, step_loss, steps=config.steps, start_step=start_step, losses=result.losses,
-             guard=guard, before_step=set_lr, after_step=record, grad_clip=config.grad_clip, progress=progress,
+             guard=guard, before_step=set_lr, after_step=record,
+             final_loss=lambda: _batch_loss(forward, batches[0], config.loss_positions), grad_clip=config.grad_clip, progress=progress,
              desc="training", log_every=config.log_every)
     model.eval()
     result.wall_time = time.perf_counter() - started
@@ -304,7 +309,7 @@ def _checkpoint_to_resume(directory: Path) -> Path | None:
 
 def _save(
     directory: Path, step: int, model: HookedModel, optimizer: torch.optim.Optimizer,
-    generator: torch.Generator, result: TrainResult, config: TrainConfig,
+    generator: torch.Generator, result: TrainResult, config: TrainConfig, run_key: str | None,
 ) -> None:
     tensors, optimizer_json = optimizer_state_to_flat(optimizer)
     tensors["generator_state"] = generator.get_state()
@@ -316,19 +321,35 @@ def _save(
         "learning_rates": result.learning_rates,
     }
     save_checkpoint(
-        directory / f"step_{step:07d}", model, metadata={"step": step}, state_tensors=tensors, state_json=state_json,
+        directory / f"step_{step:07d}", model, metadata={"step": step, **({"run": run_key} if run_key else {})},
+        state_tensors=tensors, state_json=state_json,
         overwrite=True,
     )
 
 
 def _restore(
     path: Path, model: HookedModel, optimizer: torch.optim.Optimizer, generator: torch.Generator,
-    result: TrainResult, config: TrainConfig,
+    result: TrainResult, config: TrainConfig, run_key: str | None = None,
 ) -> int:
-    saved_model, _ = load_checkpoint(path, device=next(model.parameters()).device)
+    saved_model, metadata = load_checkpoint(path, device=next(model.parameters()).device)
+    if run_key is not None and metadata.get("run") != run_key:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} was not written by this run (it belongs to another run, or to this run before "
+            "its study was edited); refusing to resume from it"
+        )
     if saved_model.config_dict() != model.config_dict():
         raise ValueError(f"checkpoint {str(path)!r} holds a model with a different config; cannot resume")
     tensors, state_json = load_state(path)
+    missing = [name for name, present in (("state.safetensors", "generator_state" in tensors),
+                                          ("state.json", {"step", "train_config", "optimizer"} <= set(state_json)))
+               if not present]
+    if missing:
+        raise CheckpointError(f"checkpoint {str(path)!r} holds no resumable training state ({' and '.join(missing)} "
+                              "missing or incomplete); it cannot be resumed from")
+    if (not isinstance(state_json["step"], int) or state_json["step"] != metadata.get("step", state_json["step"])
+            or path.name != f"step_{state_json['step']:07d}"):
+        raise CheckpointError(f"checkpoint {str(path)!r}: its state.json says step {state_json['step']!r}, which is not "
+                              "the step it was saved at; refusing to resume from it")
     saved_config = dict(state_json["train_config"])
     saved_config["betas"] = tuple(saved_config["betas"])
     saved_config.setdefault("compile", False)  # checkpoints written before the option existed
