@@ -49,6 +49,7 @@ def test_a_context_blind_model_is_refused_for_it_has_nothing_to_recover() -> Non
         implied_omega0_metric(blind, a.states, b.states, gamma=0.1, dt=0.1)
 
 
+@pytest.mark.unchecked_types  # passes [batch, 3] states on purpose, to check physlens's own message
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [({"omega_range": (0.5, 0.2)}, "omega_range"), ({"omega_range": (0.05, 2.0)}, "omega_range"), ({"dt": -1.0}, "dt"), ({"grid": 0}, "grid")],
