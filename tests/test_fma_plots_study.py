@@ -104,6 +104,8 @@ def test_study_runs_end_to_end_and_reports(tmp_path):
     assert report.index("1. Do the networks multiply?") < report.index("2. Mechanism labels")  # the task check leads
     assert metrics["task"]["exact_plane"] == pytest.approx(optimal_plane("product").mse)
     assert sum(metrics["labels"]["counts"].values()) == 40
+    assert sum(metrics["labels"]["seed_mode_counts"].values()) == 40  # the seed's modes, beside our refinement
+    assert "seed's mode" in report and "our refinement" in report
     assert set(metrics["labels"]["stability"]) == {"64", "256"}
     assert metrics["dynamics"]["snapshot_epochs"] == [0, 100, 200, 300]
     assert "3" in metrics["wider"] and "deep" in metrics["wider"]

@@ -38,12 +38,17 @@ from physlens.stats import Interval, median_interval, proportion_interval
 from physlens.probes.mechanisms import (
     DEFAULT_TOLERANCE,
     MODES,
+    REFINEMENT_NAMES,
+    SEED_LABELS,
+    SEED_MAINLY,
     SEED_MODES,
     crease_labels,
     handcrafted_mode3_network,
     labels_from_states,
     mechanism_labels,
     network_formula,
+    refinement_labels,
+    seed_mode_labels,
     seed_sign_signature,
     unit_states,
     unit_statistics,
@@ -302,8 +307,26 @@ def _section_labels(state: dict[str, Any]) -> None:
     stats = unit_statistics(params, dist)
     states = unit_states(stats, tolerance=lab["tolerance"])
     labels = labels_from_states(states, stats.output_weight)
+    seed_modes = seed_mode_labels(stats)
     classes = refined_classes(params, states, stats)
     report.heading("2. Mechanism labels, and how stable they are")
+    report.paragraph(
+        "**The seed's modes** judge a unit by where it fires, in the seed's words: dead (fires on at most "
+        f"{1 - SEED_MAINLY:.0%} of the distribution), active or \"mainly positive\" (at least {SEED_MAINLY:.0%}), straddling zero "
+        "otherwise; mode 1 both dead, 2 one dead, 2.5 both active, 3 one straddling and one active; two straddling units "
+        "are a pattern the seed did not name. Beside each seed mode, our refinement (what the units do to the function, "
+        "below) and the firing fraction of each network's more active unit (median [range]):"
+    )
+    firing = stats.firing_fraction.max(axis=1)
+    seed_rows = []
+    for mode in SEED_LABELS:
+        chosen = seed_modes == mode
+        if chosen.any():
+            refined = Counter(refinement_labels(labels[chosen]).tolist()).most_common()
+            seed_rows.append([mode, f"{int(chosen.sum())} ({_pct(proportion_interval(int(chosen.sum()), len(labels)))})",
+                              f"{np.median(firing[chosen]):.1%} [{firing[chosen].min():.1%}, {firing[chosen].max():.1%}]",
+                              ", ".join(f"{k} {v}" for k, v in refined)])  # fmt: skip
+    report.table(["seed's mode", "networks", "more active unit fires on", "our refinement (networks)"], seed_rows)
     report.paragraph(
         "A hidden unit is judged by what it does to the computed function over the data distribution (computed "
         "exactly, by quadrature): *dead* if removing it (ReLU → 0) moves the output by at most "
@@ -353,8 +376,9 @@ def _section_labels(state: dict[str, Any]) -> None:
         "tolerance": lab["tolerance"], "stability": stability_metrics, "other_size_agreement": agree.estimate,
         "other_size_agreement_interval": [agree.low, agree.high], "counts": dict(Counter(labels.tolist())),
         "other_size_counts": dict(Counter(big_labels.tolist())), "study_size_counts": dict(Counter(small_labels.tolist())),
+        "seed_mode_counts": dict(Counter(seed_modes.tolist())), "seed_mainly": SEED_MAINLY,
     }  # fmt: skip
-    state.update(big_labels=big_labels, big_params=big_params, classes=classes, labels=labels)
+    state.update(big_labels=big_labels, big_params=big_params, classes=classes, labels=labels, seed_modes=seed_modes)
 
 
 def _section_mechanisms(state: dict[str, Any]) -> None:
@@ -397,7 +421,7 @@ def _section_mechanisms(state: dict[str, Any]) -> None:
         u = unit_statistics(model, dist)
         positives.append(model)
         positive_rows.append([
-            s, fit.val_loss, label, ", ".join(f"{f:.1%}" for f in u.firing_fraction[0]),
+            s, fit.val_loss, seed_mode_labels(u)[0], REFINEMENT_NAMES[label], ", ".join(f"{f:.1%}" for f in u.firing_fraction[0]),
             ", ".join(f"{c:.3f}" for c in u.linearisation_change[0]), f"`{network_formula(model, digits=3)}`",
         ])  # fmt: skip
     clock.lap("seed's positives")
@@ -409,8 +433,10 @@ def _section_mechanisms(state: dict[str, Any]) -> None:
         "initialisation, bit for bit; 8000 / 2000 points) and trained as it trained them, and its hand-crafted design:"
     )
     report.table(
-        ["seed", "val MSE", "label", "firing fraction per unit", "linearisation change per unit", "formula"],
-        positive_rows + [["hand-crafted", hc_mse, mechanism_labels(handcrafted, dist, tolerance=lab['tolerance'])[0], "", "",
+        ["seed", "val MSE", "seed's mode", "our refinement", "firing fraction per unit", "linearisation change per unit", "formula"],
+        positive_rows + [["hand-crafted", hc_mse, seed_mode_labels(handcrafted, dist)[0],
+                          REFINEMENT_NAMES[mechanism_labels(handcrafted, dist, tolerance=lab['tolerance'])[0]],
+                          ", ".join(f"{f:.1%}" for f in unit_statistics(handcrafted, dist).firing_fraction[0]), "",
                           f"`{network_formula(handcrafted)}`"]],
     )  # fmt: skip
 
@@ -580,7 +606,8 @@ def _section_scores(state: dict[str, Any]) -> None:
     in_mode3 = proportion_interval(int(signature[labels == "3"].sum()), max(int((labels == "3").sum()), 1))
     elsewhere = proportion_interval(int(signature[labels != "3"].sum()), max(int((labels != "3").sum()), 1))
     positive_notes = [
-        f"seed {s} is labelled {row[2]} (firing fractions {row[3]}, linearisation changes {row[4]})" for s, row in zip(st["positives"], positive_rows)
+        f"seed {s} is the seed's mode {row[2]}, refinement {row[3]} (firing fractions {row[4]}, linearisation changes {row[5]})"
+        for s, row in zip(st["positives"], positive_rows)
     ]
     report.bullets(positive_notes + [
         f"held-out positives: {int(positive_mask.sum())} mode-3 networks among {len(test_rows)}; the seed's test has "
