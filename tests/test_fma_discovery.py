@@ -134,3 +134,15 @@ def test_bad_input_is_refused():
         MechanismDiscovery().predict(np.zeros((2, 5)))
     with pytest.raises(ValueError, match="one entry per network"):
         compare_groups([0, 1], ["a"])
+
+
+def test_a_lone_bending_network_is_a_group_of_its_own():
+    from physlens.probes.discovery import MechanismDiscovery, function_fingerprints
+    from physlens.probes.mechanisms import handcrafted_mode3_network
+
+    plane = {"W_in": torch.ones(3, 2, 2, dtype=torch.float64), "b_in": torch.ones(3, 2, dtype=torch.float64),
+             "W_out": torch.ones(3, 2, 1, dtype=torch.float64), "b_out": torch.zeros(3, 1, dtype=torch.float64)}
+    bent = {k: v.detach().to(torch.float64).unsqueeze(0) for k, v in handcrafted_mode3_network().parameter_dict().items()}
+    both = {k: torch.cat([plane[k], bent[k]]) for k in plane}
+    labels = MechanismDiscovery(random_state=0).fit(function_fingerprints(both, n_points=32)).labels_
+    assert labels[:3].tolist() == [labels[0]] * 3 and labels[3] != labels[0]

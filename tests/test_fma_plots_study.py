@@ -82,6 +82,9 @@ max_groups = 4
 widths = [3]
 n_seeds = 12
 deep_n_seeds = 12
+[units]
+n_planted = 20
+n_points = 512
 """
 
 
@@ -99,11 +102,18 @@ def test_study_runs_end_to_end_and_reports(tmp_path):
     report = (out / "report.md").read_text()
     metrics = json.loads((out / "metrics.json").read_text())
     for heading in ("1. Do the networks multiply?", "2. Mechanism labels", "3. The mechanisms", "4. Mechanisms found without labels",
-                    "5. The seed's mode-3 score", "6. The algorithm scan", "7. Mechanisms during training", "8. Wider networks"):
+                    "5. The seed's mode-3 score", "6. The algorithm scan", "7. Mechanisms during training", "8. Wider networks",
+                    "9. Which units do the work"):
         assert heading in report, heading
     assert report.index("1. Do the networks multiply?") < report.index("2. Mechanism labels")  # the task check leads
     assert metrics["task"]["exact_plane"] == pytest.approx(optimal_plane("product").mse)
     assert sum(metrics["labels"]["counts"].values()) == 40
+    assert sum(metrics["labels"]["seed_mode_counts"].values()) == 40  # the seed's modes, beside our refinement
+    assert "seed's mode" in report and "our refinement" in report
+    units = metrics["unit_scan"]
+    assert units["tolerance"] in (0.01, 0.02, 0.04, 0.08)
+    assert units["planted"]["no noise"]["mechanism"]["recall"] == 1.0
+    assert {"width 3", "hidden 2×2"} <= set(units["ablation"])
     assert set(metrics["labels"]["stability"]) == {"64", "256"}
     assert metrics["dynamics"]["snapshot_epochs"] == [0, 100, 200, 300]
     assert "3" in metrics["wider"] and "deep" in metrics["wider"]
@@ -127,6 +137,8 @@ def test_study_runs_end_to_end_and_reports(tmp_path):
         (("positives = []", "positives = [-3]"), "positives"),
         (("n_train = 64", "n_train = 64\ndistribution = 'normal'"), "distribution"),
         (("stability_repeats = 2", "stability_repeats = 2\ntolerance = 2.0"), "tolerance"),
+        (("n_planted = 20", "n_planted = 20\nplanted_width = 4"), "planted_width"),
+        (("n_planted = 20", "n_planted = 20\nnoise = -0.1"), "noise"),
     ],
 )
 def test_study_refuses_bad_specs_before_training(tmp_path, edit, message):

@@ -30,6 +30,7 @@ d_hidden = 16
 steps = 60
 batch_size = 128
 n_test_pairs = 500
+n_seeds = 2
 
 [latent]
 n_distill = 300
@@ -74,6 +75,12 @@ def test_tiny_study_writes_report_metrics_and_figures(tmp_path: Path) -> None:
     assert set(siamese["control_accuracy"]) == {"train", "test", "test_gap_pairs"}
     assert all(0.0 <= value <= 1.0 for value in siamese["control_accuracy"].values())
     assert "random-init tower (control)" in report and "Wilson" in report
+    # the slides' protocol, and the latent against every conserved quantity, over seeds, beside its controls
+    assert siamese["min_gap"] == 0.0 and "the slides' protocol" in report
+    assert set(siamese["invariant_r2"]) == {"trained tower", "random-init tower (control)", "energy-only latent (control)"}
+    assert siamese["invariant_r2"]["energy-only latent (control)"]["E"] > 0.999
+    assert len(siamese["seeds"]) == 2 and 0.0 <= siamese["pure_L_share"] <= 1.0
+    assert "Runge–Lenz" in report and "What the network is told" in report
     for name in ("latent_vs_L", "siamese_formula_front", "bottleneck_vs_candidates", "loss_curves"):
         assert (out / "figures" / f"{name}.png").is_file()
 
@@ -85,6 +92,12 @@ def test_study_refuses_unknown_keys(tmp_path: Path) -> None:
         run_study(spec, output_root=tmp_path / "runs", progress=False)
     spec.write_text(TINY.replace("[orbits]", "[orbits]\nenergy_range = [-0.5, 0.2]"))
     with pytest.raises(StudySpecError, match="bound orbits"):
+        run_study(spec, output_root=tmp_path / "runs", progress=False)
+    spec.write_text(TINY.replace("n_seeds = 2", "n_seeds = 0"))
+    with pytest.raises(StudySpecError, match="n_seeds"):
+        run_study(spec, output_root=tmp_path / "runs", progress=False)
+    spec.write_text(TINY.replace("n_seeds = 2", "n_seeds = 2\nmin_gap = -0.1"))
+    with pytest.raises(StudySpecError, match="min_gap"):
         run_study(spec, output_root=tmp_path / "runs", progress=False)
     spec.write_text(TINY + "\n[extra]\nx = 1\n")
     with pytest.raises(StudySpecError, match="unknown sections"):

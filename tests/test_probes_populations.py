@@ -100,3 +100,20 @@ def test_ridge_valley_split_measures_each_region_as_region_mse_does() -> None:
     assert_allclose(split.mse_valley_off, inside)
     assert_allclose(split.mse_elsewhere, outside)
     assert split.mse_valley_off[0] == pytest.approx(split.mse_valley_off[1])  # the valley is off there: same function
+
+
+def test_discovery_ari_grid_recovers_planted_groups_and_not_shuffled_ones():
+    from physlens.probes.populations import discovery_ari_grid
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(3, 22)) * 5
+    truth = rng.integers(0, 3, size=150)
+    fingerprints = centres[truth] + 0.1 * rng.normal(size=(150, 22))
+    grid = discovery_ari_grid(fingerprints, {"truth": truth, "shuffled": rng.permutation(truth)}, n_subsets=5, random_states=(0,), max_groups=4)
+    assert grid["truth"].shape == (5, 1)
+    assert grid["truth"].min() > 0.5 and grid["truth"].mean() > 0.6
+    assert np.abs(grid["shuffled"]).max() < 0.3
+    with pytest.raises(ValueError, match="labellings"):
+        discovery_ari_grid(fingerprints, {"short": truth[:10]})
+    with pytest.raises(ValueError, match="n_subsets"):
+        discovery_ari_grid(fingerprints[:12], {"t": truth[:12]}, n_subsets=5)

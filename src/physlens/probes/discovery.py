@@ -200,7 +200,12 @@ class MechanismDiscovery(ClusterMixin, BaseEstimator):
                 ).fit(Z)
                 self.bic_[k], mixtures[k] = float(mixture.bic(Z)), mixture
             self.mixture_ = mixtures[min(self.bic_, key=self.bic_.get)]
-        raw = self._raw_groups(X)
+        if len(bending) == 1:  # a lone bending network is a group of its own; no mixture to fit
+            summary = summarise_fingerprints(X, flat=self.flat)
+            raw = np.where(summary.slope <= self.flat, 0, 1)
+            raw[summary.bend > self.flat] = 2
+        else:
+            raw = self._raw_groups(X)
         codes = np.unique(raw)
         sizes = np.array([(raw == c).sum() for c in codes])
         self.codes_ = codes[np.argsort(-sizes, kind="stable")]  # raw codes by size, largest first

@@ -23,6 +23,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from physlens._estimators import check_target_given, validate_table, warn_column_target
 from physlens._validation import check_nonnegative_int, check_positive_int
+from physlens.systems.central import angular_momentum, orbit_energy, runge_lenz
 
 
 def _as_numpy(name: str, values: object, *, ndim: int | None = None) -> np.ndarray:
@@ -220,11 +221,70 @@ def match_quantities(latent: object, candidates: Mapping[str, object]) -> list[Q
     return sorted(matches, key=lambda m: -m.isotonic_r2)
 
 
+ORBIT_FEATURE_SETS = ("L", "E", "orientation", "L + orientation", "(L, e) × orientation")
+"""The candidate explanations :func:`conserved_quantity_r2` scores, each a set of regressors."""
+
+
+def orbit_invariants(states: object, *, harmonics: int = 3) -> dict[str, np.ndarray]:
+    """The conserved quantities of Kepler orbit states ``[n, 4]`` (x, y, vx, vy; m = k = 1): L, E,
+    the eccentricity e (the Runge–Lenz vector's length) and ``cos kφ``, ``sin kφ`` for k = 1 …
+    ``harmonics`` of its angle φ, the orbit's orientation."""
+    harmonics = int(harmonics) if isinstance(harmonics, (int, np.integer)) and not isinstance(harmonics, bool) else -1
+    if harmonics < 1:
+        raise ValueError(f"harmonics must be a positive integer, got {harmonics!r}")
+    X = _as_numpy("states", states, ndim=2)
+    if X.shape[1] != 4:
+        raise ValueError(f"states must have shape [n, 4] (x, y, vx, vy), got {list(X.shape)}")
+    t = torch.from_numpy(X.astype(np.float64))
+    vector = runge_lenz(t).numpy()
+    phi = np.arctan2(vector[:, 1], vector[:, 0])
+    out = {"L": angular_momentum(t).numpy(), "E": orbit_energy(t).numpy(), "e": np.hypot(vector[:, 0], vector[:, 1])}
+    for k in range(1, harmonics + 1):
+        out[f"cos{k}φ"], out[f"sin{k}φ"] = np.cos(k * phi), np.sin(k * phi)
+    return out
+
+
+def conserved_quantity_r2(latent: object, states: object, *, harmonics: int = 3) -> dict[str, float]:
+    """Held-out R² of a latent ``[n]`` regressed (least squares with an intercept) on each set of
+    :data:`ORBIT_FEATURE_SETS`: L alone, E alone, the orientation (harmonics of the Runge–Lenz
+    angle), L plus the orientation, and L and e each times the orientation harmonics. Fitted on
+    even-indexed states, scored on the odd ones, so a large set cannot win by overfitting.
+
+    A latent that is a function of L alone scores ≈ 1 on "L" (if it is affine in L); one that mixes
+    L with the orbit's orientation gains from the sets that add the orientation.
+    """
+    values = _as_numpy("latent", latent)
+    if values.ndim == 2 and values.shape[1] == 1:
+        values = values[:, 0]
+    if values.ndim != 1:
+        raise ValueError(f"latent must have shape [n] or [n, 1], got {list(values.shape)}")
+    quantities = orbit_invariants(states, harmonics=harmonics)
+    if quantities["L"].shape[0] != values.shape[0]:
+        raise ValueError(f"latent and states must have the same length, got {values.shape[0]} and {quantities['L'].shape[0]}")
+    if values.shape[0] < 8:
+        raise ValueError(f"latent needs at least 8 samples, got {values.shape[0]}")
+    waves = [quantities[f"{f}{k}φ"] for k in range(1, harmonics + 1) for f in ("cos", "sin")]
+    L, E, e = quantities["L"], quantities["E"], quantities["e"]
+    sets = {
+        "L": [L], "E": [E], "orientation": waves, "L + orientation": [L, *waves],
+        "(L, e) × orientation": [L, e, *waves, *(L * w for w in waves), *(e * w for w in waves)],
+    }  # fmt: skip
+    out = {}
+    for name, columns in sets.items():
+        design = np.stack([*columns, np.ones_like(L)], axis=1)
+        coef = np.linalg.lstsq(design[::2], values[::2], rcond=None)[0]
+        out[name] = _r2(values[1::2], design[1::2] @ coef)
+    return out
+
+
 __all__ = [
+    "ORBIT_FEATURE_SETS",
     "PolynomialLatentRegression",
     "QuantityMatch",
+    "conserved_quantity_r2",
     "match_quantities",
     "monomial_exponents",
     "monomial_name",
+    "orbit_invariants",
     "polynomial_features",
 ]

@@ -22,6 +22,11 @@ For width 2 the seed's modes follow, plus the mechanisms the seed did not name (
 - ``"ridge+valley"``: two creases with output weights of opposite sign.
 - ``"same-sign pair"``: two creases with output weights of the same sign.
 
+These labels are *our* refinement, judged by what each unit does to the function. The seed's own
+taxonomy, judged by where each unit fires (the seed's words: dead, active, straddling, "mainly
+positive"), is :func:`seed_mode_labels`; it is the default name of a network's mode, and the
+refinement is reported beside it, never in its place (:data:`REFINEMENT_NAMES`).
+
 For wider networks :func:`crease_labels` counts ridges and valleys, :func:`kink_labels` counts
 creases, and :func:`unit_pattern_labels` counts units of each kind. The old rule, which called a
 unit active only if it fired on *every* point of a sample, is :func:`sign_pattern_states`.
@@ -62,6 +67,28 @@ SEED_MODES = ("1", "2", "2.5", "3")
 
 MODES = (*SEED_MODES, "valley", "ridge+valley", "same-sign pair")
 """Width-2 mechanism labels: the seed's modes, then the mechanisms it did not name (see the module docstring)."""
+
+SEED_MAINLY = 0.9
+"""Default ``mainly`` of :func:`seed_unit_states`: a unit is the seed's "active" ("mainly positive")
+when it fires on at least 90 % of the distribution, dead when it fires on at most 10 %, and
+straddles zero otherwise. The seed's own mode-3 examples have their second unit firing on 99.8 %
+(its cleanest network), about 94 % (experiment 10's rebuilt positive 620240165) and about 92 % (a
+network built like its hand-crafted one): "mainly" means most of the distribution, not all of it."""
+
+SEED_UNNAMED = "unnamed"
+"""What :func:`seed_mode_labels` answers for a width-2 pattern the seed gave no mode: both units
+straddling zero."""
+
+SEED_LABELS = (*SEED_MODES, SEED_UNNAMED)
+"""Every answer of :func:`seed_mode_labels`."""
+
+REFINEMENT_NAMES = {
+    "1": "constant", "2": "one unit", "2.5": "plane", "3": "ridge + plane", "valley": "valley + plane",
+    "ridge+valley": "ridge + valley", "same-sign pair": "same-sign pair",
+}  # fmt: skip
+"""Our function-based labels (:func:`mechanism_labels`) under names of their own, for reports that
+show them beside the seed's modes: the refinement's "3" (one ridge and one linear unit) is not the
+seed's mode 3 (one straddling and one mainly positive unit), so it never appears under that name."""
 
 DEFAULT_TOLERANCE = 0.04
 """Default ``tolerance`` of :func:`unit_states`: a unit is dead (or linear) when removing (or linearising)
@@ -284,6 +311,72 @@ def sign_pattern_states(network: NetworkLike, inputs: Float[Tensor, "*model n d_
     return states.cpu()
 
 
+def seed_unit_states(
+    network: NetworkLike | UnitStatistics,
+    distribution: str = "product",
+    *,
+    inputs: Float[Tensor, "*model n 2"] | None = None,
+    mainly: float = SEED_MAINLY,
+) -> Tensor:
+    """The seed's unit states, ``[model, h]``: :data:`DEAD` when the unit fires on at most
+    ``1 − mainly`` of the distribution, :data:`ACTIVE` ("mainly positive") when it fires on at least
+    ``mainly`` of it, :data:`STRADDLING` otherwise.
+
+    Only the firing fraction counts, as in the seed, which judged units by where their
+    pre-activations fall over the data, not by what they do to the output (that is
+    :func:`unit_states`). ``network`` may be the networks' :class:`UnitStatistics`.
+    """
+    mainly = check_finite_float("mainly", mainly)
+    if not 0.5 < mainly <= 1.0:
+        raise ValueError(f"mainly must be in (0.5, 1], the share of the distribution on which a unit fires to count as active; got {mainly}")
+    stats = network if isinstance(network, UnitStatistics) else unit_statistics(network, distribution, inputs=inputs)
+    fraction = stats.firing_fraction
+    states = np.where(fraction <= 1.0 - mainly, DEAD, np.where(fraction >= mainly, ACTIVE, STRADDLING))
+    return torch.from_numpy(states.astype(np.int64))
+
+
+def seed_modes_from_states(states: Tensor) -> np.ndarray:
+    """The seed's width-2 modes (:data:`SEED_LABELS`) from :func:`seed_unit_states`: ``"1"`` both dead,
+    ``"2"`` one dead, ``"2.5"`` both active, ``"3"`` one straddling and one active, and
+    :data:`SEED_UNNAMED` for two straddling units, a pattern the seed did not name."""
+    states = torch.as_tensor(states).cpu()
+    if states.ndim != 2 or states.shape[1] != 2:
+        raise ValueError(f"states must have shape [model, 2] (width-2 networks), got {list(states.shape)}")
+    counts = unit_counts(states).numpy()
+    dead, active, straddling = counts[:, 0], counts[:, 1], counts[:, 2]
+    labels = np.full(states.shape[0], SEED_UNNAMED, dtype=object)
+    labels[(straddling == 1) & (active == 1)] = "3"
+    labels[active == 2] = "2.5"
+    labels[dead == 1] = "2"
+    labels[dead == 2] = "1"
+    return labels.astype(str)
+
+
+def seed_mode_labels(
+    network: NetworkLike | UnitStatistics,
+    distribution: str = "product",
+    *,
+    inputs: Float[Tensor, "*model n 2"] | None = None,
+    mainly: float = SEED_MAINLY,
+) -> np.ndarray:
+    """The seed's mode of every width-2 network (:data:`SEED_LABELS`), as the seed defines it.
+
+    Mode 1: both units dead; 2: one unit dead; 2.5: both units active (the ReLU unused); 3: one
+    unit straddles zero and the other is mainly positive. A unit is judged by the share of the
+    distribution on which it fires (:func:`seed_unit_states`), exactly (quadrature) or on
+    ``inputs``. Report the firing fractions (:func:`unit_statistics`) beside the label, and our
+    function-based refinement (:func:`mechanism_labels`, :data:`REFINEMENT_NAMES`) in a column of its own.
+    """
+    if isinstance(network, UnitStatistics):
+        width = network.firing_fraction.shape[1]
+    else:
+        network = network_parameters(network)
+        width = network["W_in"].shape[2]
+    if width != 2:
+        raise ValueError(f"seed_mode_labels needs width-2 networks (the seed's modes), got width {width}")
+    return seed_modes_from_states(seed_unit_states(network, distribution, inputs=inputs, mainly=mainly))
+
+
 def unit_counts(states: Tensor) -> Tensor:
     """Number of dead, linear and crease units of each network: ``[model, 3]``."""
     return torch.stack([(states == kind).sum(dim=-1) for kind in (DEAD, ACTIVE, STRADDLING)], dim=-1)
@@ -341,6 +434,15 @@ def labels_from_states(states: Tensor, output_weights: np.ndarray | Tensor) -> n
     return labels.astype(str)
 
 
+def refinement_labels(labels: np.ndarray) -> np.ndarray:
+    """Our function-based labels (:func:`mechanism_labels`) under their own names (:data:`REFINEMENT_NAMES`)."""
+    labels = np.asarray(labels).astype(str)
+    unknown = sorted(set(labels.tolist()) - set(REFINEMENT_NAMES))
+    if unknown:
+        raise ValueError(f"labels must be mechanism_labels' labels {list(REFINEMENT_NAMES)}, got {unknown}")
+    return np.array([REFINEMENT_NAMES[label] for label in labels.tolist()], dtype=str)
+
+
 def mechanism_labels(
     network: NetworkLike,
     distribution: str = "product",
@@ -348,8 +450,10 @@ def mechanism_labels(
     inputs: Float[Tensor, "*model n 2"] | None = None,
     tolerance: float = DEFAULT_TOLERANCE,
 ) -> np.ndarray:
-    """The width-2 mechanism of every network (:data:`MODES`): the seed's modes 1, 2, 2.5 and 3, and
-    ``"valley"``, ``"ridge+valley"``, ``"same-sign pair"`` for what the seed did not name.
+    """Our function-based refinement of every width-2 network (:data:`MODES`): modes 1, 2, 2.5 and 3
+    judged by what units do to the function, and ``"valley"``, ``"ridge+valley"``, ``"same-sign
+    pair"`` for what the seed did not name. The seed's own taxonomy is :func:`seed_mode_labels`;
+    where the two are shown together, show these under :func:`refinement_labels`' names.
 
     Units are judged over ``distribution`` (exactly) or on ``inputs`` (a sample), with
     :func:`unit_states`' ``tolerance``. Mode 3 is the seed's "one unit straddles zero and the other
@@ -497,7 +601,11 @@ __all__ = [
     "DEFAULT_TOLERANCE",
     "HANDCRAFTED_PLANES",
     "MODES",
+    "REFINEMENT_NAMES",
+    "SEED_LABELS",
+    "SEED_MAINLY",
     "SEED_MODES",
+    "SEED_UNNAMED",
     "STRADDLING",
     "UnitStatistics",
     "crease_angles",
@@ -510,8 +618,12 @@ __all__ = [
     "network_parameters",
     "preactivations",
     "region_mse",
+    "refinement_labels",
     "relabel_on_samples",
+    "seed_mode_labels",
+    "seed_modes_from_states",
     "seed_sign_signature",
+    "seed_unit_states",
     "sign_pattern_states",
     "unit_counts",
     "unit_pattern_labels",

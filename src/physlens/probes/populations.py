@@ -87,6 +87,44 @@ def ari_interval(groups: np.ndarray, labels: np.ndarray, seed: int, n_resamples:
     return interval, float(np.quantile(control, 0.975))
 
 
+def discovery_ari_grid(
+    fingerprints: np.ndarray,
+    labellings: Mapping[str, np.ndarray],
+    *,
+    n_subsets: int = 5,
+    random_states: Sequence[int] = (0, 1, 2),
+    max_groups: int = 12,
+    seed: int = 0,
+) -> dict[str, np.ndarray]:
+    """Adjusted Rand index of the discovered groups against each labelling, over disjoint subsets of
+    the networks (independent network seeds) × clustering states: ``{name: [subset, state]}``.
+
+    The networks are split at random (with ``seed``) into ``n_subsets`` disjoint sets; on each,
+    :class:`~physlens.probes.MechanismDiscovery` is fitted once per ``random_states`` entry, and its
+    groups are compared with every labelling in ``labellings`` (e.g. the seed's modes and our refined
+    classes), so one number is never the top of its range.
+    """
+    from physlens.probes.discovery import MechanismDiscovery
+
+    fingerprints = np.asarray(fingerprints)
+    n_subsets = check_positive_int("n_subsets", n_subsets)
+    if not random_states:
+        raise ValueError("random_states must list at least one clustering state")
+    for name, labels in labellings.items():
+        if np.asarray(labels).shape != fingerprints.shape[:1]:
+            raise ValueError(f"labellings[{name!r}] must give one label per network ({fingerprints.shape[0]}), got {np.asarray(labels).shape}")
+    if fingerprints.shape[0] < 4 * n_subsets:
+        raise ValueError(f"n_subsets = {n_subsets} needs at least {4 * n_subsets} networks, got {fingerprints.shape[0]}")
+    subsets = np.array_split(np.random.default_rng(check_nonnegative_int("seed", seed)).permutation(fingerprints.shape[0]), n_subsets)
+    out = {name: np.zeros((n_subsets, len(random_states))) for name in labellings}
+    for i, rows in enumerate(subsets):
+        for j, state in enumerate(random_states):
+            groups = MechanismDiscovery(max_groups=max_groups, random_state=state).fit(fingerprints[rows]).labels_
+            for name, labels in labellings.items():
+                out[name][i, j] = adjusted_rand_score(np.asarray(labels)[rows], groups)
+    return out
+
+
 def balanced_accuracy(truth: np.ndarray, predicted: np.ndarray) -> float:
     """Mean recall over the classes present in ``truth`` (scikit-learn's ``balanced_accuracy_score``)."""
     truth, predicted = np.asarray(truth), np.asarray(predicted)
@@ -210,6 +248,7 @@ __all__ = [
     "balanced_accuracy",
     "best_member",
     "crease_orientation",
+    "discovery_ari_grid",
     "label_stability",
     "label_switches",
     "refined_classes",

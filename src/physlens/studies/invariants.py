@@ -21,7 +21,13 @@ from physlens.models.siamese import BottleneckConfig, BottleneckNetwork, Siamese
 from physlens.plots.invariants import plot_bottleneck_matches, plot_formula_front, plot_latent_vs_invariant
 from physlens.plots.training import plot_loss_curve
 from physlens.probes.distill import UNARY_FUNCTIONS, SymbolicDistiller, record_io
-from physlens.probes.invariants import PolynomialLatentRegression, match_quantities
+from physlens.probes.invariants import (
+    ORBIT_FEATURE_SETS,
+    PolynomialLatentRegression,
+    conserved_quantity_r2,
+    match_quantities,
+    orbit_invariants,
+)
 from physlens.probes.mechanisms import mechanism_labels
 from physlens.stats import proportion_interval
 from physlens.studies.report import Report, StudySpecError, format_number, section
@@ -39,6 +45,7 @@ from physlens.training.invariants import (
     make_pairs,
     oscillator_windows,
     pair_accuracy,
+    quantity_pair_accuracy,
     train_bottleneck,
     train_siamese,
 )
@@ -49,7 +56,7 @@ ORBIT_KEYS = {
 }
 SIAMESE_KEYS = {
     "d_hidden": int, "n_layers": int, "activation": str, "steps": int, "batch_size": int, "lr": float,
-    "margin": float, "min_gap": float, "n_test_pairs": int,
+    "margin": float, "min_gap": float, "n_test_pairs": int, "n_seeds": int, "harmonics": int,
 }
 LATENT_KEYS = {"degree": int, "n_distill": int}
 BOTTLENECK_KEYS = {
@@ -158,7 +165,7 @@ def _siamese_setup(orbits_opts: dict[str, Any], opts: dict[str, Any], seed: int)
         )
         config = SiameseTrainConfig(
             steps=opts.get("steps", 8000), batch_size=opts.get("batch_size", 512), lr=opts.get("lr", 5e-3),
-            margin=opts.get("margin", 1.0), min_gap=opts.get("min_gap", 0.2), seed=seed,
+            margin=opts.get("margin", 1.0), min_gap=opts.get("min_gap", 0.0), seed=seed,
         )
         model = SiameseTower(SiameseConfig(
             d_hidden=opts.get("d_hidden", 64), n_layers=opts.get("n_layers", 3), activation=opts.get("activation", "tanh"), seed=seed,
@@ -168,6 +175,9 @@ def _siamese_setup(orbits_opts: dict[str, Any], opts: dict[str, Any], seed: int)
     for key in ("n_train", "n_test", "states_per_orbit"):
         if orbits_opts.get(key, 2) < 2:
             raise StudySpecError(f"[orbits] {key} must be an integer >= 2, got {orbits_opts[key]}")
+    for key in ("n_seeds", "harmonics"):
+        if opts.get(key, 1) < 1:
+            raise StudySpecError(f"[siamese] {key} must be an integer >= 1, got {opts[key]}")
     return system, config, model
 
 
@@ -202,7 +212,8 @@ def _siamese_section(
     n_pairs = opts.get("n_test_pairs", 20000)
     train_pairs = make_pairs(train, n_pairs, generator=generator)
     test_pairs = make_pairs(test, n_pairs, generator=generator)
-    gap_pairs = make_pairs(test, n_pairs, generator=generator, min_gap=config.min_gap)
+    gap = config.min_gap or 0.2  # pairs that differ clearly in L, whatever the training pairs did
+    gap_pairs = make_pairs(test, n_pairs, generator=generator, min_gap=gap)
     threshold = best_threshold(model, train_pairs)
     train_accuracy, test_accuracy, gap_accuracy = (pair_accuracy(model, p, threshold) for p in (train_pairs, test_pairs, gap_pairs))
     # Control: an untrained tower of the same architecture, its threshold chosen on the same training pairs.
@@ -227,6 +238,25 @@ def _siamese_section(
     rows = np.linspace(0, X.shape[0] - 1, n_distill).astype(int)
     distiller = SymbolicDistiller(variable_names=list(ORBIT_STATE_NAMES), **distiller_args).fit(X[rows], latent[rows])
 
+    harmonics = opts.get("harmonics", 3)
+    energy_accuracy = quantity_pair_accuracy(orbit_energy, train_pairs, test_pairs)
+    invariant_r2 = {
+        "trained tower": conserved_quantity_r2(latent, X, harmonics=harmonics),
+        "random-init tower (control)": conserved_quantity_r2(control_latent, X, harmonics=harmonics),
+        "energy-only latent (control)": conserved_quantity_r2(energy, X, harmonics=harmonics),
+    }
+    quantities = orbit_invariants(X, harmonics=1)
+    candidate_names = ["L", "E", "e", "cos1φ", "sin1φ"]
+    candidate_X = np.stack([quantities[name] for name in candidate_names], axis=1)
+    candidate_distiller = SymbolicDistiller(variable_names=["L", "E", "e", "cos_phi", "sin_phi"], **distiller_args).fit(
+        candidate_X[rows], latent[rows])
+    seed_rows, seed_metrics = _siamese_seeds(system, config, model, train, test, train_pairs, test_pairs, X, opts, seed, progress)
+    seed_rows.insert(0, [f"{seed} (the tower above)", _accuracy(test_accuracy, test_pairs),
+                         *(f"{invariant_r2['trained tower'][k]:.4f}" for k in ORBIT_FEATURE_SETS)])
+    seed_metrics.insert(0, {"seed": seed, "test_accuracy": test_accuracy, "r2": invariant_r2["trained tower"]})
+    pure = sum(m["r2"]["L"] >= 0.99 for m in seed_metrics)
+    pure_share = proportion_interval(int(pure), len(seed_metrics))
+
     report.heading("1. Siamese network on Kepler orbits")
     report.paragraph(
         f"Orbits in V = −1/r with E ∈ {list(system.energy_range)}, |L| ∈ {list(system.angular_momentum_range)} "
@@ -234,13 +264,15 @@ def _siamese_section(
         f"{per_orbit} states each at random times. Exact Kepler propagation: over 50 orbits × 200 steps the "
         f"largest drift is {format_number(drift_l)} in L and {format_number(drift_e)} in E. The tower "
         f"({model.cfg.n_layers}×{model.cfg.d_hidden} {model.cfg.activation}, one latent) was trained with a "
-        f"contrastive loss (margin {config.margin}, different pairs with |ΔL| ≥ {config.min_gap}) for "
+        f"contrastive loss (margin {config.margin}, "
+        + ("different pairs drawn at random, the slides' protocol" if config.min_gap == 0 else f"different pairs with |ΔL| ≥ {config.min_gap}")
+        + ") for "
         f"{config.steps} steps; the same/different threshold on the latent distance was chosen on training pairs."
     )
     pair_rows = [
         ("training orbits, random different pairs", train_pairs, train_accuracy),
         ("test orbits, random different pairs (the slides' protocol; slides: 97%)", test_pairs, test_accuracy),
-        (f"test orbits, different pairs with |ΔL| ≥ {config.min_gap}", gap_pairs, gap_accuracy),
+        (f"test orbits, different pairs with |ΔL| ≥ {gap}", gap_pairs, gap_accuracy),
     ]
     report.table(
         ["pairs", "accuracy [95 % Wilson interval]", "random-init tower (control)"],
@@ -264,6 +296,32 @@ def _siamese_section(
         [[m.name, m.linear_r2, m.spearman, m.isotonic_r2] for m in matches],
     )
     report.paragraph(f"Distilled latent (built-in sparse search): {_formula(distiller.expression_)}, relative error {format_number(distiller.selected_.nmse)}.")
+    report.paragraph(
+        "**Which conserved quantity?** An orbit has three: L, E and the orientation of its ellipse (the angle φ of the "
+        "Runge–Lenz vector A = v × L − r̂, whose length is the eccentricity e). Held-out R² of the latent regressed on each "
+        f"set (harmonics cos kφ, sin kφ for k = 1…{harmonics}; fitted on half the test states, scored on the other half), "
+        "for the trained tower and two controls: an untrained tower of the same architecture, and a latent that is the "
+        "energy alone:"
+    )
+    report.table(["latent", *ORBIT_FEATURE_SETS], [[name, *(f"{r2[k]:.4f}" for k in ORBIT_FEATURE_SETS)] for name, r2 in invariant_r2.items()])
+    report.paragraph(
+        f"On the same test pairs, the energy alone, thresholded as the tower's latent is, scores "
+        f"{_accuracy(energy_accuracy, test_pairs)} against the tower's {_accuracy(test_accuracy, test_pairs)}: pair accuracy "
+        "cannot say which invariant a network learned; only the regressions above can. Distilled from the candidates "
+        f"(L, E, e, cos φ, sin φ) instead of the state: {_formula(candidate_distiller.expression_)}, relative error "
+        f"{format_number(candidate_distiller.selected_.nmse)}."
+    )
+    report.paragraph(
+        f"Over {len(seed_metrics)} towers (seeds of initialisation and pair draws), trained the same way; the share whose "
+        f"latent is pure L (held-out R² against L ≥ 0.99) is {_pct(pure_share)} (Wilson 95 % interval)."
+    )
+    report.table(["tower seed", "test accuracy [95 % interval]", *(f"R²: {k}" for k in ORBIT_FEATURE_SETS)], seed_rows)
+    told = ("random pairs: a \"different\" pair is any two orbits, so nothing in the pairs singles out L"
+            if config.min_gap == 0 else f"different pairs must differ in L by at least {config.min_gap}, which tells it that L separates them")
+    report.paragraph(
+        f"What the network is told: which pairs of states share an orbit, and ({told}). It is never given L, E or the "
+        "orientation; any of them, or a mixture, separates such pairs."
+    )
     report.figure(
         "latent_vs_L", plot_latent_vs_invariant(latent, ang, color=energy, color_name="E"),
         "Siamese latent against the angular momentum L on test states (colour: energy).",
@@ -282,8 +340,36 @@ def _siamese_section(
         "coef_x_vy": regression.coefficient("x*vy"), "coef_y_vx": regression.coefficient("y*vx"), "coef_ratio": ratio,
         "dominant_terms": [[n, c] for n, c, _ in regression.dominant_terms(6)],
         "candidates": {m.name: {"linear_r2": m.linear_r2, "spearman": m.spearman, "isotonic_r2": m.isotonic_r2} for m in matches},
-        "distilled": str(distiller.expression_), "distilled_nmse": distiller.selected_.nmse,
+        "distilled": str(distiller.expression_), "distilled_nmse": distiller.selected_.nmse, "min_gap": config.min_gap,
+        "invariant_r2": invariant_r2, "energy_only_test_accuracy": energy_accuracy, "seeds": seed_metrics,
+        "pure_L_share": pure_share.estimate, "pure_L_share_interval": [pure_share.low, pure_share.high],
+        "candidate_distilled": str(candidate_distiller.expression_),
     }
+
+
+def _siamese_seeds(
+    system: CentralPotentialSystem, config: SiameseTrainConfig, model: SiameseTower, train: Any, test: Any,
+    train_pairs: StatePairs, test_pairs: StatePairs, X: np.ndarray, opts: dict[str, Any], seed: int, progress: bool,
+) -> tuple[list[list[Any]], list[dict[str, Any]]]:
+    """Further towers, one per extra seed (initialisation and pair draws), scored like the first."""
+    rows, metrics = [], []
+    states = torch.from_numpy(X).to(next(model.parameters()).dtype)
+    for k in range(1, opts.get("n_seeds", 5)):
+        tower_seed = stream_seed(seed, f"siamese tower {k}") % (2**31)
+        tower = SiameseTower(dataclasses.replace(model.cfg, seed=tower_seed))
+        train_siamese(tower, train, dataclasses.replace(config, seed=tower_seed), progress=progress)
+        threshold = best_threshold(tower, train_pairs)
+        accuracy = pair_accuracy(tower, test_pairs, threshold)
+        with torch.no_grad():
+            latent = tower(states)[:, 0].double().numpy()
+        r2 = conserved_quantity_r2(latent, X, harmonics=opts.get("harmonics", 3))
+        rows.append([tower_seed, _accuracy(accuracy, test_pairs), *(f"{r2[name]:.4f}" for name in ORBIT_FEATURE_SETS)])
+        metrics.append({"seed": tower_seed, "test_accuracy": accuracy, "r2": r2})
+    return rows, metrics
+
+
+def _pct(interval: Any) -> str:
+    return interval.format(3, percent=True)
 
 
 # --------------------------------------------------------------------------------------- bottleneck

@@ -54,6 +54,18 @@ def orbit_energy(states: Float[Tensor, "*batch 4"]) -> Float[Tensor, "*batch"]:
     return 0.5 * (states[..., 2] ** 2 + states[..., 3] ** 2) - 1.0 / radius
 
 
+def runge_lenz(states: Float[Tensor, "*batch 4"]) -> Float[Tensor, "*batch 2"]:
+    """The Runge–Lenz vector A = v × L ẑ − r̂ = (vy·L − x/r, −vx·L − y/r) (m = k = 1).
+
+    Conserved along a Kepler orbit: it points to the perihelion and its length is the eccentricity,
+    so its angle is the orbit's orientation, a conserved quantity besides E and L.
+    """
+    _check_state_dim(states)
+    ang = angular_momentum(states)
+    radius = torch.sqrt(states[..., 0] ** 2 + states[..., 1] ** 2)
+    return torch.stack([states[..., 3] * ang - states[..., 0] / radius, -states[..., 2] * ang - states[..., 1] / radius], dim=-1)
+
+
 def perihelion(energy: Tensor, angular_momentum: Tensor) -> Tensor:
     """Closest approach r_p = a(1 − e) of a bound orbit, with a = −1/(2E) and e = √(1 + 2EL²)."""
     eccentricity = torch.sqrt(torch.clamp(1 + 2 * energy * angular_momentum**2, min=0.0))
@@ -407,4 +419,5 @@ __all__ = [
     "orbit_state",
     "perihelion",
     "propagate_orbit",
+    "runge_lenz",
 ]

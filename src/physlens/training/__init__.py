@@ -19,6 +19,7 @@ from physlens.training.invariants import (
     make_pairs,
     oscillator_windows,
     pair_accuracy,
+    quantity_pair_accuracy,
     train_bottleneck,
     train_siamese,
 )
@@ -85,6 +86,7 @@ __all__ = [
     "make_pairs",
     "oscillator_windows",
     "pair_accuracy",
+    "quantity_pair_accuracy",
     "train_bottleneck",
     "train_siamese",
     "LeakageError",

@@ -2,13 +2,15 @@
 oscillator windows.
 
 The Siamese tower learns from pairs of states: "same" pairs come from one orbit, "different" pairs
-from two orbits whose angular momenta differ by at least ``min_gap``. A contrastive loss pulls same
+from two orbits drawn at random (the slides' protocol), or, with ``min_gap`` > 0, two orbits whose
+angular momenta differ by at least that much, which tells the network which quantity separates them. A contrastive loss pulls same
 pairs together and pushes different pairs at least ``margin`` apart in the latent, so the latent
 has to be a conserved quantity of the orbit.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -108,7 +110,7 @@ class SiameseTrainConfig:
     batch_size: int = 512  # pairs per step, drawn fresh from the pool
     lr: float = 1e-2  # AdamW learning rate (cosine-decayed to lr/100); smaller rates sit long on a plateau
     margin: float = 1.0  # latent distance different pairs are pushed beyond
-    min_gap: float = 0.3  # different training pairs differ in L by at least this much
+    min_gap: float = 0.0  # different training pairs differ in L by at least this much; 0: random pairs, the slides' protocol
     weight_decay: float = 0.0  # AdamW decoupled weight decay
     seed: int = 0  # seed of the pair draws
 
@@ -179,9 +181,13 @@ def best_threshold(model: SiameseTower, pairs: StatePairs) -> float:
     the most correct calls."""
     dtype = next(model.parameters()).dtype
     distance = model.pair_distance(pairs.first.to(model.device, dtype), pairs.second.to(model.device, dtype))
-    distance = distance.double().cpu()
+    return _best_distance_threshold(distance.double().cpu(), pairs.same.cpu())
+
+
+def _best_distance_threshold(distance: Tensor, same: Tensor) -> float:
+    """The threshold on ``distance`` that calls the most pairs right ("same" below it)."""
     order = torch.argsort(distance)
-    sorted_distance, same = distance[order], pairs.same.cpu()[order].double()
+    sorted_distance, same = distance[order], same[order].double()
     # threshold after the k smallest distances: k calls "same"; correct = same among them + different after
     correct = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(2 * same - 1, 0)]) + (1 - same).sum()
     k = int(torch.argmax(correct))
@@ -190,6 +196,27 @@ def best_threshold(model: SiameseTower, pairs: StatePairs) -> float:
     if k == len(sorted_distance):
         return float(sorted_distance[-1]) * 1.001 + 1e-12
     return float(0.5 * (sorted_distance[k - 1] + sorted_distance[k])) or 1e-12
+
+
+@torch.no_grad()
+def quantity_pair_accuracy(quantity: Callable[[Tensor], Tensor], fit_pairs: StatePairs, test_pairs: StatePairs) -> float:
+    """The accuracy on ``test_pairs`` of a latent that is a known ``quantity`` of the state (e.g. the
+    energy alone): "same" iff |q(a) − q(b)| is below the threshold that is best on ``fit_pairs``.
+
+    The control that tells whether a pair accuracy can say which invariant a network learned: if
+    another conserved quantity separates the same pairs as well, it cannot.
+    """
+    if not callable(quantity):
+        raise TypeError(f"quantity must be a function of states [n, 4], got {type(quantity).__name__}")
+
+    def distance(pairs: StatePairs) -> Tensor:
+        first, second = (quantity(p.double()).reshape(-1) for p in (pairs.first, pairs.second))
+        if first.shape[0] != len(pairs):
+            raise ValueError(f"quantity must return one value per state, got {first.shape[0]} for {len(pairs)} states")
+        return (first - second).abs().cpu()
+
+    threshold = _best_distance_threshold(distance(fit_pairs), fit_pairs.same.cpu())
+    return float(((distance(test_pairs) < threshold) == test_pairs.same.cpu()).double().mean())
 
 
 BOTTLENECK_QUERIES = ("independent", "last")
@@ -300,6 +327,7 @@ __all__ = [
     "make_pairs",
     "oscillator_windows",
     "pair_accuracy",
+    "quantity_pair_accuracy",
     "train_bottleneck",
     "train_siamese",
 ]

@@ -1,0 +1,448 @@
+"""A unit scan for F = m·a networks that no formula labels: any width, one or more hidden layers.
+
+Every hidden unit gets a role from what it does to the computed function over the data
+distribution: ``"crease"`` (it bends the function), ``"linear"`` (it only adds a plane),
+``"dead"`` (removing it changes nothing) or ``"cancelling"`` (it matters alone, but the units that
+compute the same activation cancel it). Units whose activations are proportional on the data are
+one group and are judged together, so a duplicated crease is found as a crease (its members are
+flagged ``redundant``) and a cancelling pair as cancelling. :func:`planted_networks` builds networks
+whose roles are known, to calibrate the scan (:class:`UnitScan`) and measure its precision and
+recall (:func:`role_scores`); :func:`ablation_check` tests the roles on trained networks, where
+nobody knows the truth, by removing the units of each role.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from physlens._validation import check_choice, check_finite_float, check_nonnegative_int, check_positive_int
+from physlens.probes.discovery import network_layers
+from physlens.probes.mechanisms import DEFAULT_TOLERANCE, handcrafted_mode3_network, network_parameters
+from physlens.stats import Interval, proportion_interval
+from physlens.systems.fma import DISTRIBUTIONS, optimal_plane, sample_fma, support_vertices
+
+UNIT_ROLES = ("crease", "linear", "dead", "cancelling")
+"""The roles :func:`unit_roles` gives hidden units."""
+
+MECHANISM_ROLES = ("crease", "linear")
+"""Roles of the units the product's fit depends on: creases bend the function, linear units add its plane."""
+
+Layers = list[tuple[Tensor, Tensor]]
+
+
+def _forward(layers: Layers, points: Tensor, remove: Sequence[Tensor | None], linearise: Sequence[Tensor | None]) -> Tensor:
+    """Outputs ``[model, n]`` with, in hidden layer ``l``, the units in ``remove[l]`` set to 0 and those in
+    ``linearise[l]`` passed through without their ReLU (masks ``[model, width]`` or None)."""
+    hidden = points.to(torch.float64).unsqueeze(0).expand(layers[0][0].shape[0], -1, -1)
+    for index, (W, b) in enumerate(layers):
+        pre = torch.baddbmm(b.unsqueeze(1), hidden, W)
+        if index == len(layers) - 1:
+            return pre[..., 0]
+        post = pre.clamp_min(0)
+        if linearise[index] is not None:
+            post = torch.where(linearise[index].unsqueeze(1), pre, post)
+        if remove[index] is not None:
+            post = torch.where(remove[index].unsqueeze(1), torch.zeros_like(post), post)
+        hidden = post
+    raise AssertionError("unreachable: the last layer returns")
+
+
+def _activations(layers: Layers, points: Tensor) -> list[Tensor]:
+    """Post-activations ``[model, n, width]`` of every hidden layer."""
+    hidden = points.to(torch.float64).unsqueeze(0).expand(layers[0][0].shape[0], -1, -1)
+    out = []
+    for W, b in layers[:-1]:
+        hidden = torch.baddbmm(b.unsqueeze(1), hidden, W).clamp_min(0)
+        out.append(hidden)
+    return out
+
+
+@dataclass(frozen=True)
+class UnitRoles:
+    """What :func:`unit_roles` found, one ``[model, width]`` array per hidden layer.
+
+    ``roles`` holds :data:`UNIT_ROLES`; ``redundant`` marks working units whose group holds another working unit of
+    the same activation (duplicates: removing one leaves the others doing its work);
+    ``removal_change`` / ``group_removal_change`` / ``group_linearisation_change`` are RMS output
+    changes in units of the target's standard deviation; ``group`` numbers each model's groups.
+    """
+
+    roles: list[np.ndarray]
+    redundant: list[np.ndarray]
+    removal_change: list[np.ndarray]
+    group_removal_change: list[np.ndarray]
+    group_linearisation_change: list[np.ndarray]
+    group: list[np.ndarray]
+    widths: tuple[int, ...]
+
+    def mechanism(self) -> list[np.ndarray]:
+        """Per hidden layer, ``[model, width]`` booleans: the units whose role is in :data:`MECHANISM_ROLES`."""
+        return [np.isin(r, MECHANISM_ROLES) for r in self.roles]
+
+
+def _groups(post: Tensor, similarity: float, silent: float) -> np.ndarray:
+    """Per model, units whose activations are proportional (cosine ≥ ``similarity``) share a group;
+    units that are (almost) never on are groups of their own. ``[model, width]`` of group numbers."""
+    norms = post.norm(dim=1)  # [model, width]
+    unit = post / norms.clamp_min(1e-300).unsqueeze(1)
+    cosine = torch.einsum("mnh,mnk->mhk", unit, unit).numpy()
+    loud = (norms > silent * norms.amax(dim=1, keepdim=True).clamp_min(1e-300)).numpy()
+    n_models, width = norms.shape
+    groups = np.tile(np.arange(width), (n_models, 1))
+    for m in range(n_models):
+        for j in range(width):
+            for k in range(j):
+                if loud[m, j] and loud[m, k] and cosine[m, j, k] >= similarity:
+                    groups[m, j] = groups[m, k]
+                    break
+    return groups
+
+
+def unit_roles(
+    network: Any,
+    distribution: str = "product",
+    *,
+    n_points: int = 4096,
+    seed: int = 0,
+    tolerance: float = DEFAULT_TOLERANCE,
+    similarity: float = 0.999,
+) -> UnitRoles:
+    """The role of every hidden unit of every network (:data:`UNIT_ROLES`), from ablations on a sample.
+
+    ``network``: a :class:`~physlens.models.mlp.TinyMLP`, :class:`~physlens.models.mlp.MLPEnsemble`,
+    :class:`~physlens.models.mlp.DeepMLPEnsemble`, a parameter mapping or a list of ``(W, b)``
+    layers. On ``n_points`` points of ``distribution`` (drawn with ``seed``), for each unit: the RMS
+    output change when it is removed, and when its group (units with proportional activations,
+    cosine ≥ ``similarity``) is removed or has its ReLU replaced by the identity, each divided by the
+    target's standard deviation. Then: ``"dead"`` if removing the unit changes the output by at most
+    ``tolerance``; ``"cancelling"`` if it changes it by more but removing its group does not;
+    ``"linear"`` if linearising the group changes nothing; ``"crease"`` otherwise.
+    """
+    check_choice("distribution", distribution, DISTRIBUTIONS)
+    n_points, seed = check_positive_int("n_points", n_points), check_nonnegative_int("seed", seed)
+    tolerance = check_finite_float("tolerance", tolerance)
+    similarity = check_finite_float("similarity", similarity)
+    if tolerance < 0:
+        raise ValueError(f"tolerance must be >= 0, got {tolerance}")
+    if not 0 < similarity <= 1:
+        raise ValueError(f"similarity must be in (0, 1], got {similarity}")
+    layers = network_layers(network)
+    if layers[0][0].shape[1] != 2:
+        raise ValueError(f"network must take the two inputs (m, a), got {layers[0][0].shape[1]}")
+    points = sample_fma(n_points, distribution, seed=seed, dtype="float64")[0]
+    scale = optimal_plane(distribution).target_variance ** 0.5
+    base = _forward(layers, points, [None] * len(layers), [None] * len(layers))
+    n_models = base.shape[0]
+
+    def change(output: Tensor) -> np.ndarray:
+        return ((output - base).square().mean(1).sqrt() / scale).numpy()
+
+    out: dict[str, list[np.ndarray]] = {k: [] for k in ("roles", "redundant", "removal", "group_removal", "group_linear", "group")}
+    posts = _activations(layers, points)
+    for index, post in enumerate(posts):
+        width = post.shape[2]
+        groups = _groups(post, similarity, 1e-9)
+        removal, group_removal, group_linear = (np.zeros((n_models, width)) for _ in range(3))
+        for j in range(width):
+            mask = torch.zeros(n_models, width, dtype=torch.bool)
+            mask[:, j] = True
+            masks: list[Tensor | None] = [None] * len(layers)
+            masks[index] = mask
+            removal[:, j] = change(_forward(layers, points, masks, [None] * len(layers)))
+            group_mask = torch.from_numpy(groups == groups[:, j : j + 1])
+            masks[index] = group_mask
+            group_removal[:, j] = change(_forward(layers, points, masks, [None] * len(layers)))
+            group_linear[:, j] = change(_forward(layers, points, [None] * len(layers), masks))
+        roles = np.where(
+            removal <= tolerance, "dead",
+            np.where(group_removal <= tolerance, "cancelling", np.where(group_linear <= tolerance, "linear", "crease")),
+        ).astype(object)  # fmt: skip
+        working = roles != "dead"
+        sizes = np.stack([((groups == groups[:, j : j + 1]) & working).sum(1) for j in range(width)], axis=1)
+        out["roles"].append(roles.astype(str))
+        out["redundant"].append((sizes > 1) & np.isin(roles, MECHANISM_ROLES))
+        out["removal"].append(removal)
+        out["group_removal"].append(group_removal)
+        out["group_linear"].append(group_linear)
+        out["group"].append(groups)
+    return UnitRoles(
+        roles=out["roles"], redundant=out["redundant"], removal_change=out["removal"], group_removal_change=out["group_removal"],
+        group_linearisation_change=out["group_linear"], group=out["group"], widths=tuple(p.shape[2] for p in posts),
+    )  # fmt: skip
+
+
+def _hidden_widths(network: Any) -> tuple[int, ...]:
+    return tuple(W.shape[2] for W, _ in network_layers(network)[:-1])
+
+
+def planted_networks(
+    n_models: int,
+    width: int,
+    *,
+    n_dead: int = 1,
+    n_duplicates: int = 1,
+    n_cancelling: int = 1,
+    noise: float = 0.0,
+    seed: int = 0,
+    base: Any = None,
+    base_roles: np.ndarray | None = None,
+    distribution: str = "product",
+) -> tuple[dict[str, Tensor], np.ndarray]:
+    """Width-``width`` networks with a known mechanism: the seed's hand-crafted mode-3 pair (a ridge
+    along the diagonal and a linear unit, :func:`~physlens.probes.mechanisms.handcrafted_mode3_network`)
+    embedded among ``n_dead`` dead units, ``n_duplicates`` copies of the ridge unit (sharing its
+    output weight, so the function is unchanged) and ``n_cancelling`` pairs of units with the same
+    activation and opposite output weights; any units left over are dead too.
+
+    Each network draws its own rescalings (a unit's input weights ×c, its output weight ÷c: the same
+    function), crease lines of the cancelling pairs through the data, directions of the dead units,
+    and a random order of units, then every parameter is multiplied by 1 + ``noise``·N(0, 1).
+    Returns the parameters (``W_in [model, 2, width]``, ``b_in``, ``W_out``, ``b_out``) and the true
+    roles ``[model, width]`` (:data:`UNIT_ROLES`; duplicates are creases).
+
+    ``base`` replaces the hand-crafted pair by ``n_models`` given one-hidden-layer networks (e.g.
+    trained width-2 networks of another recipe) whose units have the roles ``base_roles``
+    ``[model, base width]``; the duplicates then copy each network's first crease unit (a network
+    without one gets dead units instead). Dead units are off on the whole support of
+    ``distribution``, cancelling pairs crease it, and every unit of a pair alone moves the output by
+    0.3–1 standard deviation of m·a there.
+    """
+    check_choice("distribution", distribution, DISTRIBUTIONS)
+    n_models, width = check_positive_int("n_models", n_models), check_positive_int("width", width)
+    n_dead, n_duplicates, n_cancelling = (check_nonnegative_int(k, v) for k, v in
+                                          (("n_dead", n_dead), ("n_duplicates", n_duplicates), ("n_cancelling", n_cancelling)))  # fmt: skip
+    noise, seed = check_finite_float("noise", noise), check_nonnegative_int("seed", seed)
+    if noise < 0:
+        raise ValueError(f"noise must be >= 0, got {noise}")
+    needed = 2 + n_dead + n_duplicates + 2 * n_cancelling
+    if needed > width:
+        raise ValueError(f"width must hold every planted unit: 2 (the mode-3 pair) + {n_dead} dead + {n_duplicates} duplicates + "
+                         f"2×{n_cancelling} cancelling = {needed}, got width {width}")  # fmt: skip
+    rng = np.random.default_rng(seed)
+    if base is None:
+        pair = {k: v.detach().to(torch.float64).numpy()[None] for k, v in handcrafted_mode3_network(dtype="float64").parameter_dict().items()}
+        pair_roles = np.array([["crease", "linear"]] * n_models)
+        pick = np.zeros(n_models, dtype=int)
+    else:
+        pair = {k: v.numpy() for k, v in network_parameters(base).items()}
+        pair_roles = np.asarray(base_roles).astype(str) if base_roles is not None else None
+        if pair_roles is None or pair_roles.shape != (pair["W_in"].shape[0], pair["W_in"].shape[2]) or pair["W_in"].shape[0] != n_models:
+            raise ValueError(f"base_roles must give a role to every unit of the {n_models} base networks ([model, width] = "
+                             f"{[pair['W_in'].shape[0], pair['W_in'].shape[2]]}), got {None if pair_roles is None else list(pair_roles.shape)}")  # fmt: skip
+        if not set(pair_roles.ravel().tolist()) <= set(UNIT_ROLES):
+            raise ValueError(f"base_roles must hold roles from {list(UNIT_ROLES)}, got {sorted(set(pair_roles.ravel().tolist()))}")
+        pick = np.arange(n_models)
+        needed += pair["W_in"].shape[2] - 2
+        if needed > width:
+            raise ValueError(f"width must hold every planted unit: the base network's {pair['W_in'].shape[2]} + {needed - pair['W_in'].shape[2]} "
+                             f"planted = {needed}, got width {width}")  # fmt: skip
+    corners = support_vertices(distribution).numpy()
+    probe = sample_fma(4096, distribution, seed=seed, dtype="float64")[0].numpy()
+    scale = optimal_plane(distribution).target_variance ** 0.5
+    W_in, b_in, W_out, b_out = np.zeros((n_models, 2, width)), np.zeros((n_models, width)), np.zeros((n_models, width)), np.zeros((n_models, 1))
+    roles = np.empty((n_models, width), dtype=object)
+    for m in range(n_models):
+        units: list[tuple[np.ndarray, float, float, str]] = []  # (input weights, bias, output weight, role)
+        b = pick[m]
+        creases = np.flatnonzero(pair_roles[m] == "crease")
+        copied = int(creases[0]) if creases.size and n_duplicates else -1
+        for j in range(pair["W_in"].shape[2]):
+            # the copied crease and its duplicates split its output weight; every unit is rescaled
+            # (each share at least half an equal share, so that every copy alone still matters)
+            shares = 0.5 / (n_duplicates + 1) + 0.5 * rng.dirichlet(np.ones(n_duplicates + 1)) if j == copied else [1.0]
+            for share in shares:
+                c = rng.uniform(0.5, 2.0)
+                units.append((c * pair["W_in"][b, :, j], c * pair["b_in"][b, j], share * pair["W_out"][b, j, 0] / c, pair_roles[m, j]))
+        for _ in range(n_cancelling):
+            angle = rng.uniform(0, 2 * np.pi)
+            direction = np.array([np.cos(angle), np.sin(angle)])
+            through = rng.dirichlet(np.ones(len(corners))) @ corners  # a point inside the support
+            bias = -float(direction @ through)
+            # each unit alone moves the output by 0.3-1 standard deviation of m·a, so it clearly matters
+            rms = float(np.sqrt(np.mean(np.maximum(probe @ direction + bias, 0.0) ** 2)))
+            weight = rng.uniform(0.3, 1.0) * scale / max(rms, 1e-12) * rng.choice([-1, 1])
+            for sign in (1.0, -1.0):
+                c = rng.uniform(0.5, 2.0)
+                units.append((c * direction, c * bias, sign * weight / c, "cancelling"))
+        for _ in range(width - len(units)):
+            angle = rng.uniform(0, 2 * np.pi)
+            direction = np.array([np.cos(angle), np.sin(angle)])
+            bias = -float((corners @ direction).max()) - rng.uniform(0.1, 1.0)  # off at every corner of the support
+            units.append((direction, bias, rng.uniform(-2, 2), "dead"))
+        order = rng.permutation(width)
+        for slot, k in enumerate(order):
+            W_in[m, :, slot], b_in[m, slot], W_out[m, slot], roles[m, slot] = units[k]
+        b_out[m, 0] = pair["b_out"][b, 0]
+    params = {"W_in": W_in, "b_in": b_in, "W_out": W_out[..., None], "b_out": b_out}
+    if noise:
+        params = {k: v * (1 + noise * rng.standard_normal(v.shape)) for k, v in params.items()}
+    return {k: torch.from_numpy(v) for k, v in params.items()}, roles.astype(str)
+
+
+@dataclass(frozen=True)
+class RoleScore:
+    """Precision and recall of one role (Wilson intervals), with the counts they come from."""
+
+    role: str
+    precision: Interval | None  # None when no unit was called ``role``
+    recall: Interval | None  # None when no unit truly has ``role``
+    false_positive_rate: Interval | None  # share of units without ``role`` that were called ``role``
+    n_true: int
+    n_called: int
+
+
+def role_scores(predicted: np.ndarray, truth: np.ndarray, roles: Sequence[str] = (*UNIT_ROLES, "mechanism")) -> dict[str, RoleScore]:
+    """Precision, recall and false-positive rate of each role over all units (``[model, width]`` arrays
+    of :data:`UNIT_ROLES`); ``"mechanism"`` scores the union of :data:`MECHANISM_ROLES`."""
+    predicted, truth = np.asarray(predicted).astype(str), np.asarray(truth).astype(str)
+    if predicted.shape != truth.shape:
+        raise ValueError(f"predicted and truth must have the same shape, got {list(predicted.shape)} and {list(truth.shape)}")
+    out = {}
+    for role in roles:
+        if role == "mechanism":
+            called, true = np.isin(predicted, MECHANISM_ROLES), np.isin(truth, MECHANISM_ROLES)
+        else:
+            check_choice("roles", role, (*UNIT_ROLES, "mechanism"))
+            called, true = predicted == role, truth == role
+        hits = int((called & true).sum())
+        out[role] = RoleScore(
+            role=role,
+            precision=proportion_interval(hits, int(called.sum())) if called.any() else None,
+            recall=proportion_interval(hits, int(true.sum())) if true.any() else None,
+            false_positive_rate=proportion_interval(int((called & ~true).sum()), int((~true).sum())) if (~true).any() else None,
+            n_true=int(true.sum()), n_called=int(called.sum()),
+        )  # fmt: skip
+    return out
+
+
+class UnitScan:
+    """:func:`unit_roles` with its tolerance calibrated on networks whose roles are known.
+
+    Not a scikit-learn estimator: its input is networks, not a table. :meth:`fit` takes planted
+    networks (:func:`planted_networks`) and their true roles and keeps the tolerance, among
+    ``tolerances``, with the most units given their true role; the scan then applies only to
+    networks of the hidden-layer widths it was fitted on.
+    """
+
+    def __init__(
+        self,
+        distribution: str = "product",
+        *,
+        tolerances: Sequence[float] = (0.01, 0.02, 0.04, 0.08),
+        n_points: int = 4096,
+        similarity: float = 0.999,
+        seed: int = 0,
+    ) -> None:
+        check_choice("distribution", distribution, DISTRIBUTIONS)
+        self.distribution = distribution
+        if not tolerances or not all(check_finite_float("tolerances", t) >= 0 for t in tolerances):
+            raise ValueError(f"tolerances must be a non-empty list of numbers >= 0, got {tolerances!r}")
+        self.tolerances = tuple(float(t) for t in tolerances)
+        self.n_points = check_positive_int("n_points", n_points)
+        self.similarity = similarity
+        self.seed = check_nonnegative_int("seed", seed)
+
+    def fit(self, network: Any, truth: np.ndarray | Sequence[np.ndarray]) -> UnitScan:
+        """Choose the tolerance that gives the most units of ``network`` their role in ``truth``
+        (one ``[model, width]`` array per hidden layer, or one array for one hidden layer)."""
+        truth_layers = [np.asarray(truth)] if isinstance(truth, np.ndarray) else [np.asarray(t) for t in truth]
+        widths = _hidden_widths(network)
+        if [t.shape[-1] for t in truth_layers] != list(widths):
+            raise ValueError(f"truth must give one role per unit of every hidden layer (widths {list(widths)}), got shapes "
+                             f"{[list(t.shape) for t in truth_layers]}")  # fmt: skip
+        accuracy = []
+        for tolerance in self.tolerances:
+            found = self._roles(network, tolerance)
+            right = sum(int((f == t).sum()) for f, t in zip(found.roles, truth_layers))
+            accuracy.append(right / sum(t.size for t in truth_layers))
+        self.accuracy_ = dict(zip(self.tolerances, accuracy))
+        self.tolerance_ = self.tolerances[int(np.argmax(accuracy))]
+        self.widths_ = widths
+        return self
+
+    def _roles(self, network: Any, tolerance: float) -> UnitRoles:
+        return unit_roles(network, self.distribution, n_points=self.n_points, seed=self.seed, tolerance=tolerance, similarity=self.similarity)
+
+    def roles(self, network: Any) -> UnitRoles:
+        """The roles of ``network``'s units at the fitted tolerance; refuses other widths or depths."""
+        if not hasattr(self, "tolerance_"):
+            raise RuntimeError("this UnitScan is not fitted yet; call fit on planted networks first")
+        widths = _hidden_widths(network)
+        if widths != self.widths_:
+            raise ValueError(f"network has hidden widths {list(widths)}, but the scan was fitted on {list(self.widths_)}; "
+                             "fit a scan on planted networks of that architecture")  # fmt: skip
+        return self._roles(network, self.tolerance_)
+
+
+@dataclass(frozen=True)
+class AblationCheck:
+    """Validation MSE of every network intact and with the units of some roles removed (``[model]`` arrays)."""
+
+    intact: np.ndarray
+    without_creases: np.ndarray  # crease units removed
+    without_mechanism: np.ndarray  # crease and linear units removed
+    without_rest: np.ndarray  # dead and cancelling units removed, linear units without their ReLU
+    without_random: np.ndarray  # control: as many units as each layer has creases, drawn at random, removed
+    plane_mse: float  # the exact best plane on the distribution
+    constant_mse: float  # the best constant, Var(m·a)
+
+
+def ablation_check(
+    network: Any, roles: UnitRoles, distribution: str = "product", *, n_points: int = 20_000, seed: int = 1
+) -> AblationCheck:
+    """Test roles by ablation on fresh points: removing the units the product's fit depends on should
+    destroy it, and removing the others (or linearising linear units) should not.
+
+    In a network with one hidden layer, removing every crease leaves a plane, which cannot beat the
+    exact best plane; how far the MSE rises above the intact network's is what the check measures.
+    The control removes, in every layer, as many units as it has creases, drawn at random (with
+    ``seed``). Use a ``seed`` other than the one the roles were found with.
+    """
+    check_choice("distribution", distribution, DISTRIBUTIONS)
+    layers = network_layers(network)
+    if tuple(W.shape[2] for W, _ in layers[:-1]) != roles.widths or roles.roles[0].shape[0] != layers[0][0].shape[0]:
+        raise ValueError(f"roles were found on networks of widths {list(roles.widths)} and {roles.roles[0].shape[0]} models; "
+                         f"network has {[W.shape[2] for W, _ in layers[:-1]]} and {layers[0][0].shape[0]}")  # fmt: skip
+    points = sample_fma(check_positive_int("n_points", n_points), distribution, seed=check_nonnegative_int("seed", seed), dtype="float64")[0]
+    target = points[:, 0] * points[:, 1]
+
+    def mse(remove: list[Tensor | None], linearise: list[Tensor | None]) -> np.ndarray:
+        return (_forward(layers, points, remove, linearise) - target).square().mean(1).numpy()
+
+    def masks(kinds: Sequence[str]) -> list[Tensor | None]:
+        return [torch.from_numpy(np.isin(r, kinds)) for r in roles.roles] + [None]
+
+    none = [None] * len(layers)
+    plane = optimal_plane(distribution)
+    rng = np.random.default_rng(seed)
+    random_masks: list[Tensor | None] = []
+    for layer_roles in roles.roles:
+        mask = np.zeros(layer_roles.shape, dtype=bool)
+        for m, k in enumerate((layer_roles == "crease").sum(1)):
+            mask[m, rng.choice(layer_roles.shape[1], size=int(k), replace=False)] = True
+        random_masks.append(torch.from_numpy(mask))
+    random_masks.append(None)
+    return AblationCheck(
+        intact=mse(none, none), without_creases=mse(masks(["crease"]), none), without_mechanism=mse(masks(list(MECHANISM_ROLES)), none),
+        without_rest=mse(masks(["dead", "cancelling"]), masks(["linear"])), without_random=mse(random_masks, none), plane_mse=plane.mse, constant_mse=plane.target_variance,
+    )  # fmt: skip
+
+
+__all__ = [
+    "MECHANISM_ROLES",
+    "UNIT_ROLES",
+    "AblationCheck",
+    "RoleScore",
+    "UnitRoles",
+    "UnitScan",
+    "ablation_check",
+    "planted_networks",
+    "role_scores",
+    "unit_roles",
+]

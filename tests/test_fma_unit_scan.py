@@ -1,0 +1,144 @@
+"""The unit scan on networks whose units' roles are known (planted among dead, duplicated and
+cancelling units, one and two hidden layers), its ablation check, and its refusals."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from physlens.models.mlp import EnsembleConfig, MLPEnsemble
+from physlens.probes.mechanisms import DEFAULT_TOLERANCE, unit_states
+from physlens.probes.unit_scan import (
+    MECHANISM_ROLES,
+    UNIT_ROLES,
+    UnitScan,
+    ablation_check,
+    planted_networks,
+    role_scores,
+    unit_roles,
+)
+from physlens.systems.fma import fma_splits
+from physlens.training.ensemble import EnsembleTrainConfig, train_ensemble
+
+
+@pytest.mark.parametrize("width", [6, 12])
+def test_planted_roles_are_found_exactly(width):
+    params, truth = planted_networks(30, width, n_dead=1, n_duplicates=1, n_cancelling=1, seed=width)
+    assert set(truth.ravel()) == set(UNIT_ROLES)
+    found = unit_roles(params, n_points=2048)
+    assert (found.roles[0] == truth).all()
+    scores = role_scores(found.roles[0], truth)
+    for role in (*UNIT_ROLES, "mechanism"):
+        assert scores[role].precision.estimate == 1.0 and scores[role].recall.estimate == 1.0
+        assert scores[role].false_positive_rate.estimate == 0.0
+    # duplicates of the ridge are flagged redundant, and nothing else is
+    assert (found.redundant[0] == (truth == "crease")).all()
+
+
+def test_noisy_planted_networks_keep_high_power_and_few_false_positives():
+    params, truth = planted_networks(60, 10, n_dead=2, n_duplicates=1, n_cancelling=1, noise=0.005, seed=7)
+    scores = role_scores(unit_roles(params, n_points=2048).roles[0], truth)
+    assert scores["mechanism"].recall.estimate == 1.0  # no unit the fit depends on is missed
+    assert scores["dead"].recall.estimate == 1.0
+    assert scores["crease"].false_positive_rate.estimate < 0.05  # a cancelling pair left unbalanced by the noise is a real crease
+    assert scores["cancelling"].recall.estimate > 0.8
+
+
+def test_the_answer_depends_on_the_network():
+    # the same scan on networks of another mechanism: all units dead, or a plane, gives other roles
+    dead = {"W_in": -torch.ones(1, 2, 4, dtype=torch.float64), "b_in": -torch.ones(1, 4, dtype=torch.float64),
+            "W_out": torch.ones(1, 4, 1, dtype=torch.float64), "b_out": torch.zeros(1, 1, dtype=torch.float64)}
+    assert unit_roles(dead).roles[0].tolist() == [["dead"] * 4]
+    plane = {**dead, "W_in": torch.ones(1, 2, 4, dtype=torch.float64), "b_in": torch.ones(1, 4, dtype=torch.float64)}
+    assert unit_roles(plane).roles[0].tolist() == [["linear"] * 4]
+
+
+def test_two_hidden_layers():
+    # layer 1: a planted width-6 network; layer 2: unit 0 carries its output (always positive, so linear),
+    # unit 1 never fires, unit 2 fires but is read out with weight 0
+    params, truth = planted_networks(5, 6, n_dead=1, n_duplicates=0, n_cancelling=1, seed=3)
+    K = 10.0
+    n = params["W_in"].shape[0]
+    W2 = torch.zeros(n, 6, 3, dtype=torch.float64)
+    W2[:, :, 0] = params["W_out"][..., 0]
+    W2[:, :, 2] = params["W_out"][..., 0]
+    b2 = torch.stack([params["b_out"][:, 0] + K, torch.full((n,), -50.0, dtype=torch.float64), params["b_out"][:, 0] + K], dim=1)
+    W3 = torch.tensor([1.0, 1.0, 0.0], dtype=torch.float64).reshape(1, 3, 1).expand(n, 3, 1)
+    layers = [(params["W_in"], params["b_in"]), (W2, b2), (W3, torch.full((n, 1), -K, dtype=torch.float64))]
+    found = unit_roles(layers, n_points=2048)
+    assert found.widths == (6, 3)
+    assert (found.roles[0] == truth).all()
+    assert found.roles[1].tolist() == [["linear", "dead", "dead"]] * n
+
+
+def test_ablation_separates_the_mechanism_from_the_rest():
+    params, truth = planted_networks(20, 8, n_dead=2, n_duplicates=1, n_cancelling=1, seed=11)
+    check = ablation_check(params, unit_roles(params, n_points=2048), n_points=20_000, seed=5)
+    assert np.allclose(check.without_rest, check.intact, rtol=1e-9)  # dead and cancelling units do no work
+    assert (check.without_creases >= check.plane_mse).all()  # what is left is a plane
+    assert (check.without_creases > 3 * check.intact).all()
+    assert (check.without_mechanism > check.constant_mse).all()
+
+
+def test_trained_networks_pass_the_ablation_check():
+    seeds = list(range(12))
+    ensemble = MLPEnsemble(EnsembleConfig(seeds=seeds, d_hidden=6, dtype="float64"))
+    data = fma_splits(seeds, "product", n_train=256, n_val=64, dtype="float64")
+    train_ensemble(ensemble, data, EnsembleTrainConfig(epochs=400, lr=1e-2), progress=False)
+    roles = unit_roles(ensemble, n_points=4096)
+    check = ablation_check(ensemble, roles, n_points=20_000, seed=9)
+    has_crease = (roles.roles[0] == "crease").any(1)
+    assert has_crease.any()
+    assert (check.without_creases[has_crease] >= check.plane_mse * 0.999).all()
+    # removing the rest moves the output by at most a few tolerances: the MSE barely changes
+    assert (np.sqrt(check.without_rest) <= np.sqrt(check.intact) + 3 * DEFAULT_TOLERANCE * np.sqrt(check.constant_mse)).all()
+    # with one hidden layer, the scan's crease units agree with the exact quadrature states of each unit alone
+    # wherever no two units share an activation
+    exact = unit_states(ensemble).numpy()
+    single = ~roles.redundant[0] & (roles.roles[0] != "cancelling")
+    agree = (np.where(exact == 2, "crease", np.where(exact == 1, "linear", "dead")) == roles.roles[0])[single]
+    assert agree.mean() > 0.9
+
+
+def test_the_scan_is_calibrated_on_planted_networks_and_refuses_other_architectures():
+    params, truth = planted_networks(20, 8, n_dead=2, n_duplicates=1, n_cancelling=1, noise=0.005, seed=2)
+    scan = UnitScan(n_points=1024).fit(params, truth)
+    assert scan.tolerance_ in scan.tolerances and max(scan.accuracy_.values()) == scan.accuracy_[scan.tolerance_]
+    assert scan.roles(params).widths == (8,)
+    other, _ = planted_networks(3, 6, seed=1)
+    with pytest.raises(ValueError, match="hidden widths"):
+        scan.roles(other)
+    with pytest.raises(RuntimeError, match="not fitted"):
+        UnitScan().roles(params)
+    with pytest.raises(ValueError, match="truth"):
+        UnitScan().fit(params, truth[:, :4])
+
+
+def test_bad_input_is_refused():
+    with pytest.raises(ValueError, match="width must hold every planted unit"):
+        planted_networks(2, 4, n_dead=1, n_duplicates=1, n_cancelling=1)
+    with pytest.raises(ValueError, match="distribution"):
+        unit_roles(planted_networks(1, 6)[0], "gaussian")
+    with pytest.raises(ValueError, match="distribution"):
+        UnitScan("gaussian")
+    with pytest.raises(ValueError, match="base_roles"):
+        planted_networks(2, 8, base=planted_networks(2, 6)[0], base_roles=np.array([["crease"] * 5] * 2))
+    with pytest.raises(ValueError, match="predicted and truth"):
+        role_scores(np.array([["dead"]]), np.array([["dead", "dead"]]))
+    with pytest.raises(ValueError, match="noise"):
+        planted_networks(1, 6, noise=-1.0)
+    params, _ = planted_networks(2, 6)
+    with pytest.raises(ValueError, match="roles were found"):
+        ablation_check(planted_networks(2, 8)[0], unit_roles(params))
+
+
+def test_planted_into_trained_networks_of_another_recipe():
+    seeds = [3, 4, 5, 6]
+    ensemble = MLPEnsemble(EnsembleConfig(seeds=seeds, d_hidden=2, dtype="float64", init_scale=3.0))
+    train_ensemble(ensemble, fma_splits(seeds, "uniform", n_train=256, n_val=64, dtype="float64"), EnsembleTrainConfig(epochs=300, lr=1e-2), progress=False)
+    base_roles = unit_roles(ensemble, "uniform", n_points=4096).roles[0]
+    params, truth = planted_networks(4, 8, n_dead=1, n_duplicates=1, n_cancelling=1, seed=0, base=ensemble, base_roles=base_roles)
+    found = unit_roles(params, "uniform", n_points=4096)
+    assert (found.roles[0] == truth).mean() > 0.95
+    assert set(MECHANISM_ROLES) <= set(UNIT_ROLES)
