@@ -22,6 +22,10 @@ def test_runge_lenz_is_conserved_and_its_length_is_the_eccentricity(orbits):
     assert (vector - vector[:, :1]).abs().max() < 1e-9
     e = torch.sqrt(1 + 2 * orbit_energy(orbits.states) * angular_momentum(orbits.states) ** 2)
     assert torch.allclose(vector.norm(dim=-1), e, atol=1e-9)
+
+
+@pytest.mark.unchecked_types  # a 3-component state on purpose, to check physlens's own message
+def test_runge_lenz_refuses_states_that_are_not_orbit_states():
     with pytest.raises(ValueError):
         runge_lenz(torch.zeros(3, 3))
 
