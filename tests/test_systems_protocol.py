@@ -167,3 +167,12 @@ def test_a_user_system_runs_as_a_study(tmp_path: Path, monkeypatch: pytest.Monke
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["system"]["kind"] == PENDULUM_KIND
     assert "PendulumSystem" in (out / "report.md").read_text()
+
+
+def test_moved_copy_rebuilds_a_system_through_its_description() -> None:
+    from physlens.systems.base import moved_copy
+
+    system = CentralPotentialSystem(dtype="float32")
+    moved = moved_copy(system, device="cpu", dtype=torch.float64)
+    assert moved.to_dict() == {**system.to_dict(), "dtype": "float64"} and moved is not system
+    assert moved_copy(system).to_dict() == system.to_dict()

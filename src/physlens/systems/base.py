@@ -120,6 +120,17 @@ def dtype_name(dtype: torch.dtype | str) -> str:
     raise TypeError(f"dtype must be a torch.dtype or its name, got {type(dtype).__name__}")
 
 
+def moved_copy(system: Any, device: torch.device | str | None = None, dtype: torch.dtype | str | None = None) -> Any:
+    """``system`` rebuilt through ``to_dict``/``from_dict`` with ``device`` and/or ``dtype`` replaced: the
+    ``to`` of a system whose description is its constructor's arguments (identical draws for a seed)."""
+    options = system.to_dict()
+    if device is not None:
+        options["device"] = str(device)
+    if dtype is not None:
+        options["dtype"] = dtype_name(dtype)
+    return type(system).from_dict(options)
+
+
 def check_system(system: object, name: str = "system") -> System:
     """``system`` if it implements :class:`System`; else a ``TypeError`` naming what it lacks."""
     missing = [attr for attr in ("dt", "dtype", "device", "energy_range", "state_dim", "sample", "batches", "to",
@@ -161,4 +172,4 @@ def import_system_class(path: str) -> type:
     return cls
 
 
-__all__ = ["ExactlySolvable", "System", "TrajectoryBatch", "check_system", "dtype_name", "import_system_class"]
+__all__ = ["ExactlySolvable", "System", "TrajectoryBatch", "check_system", "dtype_name", "import_system_class", "moved_copy"]

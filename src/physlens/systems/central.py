@@ -25,7 +25,7 @@ from physlens._validation import (
     check_shape,
     resolve_dtype,
 )
-from physlens.systems.base import dtype_name
+from physlens.systems.base import moved_copy
 
 ORBIT_STATE_DIM = 4  # (x, y, vx, vy)
 ORBIT_STATE_NAMES = ("x", "y", "vx", "vy")
@@ -321,12 +321,7 @@ class CentralPotentialSystem:
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | str | None = None) -> CentralPotentialSystem:
         """The same orbits sampled on ``device`` and/or in ``dtype``: identical draws for the same seed."""
-        options = self.to_dict()
-        if device is not None:
-            options["device"] = str(device)
-        if dtype is not None:
-            options["dtype"] = dtype_name(dtype)
-        return type(self).from_dict(options)
+        return moved_copy(self, device, dtype)
 
     def batches(
         self, batch_size: int, n_steps: int, *, seed: int | None = None, generator: torch.Generator | None = None

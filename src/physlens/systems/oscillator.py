@@ -25,7 +25,7 @@ from physlens._validation import (
     check_shape,
     resolve_dtype,
 )
-from physlens.systems.base import dtype_name
+from physlens.systems.base import moved_copy
 from physlens.systems.params import ParamSpec, as_param_spec, spec_to_json
 
 STATE_DIM = 2  # (x, p)
@@ -306,12 +306,7 @@ class OscillatorSystem:
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | str | None = None) -> OscillatorSystem:
         """The same family of oscillators sampled on ``device`` and/or in ``dtype``: identical draws for the same seed."""
-        options = self.to_dict()
-        if device is not None:
-            options["device"] = str(device)
-        if dtype is not None:
-            options["dtype"] = dtype_name(dtype)
-        return type(self).from_dict(options)
+        return moved_copy(self, device, dtype)
 
     def exact_predictor(self, trajectories: Trajectories) -> ExactStep:
         """The oracle for ``trajectories``: each one's exact propagator applied to its last state."""
