@@ -1,6 +1,7 @@
 """The hooked oscillator transformer: states (x, p) in, next states out, at every position.
 
-Read top to bottom: config → attention → MLP → layer norm → block → model → presets. Every
+The model assembles its parts from :mod:`physlens.models.components` (attention, MLP, LayerNorm,
+block, embedding views) and :mod:`physlens.models.transformer_config`; then come the presets. Every
 intermediate activation passes through a TransformerLens ``HookPoint`` named the TransformerLens
 way, so caches, hooks and ``transformer_lens.patching`` work unchanged.
 """
@@ -8,275 +9,29 @@ way, so caches, hooks and ``transformer_lens.patching`` work unchanged.
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
-import einops
 import torch
-import torch.nn.functional as F
-from jaxtyping import Bool, Float, Int
+from jaxtyping import Float, Int
 from torch import Tensor, nn
 from transformer_lens.FactoredMatrix import FactoredMatrix
 
-from physlens._validation import check_bool_fields, check_positive_int, resolve_dtype
+from physlens._validation import resolve_dtype
 from physlens.models.base import HookedModel, HookPoint, register_model
-
-
-@dataclass
-class TransformerConfig:
-    """Architecture of an :class:`OscillatorTransformer`. Field defaults give the seed's OLA."""
-
-    d_model: int = 2  # width of the residual stream
-    n_layers: int = 1  # number of blocks
-    n_heads: int = 1  # attention heads per block
-    d_head: int = 2  # width of each head's query/key/value space
-    n_ctx: int = 40  # longest sequence the model accepts
-    d_in: int = 2  # components per input state: (x, p)
-    causal: bool = True  # position q attends only to keys k <= q
-    attn_window: int | None = None  # attend only to keys with |q - k| < window (1: self only, model becomes linear)
-    attn_only: bool = True  # no MLP in the blocks (the seed's OLA / nLA)
-    d_mlp: int | None = None  # MLP width; None means 4 * d_model
-    embed_bias: bool = True  # bias b_E on the embedding W_E
-    unembed_bias: bool = True  # bias b_U on the unembedding W_U
-    layer_norm: bool = False  # LayerNorm before attention, MLP and unembedding
-    positional_embedding: bool = False  # learned W_pos added to the embedding
-    scale_by_first_state: bool = False  # divide the input by the norm of its first state, multiply the output back: f(λs) = λ f(s)
-    seed: int = 0  # seed of the weight initialisation
-    dtype: str = "float32"  # parameter dtype ("float64" for exact work)
-    device: str = "cpu"  # where parameters live
-    n_key_value_heads: int | None = None  # TransformerLens field; always equals n_heads here
-    use_split_qkv_input: bool = False  # TransformerLens flag: each head reads its own copy of the block input (hook_q_input ...)
-
-    def __post_init__(self) -> None:
-        for name in ("d_model", "n_layers", "n_heads", "d_head", "n_ctx", "d_in"):
-            check_positive_int(name, getattr(self, name))
-        if self.attn_window is not None:
-            check_positive_int("attn_window", self.attn_window)
-        if self.d_mlp is None:
-            self.d_mlp = 4 * self.d_model
-        check_positive_int("d_mlp", self.d_mlp)
-        if self.n_key_value_heads is None:
-            self.n_key_value_heads = self.n_heads
-        if self.n_key_value_heads != self.n_heads:
-            raise ValueError(f"n_key_value_heads must equal n_heads ({self.n_heads}), got {self.n_key_value_heads}")
-        resolve_dtype(self.dtype)
-        check_bool_fields(self)  # causal="false" would be truthy: a causal mask under a config that reads false
-        if self.scale_by_first_state and self.attn_window is not None:
-            raise ValueError(
-                "scale_by_first_state passes the first state's size to every position, which an attention window "
-                f"(attn_window={self.attn_window}) is meant to hide; use one or the other"
-            )
-
-    @property
-    def normalization_type(self) -> str | None:
-        """TransformerLens's name for the normalisation: ``"LN"`` (unfolded LayerNorm) or None."""
-        return "LN" if self.layer_norm else None
-
-    @property
-    def d_vocab(self) -> int:
-        """TransformerLens's width of ``W_U``'s output: here the state's components, not a vocabulary."""
-        return self.d_in
-
-    # Read-only answers to the TransformerLens config fields its code reads, for this architecture.
-    @property
-    def d_vocab_out(self) -> int:
-        """TransformerLens field: the unembedding's width, the state's components."""
-        return self.d_in
-
-    @property
-    def act_fn(self) -> str | None:
-        """TransformerLens field: the MLP's nonlinearity, ``"gelu"`` (None when attention-only)."""
-        return None if self.attn_only else "gelu"
-
-    @property
-    def positional_embedding_type(self) -> str | None:
-        """TransformerLens field: ``"standard"`` (a learned ``W_pos``) or None (no positional embedding)."""
-        return "standard" if self.positional_embedding else None
-
-    @property
-    def use_attn_result(self) -> bool:
-        """TransformerLens flag: always True, every head's ``hook_result`` is computed."""
-        return True
-
-    @property
-    def use_hook_mlp_in(self) -> bool:
-        """TransformerLens flag: False, there is no ``hook_mlp_in``."""
-        return False
-
-    @property
-    def use_attn_in(self) -> bool:
-        """TransformerLens flag: False, there is no ``hook_attn_in``."""
-        return False
-
-    @property
-    def default_prepend_bos(self) -> bool:
-        """TransformerLens field: False, inputs are states and there is no BOS token."""
-        return False
-
-    @property
-    def sees_future(self) -> bool:
-        """True when some position can attend to a later one (no causal mask and window > 1).
-
-        Such a model must not be trained with a loss on every position: position t would read its
-        own target, the state at t + 1, from its input.
-        """
-        return not self.causal and (self.attn_window is None or self.attn_window > 1)
-
-
-def attention_mask(n_ctx: int, causal: bool, window: int | None, device: Any = None) -> Bool[Tensor, "q k"]:
-    """Boolean [q, k] matrix of allowed attention edges for the given masking rules."""
-    q = torch.arange(n_ctx, device=device)[:, None]
-    k = torch.arange(n_ctx, device=device)[None, :]
-    allowed = torch.ones(n_ctx, n_ctx, dtype=torch.bool, device=device)
-    if causal:
-        allowed &= k <= q
-    if window is not None:
-        allowed &= (q - k).abs() < window
-    return allowed
-
-
-def _init(shape: tuple[int, ...], fan_in: int, generator: torch.Generator, cfg: TransformerConfig) -> nn.Parameter:
-    weights = torch.randn(shape, generator=generator, dtype=torch.float64) / math.sqrt(fan_in)
-    return nn.Parameter(weights.to(dtype=resolve_dtype(cfg.dtype), device=cfg.device))
-
-
-def _zeros(shape: tuple[int, ...], cfg: TransformerConfig) -> nn.Parameter:
-    return nn.Parameter(torch.zeros(shape, dtype=resolve_dtype(cfg.dtype), device=cfg.device))
-
-
-class Attention(nn.Module):
-    """Multi-head attention with per-head W_Q, W_K, W_V, W_O, no biases, scores scaled by √d_head."""
-
-    def __init__(self, cfg: TransformerConfig, generator: torch.Generator) -> None:
-        super().__init__()
-        self.cfg = cfg
-        h, d, e = cfg.n_heads, cfg.d_model, cfg.d_head
-        self.W_Q = _init((h, d, e), d, generator, cfg)
-        self.W_K = _init((h, d, e), d, generator, cfg)
-        self.W_V = _init((h, d, e), d, generator, cfg)
-        self.W_O = _init((h, e, d), h * e, generator, cfg)
-        self.register_buffer("mask", attention_mask(cfg.n_ctx, cfg.causal, cfg.attn_window, cfg.device), persistent=False)
-        self.hook_q = HookPoint()  # [batch, pos, head, d_head]
-        self.hook_k = HookPoint()  # [batch, pos, head, d_head]
-        self.hook_v = HookPoint()  # [batch, pos, head, d_head]
-        self.hook_attn_scores = HookPoint()  # [batch, head, q, k], masked entries are -inf
-        self.hook_pattern = HookPoint()  # [batch, head, q, k]
-        self.hook_z = HookPoint()  # [batch, pos, head, d_head]
-        self.hook_result = HookPoint()  # [batch, pos, head, d_model]: each head's write to the residual stream
-        # Only with cfg.use_split_qkv_input: each head's own copy of the block input, before ln1.
-        self.hook_q_input = HookPoint()  # [batch, pos, head, d_model]
-        self.hook_k_input = HookPoint()  # [batch, pos, head, d_model]
-        self.hook_v_input = HookPoint()  # [batch, pos, head, d_model]
-
-    def forward(self, resid: Float[Tensor, "batch pos d_model"], norm: nn.Module | None = None) -> Float[Tensor, "batch pos d_model"]:
-        """Attend over ``norm(resid)`` (``norm`` is the block's ln1; None: identity).
-
-        With ``cfg.use_split_qkv_input`` every head's query, key and value read their own copy of
-        ``resid`` (hooked as ``hook_q_input`` ...), so a path into one head can be patched alone.
-        """
-        norm = norm if norm is not None else nn.Identity()
-        n_pos = resid.shape[1]
-        if self.cfg.use_split_qkv_input:
-            # repeat gives a stride-0 view of resid: each hook gets its own copy, so an in-place edit of
-            # one head's query input reaches neither the other heads, nor k and v, nor the residual stream.
-            copies = einops.repeat(resid, "batch pos d_model -> batch pos head d_model", head=self.cfg.n_heads)
-            inputs = [norm(hook(copies.clone())) for hook in (self.hook_q_input, self.hook_k_input, self.hook_v_input)]
-            project = "batch pos head d_model, head d_model d_head -> batch pos head d_head"
-        else:
-            inputs = [norm(resid)] * 3
-            project = "batch pos d_model, head d_model d_head -> batch pos head d_head"
-        q = self.hook_q(einops.einsum(inputs[0], self.W_Q, project))
-        k = self.hook_k(einops.einsum(inputs[1], self.W_K, project))
-        v = self.hook_v(einops.einsum(inputs[2], self.W_V, project))
-        scores = einops.einsum(q, k, "batch q head d_head, batch k head d_head -> batch head q k")
-        scores = scores / math.sqrt(self.cfg.d_head)
-        allowed = self.mask[:n_pos, :n_pos]
-        scores = self.hook_attn_scores(scores.masked_fill(~allowed, float("-inf")))
-        pattern = self.hook_pattern(torch.softmax(scores, dim=-1))
-        z = self.hook_z(einops.einsum(pattern, v, "batch head q k, batch k head d_head -> batch q head d_head"))
-        result = self.hook_result(
-            einops.einsum(z, self.W_O, "batch pos head d_head, head d_head d_model -> batch pos head d_model")
-        )
-        return result.sum(dim=2)
-
-    @property
-    def OV(self) -> FactoredMatrix:  # noqa: N802
-        """Each head's OV circuit W_V W_O as a TransformerLens ``FactoredMatrix`` ``[head, d_model, d_model]``."""
-        return FactoredMatrix(self.W_V, self.W_O)
-
-    @property
-    def QK(self) -> FactoredMatrix:  # noqa: N802
-        """Each head's QK circuit W_Q W_Kᵀ as a TransformerLens ``FactoredMatrix`` ``[head, d_model, d_model]``."""
-        return FactoredMatrix(self.W_Q, self.W_K.transpose(-2, -1))
-
-
-class MLP(nn.Module):
-    """Linear → GELU → Linear, of width ``cfg.d_mlp``."""
-
-    def __init__(self, cfg: TransformerConfig, generator: torch.Generator) -> None:
-        super().__init__()
-        self.W_in = _init((cfg.d_model, cfg.d_mlp), cfg.d_model, generator, cfg)
-        self.b_in = _zeros((cfg.d_mlp,), cfg)
-        self.W_out = _init((cfg.d_mlp, cfg.d_model), cfg.d_mlp, generator, cfg)
-        self.b_out = _zeros((cfg.d_model,), cfg)
-        self.hook_pre = HookPoint()  # [batch, pos, d_mlp]
-        self.hook_post = HookPoint()  # [batch, pos, d_mlp]
-
-    def forward(self, resid: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
-        pre = self.hook_pre(resid @ self.W_in + self.b_in)
-        post = self.hook_post(F.gelu(pre))
-        return post @ self.W_out + self.b_out
-
-
-class LayerNorm(nn.Module):
-    """LayerNorm with TransformerLens's ``hook_scale`` and ``hook_normalized``."""
-
-    def __init__(self, cfg: TransformerConfig, eps: float = 1e-5) -> None:
-        super().__init__()
-        self.eps = eps
-        self.w = nn.Parameter(torch.ones(cfg.d_model, dtype=resolve_dtype(cfg.dtype), device=cfg.device))
-        self.b = _zeros((cfg.d_model,), cfg)
-        # With cfg.use_split_qkv_input, ln1 normalizes every head's own copy: [batch, pos, head, ...].
-        self.hook_scale = HookPoint()  # [batch, pos, 1]
-        self.hook_normalized = HookPoint()  # [batch, pos, d_model]
-
-    def forward(self, x: Float[Tensor, "*batch d_model"]) -> Float[Tensor, "*batch d_model"]:
-        x = x - x.mean(dim=-1, keepdim=True)
-        scale = self.hook_scale((x.pow(2).mean(dim=-1, keepdim=True) + self.eps).sqrt())
-        return self.hook_normalized(x / scale) * self.w + self.b
-
-
-class Block(nn.Module):
-    """Residual block: attention, then (unless ``attn_only``) an MLP, each added to the stream."""
-
-    # TransformerLens's readout tools (logit_lens) check that hook_resid_post is the one residual stream.
-    hook_out_is_single_residual_stream = True
-
-    def __init__(self, cfg: TransformerConfig, generator: torch.Generator) -> None:
-        super().__init__()
-        self.cfg = cfg
-        self.ln1 = LayerNorm(cfg) if cfg.layer_norm else nn.Identity()
-        self.attn = Attention(cfg, generator)
-        self.hook_resid_pre = HookPoint()  # [batch, pos, d_model]
-        self.hook_attn_out = HookPoint()  # [batch, pos, d_model]
-        self.hook_resid_post = HookPoint()  # [batch, pos, d_model]
-        if not cfg.attn_only:
-            self.ln2 = LayerNorm(cfg) if cfg.layer_norm else nn.Identity()
-            self.mlp = MLP(cfg, generator)
-            self.hook_resid_mid = HookPoint()  # [batch, pos, d_model]
-            self.hook_mlp_out = HookPoint()  # [batch, pos, d_model]
-
-    def forward(self, resid: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
-        # resid is the previous block's hook_resid_post (or hook_embed) itself: a copy keeps an in-place
-        # edit here out of that activation (and out of a cache holding it).
-        resid = self.hook_resid_pre(resid.clone())
-        resid = resid + self.hook_attn_out(self.attn(resid, self.ln1))
-        if not self.cfg.attn_only:
-            resid = self.hook_resid_mid(resid)
-            resid = resid + self.hook_mlp_out(self.mlp(self.ln2(resid)))
-        return self.hook_resid_post(resid)
+from physlens.models.components import (
+    MLP,
+    Attention,
+    Block,
+    Embed,
+    LayerNorm,
+    PosEmbed,
+    Unembed,
+    attention_mask,
+    init_weight,
+    zeros_parameter,
+)
+from physlens.models.transformer_config import TransformerConfig
 
 
 def _refuse_text(states: Any) -> None:
@@ -285,38 +40,6 @@ def _refuse_text(states: Any) -> None:
             "the model reads states, not text: pass a [batch, pos, 2] tensor of (x, p), e.g. "
             "OscillatorSystem(...).sample(n, seq_len, seed=0).states; there is no tokenizer (to_tokens refuses too)"
         )
-
-
-class _Embed:
-    """``model.embed``, as TransformerLens has it: the embedding's weights, callable on states."""
-
-    def __init__(self, model: OscillatorTransformer) -> None:
-        self.W_E, self.b_E = model.W_E, model.b_E
-
-    def __call__(self, states: Float[Tensor, "... d_in"]) -> Float[Tensor, "... d_model"]:
-        out = states @ self.W_E
-        return out if self.b_E is None else out + self.b_E
-
-
-class _Unembed:
-    """``model.unembed``, as TransformerLens has it: the unembedding's weights, callable on the stream."""
-
-    def __init__(self, model: OscillatorTransformer) -> None:
-        self.W_U, self.b_U = model.W_U, model.b_U
-
-    def __call__(self, resid: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_in"]:
-        return resid @ self.W_U + self.b_U
-
-
-class _PosEmbed:
-    """``model.pos_embed``, as TransformerLens has it: ``W_pos``, callable on the input."""
-
-    def __init__(self, model: OscillatorTransformer) -> None:
-        self.W_pos = model.W_pos
-
-    def __call__(self, states: Float[Tensor, "batch pos d_in"]) -> Float[Tensor, "batch pos d_model"]:
-        batch, n_pos = states.shape[:2]
-        return self.W_pos[:n_pos].expand(batch, n_pos, -1).clone()
 
 
 class _InputScaleReadout:
@@ -355,6 +78,16 @@ class _InputScaleReadout:
         self.apply_output_logits_transform(torch.zeros(0))
 
 
+def _block(cfg: TransformerConfig, generator: torch.Generator) -> Block:
+    """One block of the model, its weights drawn in the order attention, then MLP."""
+    attn = Attention(cfg, generator)
+    if cfg.attn_only:
+        return Block(attn, ln1=LayerNorm(cfg) if cfg.layer_norm else None)
+    mlp = MLP(cfg, generator)
+    norms = (LayerNorm(cfg), LayerNorm(cfg)) if cfg.layer_norm else (None, None)
+    return Block(attn, mlp, *norms)
+
+
 @register_model
 class OscillatorTransformer(HookedModel):
     """A tiny transformer over phase-space sequences: [batch, pos, 2] states → [batch, pos, 2] next states.
@@ -377,17 +110,17 @@ class OscillatorTransformer(HookedModel):
         if cfg.scale_by_first_state:
             self.hook_input_scale = HookPoint()  # [batch, 1, 1]: ‖states[:, 0]‖, divided out of the input and multiplied back
             self.adapter = _InputScaleReadout()  # TransformerLens's readout tools apply (here: refuse) the output's scale
-        self.W_E = _init((cfg.d_in, cfg.d_model), cfg.d_in, generator, cfg)
-        self.b_E = _zeros((cfg.d_model,), cfg) if cfg.embed_bias else None
+        self.W_E = init_weight((cfg.d_in, cfg.d_model), cfg.d_in, generator, cfg)
+        self.b_E = zeros_parameter((cfg.d_model,), cfg) if cfg.embed_bias else None
         self.hook_embed = HookPoint()  # [batch, pos, d_model]
         if cfg.positional_embedding:
-            self.W_pos = _init((cfg.n_ctx, cfg.d_model), cfg.d_model, generator, cfg)
+            self.W_pos = init_weight((cfg.n_ctx, cfg.d_model), cfg.d_model, generator, cfg)
             self.hook_pos_embed = HookPoint()  # [batch, pos, d_model]
-        self.blocks = nn.ModuleList(Block(cfg, generator) for _ in range(cfg.n_layers))
+        self.blocks = nn.ModuleList(_block(cfg, generator) for _ in range(cfg.n_layers))
         self.ln_final = LayerNorm(cfg) if cfg.layer_norm else nn.Identity()
-        self.W_U = _init((cfg.d_model, cfg.d_in), cfg.d_model, generator, cfg)
+        self.W_U = init_weight((cfg.d_model, cfg.d_in), cfg.d_model, generator, cfg)
         if cfg.unembed_bias:
-            self.b_U = _zeros((cfg.d_in,), cfg)
+            self.b_U = zeros_parameter((cfg.d_in,), cfg)
         else:  # zeros that are not trained nor saved: b_U is a tensor, as TransformerLens's readout tools expect
             self.register_buffer("b_U", torch.zeros(cfg.d_in, dtype=resolve_dtype(cfg.dtype), device=cfg.device), persistent=False)
         self.setup()
@@ -446,14 +179,9 @@ class OscillatorTransformer(HookedModel):
             size = torch.linalg.vector_norm(states[:, :1], dim=-1, keepdim=True)  # [batch, 1, 1]
             scale = self.hook_input_scale(size.clamp_min(torch.finfo(states.dtype).tiny))
             states = states / scale
-        resid = states @ self.W_E
-        if self.b_E is not None:
-            resid = resid + self.b_E
-        resid = self.hook_embed(resid)
+        resid = self.hook_embed(self.embed(states))
         if self.cfg.positional_embedding:
-            # expand_as is a stride-0 view of W_pos: hooked as is, an in-place edit would rewrite the parameter
-            # (and every example at once), as in TransformerLens's issue #157, which it fixed the same way.
-            resid = resid + self.hook_pos_embed(self.W_pos[: states.shape[1]].expand_as(resid).clone())
+            resid = resid + self.hook_pos_embed(self.pos_embed(states))
         blocks = self.blocks if stop_at_layer is None else self.blocks[:stop_at_layer]
         for block in blocks:
             resid = block(resid)
@@ -463,25 +191,25 @@ class OscillatorTransformer(HookedModel):
         return output if scale is None else output * scale
 
     @property
-    def embed(self) -> _Embed:
+    def embed(self) -> Embed:
         """TransformerLens's ``model.embed``: ``W_E``, ``b_E``, and ``embed(states)`` = ``states @ W_E + b_E``
         (the states as the blocks see them: on ``scale_by_first_state``, divided by ``hook_input_scale``)."""
-        return _Embed(self)
+        return Embed(self.W_E, self.b_E)
 
     @property
-    def unembed(self) -> _Unembed:
+    def unembed(self) -> Unembed:
         """TransformerLens's ``model.unembed``: ``W_U``, ``b_U``, and ``unembed(resid)`` = ``resid @ W_U + b_U``,
         a (final-normalised) residual-stream vector read out as a state (on ``scale_by_first_state``,
         before the output is multiplied by ``hook_input_scale``)."""
-        return _Unembed(self)
+        return Unembed(self.W_U, self.b_U)
 
     @property
-    def pos_embed(self) -> _PosEmbed:
+    def pos_embed(self) -> PosEmbed:
         """TransformerLens's ``model.pos_embed``: ``W_pos``, and ``pos_embed(states)`` its rows for the
         input's positions, ``[batch, pos, d_model]``. Only with ``cfg.positional_embedding``."""
         if not self.cfg.positional_embedding:
             raise AttributeError("pos_embed: this model has no positional embedding (cfg.positional_embedding=False)")
-        return _PosEmbed(self)
+        return PosEmbed(self.W_pos)
 
     def __getattr__(self, name: str) -> Any:
         # A property that raises AttributeError falls through to here, and nn.Module's message would drop the reason.
@@ -689,7 +417,7 @@ class OscillatorTransformer(HookedModel):
             final = self.ln_final
             if not self.cfg.unembed_bias and bool((final.b != 0).any()):
                 del self.b_U  # the zero buffer becomes a parameter, saved with the model
-                self.b_U = _zeros((self.cfg.d_in,), self.cfg)
+                self.b_U = zeros_parameter((self.cfg.d_in,), self.cfg)
                 self.cfg.unembed_bias = True
             self.b_U += final.b @ self.W_U
             self.W_U *= final.w[:, None]
