@@ -17,7 +17,7 @@ def test_a_float32_weight_is_the_float64_draw_rounded(seed: int) -> None:
     assert wide.dtype == torch.float64 and narrow.dtype == torch.float32
     torch.testing.assert_close(narrow.detach(), wide.detach().float(), rtol=0, atol=0)
     # N(0, 1/fan_in): 2000 draws put the sample std within a few percent of 1/√40
-    assert float(wide.std()) == pytest.approx(1 / math.sqrt(40), rel=0.05)
+    assert float(wide.detach().std()) == pytest.approx(1 / math.sqrt(40), rel=0.05)
 
 
 def test_no_generator_means_zeros() -> None:
@@ -26,6 +26,9 @@ def test_no_generator_means_zeros() -> None:
         assert isinstance(parameter, torch.nn.Parameter) and parameter.shape == (3, 4) and not bool(parameter.any())
 
 
-def test_the_transformer_config_provides_what_components_read() -> None:
+def test_the_model_configs_provide_what_components_read() -> None:
+    from physlens.models.planted import PlantedConfig
+
     assert isinstance(TransformerConfig(), ComponentConfig)
+    assert isinstance(PlantedConfig(), ComponentConfig)
     assert not isinstance(object(), ComponentConfig)

@@ -13,13 +13,13 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-import einops
 import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
 from physlens._validation import check_bool_fields, check_choice, check_positive_float, check_positive_int, resolve_dtype
 from physlens.models.base import HookedModel, HookPoint, register_model
+from physlens.models.components import MLP, Attention, Block
 
 CHANNELS = ("planted", "none")
 """``"planted"``: the planted head writes its ω0 estimate; ``"none"``: the null organism, whose planted
@@ -139,6 +139,16 @@ class PlantedConfig:
         """Always False: the attention is causal."""
         return False
 
+    @property
+    def attn_window(self) -> None:
+        """Always None: the positional patterns, not a window, decide what each head reads."""
+        return None
+
+    @property
+    def use_split_qkv_input(self) -> bool:
+        """Always False: every head reads the one block input (there is no ``hook_q_input``)."""
+        return False
+
 
 def step_kernel(omega0: Tensor, gamma: float, dt: float) -> Float[Tensor, "... 2 2"]:
     """The exact one-step map K(ω0, γ, Δt) of the damped oscillator, differentiable in ``omega0``.
@@ -183,7 +193,7 @@ def _parameter(value: Tensor, cfg: PlantedConfig) -> nn.Parameter:
     return nn.Parameter(value.to(dtype=resolve_dtype(cfg.dtype), device=cfg.device))
 
 
-class PlantedAttention(nn.Module):
+class PlantedAttention(Attention):
     """Attention with input-independent positional patterns; the planted (and distractor) head reads ω0.
 
     Every head's value is the current state (``W_V`` projects onto the state directions) and its
@@ -196,11 +206,16 @@ class PlantedAttention(nn.Module):
     the rest zero, and zero at positions before its sources are complete. ``W_O`` maps the planted
     head's ``z[..., 0]`` onto the channel direction, the distractor's onto its own direction, and
     every other head's to zero.
+
+    It is the transformer's :class:`~physlens.models.components.Attention` with two of its steps
+    replaced: the mask (:meth:`apply_causal_mask` adds the positional table) and the mixing of the
+    values (:meth:`calculate_z_scores` puts the readout in the reader heads' ``z``).
     """
 
+    splits_qkv_input = False
+
     def __init__(self, cfg: PlantedConfig, layer: int, frame: Tensor) -> None:
-        super().__init__()
-        self.cfg = cfg
+        super().__init__(cfg)  # every weight zero: the construction sets W_V and W_O
         self.layer = layer
         h, d, e = cfg.n_heads, cfg.d_model, cfg.d_head
         w_v = torch.zeros(h, d, e, dtype=torch.float64)
@@ -213,18 +228,10 @@ class PlantedAttention(nn.Module):
         if layer == cfg.distractor_layer:
             self.readers[cfg.distractor_head] = "distractor"
             w_o[cfg.distractor_head, 0] = frame[:, FRAME["distractor"]]
-        self.W_Q = _parameter(torch.zeros(h, d, e), cfg)
-        self.W_K = _parameter(torch.zeros(h, d, e), cfg)
-        self.W_V = _parameter(w_v, cfg)
-        self.W_O = _parameter(w_o, cfg)
+        with torch.no_grad():
+            self.W_V.copy_(w_v)
+            self.W_O.copy_(w_o)
         self.register_buffer("position_scores", self._position_scores(), persistent=False)  # [head, q, k]
-        self.hook_q = HookPoint()  # [batch, pos, head, d_head]
-        self.hook_k = HookPoint()  # [batch, pos, head, d_head]
-        self.hook_v = HookPoint()  # [batch, pos, head, d_head]
-        self.hook_attn_scores = HookPoint()  # [batch, head, q, k], masked entries are -inf
-        self.hook_pattern = HookPoint()  # [batch, head, q, k]
-        self.hook_z = HookPoint()  # [batch, pos, head, d_head]
-        self.hook_result = HookPoint()  # [batch, pos, head, d_model]: each head's write to the residual stream
 
     def source_positions(self, query: int) -> list[int] | None:
         """The three key positions a reader head reads at ``query``, oldest first (None: not yet available)."""
@@ -245,25 +252,21 @@ class PlantedAttention(nn.Module):
                 scores[head, query, keys if keys is not None else [query]] = 0.0
         return scores.to(dtype=resolve_dtype(cfg.dtype), device=cfg.device)
 
-    def forward(self, resid: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
-        """Attend with the positional patterns; reader heads write their ω0 estimate."""
-        cfg = self.cfg
-        n_pos = resid.shape[1]
-        project = "batch pos d_model, head d_model d_head -> batch pos head d_head"
-        q = self.hook_q(einops.einsum(resid, self.W_Q, project))
-        k = self.hook_k(einops.einsum(resid, self.W_K, project))
-        v = self.hook_v(einops.einsum(resid, self.W_V, project))
-        scores = einops.einsum(q, k, "batch q head d_head, batch k head d_head -> batch head q k") / math.sqrt(cfg.d_head)
-        scores = self.hook_attn_scores(scores + self.position_scores[:, :n_pos, :n_pos])
-        pattern = self.hook_pattern(torch.softmax(scores, dim=-1))
-        z = einops.einsum(pattern, v, "batch head q k, batch k head d_head -> batch q head d_head")
+    def apply_causal_mask(self, scores: Float[Tensor, "batch head q k"]) -> Float[Tensor, "batch head q k"]:
+        """The scores plus the positional table: 0 where a head reads, -inf elsewhere."""
+        n_pos = scores.shape[-1]
+        return scores + self.position_scores[:, :n_pos, :n_pos]
+
+    def calculate_z_scores(
+        self, v: Float[Tensor, "batch pos head d_head"], pattern: Float[Tensor, "batch head q k"]
+    ) -> Float[Tensor, "batch pos head d_head"]:
+        """The pattern-weighted values, with each reader head's replaced by its ω0 readout."""
+        z = super().calculate_z_scores(v, pattern)
         if self.readers:
             z = z.clone()
             for head in self.readers:
-                z[:, :, head] = self._readout(v[:, :, head], n_pos)
-        z = self.hook_z(z)
-        result = self.hook_result(einops.einsum(z, self.W_O, "batch pos head d_head, head d_head d_model -> batch pos head d_model"))
-        return result.sum(dim=2)
+                z[:, :, head] = self._readout(v[:, :, head], v.shape[1])
+        return z
 
     def _readout(self, values: Float[Tensor, "batch pos d_head"], n_pos: int) -> Float[Tensor, "batch pos d_head"]:
         """A reader head's z: gain·(ω̂ − ω̄) from the values at its source positions, in its first component."""
@@ -279,65 +282,45 @@ class PlantedAttention(nn.Module):
         return out
 
 
-class PlantedMLP(nn.Module):
+class PlantedMLP(MLP):
     """The last layer's MLP is the stepper; every other layer's MLP is inert (writes exactly zero).
 
     The stepper's ``hook_pre`` is (x, p, c): the current state and the channel c read off their
     directions by ``W_in``; its ``hook_post`` is K(ω̄ + c/gain)·(x, p) (then zeros), the exact step
-    for the ω0 the channel holds, which ``W_out`` writes onto the output directions.
+    for the ω0 the channel holds, which ``W_out`` writes onto the output directions. It is the
+    transformer's :class:`~physlens.models.components.MLP` with that step as its :meth:`act_fn`.
     """
 
     def __init__(self, cfg: PlantedConfig, layer: int, frame: Tensor) -> None:
-        super().__init__()
+        super().__init__(cfg)  # every weight zero: the stepper's W_in and W_out are set below
         self.cfg = cfg
         self.is_stepper = layer == cfg.n_layers - 1
-        w_in = torch.zeros(cfg.d_model, cfg.d_mlp, dtype=torch.float64)
-        w_out = torch.zeros(cfg.d_mlp, cfg.d_model, dtype=torch.float64)
         if self.is_stepper:
+            w_in = torch.zeros(cfg.d_model, cfg.d_mlp, dtype=torch.float64)
+            w_out = torch.zeros(cfg.d_mlp, cfg.d_model, dtype=torch.float64)
             w_in[:, 0], w_in[:, 1], w_in[:, 2] = frame[:, FRAME["x"]], frame[:, FRAME["p"]], frame[:, FRAME["channel"]]
             w_out[0], w_out[1] = frame[:, FRAME["out_x"]], frame[:, FRAME["out_p"]]
-        self.W_in = _parameter(w_in, cfg)
-        self.b_in = _parameter(torch.zeros(cfg.d_mlp), cfg)
-        self.W_out = _parameter(w_out, cfg)
-        self.b_out = _parameter(torch.zeros(cfg.d_model), cfg)
-        self.hook_pre = HookPoint()  # [batch, pos, d_mlp]
-        self.hook_post = HookPoint()  # [batch, pos, d_mlp]
+            with torch.no_grad():
+                self.W_in.copy_(w_in)
+                self.W_out.copy_(w_out)
 
-    def forward(self, resid: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
-        """Step the current state with the channel's ω0 (stepper), or write zero (inert)."""
-        pre = self.hook_pre(resid @ self.W_in + self.b_in)
-        if self.is_stepper:
-            cfg = self.cfg
-            omega0 = cfg.omega0_reference + pre[..., 2] / cfg.channel_gain
-            kernel = step_kernel(omega0, cfg.gamma, cfg.dt)  # [batch, pos, 2, 2]
-            stepped = torch.einsum("bpij,bpj->bpi", kernel, pre[..., :2])
-            post = torch.cat([stepped, torch.zeros_like(pre[..., 2:])], dim=-1)
-        else:
-            post = torch.zeros_like(pre)
-        post = self.hook_post(post)
-        return post @ self.W_out + self.b_out
+    def act_fn(self, pre: Float[Tensor, "batch pos d_mlp"]) -> Float[Tensor, "batch pos d_mlp"]:
+        """Step the current state with the channel's ω0 (stepper), or zero (inert)."""
+        if not self.is_stepper:
+            return torch.zeros_like(pre)
+        cfg = self.cfg
+        omega0 = cfg.omega0_reference + pre[..., 2] / cfg.channel_gain
+        kernel = step_kernel(omega0, cfg.gamma, cfg.dt)  # [batch, pos, 2, 2]
+        stepped = torch.einsum("bpij,bpj->bpi", kernel, pre[..., :2])
+        return torch.cat([stepped, torch.zeros_like(pre[..., 2:])], dim=-1)
 
 
-class PlantedBlock(nn.Module):
-    """Residual block with the transformer's hooks: attention, then MLP, each added to the stream."""
-
-    hook_out_is_single_residual_stream = True
+class PlantedBlock(Block):
+    """The transformer's :class:`~physlens.models.components.Block` (no norms) over a
+    :class:`PlantedAttention` and a :class:`PlantedMLP`."""
 
     def __init__(self, cfg: PlantedConfig, layer: int, frame: Tensor) -> None:
-        super().__init__()
-        self.attn = PlantedAttention(cfg, layer, frame)
-        self.mlp = PlantedMLP(cfg, layer, frame)
-        self.hook_resid_pre = HookPoint()  # [batch, pos, d_model]
-        self.hook_attn_out = HookPoint()  # [batch, pos, d_model]
-        self.hook_resid_mid = HookPoint()  # [batch, pos, d_model]
-        self.hook_mlp_out = HookPoint()  # [batch, pos, d_model]
-        self.hook_resid_post = HookPoint()  # [batch, pos, d_model]
-
-    def forward(self, resid: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
-        """One block: resid + attention, then + MLP."""
-        resid = self.hook_resid_pre(resid.clone())  # its own tensor: an in-place hook edit never reaches the previous hook's
-        resid = self.hook_resid_mid(resid + self.hook_attn_out(self.attn(resid)))
-        return self.hook_resid_post(resid + self.hook_mlp_out(self.mlp(resid)))
+        super().__init__(PlantedAttention(cfg, layer, frame), PlantedMLP(cfg, layer, frame))
 
 
 @register_model
