@@ -207,6 +207,35 @@ def test_sees_future_flags_leaky_configurations():
     assert not TransformerConfig(causal=True).sees_future
 
 
+@pytest.mark.parametrize("preset", ["OLA", "nLA"])
+@pytest.mark.parametrize("dtype", ["float32", "float64", torch.float32, torch.float64])
+def test_cfg_dtype_is_a_torch_dtype_and_serialises_to_its_name(preset, dtype):
+    """TransformerLens code allocates with dtype=model.cfg.dtype; configs and checkpoints keep the name."""
+    import json
+
+    model = OscillatorTransformer(preset_config(preset, dtype=dtype))
+    assert isinstance(model.cfg.dtype, torch.dtype) and model.cfg.dtype == model.W_E.dtype
+    assert torch.zeros(2, dtype=model.cfg.dtype).dtype == model.W_E.dtype
+    saved = json.loads(json.dumps(model.config_dict()))
+    assert saved["dtype"] == str(model.W_E.dtype).removeprefix("torch.")
+    assert TransformerConfig(**saved) == model.cfg
+    rebuilt = OscillatorTransformer.from_config_dict(saved)
+    assert rebuilt.cfg == model.cfg and rebuilt.W_E.dtype == model.W_E.dtype
+
+
+@pytest.mark.parametrize("name", ["oscillator_variable", "oscillator_variable_gamma"])
+def test_shipped_checkpoints_with_string_dtypes_load(name):
+    from pathlib import Path
+
+    from physlens.training import load_checkpoint, read_checkpoint_config
+
+    path = Path(__file__).parents[1] / "docs" / "tutorials" / "models" / name
+    stored = read_checkpoint_config(path)["config"]
+    assert stored["dtype"] == "float32"
+    model, _ = load_checkpoint(path)
+    assert model.cfg.dtype is torch.float32 and model.config_dict() == stored
+
+
 def test_stacked_weight_views():
     model = _model(n_layers=3, d_model=4, n_heads=2, d_head=2)
     assert model.W_Q.shape == (3, 2, 4, 2) and model.W_O.shape == (3, 2, 2, 4)

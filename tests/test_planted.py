@@ -154,6 +154,16 @@ def test_organism_round_trips_through_its_config_and_seed_moves_the_frame():
     assert abs(float(other.channel_direction @ model.channel_direction)) < 0.99
 
 
+def test_organism_cfg_dtype_is_a_torch_dtype_and_serialises_to_its_name():
+    import json
+
+    for dtype in ("float32", torch.float64):
+        model = PlantedOrganism(PlantedConfig(n_ctx=N_CTX, dtype=dtype))
+        assert isinstance(model.cfg.dtype, torch.dtype) and torch.zeros(2, dtype=model.cfg.dtype).dtype == model.W_E.dtype
+        saved = json.loads(json.dumps(model.config_dict()))
+        assert saved["dtype"] == str(model.W_E.dtype).removeprefix("torch.") and PlantedConfig(**saved) == model.cfg
+
+
 @pytest.mark.parametrize(
     ("overrides", "argument"),
     [

@@ -22,6 +22,7 @@ from transformer_lens import patching as tl_patching
 from transformer_lens.hook_points import HookPoint
 from transformer_lens.HookedRootModule import HookedRootModule
 
+from physlens._validation import dtype_name
 from physlens.models.cache import HookedModelCache
 
 MODEL_REGISTRY: dict[str, type[HookedModel]] = {}
@@ -239,8 +240,9 @@ class HookedModel(HookedRootModule):
         return []
 
     def config_dict(self) -> dict[str, Any]:
-        """The model's config as a JSON-ready dict."""
-        return dataclasses.asdict(self.cfg)
+        """The model's config as a JSON-ready dict (a torch dtype as its name, ``"float32"``)."""
+        return {name: dtype_name(value) if isinstance(value, torch.dtype) else value
+                for name, value in dataclasses.asdict(self.cfg).items()}
 
     @classmethod
     def from_config_dict(cls, config: dict[str, Any]) -> HookedModel:

@@ -53,7 +53,7 @@ class PlantedConfig:
     gamma: float = 0.1  # damping rate the estimator and the stepper assume (fixed, as in the variable-ω0 study)
     dt: float = 0.1  # time step of the trajectories
     seed: int = 0  # seed of the random orthonormal frame that fixes every direction
-    dtype: str = "float64"  # parameter dtype
+    dtype: str | torch.dtype = torch.float64  # parameter dtype; "float32"/"float64" are read as torch dtypes
     device: str = "cpu"  # where parameters live
 
     def __post_init__(self) -> None:
@@ -94,7 +94,7 @@ class PlantedConfig:
         self.omega0_reference = check_positive_float("omega0_reference", self.omega0_reference)
         if self.omega0_reference <= self.gamma:
             raise ValueError(f"omega0_reference must exceed gamma={self.gamma:g} (underdamped), got {self.omega0_reference:g}")
-        resolve_dtype(self.dtype)
+        self.dtype = resolve_dtype(self.dtype)  # a torch.dtype, as TransformerLens code expects of cfg.dtype
         check_bool_fields(self)
 
     def _check_head(self, layer_name: str, head_name: str, layer: Any, head: Any) -> None:

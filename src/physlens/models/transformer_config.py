@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from physlens._validation import check_bool_fields, check_positive_int, resolve_dtype
 
 
@@ -31,7 +33,7 @@ class TransformerConfig:
     positional_embedding: bool = False  # learned W_pos added to the embedding
     scale_by_first_state: bool = False  # divide the input by the norm of its first state, multiply the output back: f(λs) = λ f(s)
     seed: int = 0  # seed of the weight initialisation
-    dtype: str = "float32"  # parameter dtype ("float64" for exact work)
+    dtype: str | torch.dtype = torch.float32  # parameter dtype (float64 for exact work); "float32"/"float64" are read as torch dtypes
     device: str = "cpu"  # where parameters live
     n_key_value_heads: int | None = None  # TransformerLens field; always equals n_heads here
     use_split_qkv_input: bool = False  # TransformerLens flag: each head reads its own copy of the block input (hook_q_input ...)
@@ -48,7 +50,7 @@ class TransformerConfig:
             self.n_key_value_heads = self.n_heads
         if self.n_key_value_heads != self.n_heads:
             raise ValueError(f"n_key_value_heads must equal n_heads ({self.n_heads}), got {self.n_key_value_heads}")
-        resolve_dtype(self.dtype)
+        self.dtype = resolve_dtype(self.dtype)  # a torch.dtype, as TransformerLens code expects of cfg.dtype
         check_bool_fields(self)  # causal="false" would be truthy: a causal mask under a config that reads false
         if self.scale_by_first_state and self.attn_window is not None:
             raise ValueError(

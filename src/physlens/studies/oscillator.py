@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from physlens._validation import dtype_name, resolve_dtype
 from physlens.models.transformer import OscillatorTransformer, TransformerConfig, preset_config
 from physlens.plots.training import plot_loss_curve, plot_phase_space, plot_rollout_error
 from physlens.seeding import stream_seeds
@@ -103,7 +104,7 @@ def _check_footprint(what: str, keys: str, n_bytes: float) -> None:
                              f"give ({budget / 2**30:.3g} GiB in all); make them smaller")
 
 
-def _item_size(dtype: str) -> int:
+def _item_size(dtype: str | torch.dtype) -> int:
     return 8 if "64" in str(dtype) else 4
 
 
@@ -245,8 +246,8 @@ def parse_study(spec: dict[str, Any]) -> OscillatorStudy:
     rows = max(train_config.batch_size, train_config.fixed_dataset or 0)
     _check_footprint("[training]", f"batch_size = {train_config.batch_size} and seq_len = {train_config.seq_len}",
                      3 * rows * (train_config.seq_len + 1) * per_position * _item_size(cfg.dtype))
-    if model.cfg.dtype != system.dtype:
-        raise StudySpecError(f"[model] dtype {model.cfg.dtype!r} differs from [system] dtype {system.dtype!r}; set both")
+    if model.cfg.dtype != resolve_dtype(system.dtype):
+        raise StudySpecError(f"[model] dtype {dtype_name(model.cfg.dtype)!r} differs from [system] dtype {system.dtype!r}; set both")
     evaluation = _evaluation_options(section(spec, "evaluation", EVALUATION_KEYS), train_config, system)
     if "analyses" in spec and not isinstance(system, OscillatorSystem):
         raise StudySpecError(f"[analyses] are defined for the damped oscillator (its labels, swap pairs and exact "
@@ -398,7 +399,7 @@ def _report_setup(report: Report, system: System, model: OscillatorTransformer,
                       f"window={cfg.attn_window}, attn_only={cfg.attn_only}, positional embedding={cfg.positional_embedding}, "
                       f"layer norm={cfg.layer_norm}"],
             ["parameters", n_params],
-            ["dtype", cfg.dtype],
+            ["dtype", dtype_name(cfg.dtype)],
             ["training", f"{config.steps} AdamW steps, batch {config.batch_size}, T = {config.seq_len}, "
                          f"lr {config.lr:g} ({config.schedule}), loss positions: {config.loss_positions}"],
             ["final training loss", result.final_loss],
