@@ -51,6 +51,10 @@ class TransformerConfig:
         if self.n_key_value_heads != self.n_heads:
             raise ValueError(f"n_key_value_heads must equal n_heads ({self.n_heads}), got {self.n_key_value_heads}")
         self.dtype = resolve_dtype(self.dtype)  # a torch.dtype, as TransformerLens code expects of cfg.dtype
+        try:
+            torch.device(self.device)
+        except (RuntimeError, TypeError, ValueError):
+            raise ValueError(f"device must be a torch device such as 'cpu' or 'cuda', got {self.device!r}") from None
         check_bool_fields(self)  # causal="false" would be truthy: a causal mask under a config that reads false
         if self.scale_by_first_state and self.attn_window is not None:
             raise ValueError(
