@@ -97,3 +97,22 @@ def test_ov_and_qk_are_the_products_of_the_weights(seed: int) -> None:
     attn = Attention(_config(), torch.Generator().manual_seed(seed))
     torch.testing.assert_close(attn.OV.AB, attn.W_V @ attn.W_O)
     torch.testing.assert_close(attn.QK.AB, attn.W_Q @ attn.W_K.transpose(-2, -1))
+
+
+def test_query_key_and_value_biases_are_added_with_attn_bias(seed: int) -> None:
+    cfg = _config(attn_bias=True)
+    attn = Attention(cfg, torch.Generator().manual_seed(seed))
+    assert not hasattr(Attention(_config(), torch.Generator().manual_seed(seed)), "b_Q")  # none without the flag
+    generator = torch.Generator().manual_seed(seed + 2)
+    with torch.no_grad():
+        for name in ("b_Q", "b_K", "b_V"):
+            getattr(attn, name).normal_(generator=generator)
+    x = torch.randn(2, 5, cfg.d_model, generator=generator, dtype=torch.float64)
+    allowed = attention_mask(cfg.n_ctx, True, None)
+    expected = torch.zeros_like(x)
+    for b in range(2):
+        for h in range(cfg.n_heads):
+            q, k, v = (x[b] @ getattr(attn, f"W_{n}")[h] + getattr(attn, f"b_{n}")[h] for n in "QKV")
+            scores = (q @ k.T / math.sqrt(cfg.d_head)).masked_fill(~allowed[:5, :5], -math.inf)
+            expected[b] += torch.softmax(scores, dim=-1) @ v @ attn.W_O[h]
+    torch.testing.assert_close(attn(x), expected, rtol=1e-12, atol=1e-12)

@@ -110,12 +110,68 @@ def test_every_decomposition_sums_to_the_output(preset: str, option: str) -> Non
     _check_everything(model, states)
 
 
-def test_an_ln1_with_a_bias_stays_unfolded_and_refused() -> None:
-    model = build("nLA", "layer_norm_mlp").fold_layer_norm()
-    _, cache = model.run_with_cache(_states())
-    with pytest.raises(ValueError, match=r"blocks\.1\.ln1"):
-        cache.decompose_resid(layer=1, apply_ln=True)
-    torch.testing.assert_close(cache.decompose_resid(layer=1, mlp_input=True, apply_ln=True).sum(0) , cache["blocks.1.ln2.hook_normalized"])
+LN_CASES = [(preset, option) for preset in SHRINK for option in ("layer_norm", "layer_norm_mlp", "layer_norm_no_unembed_bias",
+                                                                     "scale_by_first_state_mlp_ln", "split_qkv_ln")]
+OPTIONS["split_qkv_ln"] = dict(use_split_qkv_input=True, attn_only=False, layer_norm=True)
+
+
+@pytest.mark.parametrize(("preset", "option"), LN_CASES)
+def test_folding_norms_with_biases_keeps_the_output_and_makes_every_norm_recipe_exact(preset: str, option: str) -> None:
+    """Every norm has a random weight and a nonzero bias; ln1's bias goes into new b_Q, b_K, b_V."""
+    model = build(preset, option)
+    assert all(bool((block.ln1.b != 0).all()) for block in model.blocks)
+    states = _states()
+    before = model(states)
+    model.fold_layer_norm()
+    torch.testing.assert_close(model(states), before, rtol=1e-12, atol=1e-12)  # float64 round-off
+    norms = [model.ln_final] + [norm for block in model.blocks for norm in (block.ln1, getattr(block, "ln2", None)) if norm is not None]
+    assert all(bool((norm.w == 1).all()) and bool((norm.b == 0).all()) for norm in norms)
+    assert model.cfg.attn_bias and {"blocks.0.attn.b_Q", "blocks.0.attn.b_K", "blocks.0.attn.b_V"} <= set(dict(model.named_parameters()))
+    for weight in (model.W_Q, model.W_K, model.W_V, model.W_U):  # reading weights centred over d_model
+        torch.testing.assert_close(weight.mean(dim=-2), torch.zeros_like(weight.mean(dim=-2)), rtol=0, atol=1e-14)
+    _, cache = model.run_with_cache(states)
+    for layer in range(model.cfg.n_layers):
+        # Direct attribution into the attention: the parts of the stream, centred, divided by ln1's cached scale
+        # (one per head with split inputs) and read by W_Q, plus b_Q, sum to the queries the model computed.
+        parts = cache.decompose_resid(layer=layer)  # [part, batch, pos, d_model]
+        scale = cache[f"blocks.{layer}.ln1.hook_scale"]  # [batch, pos, 1], or [batch, pos, head, 1] with split inputs
+        scale = scale if model.cfg.use_split_qkv_input else scale[..., None, :]
+        centred = parts - parts.mean(dim=-1, keepdim=True)
+        queries = torch.einsum("cbpd,hde->cbphe", centred, model.W_Q[layer]) / scale
+        torch.testing.assert_close(queries.sum(0) + model.b_Q[layer], cache["q", layer])
+        if not model.cfg.use_split_qkv_input:  # the cache's own recipe, refused through an unfolded ln1
+            normed = cache.decompose_resid(layer=layer, apply_ln=True).sum(0)
+            torch.testing.assert_close(normed, cache[f"blocks.{layer}.ln1.hook_normalized"])
+    _check_everything(model, states)
+
+
+@pytest.mark.parametrize("option", ["layer_norm_mlp", "split_qkv_ln"])
+def test_fold_layer_norm_is_transformer_lens_own_recipe(option: str) -> None:
+    """TransformerLens's ProcessWeights.fold_layer_norm (fold_biases, center_weights), run on the same
+    weights under its names, gives the same folded weights."""
+    from transformer_lens.weight_processing import ProcessWeights
+
+    model = build("nLA", option)
+    theirs = ProcessWeights.fold_layer_norm({k: v.detach().clone() for k, v in model.tl_parameters().items()}, model.cfg)
+    ours = {k: v.detach() for k, v in model.fold_layer_norm().tl_parameters().items()}
+    for name, value in ours.items():
+        # TransformerLens names the biases of a config with n_key_value_heads the grouped-query way, _b_Q ...
+        reference = theirs.get(name, theirs.get(name.replace(".b_", "._b_")))
+        torch.testing.assert_close(value, reference, rtol=1e-13, atol=1e-14, msg=name)
+    unfolded = build("nLA", option).fold_layer_norm(center_weights=False)
+    assert float(unfolded.W_Q.detach().mean(dim=-2).abs().max()) > 1e-3  # centring is what moved the means
+    torch.testing.assert_close(unfolded(_states()), build("nLA", option)(_states()), rtol=1e-12, atol=1e-12)
+
+
+def test_a_model_with_folded_ln1_biases_saves_and_loads(tmp_path: Path) -> None:
+    from physlens.training import load_checkpoint, save_checkpoint
+
+    model = build("OLA", "layer_norm_mlp")
+    states = _states()
+    before = model(states)
+    loaded, _ = load_checkpoint(save_checkpoint(tmp_path / "folded", model.fold_layer_norm()))
+    assert loaded.cfg.attn_bias and bool(loaded.b_Q.any())
+    torch.testing.assert_close(loaded(states), before, rtol=1e-12, atol=1e-12)
 
 
 def test_transformer_lens_readout_without_the_cache_refuses_on_scale_by_first_state() -> None:

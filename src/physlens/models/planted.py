@@ -149,6 +149,11 @@ class PlantedConfig:
         """Always False: every head reads the one block input (there is no ``hook_q_input``)."""
         return False
 
+    @property
+    def attn_bias(self) -> bool:
+        """Always False: queries, keys and values have no biases."""
+        return False
+
 
 def step_kernel(omega0: Tensor, gamma: float, dt: float) -> Float[Tensor, "... 2 2"]:
     """The exact one-step map K(ω0, γ, Δt) of the damped oscillator, differentiable in ``omega0``.

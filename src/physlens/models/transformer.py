@@ -217,28 +217,30 @@ class OscillatorTransformer(HookedModel):
             raise AttributeError("pos_embed: this model has no positional embedding (cfg.positional_embedding=False)")
         return super().__getattr__(name)
 
-    def _attn_bias(self, *shape: int) -> Tensor:
+    def _attn_bias(self, name: str, *shape: int) -> Tensor:
+        if name != "b_O" and self.cfg.attn_bias:
+            return self._stacked(name)
         return torch.zeros(self.cfg.n_layers, *shape, dtype=self.W_E.dtype, device=self.W_E.device)
 
     @property
     def b_Q(self) -> Float[Tensor, "layer head d_head"]:  # noqa: N802
-        """TransformerLens's query biases: zeros, the attention has none."""
-        return self._attn_bias(self.cfg.n_heads, self.cfg.d_head)
+        """TransformerLens's query biases of every layer, stacked (zeros without ``cfg.attn_bias``)."""
+        return self._attn_bias("b_Q", self.cfg.n_heads, self.cfg.d_head)
 
     @property
     def b_K(self) -> Float[Tensor, "layer head d_head"]:  # noqa: N802
-        """TransformerLens's key biases: zeros, the attention has none."""
-        return self._attn_bias(self.cfg.n_heads, self.cfg.d_head)
+        """TransformerLens's key biases of every layer, stacked (zeros without ``cfg.attn_bias``)."""
+        return self._attn_bias("b_K", self.cfg.n_heads, self.cfg.d_head)
 
     @property
     def b_V(self) -> Float[Tensor, "layer head d_head"]:  # noqa: N802
-        """TransformerLens's value biases: zeros, the attention has none."""
-        return self._attn_bias(self.cfg.n_heads, self.cfg.d_head)
+        """TransformerLens's value biases of every layer, stacked (zeros without ``cfg.attn_bias``)."""
+        return self._attn_bias("b_V", self.cfg.n_heads, self.cfg.d_head)
 
     @property
     def b_O(self) -> Float[Tensor, "layer d_model"]:  # noqa: N802
         """TransformerLens's attention output biases: zeros, the attention has none."""
-        return self._attn_bias(self.cfg.d_model)
+        return self._attn_bias("b_O", self.cfg.d_model)
 
     def loss_fn(
         self,
@@ -400,39 +402,41 @@ class OscillatorTransformer(HookedModel):
                 params[tl_name] = params.pop(name)
         return params
 
-    def fold_layer_norm(self) -> OscillatorTransformer:
-        """TransformerLens's ``fold_ln``: move each LayerNorm's weight ``w`` and bias ``b`` into the
-        weights that read its output, leaving the norm a bare centre-and-scale (``w = 1``, ``b = 0``).
+    def fold_layer_norm(self, center_weights: bool = True) -> OscillatorTransformer:
+        """TransformerLens's ``fold_layer_norm`` (``fold_ln``): move each LayerNorm's weight ``w`` and
+        bias ``b`` into the weights that read its output, leaving the norm a bare centre-and-scale
+        (``w = 1``, ``b = 0``), and with ``center_weights`` centre those weights over ``d_model``.
 
-        Outputs are unchanged (to rounding); afterwards the cached-scale recipes (``logit_attrs``,
-        ``apply_ln_to_stack``, ``decompose_resid(apply_ln=True)``) are exact. ``ln_final`` folds
-        into ``W_U`` and ``b_U`` (created, and ``cfg.unembed_bias`` set, if the model had none),
-        ``ln2`` into the MLP's ``W_in`` and ``b_in``, ``ln1`` into ``W_Q``, ``W_K``, ``W_V`` when its
-        bias is zero: the attention has no query, key or value biases to take a nonzero one, so such
-        an ``ln1`` stays as it is and the recipes into that attention stay refused. Returns the model.
+        ``ln_final`` folds into ``W_U`` and ``b_U``, ``ln2`` into the MLP's ``W_in`` and ``b_in``, and
+        ``ln1`` into ``W_Q``, ``W_K``, ``W_V`` and ``b_Q``, ``b_K``, ``b_V`` (``b_Q += b @ W_Q`` …).
+        A bias with nowhere to go is created as a parameter, saved with the model: ``b_U`` (setting
+        ``cfg.unembed_bias``) when ``ln_final`` has a bias and the model none, ``b_Q``, ``b_K``, ``b_V``
+        in every block (setting ``cfg.attn_bias``) when an ``ln1`` has one. Centring subtracts each
+        reading weight's mean over ``d_model``, which the normalised stream, of mean zero, never
+        reads. Outputs are unchanged (to rounding); afterwards the cached-scale recipes
+        (``logit_attrs``, ``apply_ln_to_stack``, ``decompose_resid(apply_ln=True)``) are exact at
+        every norm. Returns the model.
         """
+        if not isinstance(center_weights, bool):
+            raise ValueError(f"center_weights must be a bool, got {center_weights!r}")
         if not self.cfg.layer_norm:
             return self
         with torch.no_grad():
-            final = self.ln_final
-            if not self.cfg.unembed_bias and bool((final.b != 0).any()):
+            if not self.cfg.unembed_bias and bool((self.ln_final.b != 0).any()):
                 del self.b_U  # the zero buffer becomes a parameter, saved with the model
                 self.b_U = zeros_parameter((self.cfg.d_in,), self.cfg)
                 self.cfg.unembed_bias = True
-            self.b_U += final.b @ self.W_U
-            self.W_U *= final.w[:, None]
-            final.w.fill_(1.0)
-            final.b.zero_()
+            if not self.cfg.attn_bias and any(bool((block.ln1.b != 0).any()) for block in self.blocks):
+                for block in self.blocks:
+                    block.attn.add_qkv_biases()
+                self.cfg.attn_bias = True  # the one config all the blocks share: every attention adds its biases now
+            self.ln_final.fold_into([(self.W_U, self.b_U)], center_weights)
             for block in self.blocks:
                 if not self.cfg.attn_only:
-                    block.mlp.b_in += block.ln2.b @ block.mlp.W_in
-                    block.mlp.W_in *= block.ln2.w[:, None]
-                    block.ln2.w.fill_(1.0)
-                    block.ln2.b.zero_()
-                if not bool((block.ln1.b != 0).any()):
-                    for weight in (block.attn.W_Q, block.attn.W_K, block.attn.W_V):
-                        weight *= block.ln1.w[:, None]
-                    block.ln1.w.fill_(1.0)
+                    block.ln2.fold_into([(block.mlp.W_in, block.mlp.b_in)], center_weights)
+                attn = block.attn
+                biases = (attn.b_Q, attn.b_K, attn.b_V) if self.cfg.attn_bias else (None, None, None)
+                block.ln1.fold_into(list(zip((attn.W_Q, attn.W_K, attn.W_V), biases)), center_weights)
         return self
 
     def set_use_split_qkv_input(self, use_split_qkv_input: bool) -> None:

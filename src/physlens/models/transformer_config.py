@@ -37,6 +37,7 @@ class TransformerConfig:
     device: str = "cpu"  # where parameters live
     n_key_value_heads: int | None = None  # TransformerLens field; always equals n_heads here
     use_split_qkv_input: bool = False  # TransformerLens flag: each head reads its own copy of the block input (hook_q_input ...)
+    attn_bias: bool = False  # biases b_Q, b_K, b_V on queries, keys and values (fold_layer_norm adds them to take ln1's bias)
 
     def __post_init__(self) -> None:
         for name in ("d_model", "n_layers", "n_heads", "d_head", "n_ctx", "d_in"):

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from transformer_lens.FactoredMatrix import FactoredMatrix
 from transformer_lens.hook_points import HookPoint
 
-from physlens.models.components.parameters import ComponentConfig, init_weight
+from physlens.models.components.parameters import ComponentConfig, init_weight, zeros_parameter
 
 
 def attention_mask(n_ctx: int, causal: bool, window: int | None, device: Any = None) -> Bool[Tensor, "q k"]:
@@ -33,10 +33,11 @@ def attention_mask(n_ctx: int, causal: bool, window: int | None, device: Any = N
 
 
 class Attention(nn.Module):
-    """Multi-head attention with per-head W_Q, W_K, W_V, W_O, no biases, scores scaled by √d_head.
+    """Multi-head attention with per-head W_Q, W_K, W_V, W_O, scores scaled by √d_head, and biases
+    b_Q, b_K, b_V on queries, keys and values only with ``cfg.attn_bias`` (no output bias b_O).
 
     Weights are drawn from ``generator`` (W_Q, W_K, W_V, then W_O); with ``generator=None`` they start
-    at zero, for a model that sets them itself.
+    at zero, for a model that sets them itself. Biases start at zero.
     """
 
     # False for a subclass that never splits its input per head: it then has no hook_q_input ... at all.
@@ -50,6 +51,8 @@ class Attention(nn.Module):
         self.W_K = init_weight((h, d, e), d, generator, cfg)
         self.W_V = init_weight((h, d, e), d, generator, cfg)
         self.W_O = init_weight((h, e, d), h * e, generator, cfg)
+        if cfg.attn_bias:
+            self.add_qkv_biases()
         self.register_buffer("mask", attention_mask(cfg.n_ctx, cfg.causal, cfg.attn_window, cfg.device), persistent=False)
         self.hook_q = HookPoint()  # [batch, pos, head, d_head]
         self.hook_k = HookPoint()  # [batch, pos, head, d_head]
@@ -80,9 +83,10 @@ class Attention(nn.Module):
         else:
             inputs = [norm(resid)] * 3
             project = "batch pos d_model, head d_model d_head -> batch pos head d_head"
-        q = self.hook_q(einops.einsum(inputs[0], self.W_Q, project))
-        k = self.hook_k(einops.einsum(inputs[1], self.W_K, project))
-        v = self.hook_v(einops.einsum(inputs[2], self.W_V, project))
+        q, k, v = (einops.einsum(x, weight, project) for x, weight in zip(inputs, (self.W_Q, self.W_K, self.W_V)))
+        if self.cfg.attn_bias:
+            q, k, v = q + self.b_Q, k + self.b_K, v + self.b_V
+        q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
         scores = einops.einsum(q, k, "batch q head d_head, batch k head d_head -> batch head q k")
         scores = scores / math.sqrt(self.cfg.d_head)
         scores = self.hook_attn_scores(self.apply_causal_mask(scores))
@@ -92,6 +96,13 @@ class Attention(nn.Module):
             einops.einsum(z, self.W_O, "batch pos head d_head, head d_head d_model -> batch pos head d_model")
         )
         return result.sum(dim=2)
+
+    def add_qkv_biases(self) -> None:
+        """Give the attention zero biases ``b_Q``, ``b_K``, ``b_V`` (``[head, d_head]``), as parameters;
+        they are added only while ``cfg.attn_bias`` is True, which the caller sets for the whole model."""
+        for name in ("b_Q", "b_K", "b_V"):
+            if name not in self._parameters:
+                setattr(self, name, zeros_parameter((self.cfg.n_heads, self.cfg.d_head), self.cfg))
 
     def apply_causal_mask(self, scores: Float[Tensor, "batch head q k"]) -> Float[Tensor, "batch head q k"]:
         """The scores with every edge the mask forbids set to -inf (TransformerLens's name for this step)."""

@@ -30,5 +30,25 @@ class LayerNorm(nn.Module):
         scale = self.hook_scale((x.pow(2).mean(dim=-1, keepdim=True) + self.eps).sqrt())
         return self.hook_normalized(x / scale) * self.w + self.b
 
+    def fold_into(self, readers: list[tuple[Tensor, Tensor | None]], center_weights: bool = True) -> None:
+        """Fold ``w`` and ``b`` into the ``(weight, bias)`` pairs that read this norm's output, in place
+        (weights ``[..., d_model, d_out]``, biases ``[..., d_out]``; readers may differ in shape),
+        and leave the norm ``w = 1``, ``b = 0``: ``bias += b @ weight``, then ``weight *= w`` along
+        ``d_model``, then (``center_weights``) ``weight -= weight.mean over d_model``. The readers'
+        outputs are unchanged, the normalised stream having mean zero over ``d_model``. A ``None``
+        bias means the reader has none, so ``b`` must be zero. Call it under ``torch.no_grad()``.
+        """
+        for weight, bias in readers:
+            if bias is not None:
+                bias += (self.b[:, None] * weight).sum(dim=-2)
+            elif bool((self.b != 0).any()):
+                raise ValueError("readers: a reader whose bias is None cannot take this norm's nonzero bias b; give it a bias first")
+        for weight, _ in readers:
+            weight *= self.w[:, None]
+            if center_weights:
+                weight -= weight.mean(dim=-2, keepdim=True)
+        self.w.fill_(1.0)
+        self.b.zero_()
+
 
 __all__ = ["LayerNorm"]

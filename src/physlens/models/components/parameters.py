@@ -42,6 +42,10 @@ class ComponentConfig(Protocol):
     def use_split_qkv_input(self) -> bool:
         """Each head's query, key and value read their own copy of the block input."""
 
+    @property
+    def attn_bias(self) -> bool:
+        """Queries, keys and values have biases b_Q, b_K, b_V."""
+
 
 def init_weight(
     shape: tuple[int, ...], fan_in: int, generator: torch.Generator | None, cfg: ComponentConfig
