@@ -114,6 +114,30 @@ def test_the_final_step_check_changes_no_good_run(tmp_path):
                  final_loss=lambda: (weight - 0.5).pow(2).sum())
 
 
+@pytest.mark.parametrize("blow_up", ["huge", "nan"])
+def test_a_model_broken_after_its_last_checked_loss_gets_no_report(tmp_path, monkeypatch, capsys, blow_up):
+    """Before: a model that left training broken (here its weights scaled by 1e8 or one set to NaN after the
+    last loss was checked, as a blow-up the last batch did not show would leave it) exited 0 with a report of
+    next-step MSE ~1e62, or with a bootstrap error naming no model."""
+    import physlens.studies.oscillator as oscillator
+
+    train = oscillator.train
+
+    def train_then_break(model, *args, **kwargs):
+        result = train(model, *args, **kwargs)
+        with torch.no_grad():
+            for parameter in model.parameters():
+                parameter.mul_(1e8) if blow_up == "huge" else parameter.fill_(float("nan"))
+        return result
+
+    monkeypatch.setattr(oscillator, "train", train_then_break)
+    text = STUDY.replace("steps = 40", "steps = 2").replace("checkpoint_every = 20\n", "")
+    code, err = _cli(capsys, "run", str(_study(tmp_path, text)), "--output", str(tmp_path / "runs"), "--quiet")
+    line = _one_line(err)
+    assert code == 2 and "the model diverged" in line and "held-out trajectories" in line, line
+    assert list((tmp_path / "runs").iterdir()) == []  # nothing that looks like a result, nothing to resume
+
+
 # --- 4–6. a resume continues only the run it belongs to ------------------------------------------------------
 
 
