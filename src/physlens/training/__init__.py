@@ -1,6 +1,7 @@
 """Fitting models, rolling them out, and saving them as safetensors + JSON checkpoints."""
 
 from physlens.training.checkpoints import (
+    LoadedCheckpoint,
     latest_checkpoint,
     load_checkpoint,
     load_state,
@@ -100,6 +101,7 @@ __all__ = [
     "config_from_dict",
     "evaluate_rollout",
     "latest_checkpoint",
+    "LoadedCheckpoint",
     "load_checkpoint",
     "load_state",
     "optimizer_state_from_flat",
