@@ -52,6 +52,7 @@ from physlens._io import (
     set_aside,
     staging_for,
 )
+from physlens._validation import did_you_mean
 from physlens.studies.report import Report, StudySpecError, format_number, read_metrics, section
 
 STUDY_KINDS: dict[str, str] = {
@@ -168,7 +169,8 @@ def check_study_header(spec: Mapping[str, Any]) -> dict[str, Any]:
     if header.get("threads", 0) < 0:
         raise StudySpecError(f"[study] threads must be >= 0 (0 leaves torch's setting), got {header['threads']}")
     if header["kind"] not in STUDY_KINDS:
-        raise StudySpecError(f"[study] kind must be one of {sorted(STUDY_KINDS)}, got {header['kind']!r}")
+        raise StudySpecError(f"[study] kind {header['kind']!r} is not a study kind; "
+                             f"{did_you_mean([header['kind']], STUDY_KINDS, listing='kind must be one of')}")
     return header
 
 
@@ -219,7 +221,8 @@ def check_spec(spec: Mapping[str, Any]) -> None:
     tables = study_sections(header["kind"]) or {}
     unknown = sorted(set(spec) - set(tables) - {"study"})
     if unknown:
-        raise StudySpecError(f"unknown sections {unknown}; a {header['kind']} study has {sorted({'study', *tables})}")
+        listing = f"a {header['kind']} study has"
+        raise StudySpecError(f"unknown sections {unknown}; {did_you_mean(unknown, {'study', *tables}, listing=listing)}")
     for table, keys in tables.items():
         section(spec, table, keys)
 

@@ -19,6 +19,8 @@ from typing import Any
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
+from physlens._validation import did_you_mean
+
 
 class StudySpecError(ValueError):
     """A study file is malformed: unknown section or key, wrong type, or a value out of range."""
@@ -72,7 +74,7 @@ def section(spec: Mapping[str, Any], name: str, allowed: Mapping[str, type | tup
         raise StudySpecError(f"[{name}] must be a table, got {type(table).__name__}")
     unknown = sorted(set(table) - set(allowed))
     if unknown:
-        raise StudySpecError(f"[{name}] has unknown keys {unknown}; allowed keys are {sorted(allowed)}")
+        raise StudySpecError(f"[{name}] has unknown keys {unknown}; {did_you_mean(unknown, allowed, listing='allowed keys are')}")
     checked = {}
     for key, value in table.items():
         accepted = allowed[key] if isinstance(allowed[key], tuple) else (allowed[key],)
