@@ -133,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                      help="continue the interrupted run RUN_DIR (runs/<name>, as `physlens runs` lists it) from its last checkpoint")
     run.add_argument("--output", default="runs", help="directory that receives <study name>/ (default: runs)")
     run.add_argument("--overwrite", action="store_true", help="replace an earlier run of the same study")
-    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.add_argument("--quiet", action="store_true", help="no progress bars: one line on stderr at most once a minute instead")
     run.add_argument("--threads", type=int, default=None, help="torch threads for the run (default: the study's [study] threads)")
 
     runs = commands.add_parser("runs", help="list the runs in a directory and their status (complete, running, resumable, interrupted)")
@@ -192,10 +192,10 @@ def _run(args: argparse.Namespace) -> int:
     from physlens.studies import resume_run, run_study
 
     if args.resume is not None:
-        out = resume_run(args.resume, progress=not args.quiet, threads=args.threads)
+        out = resume_run(args.resume, progress=not args.quiet, threads=args.threads, heartbeat=args.quiet)
     else:
         out = run_study(args.study, output_root=args.output, overwrite=args.overwrite, progress=not args.quiet,
-                        threads=args.threads)
+                        threads=args.threads, heartbeat=args.quiet)
     print(f"report written to {out / 'report.md'}")
     return 0
 
