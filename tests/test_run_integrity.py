@@ -424,3 +424,23 @@ def test_a_config_json_nested_too_deeply_is_named(tmp_path, monkeypatch, capsys)
     (staging / "checkpoints" / "step_0000020" / "config.json").write_text("[" * 100_000 + "]" * 100_000)
     code, err = _cli(capsys, "run", "--resume", str(tmp_path / "runs" / "tiny"), "--quiet")
     assert code == 2 and "config.json' nests its values too deeply" in _one_line(err)
+
+
+def test_a_blow_up_in_the_last_step_of_the_invariant_networks_is_caught():
+    """Before: the Siamese tower and the bottleneck network scored each step's loss before its update only, so
+    a one-step run at a huge learning rate returned a broken network whose reported losses looked fine."""
+    from physlens.models.siamese import BottleneckConfig, BottleneckNetwork, SiameseConfig, SiameseTower
+    from physlens.systems import CentralPotentialSystem, OscillatorSystem
+    from physlens.training import BottleneckTrainConfig, SiameseTrainConfig, train_bottleneck, train_siamese
+
+    orbits = CentralPotentialSystem().sample(16, 4, seed=0, random_times=True)
+    system = OscillatorSystem(omega0=2.0, gamma=0.1, dtype="float64")
+    with pytest.raises(TrainingDiverged, match="Siamese training diverged.*at step 1"):
+        train_siamese(SiameseTower(SiameseConfig(d_hidden=8, dtype="float64")), orbits,
+                      SiameseTrainConfig(steps=1, batch_size=16, lr=1e9), progress=False)
+    with pytest.raises(TrainingDiverged, match="bottleneck training diverged.*at step 1"):
+        train_bottleneck(BottleneckNetwork(BottleneckConfig(d_in=8, d_side=2, d_out=2, d_hidden=8, dtype="float64")),
+                         system, BottleneckTrainConfig(steps=1, batch_size=16, lr=1e9), progress=False)
+    healthy = train_bottleneck(BottleneckNetwork(BottleneckConfig(d_in=8, d_side=2, d_out=2, d_hidden=8, dtype="float64")),
+                               system, BottleneckTrainConfig(steps=3, batch_size=16, lr=1e-3), progress=False)
+    assert len(healthy) == 3  # the final check adds no loss to the curve
