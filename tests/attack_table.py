@@ -25,6 +25,11 @@ class _Outcomes:
         ok = report.passed or (report.when != "call" and not report.failed)
         self.passed[report.nodeid] = self.passed.get(report.nodeid, True) and ok and not report.skipped
 
+    def held(self, node: str) -> bool:
+        """Whether ``node`` passed; a parametrised test named without its parameters holds when every case ran and passed."""
+        cases = [passed for nodeid, passed in self.passed.items() if nodeid == node or nodeid.startswith(node + "[")]
+        return bool(cases) and all(cases)
+
 
 def main(argv: list[str]) -> int:
     sys.path.insert(0, str(ROOT))
@@ -36,7 +41,7 @@ def main(argv: list[str]) -> int:
     held = 0
     print()
     for attack, (kind, tests) in ATTACKS.items():
-        failing = [node for node in tests if not outcomes.passed.get(node, False)]
+        failing = [node for node in tests if not outcomes.held(node)]
         held += not failing
         print(f"{'held' if not failing else 'FAILS':<5}  {kind:<6}  {attack}" + (f"  ({', '.join(failing)})" if failing else ""))
     print(f"\nheld {held}/{len(ATTACKS)}")
