@@ -29,7 +29,7 @@ import socket
 import sys
 import time
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,8 +53,8 @@ from physlens._io import (
     set_aside,
     staging_for,
 )
-from physlens._validation import did_you_mean
 from physlens._progress import PROGRESS_FILE, ProgressSink, progress_line, read_progress, reporting_progress
+from physlens._validation import did_you_mean
 from physlens.studies.report import Report, StudySpecError, format_number, read_metrics, section
 
 STUDY_KINDS: dict[str, str] = {
@@ -578,7 +578,9 @@ def _execute(
         torch.set_num_threads(previous_threads)
 
 
-def _heartbeat(name: str) -> Any:
+def _heartbeat(name: str) -> Callable[[str], None]:
+    """Prints a run's progress line on stderr, named after the run."""
+
     def beat(line: str) -> None:
         print(f"physlens: {name}: {line}", file=sys.stderr, flush=True)
 
