@@ -4,4 +4,5 @@ import sys
 
 from physlens.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # importing the module (as a package walk does) runs nothing
+    sys.exit(main())
