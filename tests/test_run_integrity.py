@@ -114,6 +114,30 @@ def test_the_final_step_check_changes_no_good_run(tmp_path):
                  final_loss=lambda: (weight - 0.5).pow(2).sum())
 
 
+@pytest.mark.parametrize("blow_up", ["huge", "nan"])
+def test_a_model_broken_after_its_last_checked_loss_gets_no_report(tmp_path, monkeypatch, capsys, blow_up):
+    """Before: a model that left training broken (here its weights scaled by 1e8 or one set to NaN after the
+    last loss was checked, as a blow-up the last batch did not show would leave it) exited 0 with a report of
+    next-step MSE ~1e62, or with a bootstrap error naming no model."""
+    import physlens.studies.oscillator as oscillator
+
+    train = oscillator.train
+
+    def train_then_break(model, *args, **kwargs):
+        result = train(model, *args, **kwargs)
+        with torch.no_grad():
+            for parameter in model.parameters():
+                parameter.mul_(1e8) if blow_up == "huge" else parameter.fill_(float("nan"))
+        return result
+
+    monkeypatch.setattr(oscillator, "train", train_then_break)
+    text = STUDY.replace("steps = 40", "steps = 2").replace("checkpoint_every = 20\n", "")
+    code, err = _cli(capsys, "run", str(_study(tmp_path, text)), "--output", str(tmp_path / "runs"), "--quiet")
+    line = _one_line(err)
+    assert code == 2 and "the model diverged" in line and "held-out trajectories" in line, line
+    assert list((tmp_path / "runs").iterdir()) == []  # nothing that looks like a result, nothing to resume
+
+
 # --- 4–6. a resume continues only the run it belongs to ------------------------------------------------------
 
 
@@ -400,3 +424,23 @@ def test_a_config_json_nested_too_deeply_is_named(tmp_path, monkeypatch, capsys)
     (staging / "checkpoints" / "step_0000020" / "config.json").write_text("[" * 100_000 + "]" * 100_000)
     code, err = _cli(capsys, "run", "--resume", str(tmp_path / "runs" / "tiny"), "--quiet")
     assert code == 2 and "config.json' nests its values too deeply" in _one_line(err)
+
+
+def test_a_blow_up_in_the_last_step_of_the_invariant_networks_is_caught():
+    """Before: the Siamese tower and the bottleneck network scored each step's loss before its update only, so
+    a one-step run at a huge learning rate returned a broken network whose reported losses looked fine."""
+    from physlens.models.siamese import BottleneckConfig, BottleneckNetwork, SiameseConfig, SiameseTower
+    from physlens.systems import CentralPotentialSystem, OscillatorSystem
+    from physlens.training import BottleneckTrainConfig, SiameseTrainConfig, train_bottleneck, train_siamese
+
+    orbits = CentralPotentialSystem().sample(16, 4, seed=0, random_times=True)
+    system = OscillatorSystem(omega0=2.0, gamma=0.1, dtype="float64")
+    with pytest.raises(TrainingDiverged, match="Siamese training diverged.*at step 1"):
+        train_siamese(SiameseTower(SiameseConfig(d_hidden=8, dtype="float64")), orbits,
+                      SiameseTrainConfig(steps=1, batch_size=16, lr=1e9), progress=False)
+    with pytest.raises(TrainingDiverged, match="bottleneck training diverged.*at step 1"):
+        train_bottleneck(BottleneckNetwork(BottleneckConfig(d_in=8, d_side=2, d_out=2, d_hidden=8, dtype="float64")),
+                         system, BottleneckTrainConfig(steps=1, batch_size=16, lr=1e9), progress=False)
+    healthy = train_bottleneck(BottleneckNetwork(BottleneckConfig(d_in=8, d_side=2, d_out=2, d_hidden=8, dtype="float64")),
+                               system, BottleneckTrainConfig(steps=3, batch_size=16, lr=1e-3), progress=False)
+    assert len(healthy) == 3  # the final check adds no loss to the curve

@@ -411,7 +411,7 @@ def test_version_and_runs_listing(tmp_path, capsys):
         for name in ("report.md", "metrics.json"):
             (tmp_path / "old" / name).write_text("{}")
         assert main(["runs", str(tmp_path)]) == 0
-        listed = capsys.readouterr().out.splitlines()
+        listed = capsys.readouterr().out.splitlines()[1:]  # after the header row
         assert [line.split()[:2] for line in listed] == [["live", "running"], ["old", "complete"]]
     finally:
         holder.release(keep=False)

@@ -652,3 +652,27 @@ def test_fifos_in_a_sweep_directory_hang_nothing(tmp_path):
     os.mkfifo(sweep_dir / "sweep.json")
     result = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env, stdin=subprocess.DEVNULL)
     assert result.returncode == 2 and "is not a sweep directory" in result.stderr, result.stderr
+
+
+def test_collecting_a_sweep_waits_on_no_fifo(local_sweep, tmp_path):
+    """Before: a FIFO as a finished trial's metrics.json or run_time.txt blocked the sweep's table forever."""
+    import shutil
+
+    from physlens.studies.report import read_metrics
+    from physlens.sweeps.aggregate import collect
+
+    study, reference = local_sweep
+    copy = tmp_path / "copy"
+    shutil.copytree(reference.directory, copy)
+    finished = sorted(reference.table.loc[reference.table["status"] == "finished", "trial"])
+    failed = sorted(reference.table.loc[reference.table["status"] == "failed", "trial"])
+    (copy / "trials" / finished[0] / "run_time.txt").unlink()
+    os.mkfifo(copy / "trials" / finished[0] / "run_time.txt")
+    (copy / "failures" / f"{failed[0]}.json").write_text("[" * 100_000)
+    records = {record.trial.name: record for record in collect(copy, load_sweep(study))}
+    assert records[finished[0]].status == "finished" and records[finished[0]].run_time_s is None
+    assert records[finished[1]].run_time_s is not None and records[failed[0]].error == "(its failure record cannot be read)"
+    (copy / "trials" / finished[0] / "metrics.json").unlink()
+    os.mkfifo(copy / "trials" / finished[0] / "metrics.json")
+    with pytest.raises(OSError, match="is a FIFO, not a regular file"):
+        read_metrics(copy / "trials" / finished[0] / "metrics.json")

@@ -141,3 +141,50 @@ def test_criteria_are_checked():
         TaskCriteria(must_beat=("linear baseline",))
     with pytest.raises(ValueError, match="max_rollout_error must be a finite number > 0"):
         TaskCriteria(max_rollout_error=-1.0)
+
+
+class _Scaled(torch.nn.Module):
+    """The persistence model with its output multiplied by ``factor``: a model whose weights blew up."""
+
+    def __init__(self, factor: float) -> None:
+        super().__init__()
+        self.factor = torch.nn.Parameter(torch.tensor(factor, dtype=torch.float64))
+
+    def forward(self, states: torch.Tensor) -> torch.Tensor:
+        return states * self.factor
+
+
+@pytest.mark.parametrize("factor, message", [(float("nan"), "not finite on 16 of 16"), (float("inf"), "not finite on 16 of 16"),
+                                             (1e3, "more than 10000 times that of predicting zero")])
+def test_a_model_that_blew_up_is_refused_instead_of_scored(factor, message):
+    """Persistence scaled by s predicts s·x for a next state near x: its MSE is about (s − 1)² times the zero
+    predictor's, so s = 1e3 is ~1e6 times it, and a NaN or infinite output is no measurement at all."""
+    from physlens.training import TrainingDiverged
+
+    references = fit_linear_references(SYSTEM, 2, seed=3, n_traj=32)
+    with pytest.raises(TrainingDiverged, match=message):
+        evaluate_task(_Scaled(factor), SYSTEM, n_traj=16, context_len=2, n_steps=3, seed=8, references=references,
+                      n_resamples=50)
+    unguarded = evaluate_task(_Scaled(factor), SYSTEM, n_traj=16, context_len=2, n_steps=3, seed=8, references=references,
+                              n_resamples=50, guard=False)
+    assert not np.isfinite(unguarded.scores[MODEL].one_step_squared_error).all() or unguarded.next_step_mse().estimate > 1e4
+    # A bad model that is not broken is scored: s = 50 gives (s − 1)² ≈ 2.4e3 times the zero predictor's MSE.
+    assert evaluate_task(_Scaled(50.0), SYSTEM, n_traj=16, context_len=2, n_steps=3, seed=8, references=references,
+                         n_resamples=50).next_step_mse().estimate > 0
+
+
+def test_check_model_errors_reads_the_mean_against_the_zero_predictor():
+    from physlens.training import TrainingDiverged, check_model_errors
+    from physlens.training.evaluation import PredictorScores
+
+    def scores(squared: list[float]) -> PredictorScores:
+        n = len(squared)
+        return PredictorScores(np.asarray(squared), np.zeros(n), np.zeros((n, 1)))
+
+    check_model_errors(scores([0.0, 2e4]), zero_mse=1.0)  # mean 1e4: at the limit, not above it
+    with pytest.raises(TrainingDiverged, match=r"next-step MSE on held-out trajectories is 1\.5e\+04"):
+        check_model_errors(scores([1e4, 2e4]), zero_mse=1.0)
+    with pytest.raises(TrainingDiverged, match="not finite on 1 of 2"):
+        check_model_errors(scores([0.0, float("nan")]), zero_mse=1.0)
+    with pytest.raises(ValueError, match="zero_mse must be a finite number >= 0"):
+        check_model_errors(scores([0.0]), zero_mse=float("nan"))

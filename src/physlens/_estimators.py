@@ -42,6 +42,9 @@ def validate_table(estimator: Any, X: Any, *, reset: bool) -> np.ndarray:
     """
     if isinstance(X, torch.Tensor):
         X = X.detach().cpu().numpy()
+    dtype = getattr(X, "dtype", None)
+    if isinstance(dtype, np.dtype) and np.issubdtype(dtype, np.complexfloating):  # scikit-learn prints the whole array
+        raise ValueError(f"X must hold real numbers; Complex data not supported (got {dtype} values)")
     if not scipy.sparse.issparse(X):
         try:
             shape = tuple(X.shape) if hasattr(X, "shape") else np.asarray(X).shape
@@ -65,9 +68,16 @@ def validate_table(estimator: Any, X: Any, *, reset: bool) -> np.ndarray:
 
 
 def as_float_array(name: str, values: Any) -> np.ndarray:
-    """``values`` (an array-like or a tensor) as a float64 numpy array, or a ``ValueError`` naming ``name``."""
+    """``values`` (an array-like or a tensor) as a float64 numpy array, or a ``ValueError`` naming ``name``
+    (complex values included: converting them would drop their imaginary part)."""
     if isinstance(values, torch.Tensor):
         values = values.detach().cpu().numpy()
+    try:
+        given = np.asarray(values).dtype
+    except (TypeError, ValueError):  # ragged and the like: the conversion below says so
+        given = None
+    if given is not None and np.issubdtype(given, np.complexfloating):  # numpy would drop the imaginary part, warning only
+        raise ValueError(f"{name} must hold real numbers, got complex values (their imaginary part would be dropped)")
     try:
         return np.asarray(values, dtype=np.float64)
     except (TypeError, ValueError):

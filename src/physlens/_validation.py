@@ -7,12 +7,32 @@ expected, so bad input fails at the boundary instead of deep inside a computatio
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import typing
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
+
+
+def did_you_mean(unknown: Sequence[str], valid: Iterable[str], *, listing: str = "valid names are") -> str:
+    """The end of an "unknown name" message: ``did you mean 'steps'?`` for each name in ``unknown`` that
+    resembles a valid one (``difflib.get_close_matches``), so a misspelling is answered with its
+    correction; only when some name resembles none are all the valid names listed, after ``listing``."""
+    valid = sorted(str(name) for name in valid)
+    matches = {name: difflib.get_close_matches(str(name), valid, n=1) for name in unknown}
+    found = [(name, close[0]) for name, close in matches.items() if close]
+    parts = []
+    if found:
+        if len(unknown) == 1:
+            parts.append(f"did you mean {found[0][1]!r}?")
+        else:
+            parts.append("did you mean " + ", ".join(f"{close!r} for {name!r}" for name, close in found) + "?")
+    if len(found) < len(unknown):
+        parts.append(f"{listing} {valid}")
+    return "; ".join(parts)
 
 
 def check_positive_int(name: str, value: Any) -> int:

@@ -11,8 +11,10 @@ one line saying how to continue and exit status 130; ``--traceback`` shows the f
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 EXIT_ERROR = 2
 """Exit status of a run that failed for an expected reason (the message says which)."""
@@ -64,20 +66,74 @@ def _guarded(action: Callable[[], int], args: argparse.Namespace, interrupted: s
         return EXIT_ERROR
 
 
+def shipped_studies(directories: Sequence[Path] | None = None) -> list[tuple[Path, str, str]]:
+    """The study files in ``probes/`` — of the working directory and of the source tree physlens runs
+    from (default), read when asked — as ``(path, kind, description)``; a file that cannot be read as
+    a study is left out. ``physlens --help`` lists them."""
+    if directories is None:
+        directories = [Path("probes"), Path(__file__).resolve().parents[2] / "probes"]
+    found: dict[Path, tuple[Path, str, str]] = {}
+    for directory in directories:
+        if not directory.is_dir():
+            continue
+        for file in sorted(directory.glob("*.toml")):
+            if file.resolve() in found:
+                continue
+            try:
+                from physlens.studies import load_study
+
+                header = load_study(file)["study"]
+            except (ValueError, OSError):
+                continue
+            shown = os.path.relpath(file) if not os.path.relpath(file).startswith("..") else str(file)
+            found[file.resolve()] = (Path(shown), header["kind"], header.get("description", ""))
+    return list(found.values())
+
+
+def _epilog() -> str:
+    from physlens.studies import STUDY_KINDS
+
+    lines = ["study kinds ([study] kind): " + ", ".join(sorted(STUDY_KINDS))]
+    studies = shipped_studies()
+    if studies:
+        width = max(len(str(path)) for path, _, _ in studies)
+        lines += ["", "shipped studies (physlens run FILE):"]
+        for path, kind, description in studies:
+            text = description if len(description) <= 70 else description[:69] + "…"
+            lines.append(f"  {str(path):<{width}}  {kind:<10}  {text}".rstrip())
+    lines += ["", "physlens run FILE runs a study, physlens runs lists runs, physlens sweep FILE runs a sweep; "
+                  "add -h after a command for its options."]
+    return "\n".join(lines)
+
+
+class _Parser(argparse.ArgumentParser):
+    """The top-level parser: its help ends with the study kinds and the shipped studies, read only
+    when the help is shown."""
+
+    def format_help(self) -> str:
+        return super().format_help() + "\n" + _epilog() + "\n"
+
+
+RUN_USAGE = "physlens run STUDY.toml [--output DIR] [--overwrite] [--quiet] | physlens run --resume RUN_DIR [--quiet]"
+"""The usage line of ``physlens run``."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``physlens`` command; returns the process exit code."""
-    parser = argparse.ArgumentParser(prog="physlens", description="Mechanistic interpretability of physics networks.")
+    parser = _Parser(prog="physlens", description="Mechanistic interpretability of physics networks.",
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"physlens {_version()}")
     parser.add_argument("--traceback", action="store_true", help="show the full traceback of an error instead of one line")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run a study file (probes/*.toml) and write its report, or --resume an interrupted run",
-                              description="Run a study file, or continue an interrupted run from its last checkpoint.")
+                              description="Run a study file, or continue an interrupted run from its last checkpoint.",
+                              usage=RUN_USAGE)
     run.add_argument("study", nargs="?", help="path to a study TOML file")
     run.add_argument("--resume", metavar="RUN_DIR", default=None,
                      help="continue the interrupted run RUN_DIR (runs/<name>, as `physlens runs` lists it) from its last checkpoint")
     run.add_argument("--output", default="runs", help="directory that receives <study name>/ (default: runs)")
     run.add_argument("--overwrite", action="store_true", help="replace an earlier run of the same study")
-    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.add_argument("--quiet", action="store_true", help="no progress bars: one line on stderr at most once a minute instead")
     run.add_argument("--threads", type=int, default=None, help="torch threads for the run (default: the study's [study] threads)")
 
     runs = commands.add_parser("runs", help="list the runs in a directory and their status (complete, running, resumable, interrupted)")
@@ -108,8 +164,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _use_non_interactive_backend()
     if args.command == "run":
-        if (args.study is None) == (args.resume is None):
-            run.error("give either a study file or --resume RUN_DIR (not both)")
+        if args.study is None and args.resume is None:
+            studies = sorted((path.name != "oscillator.toml", str(path)) for path, _, _ in shipped_studies())
+            example = f" (e.g. physlens run {studies[0][1]}; `physlens --help` lists the shipped studies)" if studies else ""
+            run.error(f"give a study file to run{example}, or --resume RUN_DIR to continue an interrupted run "
+                      "(`physlens runs` lists runs)")
+        if args.study is not None and args.resume is not None:
+            run.error("give either a study file or --resume RUN_DIR, not both")
         if args.resume is not None and args.overwrite:
             run.error("--overwrite does not apply to --resume (a resumed run keeps the setting it started with)")
         return _guarded(lambda: _run(args), args, "interrupted")
@@ -131,10 +192,10 @@ def _run(args: argparse.Namespace) -> int:
     from physlens.studies import resume_run, run_study
 
     if args.resume is not None:
-        out = resume_run(args.resume, progress=not args.quiet, threads=args.threads)
+        out = resume_run(args.resume, progress=not args.quiet, threads=args.threads, heartbeat=args.quiet)
     else:
         out = run_study(args.study, output_root=args.output, overwrite=args.overwrite, progress=not args.quiet,
-                        threads=args.threads)
+                        threads=args.threads, heartbeat=args.quiet)
     print(f"report written to {out / 'report.md'}")
     return 0
 
@@ -146,7 +207,8 @@ def _runs(args: argparse.Namespace) -> int:
     if not found:
         print(f"no runs in {args.directory}")
         return 0
-    width = max(len(info.name) for info in found)
+    width = max(len("NAME"), *(len(info.name) for info in found))
+    print(f"{'NAME':<{width}}  {'STATUS':<11}  {'KIND':<10}  DETAIL")
     for info in found:
         print(f"{info.name:<{width}}  {info.status:<11}  {info.kind or '-':<10}  {info.detail}")
     return 0

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from physlens._validation import check_batch, check_finite, check_positive_int
+from physlens._validation import check_batch, check_finite, check_positive_int, did_you_mean
 from physlens.systems.base import TrajectoryBatch
 
 Positions = Union[str, int, np.integer, Sequence[Union[int, np.integer]], np.ndarray, Tensor, None]
@@ -79,7 +79,7 @@ def check_hooks(model: Any, names: str | Sequence[str]) -> list[str]:
         raise TypeError(f"model must be a TransformerLens HookedRootModule (with hook_dict), got {type(model).__name__}")
     unknown = [n for n in names if n not in hook_dict]
     if unknown:
-        raise ValueError(f"unknown hook names {unknown} for {type(model).__name__}; valid names are {list(hook_dict)}")
+        raise ValueError(f"unknown hook names {unknown} for {type(model).__name__}; {did_you_mean(unknown, hook_dict)}")
     if len(set(names)) != len(names):
         raise ValueError(f"hook names must not repeat, got {names}")
     return names

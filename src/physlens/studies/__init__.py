@@ -26,9 +26,10 @@ import os
 import re
 import secrets
 import socket
+import sys
 import time
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,8 @@ from physlens._io import (
     set_aside,
     staging_for,
 )
+from physlens._progress import PROGRESS_FILE, ProgressSink, progress_line, read_progress, reporting_progress
+from physlens._validation import did_you_mean
 from physlens.studies.report import Report, StudySpecError, format_number, read_metrics, section
 
 STUDY_KINDS: dict[str, str] = {
@@ -168,7 +171,8 @@ def check_study_header(spec: Mapping[str, Any]) -> dict[str, Any]:
     if header.get("threads", 0) < 0:
         raise StudySpecError(f"[study] threads must be >= 0 (0 leaves torch's setting), got {header['threads']}")
     if header["kind"] not in STUDY_KINDS:
-        raise StudySpecError(f"[study] kind must be one of {sorted(STUDY_KINDS)}, got {header['kind']!r}")
+        raise StudySpecError(f"[study] kind {header['kind']!r} is not a study kind; "
+                             f"{did_you_mean([header['kind']], STUDY_KINDS, listing='kind must be one of')}")
     return header
 
 
@@ -219,7 +223,8 @@ def check_spec(spec: Mapping[str, Any]) -> None:
     tables = study_sections(header["kind"]) or {}
     unknown = sorted(set(spec) - set(tables) - {"study"})
     if unknown:
-        raise StudySpecError(f"unknown sections {unknown}; a {header['kind']} study has {sorted({'study', *tables})}")
+        listing = f"a {header['kind']} study has"
+        raise StudySpecError(f"unknown sections {unknown}; {did_you_mean(unknown, {'study', *tables}, listing=listing)}")
     for table, keys in tables.items():
         section(spec, table, keys)
 
@@ -245,6 +250,7 @@ def run_study(
     overwrite: bool = False,
     progress: bool = True,
     threads: int | None = None,
+    heartbeat: bool = False,
 ) -> Path:
     """Run the study file at ``path`` and return the directory holding its report.
 
@@ -259,6 +265,10 @@ def run_study(
     ``[study] threads`` (or ``threads`` here, which wins) sets torch's intra-op thread count for
     the run and restores it afterwards: the models are tiny, and on a busy machine extra threads
     cost far more in contention than they gain.
+
+    While it trains, the run keeps ``progress.json`` (step, loss, time left) in its directory, which
+    :func:`list_runs` reads; ``heartbeat`` also prints that as one line on stderr at most once a
+    minute (for runs without progress bars).
     """
     file = Path(path)
     text = read_study_text(file)
@@ -280,7 +290,8 @@ def run_study(
             except DirectoryTaken:
                 continue
     # The study file travels with the run: load_run and resume_run rebuild the study from it.
-    return _execute(spec, claim, progress=progress, threads=threads, extra_files={"study.toml": text}, resume=False)
+    return _execute(spec, claim, progress=progress, threads=threads, extra_files={"study.toml": text}, resume=False,
+                    heartbeat=heartbeat)
 
 
 def _claim_or_explain(target: Path, *, overwrite: bool) -> RunDirectory:
@@ -333,7 +344,7 @@ def run_spec(
 
 
 def resume_run(
-    run_dir: str | os.PathLike[str], *, progress: bool = True, threads: int | None = None
+    run_dir: str | os.PathLike[str], *, progress: bool = True, threads: int | None = None, heartbeat: bool = False
 ) -> Path:
     """Continue the interrupted run ``run_dir`` (the run's name, ``runs/<name>``, or its
     ``runs/.partial-<name>`` directory) from its last checkpoint and return the finished directory.
@@ -342,6 +353,7 @@ def resume_run(
     resumed from the latest checkpoint, so the result is what an uninterrupted run gives (the
     metrics byte for byte). A run without checkpoints starts its training from step 0. A complete
     run, a directory that holds no run, or a run another process is writing is an error.
+    ``heartbeat`` is :func:`run_study`'s.
     """
     path = Path(run_dir)
     staging = path if is_partial(path) else staging_for(path)
@@ -373,7 +385,8 @@ def resume_run(
     except BaseException:
         claim.release(keep=True)
         raise
-    return _execute(spec, claim, progress=progress, threads=threads, extra_files={}, resume=True, run_key=run_key)
+    return _execute(spec, claim, progress=progress, threads=threads, extra_files={}, resume=True, run_key=run_key,
+                    heartbeat=heartbeat)
 
 
 class RunIdentityError(ValueError):
@@ -507,7 +520,7 @@ class _InterruptRecorder:
 
 def _execute(
     spec: Mapping[str, Any], claim: RunDirectory, *, progress: bool, threads: int | None,
-    extra_files: Mapping[str, str], resume: bool, run_key: str | None = None,
+    extra_files: Mapping[str, str], resume: bool, run_key: str | None = None, heartbeat: bool = False,
 ) -> Path:
     previous_threads = torch.get_num_threads()
     staging = claim.staging
@@ -541,7 +554,10 @@ def _execute(
             options["resume"] = resume
         if "run_key" in parameters:
             options["run_key"] = run_key
-        module.run(dict(spec), staging, **options)
+        sink = ProgressSink(path=staging / PROGRESS_FILE, heartbeat=_heartbeat(claim.target.name) if heartbeat else None)
+        with reporting_progress(sink):
+            module.run(dict(spec), staging, **options)
+        (staging / PROGRESS_FILE).unlink(missing_ok=True)  # a finished run has no progress to show
         elapsed = time.perf_counter() - start
         (staging / "run_time.txt").write_text(f"{elapsed:.1f} s\n")
         interrupts.raise_if_swallowed()
@@ -560,6 +576,15 @@ def _execute(
     finally:
         interrupts.uninstall()
         torch.set_num_threads(previous_threads)
+
+
+def _heartbeat(name: str) -> Callable[[str], None]:
+    """Prints a run's progress line on stderr, named after the run."""
+
+    def beat(line: str) -> None:
+        print(f"physlens: {name}: {line}", file=sys.stderr, flush=True)
+
+    return beat
 
 
 # --- listing runs ------------------------------------------------------------------------------------------
@@ -591,6 +616,18 @@ def _checkpoint_detail(staging: Path) -> str:
     return f"last checkpoint at step {int(found.name.removeprefix('step_'))}" if found is not None else "no checkpoint"
 
 
+def _running_detail(staging: Path) -> str:
+    """Step, loss and time left of a running run, from its progress file (its checkpoints when it has none yet)."""
+    found = read_progress(staging / PROGRESS_FILE)
+    if found is None:
+        return _checkpoint_detail(staging)
+    eta, updated = found.get("eta_s"), found.get("updated")
+    if isinstance(eta, (int, float)) and isinstance(updated, (int, float)):
+        eta = max(float(eta) - max(time.time() - updated, 0.0), 0.0)  # the estimate was made when the file was written
+    loss = found.get("loss") if isinstance(found.get("loss"), (int, float)) else None
+    return progress_line(found["phase"], found["step"], found["total"], loss, eta if isinstance(eta, float) else None)
+
+
 def list_runs(root: str | os.PathLike[str] = "runs") -> list[RunInfo]:
     """The runs under ``root`` with their status (see :data:`RUN_STATUSES`), sorted by name."""
     directory = Path(root)
@@ -620,7 +657,7 @@ def list_runs(root: str | os.PathLike[str] = "runs") -> list[RunInfo]:
                                      "finishes the move"))
                 continue
             if holder is not None:
-                found.append(RunInfo(name, child, "running", record.get("kind"), f"{holder}; {_checkpoint_detail(child)}"))
+                found.append(RunInfo(name, child, "running", record.get("kind"), f"{holder}; {_running_detail(child)}"))
             elif record and (child / "study.toml").is_file():
                 status = "resumable" if _resumable(child) else "interrupted"
                 target = child.parent / name

@@ -283,7 +283,9 @@ def run(spec: dict[str, Any], out_dir: Path, *, progress: bool, resume: bool = F
     checkpoint_dir = out_dir / "checkpoints" if config.checkpoint_every else None
     resume = resume and checkpoint_dir is not None and checkpoint_dir.is_dir()
     result = train(model, system, config, checkpoint_dir=checkpoint_dir, resume=resume, progress=progress, run_key=run_key)
-    save_checkpoint(out_dir / "model", model, metadata={"study": study.name, "steps": config.steps})
+    kept = out_dir / "study.toml"  # the study file the run keeps: the checkpoint carries it, with the system
+    save_checkpoint(out_dir / "model", model, metadata={"study": study.name, "steps": config.steps}, system=system,
+                    study=kept.read_text(encoding="utf-8") if kept.is_file() else None)
     model.eval()
 
     references = fit_linear_references(system, options.context_len, seed=study.seeds["reference fits"])

@@ -19,6 +19,9 @@ from typing import Any
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
+from physlens._io import read_bounded
+from physlens._validation import did_you_mean
+
 
 class StudySpecError(ValueError):
     """A study file is malformed: unknown section or key, wrong type, or a value out of range."""
@@ -72,7 +75,7 @@ def section(spec: Mapping[str, Any], name: str, allowed: Mapping[str, type | tup
         raise StudySpecError(f"[{name}] must be a table, got {type(table).__name__}")
     unknown = sorted(set(table) - set(allowed))
     if unknown:
-        raise StudySpecError(f"[{name}] has unknown keys {unknown}; allowed keys are {sorted(allowed)}")
+        raise StudySpecError(f"[{name}] has unknown keys {unknown}; {did_you_mean(unknown, allowed, listing='allowed keys are')}")
     checked = {}
     for key, value in table.items():
         accepted = allowed[key] if isinstance(allowed[key], tuple) else (allowed[key],)
@@ -179,10 +182,15 @@ def metrics_json(metrics: Mapping[str, Any]) -> str:
     return json.dumps(payload, indent=2, sort_keys=True, allow_nan=False) + "\n"
 
 
+MAX_METRICS_BYTES = 256 << 20
+"""The largest ``metrics.json`` read back (a study's is at most a few megabytes)."""
+
+
 def read_metrics(path: str | Path) -> dict[str, Any]:
     """A ``metrics.json`` as the study computed it: the values listed under ``"non_finite"`` are
-    floats again (``nan``, ``inf``, ``-inf``) and the list itself is dropped."""
-    metrics = json.loads(Path(path).read_text())
+    floats again (``nan``, ``inf``, ``-inf``) and the list itself is dropped. Only a regular file is
+    read, and only up to :data:`MAX_METRICS_BYTES` (a FIFO or a device is refused, not waited on)."""
+    metrics = json.loads(read_bounded(path, MAX_METRICS_BYTES, what="metrics file"))
     entries = metrics.pop(NON_FINITE_KEY, None) if isinstance(metrics, dict) else None
     for entry in entries or []:
         *parents, last = entry["path"]
@@ -259,6 +267,6 @@ class Report:
 
 
 __all__ = [
-    "NON_FINITE_KEY", "Report", "StudySpecError", "TomlTypes", "dataclass_schema", "format_number", "json_safe", "metrics_json",
+    "MAX_METRICS_BYTES", "NON_FINITE_KEY", "Report", "StudySpecError", "TomlTypes", "dataclass_schema", "format_number", "json_safe", "metrics_json",
     "read_metrics", "section",
 ]

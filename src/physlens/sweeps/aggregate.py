@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from physlens import stats
-from physlens._io import atomic_write_bytes, atomic_write_text
+from physlens._io import atomic_write_bytes, atomic_write_text, read_bounded
 from physlens.studies.report import read_metrics
 from physlens.sweeps.metrics import HEADLINES, Headlines, lookup
 from physlens.sweeps.spec import SEED_KEY, SweepSpec, Trial, key_text
@@ -58,11 +58,15 @@ def collect(directory: str | Path, sweep: SweepSpec) -> list[TrialRecord]:
             run = root / "trials" / trial.name
             metrics = read_metrics(run / "metrics.json")  # non-finite values restored from their null + flag
             try:
-                run_time = float((run / "run_time.txt").read_text().split()[0])
+                run_time = float(read_bounded(run / "run_time.txt", 1024, what="run time").split()[0])
             except (OSError, ValueError, IndexError):
                 run_time = None
         elif status == "failed":
-            error = json.loads((root / "failures" / f"{trial.name}.json").read_text()).get("error")
+            try:
+                record = json.loads(read_bounded(root / "failures" / f"{trial.name}.json", 1 << 20, what="failure record"))
+                error = record.get("error") if isinstance(record, dict) else None
+            except (OSError, ValueError, RecursionError):  # a FIFO, a huge or a damaged record is read no further
+                error = "(its failure record cannot be read)"
         records.append(TrialRecord(trial, status, metrics, error, run_time))
     return records
 

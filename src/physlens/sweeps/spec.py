@@ -21,7 +21,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from physlens.studies import STUDY_KINDS, StudySpecError, check_study_header
+from physlens._validation import did_you_mean
+from physlens.studies import STUDY_KINDS, StudySpecError, check_study_header, read_study_text
 from physlens.sweeps._toml import dump_toml
 
 
@@ -401,6 +402,23 @@ def _seeds(value: Any, base_seed: int, where: str) -> list[int]:
     raise SweepSpecError(f"{where} must be {expected}, got {value!r}")
 
 
+def _read_toml(file: Path, what: str) -> dict[str, Any]:
+    """A sweep's TOML file, read as a study file is (a regular UTF-8 file, within a bound: a FIFO or a
+    device is refused, not waited on or read whole), with every failure one error naming the file."""
+    try:
+        text = read_study_text(file)
+    except StudySpecError as error:
+        raise SweepSpecError(str(error).replace("study file", what, 1)) from None
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what} {str(file)!r} does not exist") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise SweepSpecError(f"{what} {str(file)!r} is not valid TOML: {error}") from None
+    except RecursionError:
+        raise SweepSpecError(f"{what} {str(file)!r} nests its arrays or tables too deeply to read") from None
+
+
 def load_sweep(
     path: str | os.PathLike[str],
     *,
@@ -420,18 +438,13 @@ def load_sweep(
     entry for that key; ``seeds`` replaces the file's ``seeds``.
     """
     file = Path(path)
-    if not file.is_file():
-        raise FileNotFoundError(f"sweep or study file {str(file)!r} does not exist")
-    try:
-        document = tomllib.loads(file.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
-        raise SweepSpecError(f"file {str(file)!r} is not valid TOML: {error}") from None
+    document = _read_toml(file, "sweep or study file")
     table = document.get("sweep", {})
     if not isinstance(table, Mapping):
         raise SweepSpecError(f"{file}: [sweep] must be a table")
     unknown = sorted(set(table) - SWEEP_KEYS)
     if unknown:
-        raise SweepSpecError(f"{file}: [sweep] has unknown keys {unknown}; allowed keys are {sorted(SWEEP_KEYS)}")
+        raise SweepSpecError(f"{file}: [sweep] has unknown keys {unknown}; {did_you_mean(unknown, SWEEP_KEYS, listing='allowed keys are')}")
     if "study" in table:
         others = sorted(set(document) - {"sweep"})
         if others:
@@ -439,12 +452,9 @@ def load_sweep(
         if not isinstance(table["study"], str):
             raise SweepSpecError(f"{file}: [sweep] study must be the path of a study file, got {table['study']!r}")
         study_path = (file.parent / table["study"]).resolve()
-        if not study_path.is_file():
+        if not os.path.lexists(study_path):
             raise FileNotFoundError(f"{file}: [sweep] study {table['study']!r} does not exist (looked for {study_path})")
-        try:
-            base = tomllib.loads(study_path.read_text())
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
-            raise SweepSpecError(f"study file {str(study_path)!r} is not valid TOML: {error}") from None
+        base = _read_toml(study_path, "study file")
         if "sweep" in base:
             raise SweepSpecError(f"{file}: its study {str(study_path)!r} has a [sweep] table of its own; sweep one or the other")
     else:

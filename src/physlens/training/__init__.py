@@ -1,6 +1,7 @@
 """Fitting models, rolling them out, and saving them as safetensors + JSON checkpoints."""
 
 from physlens.training.checkpoints import (
+    LoadedCheckpoint,
     latest_checkpoint,
     load_checkpoint,
     load_state,
@@ -30,6 +31,7 @@ from physlens.training.evaluation import (
     TaskCriteria,
     TaskEvaluation,
     TaskVerdict,
+    check_model_errors,
     evaluate_task,
     fit_linear_references,
     float64_system,
@@ -65,6 +67,7 @@ __all__ = [
     "TaskCriteria",
     "TaskEvaluation",
     "TaskVerdict",
+    "check_model_errors",
     "evaluate_task",
     "fit_linear_references",
     "float64_system",
@@ -98,6 +101,7 @@ __all__ = [
     "config_from_dict",
     "evaluate_rollout",
     "latest_checkpoint",
+    "LoadedCheckpoint",
     "load_checkpoint",
     "load_state",
     "optimizer_state_from_flat",

@@ -1,8 +1,9 @@
 """Checkpoints as safetensors + JSON: written atomically, verified on load, loaded without unpickling anything.
 
 A checkpoint is a directory holding ``model.safetensors`` (weights), ``config.json`` (the model class,
-its config, free-form metadata and SHA-256 digests) and optionally ``state.safetensors`` +
-``state.json`` (optimizer, random-generator and training state, to resume a run exactly).
+its config, free-form metadata, optionally the system the model was trained on and the study file
+that trained it, and SHA-256 digests) and optionally ``state.safetensors`` + ``state.json``
+(optimizer, random-generator and training state, to resume a run exactly).
 
 ``config.json`` carries a digest of the weights file, of the state tensors, of ``state.json`` and of
 its own content; loading checks all of them, so a checkpoint whose config was edited (``causal`` flipped, the dtype
@@ -26,6 +27,7 @@ from safetensors.torch import save as save_safetensors_bytes
 
 from physlens._io import NotARegularFile, atomic_directory, is_partial, open_regular, read_bounded
 from physlens.models.base import MODEL_REGISTRY, HookedModel
+from physlens.systems.base import System, check_system, import_system_class
 
 FORMAT_VERSION = 2
 """Version 2 adds the digests; version-1 checkpoints (no digests) load only when asked to
@@ -35,6 +37,9 @@ MAX_JSON_BYTES = 64 << 20
 MODEL_FILE, CONFIG_FILE = "model.safetensors", "config.json"
 STATE_FILE, STATE_JSON = "state.safetensors", "state.json"
 DIGEST_KEY = "digest"
+SYSTEM_KEY, STUDY_KEY = "system", "study"
+"""Keys of config.json holding the system the model was trained on (``{"class": "module:Class", "options":
+system.to_dict()}``) and the text of the study file that trained it; both optional (older checkpoints lack them)."""
 
 
 class CheckpointError(ValueError):
@@ -59,13 +64,17 @@ def save_checkpoint(
     state_tensors: dict[str, torch.Tensor] | None = None,
     state_json: dict[str, Any] | None = None,
     overwrite: bool = False,
+    system: System | None = None,
+    study: str | None = None,
 ) -> Path:
     """Write ``model`` (and optional resumable state) to the directory ``path``, atomically.
 
     The directory appears only once every file in it is complete; an interrupted save leaves only a
     ``.partial-`` sibling that :func:`load_checkpoint` and :func:`latest_checkpoint` ignore.
     ``metadata`` must be JSON-serialisable; ``state_tensors`` go to ``state.safetensors`` and
-    ``state_json`` to ``state.json``.
+    ``state_json`` to ``state.json``. ``system`` (the system the model was trained on, recorded as
+    its class and ``to_dict()``) and ``study`` (the text of the study file that trained it) travel in
+    ``config.json``, under its digest, so :func:`load_checkpoint` hands them back with the model.
     """
     if not isinstance(model, HookedModel):
         raise TypeError(f"model must be a physlens HookedModel, got {type(model).__name__}")
@@ -78,6 +87,14 @@ def save_checkpoint(
         "config": model.config_dict(),
         "metadata": metadata or {},
     }
+    if system is not None:
+        check_system(system)
+        cls = type(system)
+        config[SYSTEM_KEY] = {"class": f"{cls.__module__}:{cls.__qualname__}", "options": system.to_dict()}
+    if study is not None:
+        if not isinstance(study, str):
+            raise TypeError(f"study must be the text of a study file (str), got {type(study).__name__}")
+        config[STUDY_KEY] = study
     json.dumps(config)  # fail on metadata that is not JSON before touching the disk
     weights = {key: value.detach().contiguous().cpu() for key, value in model.state_dict().items()}
     weight_bytes = save_safetensors_bytes(weights)
@@ -198,12 +215,60 @@ def read_checkpoint_config(path: str | os.PathLike[str], *, allow_unverified: bo
     return config
 
 
+class LoadedCheckpoint(tuple):
+    """What :func:`load_checkpoint` returns: it unpacks as ``(model, metadata)``, and also carries what
+    the checkpoint recorded of how the model was trained (``None`` where it recorded nothing, as
+    checkpoints written before these were recorded).
+
+    ``system_record`` is ``{"class": "module:Class", "options": system.to_dict()}``; :attr:`system`
+    rebuilds the system from it. ``study`` is the text of the study file that trained the model.
+    """
+
+    def __new__(cls, model: HookedModel, metadata: dict[str, Any], system_record: dict[str, Any] | None = None,
+                study: str | None = None, device: str | torch.device | None = None) -> LoadedCheckpoint:
+        made = super().__new__(cls, (model, metadata))
+        made.system_record, made.study, made._device = system_record, study, device
+        return made
+
+    @property
+    def model(self) -> HookedModel:
+        """The rebuilt model, in eval mode."""
+        return self[0]
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """The free-form metadata saved with the model."""
+        return self[1]
+
+    @property
+    def system(self) -> System | None:
+        """The system the model was trained on, rebuilt with its class's ``from_dict`` (on the device the
+        model was loaded to, when one was given); ``None`` when the checkpoint recorded none.
+
+        A class outside physlens is imported by its module path, as a study's ``[system] kind`` is, so
+        read this only from checkpoints you trust; ``system_record`` holds the same without importing.
+        """
+        if self.system_record is None:
+            return None
+        record = self.system_record
+        try:
+            cls = import_system_class(record["class"])
+            system = cls.from_dict(record["options"])
+        except (KeyError, TypeError, ValueError) as error:
+            raise CheckpointError(f"the checkpoint's system {record.get('class')!r} cannot be rebuilt: {error}") from None
+        return system.to(device=self._device) if self._device is not None else system
+
+
 def load_checkpoint(
     path: str | os.PathLike[str], *, device: str | torch.device | None = None, allow_unverified: bool = False
-) -> tuple[HookedModel, dict[str, Any]]:
+) -> LoadedCheckpoint:
     """Rebuild the model saved at ``path`` and return ``(model, metadata)``, in eval mode as
     TransformerLens's loaders return models (training switches modes itself). Nothing is unpickled.
-    ``allow_unverified`` admits a version-1 checkpoint, which has no digests to check."""
+    ``allow_unverified`` admits a version-1 checkpoint, which has no digests to check.
+
+    The returned pair is a :class:`LoadedCheckpoint`: its ``system`` is the system the model was
+    trained on and its ``study`` the study file's text, when the checkpoint recorded them (``None``
+    otherwise), so the model can be used without copying its settings by hand."""
     directory = _check_dir(path)
     config = read_checkpoint_config(directory, allow_unverified=allow_unverified)
     name = config["model_class"]
@@ -226,7 +291,15 @@ def load_checkpoint(
         model.load_state_dict(weights, strict=True)
     except RuntimeError as error:
         raise CheckpointError(f"{str(file)!r} does not fit the model {CONFIG_FILE} describes: {error}") from None
-    return model.eval(), config["metadata"]
+    system_record, study = config.get(SYSTEM_KEY), config.get(STUDY_KEY)
+    file = directory / CONFIG_FILE
+    if system_record is not None and (not isinstance(system_record, dict) or not isinstance(system_record.get("class"), str)
+                                      or not isinstance(system_record.get("options"), dict)):
+        raise CheckpointError(f"{str(file)!r}: {SYSTEM_KEY!r} must be an object with a 'class' string and an 'options' "
+                              "object: the checkpoint is damaged")
+    if study is not None and not isinstance(study, str):
+        raise CheckpointError(f"{str(file)!r}: {STUDY_KEY!r} must be the text of a study file: the checkpoint is damaged")
+    return LoadedCheckpoint(model.eval(), config["metadata"], system_record, study, device)
 
 
 def load_state(
@@ -289,6 +362,7 @@ def optimizer_state_from_flat(tensors: dict[str, torch.Tensor], payload: dict[st
 
 __all__ = [
     "CheckpointError",
+    "LoadedCheckpoint",
     "latest_checkpoint",
     "load_checkpoint",
     "load_state",

@@ -24,6 +24,7 @@ from physlens.models.reference import InContextLeastSquares
 from physlens.seeding import stream_seeds
 from physlens.stats import Interval, bootstrap_interval, paired_difference_interval
 from physlens.systems.base import ExactlySolvable, System, TrajectoryBatch
+from physlens.training._divergence import DIVERGENCE_FACTOR, TrainingDiverged
 from physlens.training.rollout import relative_error, rollout
 
 MODEL = "model"
@@ -258,6 +259,34 @@ def score_predictor(
     return PredictorScores(squared.numpy(), relative.numpy(), relative_error(path, truth[:, :n_steps]).numpy())
 
 
+def check_model_errors(scores: PredictorScores, zero_mse: float, *, what: str = "the model") -> None:
+    """Raise :class:`~physlens.training.TrainingDiverged` when ``scores`` (a model's, on held-out
+    trajectories) describe a broken model rather than a measurement: a next-step error that is NaN or
+    infinite, or a next-step MSE above ``DIVERGENCE_FACTOR`` (10⁴, as for the training loss) times ``zero_mse``,
+    the MSE of predicting the zero state on the same trajectories.
+
+    The training loss is checked at every step, but a model can still reach its report broken (a
+    blow-up the last batch did not show, inputs the training batches never held); its next-step error
+    is the training loss on fresh data, so the same guard applies to it before any number is reported.
+    """
+    squared = np.asarray(scores.one_step_squared_error, dtype=np.float64)
+    if not (np.isfinite(zero_mse) and zero_mse >= 0):
+        raise ValueError(f"zero_mse must be a finite number >= 0, got {zero_mse!r}")
+    bad = ~np.isfinite(squared)
+    if bad.any():
+        raise TrainingDiverged(
+            f"{what} diverged: its next-step error is not finite on {int(bad.sum())} of {bad.size} held-out trajectories "
+            "(its weights or outputs overflowed); no score of it would mean anything. Lower the learning rate"
+        )
+    mse = float(squared.mean()) if squared.size else 0.0
+    reference = zero_mse if zero_mse > 0 else float(np.finfo(np.float64).tiny)
+    if mse > DIVERGENCE_FACTOR * reference:
+        raise TrainingDiverged(
+            f"{what} diverged: its next-step MSE on held-out trajectories is {mse:.3g}, more than {DIVERGENCE_FACTOR:g} "
+            f"times that of predicting zero ({zero_mse:.3g}); no score of it would mean anything. Lower the learning rate"
+        )
+
+
 def evaluate_task(
     model: Callable[[Tensor], Tensor],
     system: System,
@@ -269,10 +298,14 @@ def evaluate_task(
     energy_range: tuple[float, float] | None = None,
     references: dict[str, LinearAutoregressive] | None = None,
     n_resamples: int = 2000,
+    guard: bool = True,
 ) -> TaskEvaluation:
     """Score ``model`` and the references on the same ``n_traj`` fresh trajectories of ``system``.
 
     In-context least squares needs a transition, so it is left out when ``context_len`` is 1.
+    With ``guard`` (the default) a model whose next-step errors are not finite or absurdly large is
+    refused with :class:`~physlens.training.TrainingDiverged` (see :func:`check_model_errors`)
+    instead of scored; ``guard=False`` scores it all the same.
 
     Trajectories are drawn in float64 (the model sees them in its own dtype) from the stream
     ``"trajectories"`` of ``seed``; the linear references are fitted on the stream ``"reference fit"``
@@ -307,6 +340,9 @@ def evaluate_task(
     )
     for name, predictor in predictors.items():
         evaluation.scores[name] = score_predictor(predictor, trajectories, context_len, n_steps)
+        if name == MODEL and guard:
+            zero_mse = float(trajectories.states[:, context_len].to(torch.float64).pow(2).mean())
+            check_model_errors(evaluation.scores[MODEL], zero_mse)
     return evaluation
 
 
@@ -323,6 +359,7 @@ __all__ = [
     "TaskCriteria",
     "TaskEvaluation",
     "TaskVerdict",
+    "check_model_errors",
     "evaluate_task",
     "fit_linear_references",
     "float64_system",

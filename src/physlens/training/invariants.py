@@ -153,14 +153,18 @@ def train_siamese(
     result = SiameseTrainResult(threshold=config.margin / 2)
     model.train()
 
+    last: list = []  # the current step's pairs: the loss after the last update is checked on them again
+
     def step_loss(step: int) -> Tensor:
         pairs = make_pairs(orbits, config.batch_size, generator=generator, min_gap=config.min_gap)
+        last[:] = [pairs]
         return contrastive_loss(model.pair_distance(pairs.first, pairs.second), pairs.same, config.margin)
 
     # reference: the first loss, or the margin² a collapsed latent costs each different pair
     guard = DivergenceGuard(what="Siamese training", hint=f"lower lr (now {config.lr:g})", target_scale=lambda: config.margin**2)
     optimise(list(model.parameters()), optimizer, step_loss, steps=config.steps, losses=result.losses, guard=guard,
-             scheduler=schedule, progress=progress, desc="siamese")
+             scheduler=schedule, progress=progress, desc="siamese",
+             final_loss=lambda: contrastive_loss(model.pair_distance(last[0].first, last[0].second), last[0].same, config.margin))
     model.eval()
     return result
 
@@ -305,13 +309,14 @@ def train_bottleneck(
     def step_loss(step: int) -> Tensor:
         batch = system.sample(config.batch_size, config.window + 1, generator=generator).to(model.device, dtype)
         inputs, side, target = oscillator_windows(batch, config.window, query=config.query, generator=generator)
-        targets[:] = [target]
+        targets[:] = [target, inputs, side]
         return F.mse_loss(model(inputs, side), target)
 
     guard = DivergenceGuard(what="bottleneck training", hint=f"lower lr (now {config.lr:g})",
                             target_scale=lambda: float(targets[0].square().mean()))
     losses = optimise(list(model.parameters()), optimizer, step_loss, steps=config.steps, guard=guard, scheduler=schedule,
-                      progress=progress, desc="bottleneck")
+                      progress=progress, desc="bottleneck",
+                      final_loss=lambda: F.mse_loss(model(targets[1], targets[2]), targets[0]))  # the last batch, after its update
     model.eval()
     return losses
 

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from physlens._validation import check_nonnegative_int, check_positive_int
 from physlens.training._divergence import check_loss, loss_reference
+from physlens._progress import report_step
 
 
 @dataclass
@@ -90,6 +91,7 @@ def optimise(
             bar.update(log_every)
         if after_step is not None:
             after_step(step, value)
+        report_step(step + 1, steps, value, desc)  # to the run's progress file, when a run opened one
     bar.close()
     if final_loss is not None and start_step < steps:
         with torch.no_grad():
