@@ -12,7 +12,7 @@ from sklearn.base import clone
 from sklearn.model_selection import cross_val_score
 
 from physlens.models import SiameseConfig, SiameseTower
-from physlens.probes.distill import SymbolicDistiller, distill, record_io
+from physlens.probes.symbolic import SymbolicDistiller, distill, record_io
 
 
 def _symbols(*names: str) -> list[sympy.Symbol]:

@@ -121,8 +121,8 @@ def test_every_subpackage_has_an_api_page(subpackage: str) -> None:
 def _needs_own_directive(package: ModuleType, name: str, submodules: set[str]) -> str | None:
     """The ``:::`` path a public name needs when ``::: physlens.<subpackage>`` cannot render it, else None.
 
-    Two cases: the name is also a submodule's name (``physlens.training.rollout`` is a module and
-    the function it exports; the static renderer sees the module), or the object is defined outside
+    Two cases: the name is also a submodule's name (the static renderer would see the module;
+    ``tests/test_package.py`` keeps such names from existing), or the object is defined outside
     physlens (a re-export such as TransformerLens's ``PatchingResult``, which the renderer does not
     follow).
     """

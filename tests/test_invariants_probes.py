@@ -11,7 +11,7 @@ from sklearn.preprocessing import PolynomialFeatures
 from transformer_lens.hook_points import HookPoint
 from transformer_lens.HookedRootModule import HookedRootModule
 
-from physlens.probes.distill import record_io
+from physlens.probes.symbolic import record_io
 from physlens.probes.invariants import (
     PolynomialLatentRegression,
     match_quantities,

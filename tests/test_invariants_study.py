@@ -11,7 +11,7 @@ import sympy
 from matplotlib.figure import Figure
 
 from physlens.plots.invariants import plot_bottleneck_matches, plot_formula_front, plot_latent_vs_invariant
-from physlens.probes.distill import FormulaCandidate
+from physlens.probes.symbolic import FormulaCandidate
 from physlens.studies import STUDY_KINDS, StudySpecError, run_study
 
 TINY = """

@@ -31,7 +31,7 @@ from physlens.probes.implied import (
     readout_from_predictions,
 )
 from physlens.systems import Choice, Fixed, OscillatorSystem, Trajectories, Uniform, propagator
-from physlens.training.rollout import rollout
+from physlens.training.rollouts import rollout
 
 SYSTEM = OscillatorSystem(omega0={"range": [1.0, 4.0]}, gamma=0.1, dt=0.1, dtype="float64")
 

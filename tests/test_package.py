@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
+import pkgutil
 import subprocess
 import sys
 from pathlib import Path
@@ -41,6 +43,26 @@ def test_an_unknown_top_level_name_is_an_attribute_error():
     with pytest.raises(AttributeError, match="no attribute 'OscilatorSystem'"):
         physlens.OscilatorSystem  # noqa: B018
     assert not hasattr(physlens, "_warmup")
+
+
+_PACKAGES = ["physlens"] + [info.name for info in pkgutil.walk_packages(physlens.__path__, "physlens.") if info.ispkg]
+
+
+@pytest.mark.parametrize("package_name", _PACKAGES)
+def test_no_public_name_is_also_a_submodule_name(package_name):
+    # A function named like its module hides the module behind the package attribute (and the API
+    # reference renders the module in its place), so every exported name must differ from every
+    # submodule's name.
+    package = importlib.import_module(package_name)
+    submodules = {info.name for info in pkgutil.iter_modules(package.__path__)}
+    assert sorted(submodules & set(getattr(package, "__all__", []))) == []
+
+
+def test_functions_that_share_a_word_with_their_module_are_the_functions():
+    from physlens.probes import distill, saliency
+    from physlens.training import rollout
+
+    assert all(inspect.isfunction(f) for f in (distill, saliency, rollout))
 
 
 def test_import_physlens_loads_no_heavy_dependency():

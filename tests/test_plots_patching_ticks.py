@@ -9,7 +9,7 @@ from physlens.models import OscillatorTransformer, TransformerConfig
 from physlens.plots.probes import plot_attention_patterns, plot_patching, plot_saliency
 from physlens.probes import patching as pl_patching
 from physlens.probes.patching import patching_pairs, patching_sweep
-from physlens.probes.saliency import saliency, saliency_matrix
+from physlens.probes.input_attribution import saliency, saliency_matrix
 from physlens.systems import OscillatorSystem, Uniform
 
 matplotlib.use("Agg")

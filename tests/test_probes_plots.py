@@ -19,7 +19,7 @@ from physlens.plots.probes import (
 from physlens.probes.ablation import ablation_sweep
 from physlens.probes.linear_probe import probe_sweep
 from physlens.probes.patching import patching_pairs, patching_sweep
-from physlens.probes.saliency import saliency, saliency_matrix
+from physlens.probes.input_attribution import saliency, saliency_matrix
 from physlens.systems import OscillatorSystem, Uniform
 
 matplotlib.use("Agg")

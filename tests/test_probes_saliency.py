@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from physlens.models import OscillatorTransformer, TransformerConfig
-from physlens.probes.saliency import off_diagonal_fraction, saliency, saliency_matrix
+from physlens.probes.input_attribution import off_diagonal_fraction, saliency, saliency_matrix
 
 
 def window_one_linear_map(model: OscillatorTransformer) -> torch.Tensor:

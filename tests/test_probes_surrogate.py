@@ -11,7 +11,7 @@ from physlens.models import OscillatorTransformer, TransformerConfig
 from physlens.models.linear import LinearAutoregressive, sliding_windows
 from physlens.probes.surrogate import LinearSurrogate
 from physlens.systems import OscillatorSystem, Uniform, propagator
-from physlens.training.rollout import relative_error, rollout
+from physlens.training.rollouts import relative_error, rollout
 
 
 def test_window_one_fit_recovers_exact_propagator():

@@ -25,7 +25,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
 
 from physlens.models.linear import LinearAutoregressive  # noqa: E402
 from physlens.probes.discovery import MechanismDiscovery  # noqa: E402
-from physlens.probes.distill import SymbolicDistiller  # noqa: E402
+from physlens.probes.symbolic import SymbolicDistiller  # noqa: E402
 from physlens.probes.invariants import PolynomialLatentRegression  # noqa: E402
 from physlens.probes.linear_probe import LinearProbe, RidgeProbeSweep  # noqa: E402
 from physlens.probes.scan import AlgorithmScan, n_parameters  # noqa: E402

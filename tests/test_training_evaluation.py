@@ -22,7 +22,7 @@ from physlens.training.evaluation import (
     fit_linear_references,
     float64_system,
 )
-from physlens.training.rollout import rollout
+from physlens.training.rollouts import rollout
 
 SYSTEM = OscillatorSystem(omega0={"range": [1.0, 4.0]}, gamma=0.1, dt=0.1, dtype="float32")
 

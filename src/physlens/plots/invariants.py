@@ -10,7 +10,7 @@ import numpy as np
 import sympy
 from matplotlib.figure import Figure
 
-from physlens.probes.distill import FormulaCandidate
+from physlens.probes.symbolic import FormulaCandidate
 
 _MAX_POINTS = 4000  # scatter plots thin to this many points so figures stay small
 

@@ -131,7 +131,7 @@ def plot_attention_patterns(pattern: Any, *, title: str = "attention pattern") -
 
 
 def plot_saliency(matrix: Any, *, d_out: int = 2, d_in: int = 2, title: str = "saliency |∂Y/∂X|") -> Figure:
-    """A ``[pos_out · d_out, pos_in · d_in]`` saliency matrix (see ``probes.saliency.saliency_matrix``),
+    """A ``[pos_out · d_out, pos_in · d_in]`` saliency matrix (see ``probes.saliency_matrix``),
     the seed's Fig. 2, on a log colour scale."""
     matrix = np.abs(to_numpy(matrix))
     if matrix.ndim != 2:

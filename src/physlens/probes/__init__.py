@@ -10,7 +10,7 @@ from physlens.probes.attribution import (
 )
 from physlens.probes.ablation import AblationResult, Component, ablation_hook, ablation_sweep, model_components, next_step_loss
 from physlens.probes.activations import Activations, capture_activations, collect_activations, iter_activations
-from physlens.probes.distill import UNARY_FUNCTIONS, FormulaCandidate, SymbolicDistiller, distill, record_io
+from physlens.probes.symbolic import UNARY_FUNCTIONS, FormulaCandidate, SymbolicDistiller, distill, record_io
 from physlens.probes.invariants import (
     PolynomialLatentRegression,
     QuantityMatch,
@@ -42,7 +42,7 @@ from physlens.probes.patching import (
     patching_sweep,
     recovery,
 )
-from physlens.probes.saliency import InputAttribution, integrated_gradients, off_diagonal_fraction, saliency, saliency_matrix
+from physlens.probes.input_attribution import InputAttribution, integrated_gradients, off_diagonal_fraction, saliency, saliency_matrix
 from physlens.probes.surrogate import LinearSurrogate, SurrogateFidelity
 from physlens.probes.weights import HeadCircuits, full_ov_circuit, head_circuits, singular_values
 from physlens.probes.mechanisms import (

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from physlens._validation import check_batch, check_choice, check_nonnegative_int
 from physlens.probes.activations import capture_activations, check_hooks, model_device
-from physlens.training.rollout import relative_error, rollout
+from physlens.training.rollouts import relative_error, rollout
 from physlens.training.trainer import loss_slice
 
 METHODS = ("zero", "mean", "resample")

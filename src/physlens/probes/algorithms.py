@@ -31,7 +31,7 @@ from physlens._validation import check_positive_int
 from physlens.models.linear import LinearAutoregressive
 from physlens.models.reference import ExactStep, InContextLeastSquares
 from physlens.systems.oscillator import OscillatorSystem, Trajectories
-from physlens.training.rollout import rollout
+from physlens.training.rollouts import rollout
 
 LEAST_SQUARES = "in-context least squares (k states)"
 LINEAR_AR = "linear AR-k (float64)"

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from physlens._validation import check_positive_int
 from physlens.systems.oscillator import Trajectories, energy
-from physlens.training.rollout import rollout
+from physlens.training.rollouts import rollout
 
 
 def decay_rate(energies: np.ndarray, dt: float) -> np.ndarray:

@@ -24,7 +24,7 @@ from physlens.probes.activations import capture_activations, check_hooks, model_
 from physlens.probes.linear_probe import DEFAULT_ALPHAS, LinearProbe
 from physlens.stats import Interval, bootstrap_interval
 from physlens.systems.oscillator import Trajectories, fit_propagator, parameters_from_propagator
-from physlens.training.rollout import rollout
+from physlens.training.rollouts import rollout
 
 
 def model_fingerprint(model: torch.nn.Module) -> str:

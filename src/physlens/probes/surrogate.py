@@ -18,7 +18,7 @@ from physlens._estimators import NotFittedError
 from physlens._validation import check_positive_float, check_positive_int
 from physlens.models.linear import LinearAutoregressive
 from physlens.probes.activations import model_device
-from physlens.training.rollout import relative_error, rollout
+from physlens.training.rollouts import relative_error, rollout
 
 
 @dataclass

@@ -20,7 +20,7 @@ from physlens.models.mlp import EnsembleConfig, MLPEnsemble
 from physlens.models.siamese import BottleneckConfig, BottleneckNetwork, SiameseConfig, SiameseTower
 from physlens.plots.invariants import plot_bottleneck_matches, plot_formula_front, plot_latent_vs_invariant
 from physlens.plots.training import plot_loss_curve
-from physlens.probes.distill import UNARY_FUNCTIONS, SymbolicDistiller, record_io
+from physlens.probes.symbolic import UNARY_FUNCTIONS, SymbolicDistiller, record_io
 from physlens.probes.invariants import (
     ORBIT_FEATURE_SETS,
     PolynomialLatentRegression,

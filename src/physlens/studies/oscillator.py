@@ -37,7 +37,7 @@ from physlens.training.evaluation import (
     evaluate_task,
     fit_linear_references,
 )
-from physlens.training.rollout import rollout
+from physlens.training.rollouts import rollout
 from physlens.training.trainer import TrainConfig, TrainResult, check_leakage, config_from_dict, train
 
 SYSTEM_KEYS = dataclass_schema(OscillatorSystem)

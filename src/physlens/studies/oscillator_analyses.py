@@ -45,7 +45,7 @@ from physlens.probes.linear_probe import LinearProbe, ProbeResult
 from physlens.probes.nonlinear import mlp_probe_r2
 from physlens.probes.parity import parity_report, pattern_features, quadratic_features
 from physlens.probes.patching import group_patching, patching_grid, patching_sweep
-from physlens.probes.saliency import off_diagonal_fraction, saliency, saliency_matrix
+from physlens.probes.input_attribution import off_diagonal_fraction, saliency, saliency_matrix
 from physlens.probes.selection import SiteSelection, select_sites, site_features
 from physlens.probes.steering import fit_probe_direction, steering_sweep
 from physlens.probes.surrogate import LinearSurrogate

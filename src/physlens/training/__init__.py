@@ -24,7 +24,7 @@ from physlens.training.invariants import (
     train_bottleneck,
     train_siamese,
 )
-from physlens.training.rollout import RolloutEvaluation, evaluate_rollout, relative_error, rollout
+from physlens.training.rollouts import RolloutEvaluation, evaluate_rollout, relative_error, rollout
 from physlens.training.evaluation import (
     Check,
     PredictorScores,

@@ -25,7 +25,7 @@ from physlens.seeding import stream_seeds
 from physlens.stats import Interval, bootstrap_interval, paired_difference_interval
 from physlens.systems.base import ExactlySolvable, System, TrajectoryBatch
 from physlens.training._divergence import DIVERGENCE_FACTOR, TrainingDiverged
-from physlens.training.rollout import relative_error, rollout
+from physlens.training.rollouts import relative_error, rollout
 
 MODEL = "model"
 ORACLE = "oracle: exact propagator"
