@@ -81,9 +81,13 @@ def test_the_report_says_there_is_nothing_to_beat_and_why_the_oracle_errs(main_r
     assert round_off["float64_propagator_float64_steps"] == pytest.approx(answers["oracle_error"], rel=0.05)
     # in extended precision throughout, the error falls to the truth's own float64 rounding
     assert round_off["extended_propagator_extended_steps"] < round_off["float64_propagator_extended_steps"]
-    assert round_off["extended_propagator_extended_steps"] < 1e-15
     assert f"Why the model can beat the oracle at step 60" in text
     assert f"Its median error at step 60 is {format_number(round_off['float64_propagator_float64_steps'])}" in text
+    assert round_off["extended_propagator_extended_steps"] == pytest.approx(round_off["float64_truth_rounding"], rel=0.05)
+    assert f"the propagator itself in extended precision gives {format_number(round_off['extended_propagator_extended_steps'])}" in text
+    assert f"its largest entry is off the exact e^{{AΔt}} by {format_number(round_off['float64_propagator_max_entry_error'])}" in text
+    # the window-1 model's own map, read off its weights, is reported beside the oracle's
+    assert f"largest entry is off e^{{AΔt}} by {format_number(round_off['learned_map_max_entry_error'])}" in text
     verb = "beats" if answers["model_error"] < answers["oracle_error"] else "does not beat"
     assert f"it {verb} the oracle by" in text
 

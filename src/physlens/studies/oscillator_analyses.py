@@ -780,6 +780,10 @@ FIRST_STATE_ENERGY = FIRST_STATE_UNITS["energy"][0]
 phase only (the model never sees a state's size, so it cannot carry the physical energy)."""
 
 
+NO_LINEAR_READOUT = 0.1
+"""Below this held-out R² at its best site, a label is reported as not linearly readable from the model."""
+
+
 def _check_energy(opts, model, system, seq_len) -> None:
     _check_positive("energy", opts, ("n_trajectories", "n_folds", "n_controls", "last_k", "rollout_trajectories", "rollout_steps"))
     if opts["n_folds"] < 2:
@@ -853,14 +857,17 @@ def _run_energy(ctx: AnalysisContext, opts: dict[str, Any]) -> None:
             f"out {decay.n_steps} steps (T = {format_number(T)} time units). On average the energy decays as e^{{−2γt}} (exactly, "
             "dE/dt = −2γp², which oscillates about −2γE); the damping rate γ̂ = −slope/2 of a line through log E(t) is read off the "
             "model's rollout and off the true trajectory with the same fit.")
-        report.table(["quantity", "model's rollout", "true trajectory"], [
+        gamma_varies = _varies(ctx.system, "gamma")
+        rows = [
             ["median E(T)/E(0)", float(np.median(decay.model_ratio)), float(np.median(decay.true_ratio))],
             ["median e^{−2γT} (the law)", float(np.median(decay.law_ratio())), float(np.median(decay.law_ratio()))],
-            ["median |E(T)/E(0) − e^{−2γT}| / e^{−2γT}", decay.law_error("model"), decay.law_error("truth")],
-            ["γ̂ from the fit: RMSE against the true trajectory's γ̂", decay.rmse(), 0.0],
-            ["γ̂ from the fit: R² against the true trajectory's γ̂", decay.r2(), 1.0],
-            ["median |E(T)/E(0) − truth's| / truth's", float(np.median(decay.final_ratio_error)), 0.0],
-        ])
+            ["median relative distance of E(T)/E(0) from e^{−2γT}", decay.law_error("model"), decay.law_error("truth")],
+            ["median relative distance of E(T)/E(0) from the true trajectory's", float(np.median(decay.final_ratio_error)), "—"],
+            ["RMSE of γ̂ against the true trajectory's γ̂", decay.rmse(), "—"],
+        ]
+        if gamma_varies:  # with one γ for every trajectory the truth's γ̂ barely varies, and an R² against it means nothing
+            rows.append(["R² of γ̂ against the true trajectory's γ̂", decay.r2(), "—"])
+        report.table(["quantity", "model's rollout", "true trajectory"], rows)
         summary["decay"] = decay.to_dict()
     ctx.metrics["energy"] = summary
     physical = results["energy"].at(results["energy"].best_site())
@@ -874,13 +881,17 @@ def _run_energy(ctx: AnalysisContext, opts: dict[str, Any]) -> None:
                      f"{FIRST_STATE_ENERGY} (E/‖s0‖², a function of ω0 and the phase), best R² {format_number(first['r2'])} at "
                      f"{_short_site(results[FIRST_STATE_ENERGY].best_site())} against the input baseline's "
                      f"{format_number(first['input_baseline_r2'])}")
+    elif physical["r2"] < NO_LINEAR_READOUT:
+        sentence += (f": no site carries it linearly (R² below {format_number(NO_LINEAR_READOUT)} everywhere), while the input's "
+                     "quadratic features give it; the energy is a quadratic of the state, and this model's activations are not")
     elif physical["selectivity_over_baseline"] <= 0.02:
         sentence += (": the input states alone give the energy (it is a quadratic of the current state), so this site's "
                      "probe is no evidence that the model computes it")
     if decay is not None:
         sentence += (f". Along {decay.n_steps}-step rollouts the model's E(T)/E(0) is {format_number(float(np.median(decay.model_ratio)))} "
                      f"(truth {format_number(float(np.median(decay.true_ratio)))}, e^{{−2γT}} {format_number(float(np.median(decay.law_ratio())))}); "
-                     f"the damping rate read off its energy has R² {format_number(decay.r2())} against the truth's")
+                     + (f"the damping rate read off its energy has R² {format_number(decay.r2())} against the truth's" if _varies(ctx.system, "gamma")
+                        else f"the damping rate read off its energy is off the truth's by RMSE {format_number(decay.rmse())}"))
     ctx.findings.append(sentence + ".")
 
 
