@@ -245,7 +245,15 @@ def test_a_scale_equivariant_model_reports_energy_in_first_state_units_under_its
                                          "sites": [["blocks.1.hook_resid_post", 5]], "n_controls": 1}}, model, SYSTEM, 6)
     run_analyses(ctx, options)
     analyses = ctx.report.metrics["analyses"]
-    assert set(analyses["energy"]) == {"energy", "energy_over_first_state_sq", "decay"}
+    assert set(analyses["energy"]) == {"energy", "energy_over_first_state_sq", "decay", "physical_from_first_state_units_r2"}
+    # what E/‖s0‖² alone explains of the physical energy: the independent fit, on the same trajectories
+    from physlens.probes.linear_probe import LinearProbe
+    from physlens.seeding import stream_seed
+
+    data = SYSTEM.sample(40, 6, seed=stream_seed(0, "energy trajectories"))
+    ratio = data.labels(first_state_units=True)["energy"][:, 5, None].numpy()
+    expected = LinearProbe(n_folds=3, seed=stream_seed(0, "energy probes")).fit(ratio, data.energy[:, 5].numpy()).cv_r2_
+    assert analyses["energy"]["physical_from_first_state_units_r2"]["r2"] == pytest.approx(expected, rel=1e-9)
     assert set(analyses["probes"]["pre_registered"]["blocks.1.hook_resid_post@5"]) == {"omega0", "energy_over_first_state_sq"}
     assert probe_label_name("energy", True) == "energy_over_first_state_sq" and probe_label_name("energy", False) == "energy"
     with pytest.raises(ValueError, match="label must be one of"):

@@ -822,6 +822,9 @@ def _run_energy(ctx: AnalysisContext, opts: dict[str, Any]) -> None:
         results[name] = probe_sites_beside_controls(X, controls, values.cpu()[:, site_positions], sites, label=name,
                                                     baseline_r2=np.array([baseline[p] for _, p in sites]), n_folds=opts["n_folds"],
                                                     seed=seed)
+    if scaled:  # how much of the physical energy E/‖s0‖² alone explains: all a scale-equivariant model can know of it, linearly
+        last = positions[-1]
+        summary_ceiling = _cv_r2(labels[FIRST_STATE_ENERGY][:, last, None], labels["energy"][:, last].cpu().numpy(), seed, opts["n_folds"])
     report.heading("Energy: probes at every site beside their controls, and its decay along rollouts", level=3)
     units = ("The model divides its input by the size of its first state, so it never sees how large a trajectory is: the "
              f"physical energy is not a function of what it sees, and the label a probe can find is `{FIRST_STATE_ENERGY}`, "
@@ -835,7 +838,12 @@ def _run_energy(ctx: AnalysisContext, opts: dict[str, Any]) -> None:
         "input states, in the units the model sees. E is a quadratic function of the current state (ω0²x² is a quadratic of two "
         "consecutive states, since the step from one to the next carries ω0), so the input baseline is expected to explain "
         "most of it: only the selectivity over that baseline says the model adds anything.")
-    summary = {}
+    summary: dict[str, Any] = {}
+    if scaled:
+        summary["physical_from_first_state_units_r2"] = {"position": last, "r2": summary_ceiling}
+        report.paragraph(f"At position {last}, a linear fit of the physical energy on {FIRST_STATE_ENERGY} alone has held-out R² "
+                         f"{format_number(summary_ceiling)}: that much of the physical energy a probe of this model can read without "
+                         "the model knowing any trajectory's size.")
     for name, result in results.items():
         best = result.best_site()
         at = result.at(best)
@@ -877,7 +885,9 @@ def _run_energy(ctx: AnalysisContext, opts: dict[str, Any]) -> None:
                 f"selectivity over the baseline {format_number(physical['selectivity_over_baseline'])})")
     if scaled:
         first = results[FIRST_STATE_ENERGY].at(results[FIRST_STATE_ENERGY].best_site())
-        sentence += (f". The model is scale-equivariant, so the physical energy is not representable in it; what it can carry is "
+        sentence += (f". The model is scale-equivariant, so the physical energy is not representable in it (it is no function of "
+                     f"what the model sees; {FIRST_STATE_ENERGY} alone explains R² {format_number(summary_ceiling)} of it at position "
+                     f"{last}, linearly); what it can carry is "
                      f"{FIRST_STATE_ENERGY} (E/‖s0‖², a function of ω0 and the phase), best R² {format_number(first['r2'])} at "
                      f"{_short_site(results[FIRST_STATE_ENERGY].best_site())} against the input baseline's "
                      f"{format_number(first['input_baseline_r2'])}")
