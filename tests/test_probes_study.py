@@ -291,3 +291,22 @@ def test_the_mechanism_analysis_reads_implied_gamma_beside_a_gamma_probe_when_ga
     implied = ctx.report.metrics["analyses"]["mechanism"]["implied"]
     assert rows[5]["rmse"] == implied["gamma_rmse"] and rows[5]["r2"] == implied["gamma_r2"]
     assert "Implied γ: RMSE" in ctx.findings[0]
+
+
+def test_the_gamma_and_unscaled_study_files_run_the_sections_their_questions_need():
+    import dataclasses
+    from pathlib import Path
+
+    from physlens.studies import load_study
+
+    root = Path(__file__).resolve().parents[1]
+    gamma = parse_study(load_study(root / "probes/oscillator_variable_gamma.toml"))
+    assert {"mechanism", "energy"} <= set(gamma.analyses)
+    variable = parse_study(load_study(root / "probes/oscillator_variable.toml"))
+    unscaled = parse_study(load_study(root / "probes/oscillator_variable_unscaled.toml"))
+    assert "energy" in unscaled.analyses and not unscaled.model.cfg.scale_by_first_state
+    # the same study but for the one flag: same network, initialisation, budget and criteria
+    assert dataclasses.asdict(unscaled.model.cfg) == {**dataclasses.asdict(variable.model.cfg), "scale_by_first_state": False}
+    assert unscaled.train_config == variable.train_config
+    assert unscaled.evaluation == variable.evaluation
+    assert unscaled.system.to_dict() == variable.system.to_dict()
