@@ -822,7 +822,7 @@ def _run_energy(ctx: AnalysisContext, opts: dict[str, Any]) -> None:
         results[name] = probe_sites_beside_controls(X, controls, values.cpu()[:, site_positions], sites, label=name,
                                                     baseline_r2=np.array([baseline[p] for _, p in sites]), n_folds=opts["n_folds"],
                                                     seed=seed)
-    if scaled:  # how much of the physical energy E/‖s0‖² alone explains: all a scale-equivariant model can know of it, linearly
+    if scaled:  # how much of the physical energy E/‖s0‖² alone explains, linearly (other functions of the scaled states may add some)
         last = positions[-1]
         summary_ceiling = _cv_r2(labels[FIRST_STATE_ENERGY][:, last, None], labels["energy"][:, last].cpu().numpy(), seed, opts["n_folds"])
     report.heading("Energy: probes at every site beside their controls, and its decay along rollouts", level=3)
@@ -842,8 +842,9 @@ def _run_energy(ctx: AnalysisContext, opts: dict[str, Any]) -> None:
     if scaled:
         summary["physical_from_first_state_units_r2"] = {"position": last, "r2": summary_ceiling}
         report.paragraph(f"At position {last}, a linear fit of the physical energy on {FIRST_STATE_ENERGY} alone has held-out R² "
-                         f"{format_number(summary_ceiling)}: that much of the physical energy a probe of this model can read without "
-                         "the model knowing any trajectory's size.")
+                         f"{format_number(summary_ceiling)}: the part of the physical energy the label this model can carry explains. "
+                         "What else a probe of the model reads comes from other functions of the scaled states (such as how far the "
+                         "energy has decayed), which the input-baseline column measures; the model never sees a trajectory's size.")
     for name, result in results.items():
         best = result.best_site()
         at = result.at(best)
