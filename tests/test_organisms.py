@@ -260,3 +260,35 @@ def test_readout_input_checks(data):
         implied_kernel(states, states[:, :5])
     with pytest.raises(ValueError, match="every position"):
         predict_all_positions(lambda s: s[:, -1:], states)
+
+
+DAMPED = OscillatorSystem(omega0={"range": [1.0, 4.0]}, gamma={"range": [0.05, 0.3]}, dt=0.1, dtype="float64")
+
+
+def test_implied_gamma_of_least_squares_on_a_damped_system_is_the_true_gamma():
+    # γ varies per trajectory: a predictor that reads K off the context implies each trajectory's own γ.
+    contexts = DAMPED.sample(64, 40, seed=3)
+    readout = implied_parameters(LeastSquaresOrganism(20), contexts)
+    assert_allclose(readout.gamma, contexts.gamma.numpy(), atol=1e-9)
+    assert readout.rmse("gamma") < 1e-9
+    assert readout.r2("gamma") > 1 - 1e-12
+    assert readout.r2("omega0") > 1 - 1e-12
+
+
+def test_implied_gamma_of_a_context_blind_organism_is_its_one_gamma():
+    # Stepping every trajectory with the mean γ: the readout returns that γ everywhere, so it explains
+    # none of the spread (R² ≤ 0) and its RMSE is the spread of the true γ about the mean.
+    contexts = DAMPED.sample(64, 40, seed=3)
+    readout = implied_parameters(ContextBlindOrganism.from_system(DAMPED), contexts)
+    assert_allclose(readout.gamma, np.full(64, spec_mean(DAMPED.gamma)), atol=1e-9)
+    truth = contexts.gamma.numpy()
+    assert readout.r2("gamma") <= 0
+    assert readout.rmse("gamma") == pytest.approx(float(np.sqrt(np.mean((truth - truth.mean()) ** 2 + (truth.mean() - 0.175) ** 2))), rel=1e-6)
+
+
+def test_readout_parameter_names_are_checked(contexts):
+    readout = implied_parameters(LeastSquaresOrganism(5), contexts)
+    with pytest.raises(ValueError, match="parameter must be"):
+        readout.rmse("Omega")
+    # γ is fixed in SYSTEM: its R² is undefined, not a number that looks like a finding.
+    assert np.isnan(readout.r2("gamma"))

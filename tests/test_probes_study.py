@@ -196,3 +196,117 @@ def test_load_run_returns_the_trained_model_system_study_and_seeds(tmp_path):
     assert slope == pytest.approx(metrics["analyses"]["swap"]["model"]["slope"]["estimate"], rel=1e-9)
     with pytest.raises(FileNotFoundError, match="not a complete physlens run"):
         load_run(tmp_path)
+
+
+ENERGY = {"run": ["energy"], "energy": {"hooks": ["hook_embed", "resid_post"], "positions": [2, 5], "n_trajectories": 40, "n_folds": 3,
+                                        "n_controls": 2, "rollout_trajectories": 8, "rollout_steps": 12}}
+
+
+def _energy_context(model) -> AnalysisContext:
+    return AnalysisContext(model=model, system=SYSTEM, seq_len=6, loss_positions="all", seed=0, progress=False, report=Report("tiny"))
+
+
+def test_the_energy_analysis_probes_the_physical_energy_at_every_site_beside_its_controls():
+    from physlens.probes.baselines import input_baseline_r2
+    from physlens.seeding import stream_seed
+
+    model = _model()
+    ctx = _energy_context(model)
+    run_analyses(ctx, parse_analyses(ENERGY, model, SYSTEM, 6))
+    energy = ctx.report.metrics["analyses"]["energy"]
+    assert set(energy) == {"energy", "decay"}  # physical units: no first-state label
+    sites = energy["energy"]["sites"]
+    assert len(sites) == 3 * 2  # hook_embed and two resid_post, at two positions
+    # The input baseline is the independent function on the same trajectories, at the site's position.
+    data = SYSTEM.sample(40, 6, seed=stream_seed(0, "energy trajectories"))
+    expected = input_baseline_r2(data.states, data.energy[:, 5], position=5, last_k=3, n_folds=3, seed=stream_seed(0, "energy probes"))
+    assert sites["hook_embed@5"]["input_baseline_r2"] == pytest.approx(expected, rel=1e-9)
+    # The embedding is linear in the state and the energy quadratic, so no linear probe there can read it,
+    # while quadratic features of the input give it (γ and ω0 fixed per trajectory: ω0²x² is a quadratic of two states).
+    assert sites["hook_embed@5"]["r2"] < 0.5 < expected
+    assert sites["hook_embed@5"]["selectivity_over_baseline"] < 0
+    assert energy["decay"]["n_steps"] == 12 and energy["decay"]["n_trajectories"] == 8
+    text = "\n".join(ctx.report.lines)
+    assert "shuffled-label R²" in text and "Energy decay along rollouts" in text
+    assert ctx.findings[-1].startswith("Energy: the physical energy's best site is")
+
+
+def test_a_scale_equivariant_model_reports_energy_in_first_state_units_under_its_own_name():
+    from physlens.studies.oscillator_analyses import FIRST_STATE_UNITS, probe_label_name
+    from physlens.systems.oscillator import LABEL_DEGREE
+
+    assert set(FIRST_STATE_UNITS) == set(LABEL_DEGREE)  # every label that scales with the states has a name in those units
+    cfg = TransformerConfig(d_model=4, n_layers=2, n_heads=2, d_head=2, n_ctx=6, causal=True, attn_only=False,
+                            positional_embedding=True, scale_by_first_state=True, dtype="float64", seed=11)
+    model = OscillatorTransformer(cfg).eval()
+    ctx = _energy_context(model)
+    options = parse_analyses({**ENERGY, "run": ["probes", "energy"],
+                              "probes": {"targets": ["omega0", "energy"], "n_trajectories": 40, "n_permutations": 2, "nonlinear": False,
+                                         "sites": [["blocks.1.hook_resid_post", 5]], "n_controls": 1}}, model, SYSTEM, 6)
+    run_analyses(ctx, options)
+    analyses = ctx.report.metrics["analyses"]
+    assert set(analyses["energy"]) == {"energy", "energy_over_first_state_sq", "decay", "physical_from_first_state_units_r2"}
+    # what E/‖s0‖² alone explains of the physical energy: the independent fit, on the same trajectories
+    from physlens.probes.linear_probe import LinearProbe
+    from physlens.seeding import stream_seed
+
+    data = SYSTEM.sample(40, 6, seed=stream_seed(0, "energy trajectories"))
+    ratio = data.labels(first_state_units=True)["energy"][:, 5, None].numpy()
+    expected = LinearProbe(n_folds=3, seed=stream_seed(0, "energy probes")).fit(ratio, data.energy[:, 5].numpy()).cv_r2_
+    assert analyses["energy"]["physical_from_first_state_units_r2"]["r2"] == pytest.approx(expected, rel=1e-9)
+    assert set(analyses["probes"]["pre_registered"]["blocks.1.hook_resid_post@5"]) == {"omega0", "energy_over_first_state_sq"}
+    assert probe_label_name("energy", True) == "energy_over_first_state_sq" and probe_label_name("energy", False) == "energy"
+    with pytest.raises(ValueError, match="label must be one of"):
+        probe_label_name("temperature", True)
+    text = "\n".join(ctx.report.lines)
+    assert "physical energy is not representable" in ctx.findings[-1]
+    assert "| energy |" not in text  # the probes table never calls E/‖s0‖² the energy
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"n_folds": 1}, "n_folds: must be >= 2"),
+        ({"rollout_steps": 1}, "rollout_steps: must be >= 2"),
+        ({"hooks": ["resid_sideways"]}, "do not exist in this model"),
+        ({"positions": [9]}, "outside the 6 positions"),
+        ({"n_trajectories": 4}, "n_trajectories: must be at least"),
+    ],
+)
+def test_bad_energy_options_are_refused_before_training(change, message):
+    with pytest.raises(StudySpecError, match=message):
+        parse_analyses({"run": ["energy"], "energy": {**ENERGY["energy"], **change}}, _model(), SYSTEM, 6)
+
+
+def test_the_mechanism_analysis_reads_implied_gamma_beside_a_gamma_probe_when_gamma_varies():
+    damped = OscillatorSystem(omega0=Uniform(1.0, 4.0), gamma=Uniform(0.05, 0.3), dtype="float64")
+    cfg = TransformerConfig(d_model=4, n_layers=2, n_heads=2, d_head=2, n_ctx=24, causal=True, attn_only=False, dtype="float64", seed=5)
+    model = OscillatorTransformer(cfg).eval()
+    options = parse_analyses({"run": ["mechanism"], "mechanism": {"n_trajectories": 16, "n_pairs": 12, "calibration_seeds": 1}},
+                             model, damped, 24)
+    ctx = AnalysisContext(model=model, system=damped, seq_len=24, loss_positions="all", seed=0, progress=False, report=Report("tiny"))
+    run_analyses(ctx, options)
+    rows = ctx.report.metrics["analyses"]["mechanism"]["implied_beside_probes"]
+    assert [row["parameter"] for row in rows] == ["omega0"] * 5 + ["gamma"] * 5
+    implied = ctx.report.metrics["analyses"]["mechanism"]["implied"]
+    assert rows[5]["rmse"] == implied["gamma_rmse"] and rows[5]["r2"] == implied["gamma_r2"]
+    assert "Implied γ: RMSE" in ctx.findings[0]
+
+
+def test_the_gamma_and_unscaled_study_files_run_the_sections_their_questions_need():
+    import dataclasses
+    from pathlib import Path
+
+    from physlens.studies import load_study
+
+    root = Path(__file__).resolve().parents[1]
+    gamma = parse_study(load_study(root / "probes/oscillator_variable_gamma.toml"))
+    assert {"mechanism", "energy"} <= set(gamma.analyses)
+    variable = parse_study(load_study(root / "probes/oscillator_variable.toml"))
+    unscaled = parse_study(load_study(root / "probes/oscillator_variable_unscaled.toml"))
+    assert "energy" in unscaled.analyses and not unscaled.model.cfg.scale_by_first_state
+    # the same study but for the one flag: same network, initialisation, budget and criteria
+    assert dataclasses.asdict(unscaled.model.cfg) == {**dataclasses.asdict(variable.model.cfg), "scale_by_first_state": False}
+    assert unscaled.train_config == variable.train_config
+    assert unscaled.evaluation == variable.evaluation
+    assert unscaled.system.to_dict() == variable.system.to_dict()

@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = [
     ("docs/tutorials/models/oscillator_variable", "probes/oscillator_variable.toml"),
     ("docs/tutorials/models/oscillator_variable_gamma", "probes/oscillator_variable_gamma.toml"),
+    ("docs/tutorials/models/oscillator_variable_unscaled", "probes/oscillator_variable_unscaled.toml"),
 ]
 
 

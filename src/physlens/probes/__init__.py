@@ -154,7 +154,7 @@ from physlens.probes.calibration import (
     planted_organisms,
 )
 from physlens.probes.baselines import input_baseline_r2, input_features
-from physlens.probes.energy import EnergyDecay, decay_rate, rollout_energy_decay
+from physlens.probes.energy import EnergyDecay, SiteProbes, decay_rate, probe_sites_beside_controls, rollout_energy_decay
 from physlens.probes.implied_step import (
     CARRIER_SHARE,
     ImpliedPatching,
@@ -185,6 +185,8 @@ __all__ = [
     "EnergyDecay",
     "decay_rate",
     "rollout_energy_decay",
+    "probe_sites_beside_controls",
+    "SiteProbes",
     "CARRIER_SHARE",
     "ImpliedPatching",
     "implied_omega0_from_step",

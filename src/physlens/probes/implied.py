@@ -111,6 +111,24 @@ class ImpliedParameters:
         spread = float(((truth - truth.mean()) ** 2).sum()) if valid.any() else 0.0
         return float(1 - ((self.omega0[valid] - truth) ** 2).sum() / spread) if spread > 0 else float("nan")
 
+    def rmse(self, parameter: str) -> float:
+        """Root-mean-square error of the implied ``parameter`` (``"omega0"`` or ``"gamma"``) over the valid trajectories."""
+        implied, truth = self._pair(parameter)
+        return float(np.sqrt(np.mean((implied - truth) ** 2))) if implied.size else float("nan")
+
+    def r2(self, parameter: str) -> float:
+        """R² of the implied ``parameter`` (``"omega0"`` or ``"gamma"``) against its true value over the valid
+        trajectories (NaN if the true value does not vary)."""
+        implied, truth = self._pair(parameter)
+        spread = float(((truth - truth.mean()) ** 2).sum()) if implied.size else 0.0
+        return float(1 - ((implied - truth) ** 2).sum() / spread) if spread > 0 else float("nan")
+
+    def _pair(self, parameter: str) -> tuple[np.ndarray, np.ndarray]:
+        if parameter not in ("omega0", "gamma"):
+            raise ValueError(f"parameter must be 'omega0' or 'gamma', got {parameter!r}")
+        valid = ~np.isnan(self.omega0)
+        return getattr(self, parameter)[valid], getattr(self, f"true_{parameter}")[valid]
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary."""
         valid = ~np.isnan(self.omega0)
@@ -121,7 +139,8 @@ class ImpliedParameters:
             "omega0_r2": self.omega0_r2,
             "omega0_median_bias": float(np.median(self.omega0[valid] - self.true_omega0[valid])) if valid.any() else float("nan"),
             "gamma_median": float(np.median(self.gamma[valid])) if valid.any() else float("nan"),
-            "gamma_rmse": float(np.sqrt(np.mean((self.gamma[valid] - self.true_gamma[valid]) ** 2))) if valid.any() else float("nan"),
+            "gamma_rmse": self.rmse("gamma"),
+            "gamma_r2": self.r2("gamma"),
             "kernel_error_median": float(np.median(self.kernel_error)),
             "parameter_share": self.parameter_share,
             "fit_residual_median": float(np.median(self.fit_residual)),

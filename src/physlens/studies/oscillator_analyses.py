@@ -39,6 +39,7 @@ from physlens.probes.attribution import attribution_patching_sweep, patching_agr
 from physlens.probes.baselines import input_baseline_r2
 from physlens.probes.calibration import calibrate_analyses
 from physlens.probes.context_swap import context_swap_test
+from physlens.probes.energy import probe_sites_beside_controls, rollout_energy_decay
 from physlens.probes.implied import implied_parameters
 from physlens.probes.implied_step import CARRIER_SHARE, implied_omega0_patching
 from physlens.probes.linear_probe import LinearProbe, ProbeResult
@@ -353,6 +354,17 @@ def _run_mechanism(ctx: AnalysisContext, opts: dict[str, Any]) -> None:
         ["random-init control", implied_control.omega0_rmse, implied_control.omega0_r2, float(np.median(implied_control.kernel_error)),
          implied_control.parameter_share],
     ])
+    readouts = _implied_beside_probes(ctx, data, implied, implied_control)
+    varying = list(dict.fromkeys(row["parameter"] for row in readouts))
+    report.paragraph(
+        f"**Implied {' and '.join(PARAMETER_SYMBOLS[p] for p in varying)} beside a linear probe.** The parameter(s) the system "
+        "varies, read two ways on the same trajectories: off the map the model's predictions imply (no training of any readout), "
+        f"and by a ridge probe of the label at {_short_site(readouts[0]['site'])} (held-out by {IMPLIED_PROBE_FOLDS}-fold "
+        "cross-validation), with the probe's controls — the strongest of "
+        f"{IMPLIED_PROBE_CONTROLS} random-init copies and quadratic features of the last 3 input states."
+    )
+    report.table(["parameter", "readout", "RMSE", "R²"], [[PARAMETER_SYMBOLS[row["parameter"]], row["readout"], row["rmse"], row["r2"]]
+                                                         for row in readouts])
     # 4. where is the inferred ω0? patching scored by the implied ω0 of the last prediction
     a, b = ctx.system.sample_swap_pairs(opts["n_pairs"], ctx.seq_len, seed=ctx.stream("mechanism patching pairs"), min_change=opts["min_change"],
                                         match_first_norm=bool(model.cfg.scale_by_first_state))
@@ -372,7 +384,8 @@ def _run_mechanism(ctx: AnalysisContext, opts: dict[str, Any]) -> None:
                  [[name, patched.kinds[name], patched.recovery(name).format()] for name in patched.patched])
     carriers, gathered = patched.carriers(), patched.gathered_from()
     ctx.metrics["mechanism"] = {"calibration": calibration.to_dict(), "match": match.to_dict(), "control_match": control.to_dict(),
-                                "implied": implied.to_dict(), "implied_control": implied_control.to_dict(), "patching": patched.to_dict()}
+                                "implied": implied.to_dict(), "implied_control": implied_control.to_dict(), "patching": patched.to_dict(),
+                                "implied_beside_probes": [{**row, "site": list(row["site"])} for row in readouts]}
     best_writer = max((n for n in patched.patched if patched.kinds[n] != "last position"), key=lambda n: patched.recovery(n).estimate)
     last_layer = f"L{model.cfg.n_layers - 1} resid_pre @ last"
     where = (f"{', '.join(carriers)} alone restore(s) at least {CARRIER_SHARE:g} of it" if carriers else
@@ -387,8 +400,60 @@ def _run_mechanism(ctx: AnalysisContext, opts: dict[str, Any]) -> None:
         f"How it predicts ({calibration_note}): {match.sentence()}; a random-init copy's closest candidate is {control.best} at "
         f"{format_number(control.distance[control.best])}. The map its predictions imply gives ω0 with RMSE "
         f"{format_number(implied.omega0_rmse)} (R² {implied.omega0_r2:.4f}; random-init {format_number(implied_control.omega0_r2)}). "
-        f"Patching by implied ω0: {where}; {gathered_text}."
+        + _implied_gamma_sentence(readouts)
+        + f"Patching by implied ω0: {where}; {gathered_text}."
     )
+
+
+PARAMETER_SYMBOLS = {"omega0": "ω0", "gamma": "γ"}
+IMPLIED_PROBE_FOLDS = 5
+IMPLIED_PROBE_CONTROLS = 3
+
+
+def _varies(system: OscillatorSystem, parameter: str) -> bool:
+    low, high = getattr(system, parameter).bounds
+    return high > low
+
+
+def _implied_beside_probes(ctx: AnalysisContext, data: Any, implied: Any, implied_control: Any) -> list[dict[str, Any]]:
+    """For each parameter the system varies: the implied readout (trained and random-init) beside a linear probe of the label at
+    the last layer's output at the last position, the strongest of several random-init copies' probes, and the input baseline."""
+    model, last = ctx.model, ctx.seq_len - 1
+    site = (f"blocks.{model.cfg.n_layers - 1}.hook_resid_post", last)
+    seed = ctx.stream("mechanism implied-parameter probes")
+    features = site_features(model, data.states, [site[0]], [last])[0][:, 0]
+    controls = [site_features(ctx.control_model(i), data.states, [site[0]], [last])[0][:, 0] for i in range(IMPLIED_PROBE_CONTROLS)]
+    rows = []
+    for parameter in [p for p in PARAMETER_SYMBOLS if _varies(ctx.system, p)]:
+        y = getattr(data, parameter).double().cpu().numpy()
+        spread = float(np.mean((y - y.mean()) ** 2))
+
+        def rmse(r2: float) -> float:  # the pooled held-out R² is 1 − mean squared error / spread
+            return float(np.sqrt(max(0.0, 1 - r2) * spread))
+
+        probe = _cv_r2(features, y, seed, IMPLIED_PROBE_FOLDS)
+        control = max(_cv_r2(c, y, seed, IMPLIED_PROBE_FOLDS) for c in controls)
+        baseline = input_baseline_r2(data.states, y, position=last, last_k=min(3, last + 1),
+                                     scale_by_first_state=bool(model.cfg.scale_by_first_state), n_folds=IMPLIED_PROBE_FOLDS, seed=seed)
+        for readout, error, r2 in (
+            ("implied by the trained model's predictions", implied.rmse(parameter), implied.r2(parameter)),
+            ("implied by a random-init copy's predictions", implied_control.rmse(parameter), implied_control.r2(parameter)),
+            (f"linear probe at {_short_site(site)}", rmse(probe), probe),
+            (f"linear probe, strongest of {IMPLIED_PROBE_CONTROLS} random-init copies", rmse(control), control),
+            ("input baseline: quadratic features of the last 3 states", rmse(baseline), baseline),
+        ):
+            rows.append({"parameter": parameter, "readout": readout, "rmse": float(error), "r2": float(r2), "site": site})
+    return rows
+
+
+def _implied_gamma_sentence(readouts: list[dict[str, Any]]) -> str:
+    rows = [row for row in readouts if row["parameter"] == "gamma"]
+    if not rows:
+        return ""
+    implied, control, probe, probe_control, baseline = rows
+    return (f"Implied γ: RMSE {format_number(implied['rmse'])}, R² {format_number(implied['r2'])} (random-init "
+            f"{format_number(control['r2'])}), against a linear γ probe's R² {format_number(probe['r2'])} (strongest random-init copy "
+            f"{format_number(probe_control['r2'])}, input baseline {format_number(baseline['r2'])}). ")
 
 
 # --- context swap ------------------------------------------------------------------------------
@@ -461,6 +526,24 @@ def _check_probes(opts, model, system, seq_len) -> None:
         raise _error("probes", "n_trajectories", f"must be at least 2 × n_folds = {2 * opts['n_folds']}, got {opts['n_trajectories']}")
 
 
+FIRST_STATE_UNITS = {
+    "energy": ("energy_over_first_state_sq", "E/‖s0‖², the energy in units of the first state's size: a function of ω0 and the phase"),
+    "acceleration": ("acceleration_over_first_state_norm", "ẍ/‖s0‖"),
+    "omega0_sq_x": ("omega0_sq_x_over_first_state_norm", "ω0²x/‖s0‖"),
+    "gamma_p": ("gamma_p_over_first_state_norm", "γp/‖s0‖"),
+}
+"""Labels that scale with the states, and what they are when measured in units of the first state's size."""
+
+
+def probe_label_name(label: str, first_state_units: bool) -> str:
+    """The name a probe target is reported under: ``label`` itself, or, for a ``scale_by_first_state``
+    model, what a label that scales with the states becomes in first-state units
+    (``energy`` → ``energy_over_first_state_sq``)."""
+    if label not in LABEL_NAMES:
+        raise ValueError(f"label must be one of {list(LABEL_NAMES)}, got {label!r}")
+    return FIRST_STATE_UNITS[label][0] if first_state_units and label in FIRST_STATE_UNITS else label
+
+
 def _constant_targets(system: OscillatorSystem, targets: list[str], seq_len: int) -> list[str]:
     """Targets that do not vary in this system (e.g. γ when it is fixed): nothing to decode."""
     labels = system.sample(64, seq_len, seed=0).labels()
@@ -521,6 +604,10 @@ def _run_probes(ctx: AnalysisContext, opts: dict[str, Any]) -> None:
     X, sites = site_features(model, data.states, hooks, positions)
     X_control, _ = site_features(control, data.states, hooks, positions)
     y = _label_matrix(data, targets, sites, model)
+    # Labels in first-state units are named for what they are from here on (E/‖s0‖² is no energy).
+    scaled = bool(model.cfg.scale_by_first_state)
+    raw = {probe_label_name(t, scaled): t for t in targets}
+    targets = list(raw)
     seed = ctx.stream("probes folds and permutations")
     kwargs = dict(n_folds=opts["n_folds"], n_permutations=opts["n_permutations"], seed=seed)
     selection = select_sites(X, y, sites, targets, **kwargs)
@@ -540,14 +627,17 @@ def _run_probes(ctx: AnalysisContext, opts: dict[str, Any]) -> None:
         "chooses the site and the penalty inside each training fold, and the maximum over sites is compared with its "
         f"permutation null ({opts['n_permutations']} label shuffles across trajectories). *Even share*: the share of the "
         "site's variance that is even under s → −s; a linear probe for an even label (ω0, γ, energy) can use only that part."
-        + (" The model divides its input by the size of its first state, so labels that scale with the states (energy, "
-           "acceleration, ω0²·x, γ·p) are probed in those units too." if model.cfg.scale_by_first_state else "")
+        + (" The model divides its input by the size of its first state, so labels that scale with the states are probed in "
+           "those units too, and named for it: " + ", ".join(f"{name} ({FIRST_STATE_UNITS[label][1]})" for name, label in raw.items()
+                                                            if name != label)
+           + ". The physical energy cannot be carried by such a model; the [analyses.energy] section probes it."
+           if scaled and any(name != label for name, label in raw.items()) else "")
     )
     if registered:
         rows = []
         for site in registered:
             for target in targets:
-                possible = parity.linear_readout_possible(site, target) if site in parity.sites else True
+                possible = parity.linear_readout_possible(site, raw[target]) if site in parity.sites else True
                 share = float(parity.even_share[parity.sites.index(site)]) if site in parity.sites else float("nan")
                 rows.append([f"{site[0]} @ {site[1]}", target, selection.r2_at(site, target), control_selection.r2_at(site, target),
                              share, "" if possible else "odd site: no linear readout of an even label"])
@@ -556,7 +646,8 @@ def _run_probes(ctx: AnalysisContext, opts: dict[str, Any]) -> None:
             report.paragraph(f"Strongest of {opts['n_controls']} random-init copies at each pre-registered site: "
                              + "; ".join(f"{_short_site(site)} {target} {format_number(ctx.shared['strongest_control'][(site, target)])}"
                                          for site in registered for target in targets) + ".")
-    baseline = _input_baselines(data, targets, registered or [sites[-1]], model, seed, opts["n_folds"])
+    baseline = {(position, probe_label_name(target, scaled)): r2 for (position, target), r2 in
+                _input_baselines(data, list(raw.values()), registered or [sites[-1]], model, seed, opts["n_folds"]).items()}
     report.paragraph(
         "**Input-feature baseline**: the same ridge probe on quadratic features of the last 3 input states (in the units the "
         "model sees), the strongest baseline a site's probe must beat: a label this baseline decodes is no evidence that "
@@ -574,13 +665,13 @@ def _run_probes(ctx: AnalysisContext, opts: dict[str, Any]) -> None:
     report.table(["target", "nested R²", "control nested R²", "max over sites (best site)", "control max (its best site)",
                   "p of the max", "null 95 % of the max"], rows)
     probe_result = _probe_result(selection, control_selection, hooks, positions)
-    for target in [t for t in (HEADLINE_TARGET, "omega0_sq_x", "energy") if t in targets] or targets[:1]:
+    for target in [probe_label_name(t, scaled) for t in (HEADLINE_TARGET, "omega0_sq_x", "energy") if t in raw.values()] or targets[:1]:
         report.figure(f"probe_r2_{target}", plot_probe_r2(probe_result, target),
                       f"Held-out R² of linear probes for {target} per hook and position, trained model beside its random-init control.")
     metrics: dict[str, Any] = {"model": selection.to_dict(), "random_init_control": control_selection.to_dict(),
                                "parity": parity.to_dict(), "pre_registered_sites": [list(s) for s in registered],
                                "skipped_constant_targets": constant}
-    even_rows, even_metrics = _even_features(ctx, opts, data, control, targets, registered)
+    even_rows, even_metrics = _even_features(ctx, opts, data, control, list(raw.values()), registered)
     if even_rows:
         report.paragraph("Even features, for even labels: attention weights at the last query of every layer (q·k is even when "
                          "q and k are odd) and quadratic features (top-8 principal components and their products) at each "
@@ -601,7 +692,7 @@ def _run_probes(ctx: AnalysisContext, opts: dict[str, Any]) -> None:
                                                                   if k in ("nested_r2", "p_value_of_max")}}
     ctx.metrics["probes"] = metrics
     ctx.shared["probe_sites"] = registered
-    _probe_findings(ctx, targets, registered, selection, control_selection, parity, even_metrics)
+    _probe_findings(ctx, targets, registered, selection, control_selection, parity, even_metrics, raw)
 
 
 def _short_site(site: tuple[str, int]) -> str:
@@ -643,7 +734,7 @@ def _even_features(ctx, opts, data, control, targets, registered) -> tuple[list[
     return rows, metrics
 
 
-def _probe_findings(ctx, targets, registered, selection, control_selection, parity, even_metrics) -> None:
+def _probe_findings(ctx, targets, registered, selection, control_selection, parity, even_metrics, raw) -> None:
     for target in targets:
         s, c = selection.summary(target), control_selection.summary(target)
         sentence = f"{target}: "
@@ -665,7 +756,7 @@ def _probe_findings(ctx, targets, registered, selection, control_selection, pari
                      f"{format_number(c['nested_r2'])}); the best site's {format_number(s['max_r2'])} "
                      + ("exceeds" if significant else "does not exceed")
                      + f" the permutation null of the maximum (p = {format_number(s['p_value_of_max'])}).")
-        if target in EVEN_LABELS:
+        if raw[target] in EVEN_LABELS:
             odd = [site for site in parity.sites if parity.is_odd(site)]
             if len(odd) == len(parity.sites):
                 sentence += (" Every probed site is odd under s → −s (even share < "
@@ -680,6 +771,139 @@ def _probe_findings(ctx, targets, registered, selection, control_selection, pari
                              + (": the context alone carries it, so this says little about training." if gap < 0.05 else ".")
                              )
         ctx.findings.append(sentence)
+
+
+# --- energy: is the physical energy in the model beyond its controls, and does it decay as γ says? ---
+
+FIRST_STATE_ENERGY = FIRST_STATE_UNITS["energy"][0]
+"""What the ``energy`` label is for a ``scale_by_first_state`` model: E/‖s0‖², a function of ω0 and the
+phase only (the model never sees a state's size, so it cannot carry the physical energy)."""
+
+
+NO_LINEAR_READOUT = 0.1
+"""Below this held-out R² at its best site, a label is reported as not linearly readable from the model."""
+
+
+def _check_energy(opts, model, system, seq_len) -> None:
+    _check_positive("energy", opts, ("n_trajectories", "n_folds", "n_controls", "last_k", "rollout_trajectories", "rollout_steps"))
+    if opts["n_folds"] < 2:
+        raise _error("energy", "n_folds", f"must be >= 2 for cross-validation, got {opts['n_folds']}")
+    if opts["n_trajectories"] < 2 * opts["n_folds"]:
+        raise _error("energy", "n_trajectories", f"must be at least 2 × n_folds = {2 * opts['n_folds']}, got {opts['n_trajectories']}")
+    if opts["rollout_steps"] < 2:
+        raise _error("energy", "rollout_steps", f"must be >= 2 to fit a decay rate, got {opts['rollout_steps']}")
+    expand_hooks(model, opts["hooks"], "[analyses.energy] hooks")
+    _positions(opts["positions"], seq_len, "[analyses.energy] positions")
+
+
+def _energy_site_rows(result: Any) -> list[list[Any]]:
+    return [[_short_site(site), *(result.at(site)[key] for key in ("r2", "strongest_random_init_r2", "shuffled_r2", "input_baseline_r2",
+                                                                  "selectivity_over_baseline"))]
+            for site in result.sites]
+
+
+def _run_energy(ctx: AnalysisContext, opts: dict[str, Any]) -> None:
+    model, report, seq_len = ctx.model, ctx.report, ctx.seq_len
+    hooks = expand_hooks(model, opts["hooks"], "[analyses.energy] hooks")
+    positions = _positions(opts["positions"], seq_len, "[analyses.energy] positions")
+    scaled = bool(model.cfg.scale_by_first_state)
+    data = ctx.sample("energy trajectories", opts["n_trajectories"], seq_len)
+    X, sites = site_features(model, data.states, hooks, positions)
+    controls = [site_features(ctx.control_model(i), data.states, hooks, positions)[0] for i in range(opts["n_controls"])]
+    seed = ctx.stream("energy probes")
+    site_positions = torch.tensor([p for _, p in sites])
+    labels = {"energy": data.to(dtype=torch.float64).labels()["energy"]}
+    if scaled:
+        labels[FIRST_STATE_ENERGY] = data.to(dtype=torch.float64).labels(first_state_units=True)["energy"]
+    results = {}
+    for name, values in labels.items():
+        baseline = {p: input_baseline_r2(data.states, values[:, p], position=p, last_k=min(opts["last_k"], p + 1),
+                                         scale_by_first_state=scaled, n_folds=opts["n_folds"], seed=seed) for p in positions}
+        results[name] = probe_sites_beside_controls(X, controls, values.cpu()[:, site_positions], sites, label=name,
+                                                    baseline_r2=np.array([baseline[p] for _, p in sites]), n_folds=opts["n_folds"],
+                                                    seed=seed)
+    if scaled:  # how much of the physical energy E/‖s0‖² alone explains, linearly (other functions of the scaled states may add some)
+        last = positions[-1]
+        summary_ceiling = _cv_r2(labels[FIRST_STATE_ENERGY][:, last, None], labels["energy"][:, last].cpu().numpy(), seed, opts["n_folds"])
+    report.heading("Energy: probes at every site beside their controls, and its decay along rollouts", level=3)
+    units = ("The model divides its input by the size of its first state, so it never sees how large a trajectory is: the "
+             f"physical energy is not a function of what it sees, and the label a probe can find is `{FIRST_STATE_ENERGY}`, "
+             "E/‖s0‖², the energy in units of the first state's size — a function of ω0 and the phase only. Both are probed. "
+             if scaled else "The model sees the states in physical units. ")
+    report.paragraph(
+        units + f"Physical energy E = ½(p² + ω0²x²) at each site's position; ridge probes on {len(data)} fresh trajectories at "
+        f"{len(hooks)} hooks × {len(positions)} positions, held-out R² by {opts['n_folds']}-fold cross-validation over trajectories. "
+        f"Controls at every site: {opts['n_controls']} random-init copies of the model (the strongest is shown), the same probe "
+        f"with the labels shuffled across trajectories, and the input baseline — quadratic features of the last {opts['last_k']} "
+        "input states, in the units the model sees. E is a quadratic function of the current state (ω0²x² is a quadratic of two "
+        "consecutive states, since the step from one to the next carries ω0), so the input baseline is expected to explain "
+        "most of it: only the selectivity over that baseline says the model adds anything.")
+    summary: dict[str, Any] = {}
+    if scaled:
+        summary["physical_from_first_state_units_r2"] = {"position": last, "r2": summary_ceiling}
+        report.paragraph(f"At position {last}, a linear fit of the physical energy on {FIRST_STATE_ENERGY} alone has held-out R² "
+                         f"{format_number(summary_ceiling)}: the part of the physical energy the label this model can carry explains. "
+                         "What else a probe of the model reads comes from other functions of the scaled states (such as how far the "
+                         "energy has decayed), which the input-baseline column measures; the model never sees a trajectory's size.")
+    for name, result in results.items():
+        best = result.best_site()
+        at = result.at(best)
+        summary[name] = {**result.to_dict(), "best": at}
+        report.table([f"site ({name})", "held-out R²", "strongest random-init R²", "shuffled-label R²",
+                      f"input baseline R² (last {opts['last_k']} states, quadratic)", "selectivity over the baseline"],
+                     _energy_site_rows(result))
+    # 2. the energy of the model's own rollouts: E(t)/E(0) against the decay law e^{−2γt}
+    rollouts = float64_system(ctx.system).sample(opts["rollout_trajectories"], seq_len + opts["rollout_steps"], seed=ctx.stream("energy rollouts"))
+    try:
+        decay = rollout_energy_decay(model, rollouts, context_len=seq_len)
+    except ValueError as error:
+        decay = None
+        report.paragraph(f"**Energy decay along rollouts** could not be read: {error}.")
+    if decay is not None:
+        T = (decay.n_steps - 1) * ctx.system.dt
+        report.paragraph(
+            f"**Energy decay along rollouts.** {len(rollouts)} fresh trajectories: the model is given {seq_len} true states and rolls "
+            f"out {decay.n_steps} steps (T = {format_number(T)} time units). On average the energy decays as e^{{−2γt}} (exactly, "
+            "dE/dt = −2γp², which oscillates about −2γE); the damping rate γ̂ = −slope/2 of a line through log E(t) is read off the "
+            "model's rollout and off the true trajectory with the same fit.")
+        gamma_varies = _varies(ctx.system, "gamma")
+        rows = [
+            ["median E(T)/E(0)", float(np.median(decay.model_ratio)), float(np.median(decay.true_ratio))],
+            ["median e^{−2γT} (the law)", float(np.median(decay.law_ratio())), float(np.median(decay.law_ratio()))],
+            ["median relative distance of E(T)/E(0) from e^{−2γT}", decay.law_error("model"), decay.law_error("truth")],
+            ["median relative distance of E(T)/E(0) from the true trajectory's", float(np.median(decay.final_ratio_error)), "—"],
+            ["RMSE of γ̂ against the true trajectory's γ̂", decay.rmse(), "—"],
+        ]
+        if gamma_varies:  # with one γ for every trajectory the truth's γ̂ barely varies, and an R² against it means nothing
+            rows.append(["R² of γ̂ against the true trajectory's γ̂", decay.r2(), "—"])
+        report.table(["quantity", "model's rollout", "true trajectory"], rows)
+        summary["decay"] = decay.to_dict()
+    ctx.metrics["energy"] = summary
+    physical = results["energy"].at(results["energy"].best_site())
+    sentence = (f"Energy: the physical energy's best site is {_short_site(results['energy'].best_site())} with held-out R² "
+                f"{format_number(physical['r2'])} (strongest random-init copy {format_number(physical['strongest_random_init_r2'])}, "
+                f"shuffled labels {format_number(physical['shuffled_r2'])}, input baseline {format_number(physical['input_baseline_r2'])}; "
+                f"selectivity over the baseline {format_number(physical['selectivity_over_baseline'])})")
+    if scaled:
+        first = results[FIRST_STATE_ENERGY].at(results[FIRST_STATE_ENERGY].best_site())
+        sentence += (f". The model is scale-equivariant, so the physical energy is not representable in it (it is no function of "
+                     f"what the model sees; {FIRST_STATE_ENERGY} alone explains R² {format_number(summary_ceiling)} of it at position "
+                     f"{last}, linearly); what it can carry is "
+                     f"{FIRST_STATE_ENERGY} (E/‖s0‖², a function of ω0 and the phase), best R² {format_number(first['r2'])} at "
+                     f"{_short_site(results[FIRST_STATE_ENERGY].best_site())} against the input baseline's "
+                     f"{format_number(first['input_baseline_r2'])}")
+    elif physical["r2"] < NO_LINEAR_READOUT:
+        sentence += (f": no site carries it linearly (R² below {format_number(NO_LINEAR_READOUT)} everywhere), while the input's "
+                     "quadratic features give it; the energy is a quadratic of the state, and this model's activations are not")
+    elif physical["selectivity_over_baseline"] <= 0.02:
+        sentence += (": the input states alone give the energy (it is a quadratic of the current state), so this site's "
+                     "probe is no evidence that the model computes it")
+    if decay is not None:
+        sentence += (f". Along {decay.n_steps}-step rollouts the model's E(T)/E(0) is {format_number(float(np.median(decay.model_ratio)))} "
+                     f"(truth {format_number(float(np.median(decay.true_ratio)))}, e^{{−2γT}} {format_number(float(np.median(decay.law_ratio())))}); "
+                     + (f"the damping rate read off its energy has R² {format_number(decay.r2())} against the truth's" if _varies(ctx.system, "gamma")
+                        else f"the damping rate read off its energy is off the truth's by RMSE {format_number(decay.rmse())}"))
+    ctx.findings.append(sentence + ".")
 
 
 # --- steering ----------------------------------------------------------------------------------
@@ -1031,6 +1255,12 @@ ANALYSES: dict[str, Analysis] = {
          "positions": "all", "n_trajectories": 512, "n_folds": 5, "n_permutations": 100, "sites": [], "nonlinear": True,
          "n_controls": 3},
         _check_probes, _run_probes),
+    "energy": Analysis(
+        {"hooks": list, "positions": (str, list), "n_trajectories": int, "n_folds": int, "n_controls": int, "last_k": int,
+         "rollout_trajectories": int, "rollout_steps": int},
+        {"hooks": ["hook_embed", "resid_post"], "positions": "all", "n_trajectories": 512, "n_folds": 5, "n_controls": 3, "last_k": 3,
+         "rollout_trajectories": 128, "rollout_steps": 120},
+        _check_energy, _run_energy),
     "steering": Analysis(
         {"hooks": list, "position": int, "positions": str, "target": str, "alphas": list, "n_trajectories": int,
          "n_probe_trajectories": int, "n_steps": int},
@@ -1104,4 +1334,5 @@ def run_analyses(ctx: AnalysisContext, options: Mapping[str, dict[str, Any]]) ->
     report.timings["analyses"] = timings
 
 
-__all__ = ["ANALYSES", "Analysis", "AnalysisContext", "LAYER_HOOKS", "expand_hooks", "parse_analyses", "run_analyses"]
+__all__ = ["ANALYSES", "FIRST_STATE_UNITS", "Analysis", "AnalysisContext", "LAYER_HOOKS", "expand_hooks", "parse_analyses",
+           "probe_label_name", "run_analyses"]
