@@ -150,12 +150,16 @@ def _cache_dir() -> Path:
 @functools.lru_cache(maxsize=None)
 def load_kernel(d_in: int, d_hidden: int) -> ModuleType:
     """The compiled module for this shape (written to the cache on first use, compiled lazily by numba)."""
+    return _load_source(f"physlens_fused_d{d_in}_h{d_hidden}", kernel_source(d_in, d_hidden))
+
+
+def _load_source(stem: str, source: str) -> ModuleType:
+    """Import generated kernel ``source`` from a file in the cache named after ``stem`` and its digest."""
     reason = fused_unavailable_reason()
     if reason:
         raise RuntimeError(f"the fused kernel cannot run: {reason}")
-    source = kernel_source(d_in, d_hidden)
     digest = hashlib.sha256(source.encode()).hexdigest()[:12]
-    name = f"physlens_fused_d{d_in}_h{d_hidden}_{digest}"
+    name = f"{stem}_{digest}"
     path = _cache_dir() / f"{name}.py"
     if not path.exists() or path.read_text() != source:
         # written atomically: several processes may generate the same kernel at once
