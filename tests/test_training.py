@@ -417,3 +417,13 @@ def test_recipe_options_read_from_a_study_table():
 
     config = config_from_dict({"seq_len": 8, "curriculum": [[5, 4]], "presample_steps": 2, "fused_optimizer": True})
     assert config.curriculum == ((5, 4),) and config.presample_steps == 2 and config.fused_optimizer
+
+    from pathlib import Path
+
+    from physlens.studies import load_study
+    from physlens.studies.oscillator import parse_study
+
+    spec = load_study(Path(__file__).resolve().parents[1] / "probes" / "oscillator_variable.toml")
+    spec["training"].update(curriculum=[[800, 16]], presample_steps=50, fused_optimizer=True)
+    config = parse_study(spec).train_config
+    assert config.curriculum == ((800, 16),) and config.presample_steps == 50 and config.fused_optimizer
