@@ -97,6 +97,50 @@ def measure_floor(device: str = "cpu", repeats: int = 7) -> Floor:
     return Floor(sgemm=rates[torch.float32], dgemm=rates[torch.float64], read=big.numel() * 4 / best(lambda: big.sum()))
 
 
+_FMA_LOOP = """
+def fma_loop(x, w, reps):
+    zero = x.dtype.type(0)
+    out = np.zeros(8, x.dtype)
+{weights}
+    for _ in range(reps):
+{zeros}
+        for i in range(x.shape[0]):
+            v = x[i]
+{fmas}
+{sums}
+    return out
+"""
+
+
+def measure_fma_peak(dtype: torch.dtype = torch.float32, repeats: int = 5) -> float:
+    """This core's peak multiply-add rate in FLOP/s (CPU time, one thread, best of ``repeats``), from a
+    minimal numba loop: 16 independent multiply-adds into 8 running sums per value read from a 16 kB
+    array that stays in L1, so nothing but the multiply-add units limits it. Fewer multiply-adds per
+    value left it bound by the loads (half the rate), more accumulators by register spills.
+
+    A kernel's FLOPs at this rate are a floor it cannot beat: no instruction does more than one
+    vector multiply-add, and compares, selects and plain adds count one FLOP per lane like an add.
+    """
+    import numba
+    import numpy as np
+
+    source = _FMA_LOOP.format(
+        weights="\n".join(f"    w{k} = w[{k}]" for k in range(16)),
+        zeros="\n".join(f"        a{k} = zero" for k in range(8)),
+        fmas="\n".join(f"            a{k % 8} += v * w{k}" for k in range(16)),
+        sums="\n".join(f"        out[{k}] += a{k}" for k in range(8)),
+    )
+    namespace = {"np": np}
+    exec(source, namespace)  # noqa: S102 - a fixed, generated loop
+    loop = numba.njit(fastmath=True)(namespace["fma_loop"])
+    np_dtype = {torch.float32: np.float32, torch.float64: np.float64}[dtype]
+    x, w = np.linspace(0, 1, 4096, dtype=np_dtype), np.linspace(0, 1, 16, dtype=np_dtype)
+    loop(x, w, 1)  # compile
+    reps = 2000
+    best = min(timed(lambda: loop(x, w, reps))[0].cpu for _ in range(repeats))
+    return 2 * 16 * x.size * reps / best
+
+
 def describe_machine(floor: Floor) -> str:
     """One line naming the machine, the load and the measured floor."""
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())

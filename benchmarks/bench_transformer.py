@@ -1,41 +1,47 @@
 """Transformer training steps and rollouts, eager against ``torch.compile``, and against the floor.
 
-The model is the variable-ω0 one that does the task: 4 layers, d_model 32, 2 heads of 16, MLP,
-causal attention, learned positional embedding, float32; batches of 128 trajectories × 40
-positions. Timed in interleaved rounds on one thread (medians, wall and CPU):
+The model, the system and the training recipe are read from a study file
+(``probes/oscillator_variable.toml`` by default) through the library's own study parser, so the
+benchmark times the model that study trains and cannot drift from it; only the number of steps per
+timed call is changed. Timed in interleaved rounds on one thread (medians, wall and CPU):
 
 * ``train`` for a few steps with ``TrainConfig(compile=False)`` and ``compile=True`` (fresh batch
   sampling, forward, backward and AdamW: the whole step a study runs), after one untimed call that
   compiles;
-* ``rollout`` of 64 trajectories for 100 steps from 40 states of context, eager and ``compile=True``.
+* ``rollout`` of 64 trajectories for 100 steps from ``seq_len`` states of context, eager and ``compile=True``.
 
-The floor is the step's matmul FLOPs (counted by ``torch.utils.flop_counter``) at this machine's
-measured sgemm rate.
+The floor is the step's matmul FLOPs (counted by ``torch.utils.flop_counter`` on the study's loss:
+its batch size, sequence length and scored positions) at this machine's measured sgemm rate.
 
     python benchmarks/bench_transformer.py
+    python benchmarks/bench_transformer.py --study probes/oscillator_variable_gamma.toml
     python benchmarks/bench_transformer.py --device cuda
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
+from pathlib import Path
 from collections.abc import Callable
 
 import torch
 from _machine import Timing, describe_machine, interleaved, measure_floor, one_thread, table, timed
 from torch.utils.flop_counter import FlopCounterMode
 
-from physlens.models.transformer import OscillatorTransformer, preset_config
-from physlens.systems import OscillatorSystem, Uniform
-from physlens.training import TrainConfig, rollout, train
+from physlens.studies import load_study
+from physlens.studies.oscillator import parse_study
+from physlens.training import rollout, train
+from physlens.training.trainer import loss_slice
+
+STUDY = Path(__file__).resolve().parents[1] / "probes" / "oscillator_variable.toml"
 
 
 def main() -> None:
     """Parse arguments, compile, time eager and compiled training and rollout, print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--study", type=Path, default=STUDY, help="the oscillator study whose model and recipe are timed")
     parser.add_argument("--steps", type=int, default=10, help="training steps per timed call")
     parser.add_argument("--rollout-steps", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds; medians are reported")
@@ -45,17 +51,20 @@ def main() -> None:
     floor = measure_floor(args.device)
     print(describe_machine(floor))
     device = torch.device(args.device)
-    cfg = preset_config("nLA", n_layers=args.layers, attn_only=False, causal=True, positional_embedding=True, device=str(device))
-    model = OscillatorTransformer(cfg)
-    system = OscillatorSystem(omega0=Uniform(1.0, 4.0), gamma=0.1, dtype="float32")
-    seq_len = 40
+    spec = load_study(args.study)
+    if args.device != "cpu":
+        spec.setdefault("model", {})["device"] = args.device
+    study = parse_study(spec)
+    model, system, recipe = study.model, study.system, study.train_config
+    dtype = next(model.parameters()).dtype
+    seq_len, batch_size = recipe.seq_len, recipe.batch_size
 
     def sync() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize()
 
     def training(compile_step: bool) -> Callable[[], Timing]:
-        config = TrainConfig(steps=args.steps, batch_size=args.batch, seq_len=seq_len, lr=1e-3, compile=compile_step)
+        config = dataclasses.replace(recipe, steps=args.steps, compile=compile_step, checkpoint_every=None)
 
         def run() -> Timing:
             clock, _ = timed(lambda: (train(model, system, config, progress=False), sync()))
@@ -63,13 +72,14 @@ def main() -> None:
 
         return run
 
-    context = system.sample(64, seq_len, seed=1).to(device=device, dtype=torch.float32).states
+    context = system.sample(64, seq_len, seed=1).to(device=device, dtype=dtype).states
 
     # FLOPs first, on the untouched eager model (the counter's module hooks and compiled frames do not mix)
-    batch = system.sample(args.batch, seq_len + 1, seed=0).to(device=device, dtype=torch.float32)
+    batch = system.sample(batch_size, seq_len + 1, seed=0).to(device=device, dtype=dtype)
     inputs, targets = batch.inputs_targets()
+    scored = loss_slice(recipe.loss_positions, seq_len)
     with FlopCounterMode(display=False) as counter:
-        loss = (model(inputs)[:, -1] - targets[:, -1]).pow(2).mean()
+        loss = (model(inputs)[:, scored] - targets[:, scored]).pow(2).mean()
         loss.backward()
     train_flops = counter.get_total_flops()
     with FlopCounterMode(display=False) as counter:  # with grad: the counter fails under no_grad (torch 2.13)
@@ -96,9 +106,13 @@ def main() -> None:
     print(f"first calls (compiling) took {time.perf_counter() - started:.0f} s")
     medians = interleaved(paths, args.rounds)
 
-    floors = {"training": floor.seconds(train_flops, 0), "rollout": floor.seconds(rollout_flops, 0)}
+    floors = {"training": floor.seconds(train_flops, 0, dtype), "rollout": floor.seconds(rollout_flops, 0, dtype)}
+    cfg = model.cfg
     print(
-        f"\n{args.layers} layers, d_model 32, MLP, causal, positional embedding; training batch {args.batch} × {seq_len} "
+        f"\nstudy {args.study.name}: {cfg.n_layers} layers, d_model {cfg.d_model}, {cfg.n_heads} heads of {cfg.d_head}, "
+        f"MLP width {0 if cfg.attn_only else cfg.d_mlp}, causal {cfg.causal}, scale_by_first_state "
+        f"{getattr(cfg, 'scale_by_first_state', False)}, {cfg.dtype}; training batch {batch_size} × {seq_len}, loss on "
+        f"positions {scored.start}..{seq_len - 1} "
         f"({train_flops / 1e9:.2f} GFLOP of matmuls per step, floor {floors['training'] * 1e3:.1f} ms); rollout "
         f"64 × {seq_len} window ({rollout_flops / 1e6:.0f} MFLOP per step, floor {floors['rollout'] * 1e3:.2f} ms); "
         f"medians of {args.rounds} interleaved rounds\n"

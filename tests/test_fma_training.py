@@ -328,3 +328,48 @@ def test_a_diverging_deep_ensemble_raises_training_diverged_naming_its_members()
     ensemble = DeepMLPEnsemble(DeepEnsembleConfig(seeds=seeds, d_hidden=[3, 2], dtype="float64"))
     with pytest.raises(TrainingDiverged, match=r"training diverged for \d of 2 networks: members \[.*\] \(seeds"):
         train_deep_ensemble(ensemble, data, EnsembleTrainConfig(epochs=40, lr=1e6), progress=False)
+
+
+@pytest.mark.parametrize("hidden", [[2, 2], [3, 2]])
+def test_the_fused_deep_kernel_trains_like_the_eager_step(hidden):
+    from physlens.models.mlp import DeepEnsembleConfig, DeepMLPEnsemble
+    from physlens.training.deep import train_deep_ensemble
+
+    seeds = list(range(8))
+    data = fma_splits(seeds, n_train=256, n_val=16, dtype="float64")
+    results = {}
+    for backend in ("fused", "eager"):
+        ensemble = DeepMLPEnsemble(DeepEnsembleConfig(seeds=seeds, d_hidden=hidden, dtype="float64"))
+        results[backend] = train_deep_ensemble(ensemble, data, EnsembleTrainConfig(epochs=3000, backend=backend), progress=False)
+    fused, eager = results["fused"], results["eager"]
+    assert (fused.backend, eager.backend) == ("fused", "eager")
+    assert_allclose(fused.train_loss, eager.train_loss, rtol=1e-9, atol=0)  # the whole loss curve
+    assert_allclose(fused.val_loss, eager.val_loss, rtol=1e-9, atol=0)
+    for (W, b), (W_ref, b_ref) in zip(fused.ensemble.layer_parameters(), eager.ensemble.layer_parameters()):
+        assert_allclose(W, W_ref, rtol=1e-9, atol=1e-12)
+        assert_allclose(b, b_ref, rtol=1e-9, atol=1e-12)
+    assert bool((fused.train_loss[-1] <= fused.train_loss[0]).all())  # and they did train
+    assert float(fused.train_loss[-1].median()) < 0.1 * float(fused.train_loss[0].median())
+
+
+def test_the_deep_ensemble_falls_back_to_the_eager_step_where_the_kernel_cannot_run(monkeypatch):
+    from physlens.models.mlp import DeepEnsembleConfig, DeepMLPEnsemble
+    from physlens.training import _fused
+    from physlens.training.deep import train_deep_ensemble
+
+    monkeypatch.setattr(_fused, "fused_unavailable_reason", lambda: "numba is not installed (pip install numba)")
+    data = fma_splits([1], n_train=16, n_val=4, dtype="float64")
+    make = lambda: DeepMLPEnsemble(DeepEnsembleConfig(seeds=[1], d_hidden=[2, 2], dtype="float64"))  # noqa: E731
+    with pytest.warns(UserWarning, match="eager step: numba is not installed"):
+        result = train_deep_ensemble(make(), data, EnsembleTrainConfig(epochs=3), progress=False)
+    assert result.backend == "eager"
+    with pytest.raises(RuntimeError, match="backend='fused' cannot train"):
+        train_deep_ensemble(make(), data, EnsembleTrainConfig(epochs=3, backend="fused"), progress=False)
+
+
+def test_the_deep_kernel_source_refuses_a_network_without_a_hidden_layer():
+    from physlens.training._fused import deep_kernel_source, deep_param_count
+
+    assert deep_param_count([2, 2, 2, 1]) == 15
+    with pytest.raises(ValueError, match="at least one hidden layer"):
+        deep_kernel_source([2, 1])

@@ -331,3 +331,99 @@ def test_a_loss_spike_below_the_divergence_factor_trains_on():
     predicting zero), and ordinary training never trips the check."""
     result = train(_exact_model(), SYSTEM, TrainConfig(steps=20, lr=1e-2, seq_len=8, loss_positions="all"), progress=False)
     assert result.losses[0] < 1e-20 and max(result.losses) > 1e3 * result.losses[0]
+
+
+def _hand_trained(config: TrainConfig, draws: list[tuple[int, int]]) -> OscillatorTransformer:
+    """The reference for the faster-recipe options: batches drawn as listed (trajectories per call, steps
+    it serves), the loss on the step's first positions, torch.optim.AdamW; written without train()."""
+    model = _ola()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
+    generator = torch.Generator().manual_seed(config.seed)
+    step = 0
+    for n_traj, n_steps in draws:
+        states = SYSTEM.sample(n_traj, config.seq_len + 1, generator=generator).states
+        for k in range(n_steps):
+            batch = states[k * config.batch_size:(k + 1) * config.batch_size]
+            n_pos = config.seq_len_at(step)
+            inputs, targets = batch[:, :n_pos], batch[:, 1:n_pos + 1]
+            for group in optimizer.param_groups:
+                group["lr"] = config.lr_at(step)
+            optimizer.zero_grad()
+            (model(inputs) - targets).pow(2).mean().backward()
+            optimizer.step()
+            step += 1
+    return model
+
+
+def test_a_context_curriculum_trains_on_the_first_positions_of_each_phase():
+    config = TrainConfig(steps=9, lr=1e-2, seq_len=8, batch_size=16, loss_positions="all", curriculum=((3, 2), (2, 5)))
+    assert [config.seq_len_at(s) for s in range(9)] == [2, 2, 2, 5, 5, 8, 8, 8, 8]
+    model = _ola()
+    train(model, SYSTEM, config, progress=False)
+    reference = _hand_trained(config, [(16, 1)] * 9)
+    for p, q in zip(model.parameters(), reference.parameters()):
+        assert_allclose(p.detach(), q.detach(), rtol=1e-12, atol=1e-14)
+
+
+def test_presampled_batches_are_drawn_many_steps_at_a_time():
+    config = TrainConfig(steps=7, lr=1e-2, seq_len=8, batch_size=16, loss_positions="all", presample_steps=3)
+    model = _ola()
+    train(model, SYSTEM, config, progress=False)
+    reference = _hand_trained(config, [(48, 3), (48, 3), (48, 1)])
+    for p, q in zip(model.parameters(), reference.parameters()):
+        assert_allclose(p.detach(), q.detach(), rtol=1e-12, atol=1e-14)
+
+
+def test_the_fused_optimizer_steps_like_the_default_one():
+    base = dict(steps=20, lr=1e-2, seq_len=8, batch_size=16, loss_positions="all")
+    a, b = _ola(), _ola()
+    train(a, SYSTEM, TrainConfig(**base), progress=False)
+    train(b, SYSTEM, TrainConfig(**base, fused_optimizer=True), progress=False)
+    for p, q in zip(a.parameters(), b.parameters()):
+        assert_allclose(p.detach(), q.detach(), rtol=1e-9, atol=1e-12)
+
+
+def test_a_presampled_curriculum_run_resumes_exactly(tmp_path):
+    config = TrainConfig(steps=12, lr=1e-2, seq_len=8, batch_size=16, loss_positions="all", checkpoint_every=4,
+                         presample_steps=2, curriculum=((5, 3),), fused_optimizer=True)
+    straight = _ola()
+    train(straight, SYSTEM, config, checkpoint_dir=tmp_path / "a", progress=False)
+    interrupted = _ola()
+    train(interrupted, SYSTEM, config, checkpoint_dir=tmp_path / "b", progress=False)
+    for name in ("step_0000008", "step_0000012"):
+        for file in (tmp_path / "b" / name).iterdir():
+            file.unlink()
+        (tmp_path / "b" / name).rmdir()
+    resumed = _ola()
+    result = train(resumed, SYSTEM, config, checkpoint_dir=tmp_path / "b", resume=True, progress=False)
+    assert result.resumed_from == 4
+    assert all(torch.equal(p, q) for p, q in zip(straight.parameters(), resumed.parameters()))
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [(dict(presample_steps=0), "presample_steps"), (dict(presample_steps=3, checkpoint_every=4), "multiple of presample_steps"),
+     (dict(curriculum=((5, 9),)), "curriculum length must be <= seq_len"), (dict(curriculum=(5,)), "pairs"),
+     (dict(curriculum=((5, 2),), loss_positions=3), "loss_positions")],
+)
+@pytest.mark.unchecked_types
+def test_bad_recipe_options(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**{"seq_len": 8, **kwargs})
+
+
+def test_recipe_options_read_from_a_study_table():
+    from physlens.training import config_from_dict
+
+    config = config_from_dict({"seq_len": 8, "curriculum": [[5, 4]], "presample_steps": 2, "fused_optimizer": True})
+    assert config.curriculum == ((5, 4),) and config.presample_steps == 2 and config.fused_optimizer
+
+    from pathlib import Path
+
+    from physlens.studies import load_study
+    from physlens.studies.oscillator import parse_study
+
+    spec = load_study(Path(__file__).resolve().parents[1] / "probes" / "oscillator_variable.toml")
+    spec["training"].update(curriculum=[[800, 16]], presample_steps=50, fused_optimizer=True)
+    config = parse_study(spec).train_config
+    assert config.curriculum == ((800, 16),) and config.presample_steps == 50 and config.fused_optimizer

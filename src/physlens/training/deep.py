@@ -2,16 +2,22 @@
 
 :func:`train_deep_ensemble` trains every member of a :class:`~physlens.models.mlp.DeepMLPEnsemble`
 on its own fixed split with the same recipe as :func:`~physlens.training.train_ensemble` (the
-seed's: full-batch Adam on the mean squared error). Gradients are written out by hand for the
-stacked tensors (:func:`deep_loss_and_grads`, checked against autograd in the tests), and one
-``torch.optim.Adam`` steps all members, which is exact because members share no parameters and
-Adam acts element by element.
+seed's: full-batch Adam on the mean squared error). On the CPU a fused numba kernel (generated for
+the network's widths, as for one hidden layer) runs every epoch of one network while its data sit
+in cache. Elsewhere, and where the kernel cannot run, the eager step writes the gradients out by
+hand for the stacked tensors (:func:`deep_loss_and_grads`, checked against autograd in the tests),
+and one ``torch.optim.Adam`` steps all members, which is exact because members share no parameters
+and Adam acts element by element.
 """
 
 from __future__ import annotations
 
+import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from jaxtyping import Float
 from torch import Tensor
@@ -19,7 +25,8 @@ from tqdm.auto import tqdm
 
 from physlens.models.mlp import DeepMLPEnsemble
 from physlens.systems.fma import FmaSplit
-from physlens.training.ensemble import EnsembleTrainConfig, _check_ensemble_divergence
+from physlens.training import _fused
+from physlens.training.ensemble import FUSED_CHUNK, EnsembleTrainConfig, _check_ensemble_divergence
 
 
 @dataclass
@@ -30,6 +37,9 @@ class DeepTrainResult:
     train_loss: Float[Tensor, "epoch model"]  # full-batch training MSE before each step
     final_train_loss: Float[Tensor, " model"]  # training MSE after the last step
     val_loss: Float[Tensor, " model"]  # validation MSE after the last step
+    backend: str = "eager"  # what ran the epochs: "fused" or "eager"
+    train_seconds: float = 0.0  # wall time of the epochs alone (no set-up, no compilation, no final evaluation)
+    train_cpu_seconds: float = 0.0  # process CPU time of the same
 
 
 def deep_loss_and_grads(
@@ -64,15 +74,108 @@ def _mse(ensemble: DeepMLPEnsemble, inputs: Tensor, targets: Tensor) -> Tensor:
     return (ensemble(inputs) - targets).square().mean(dim=(1, 2))
 
 
+def deep_fused_unavailable_reason(ensemble: DeepMLPEnsemble) -> str | None:
+    """Why the fused kernel cannot train ``ensemble`` here (``None`` when it can)."""
+    dtype = ensemble.layers[0].W.dtype
+    if ensemble.device.type != "cpu":
+        return f"the fused kernel runs on the CPU and the ensemble is on {ensemble.device}"
+    if dtype not in (torch.float32, torch.float64):
+        return f"the fused kernel handles float32 and float64, not {dtype}"
+    n_params = _fused.deep_param_count(ensemble.cfg.widths)
+    if n_params > _fused.MAX_DEEP_PARAMS:
+        return f"{n_params} parameters per network exceed the fused kernel's {_fused.MAX_DEEP_PARAMS}"
+    return _fused.fused_unavailable_reason()
+
+
+def select_deep_backend(ensemble: DeepMLPEnsemble, config: EnsembleTrainConfig) -> str:
+    """The implementation :func:`train_deep_ensemble` uses: ``"fused"`` or ``"eager"``.
+
+    As for one hidden layer: ``backend="auto"`` picks the fused kernel where it can run and otherwise
+    the eager step, with a warning on the CPU that says why; ``backend="fused"`` raises instead.
+    """
+    if config.backend == "eager":
+        return "eager"
+    reason = deep_fused_unavailable_reason(ensemble)
+    if reason is None:
+        return "fused"
+    if config.backend == "fused":
+        raise RuntimeError(f"backend='fused' cannot train this ensemble: {reason}")
+    if ensemble.device.type == "cpu":
+        warnings.warn(f"train_deep_ensemble uses the slower eager step: {reason}", stacklevel=3)
+    return "eager"
+
+
+def _train_fused(ensemble: DeepMLPEnsemble, inputs_t: Tensor, targets: Tensor, config: EnsembleTrainConfig, progress: bool
+                 ) -> tuple[Tensor, tuple[float, float]]:
+    """Train with the fused kernel, in place; returns the losses [epoch, model] and (wall, CPU) seconds."""
+    pairs = [(layer.W, layer.b) for layer in ensemble.layers]
+    n_models, widths = ensemble.n_models, ensemble.cfg.widths
+    theta = torch.cat([t.detach().reshape(n_models, -1) for pair in pairs for t in pair], dim=1).numpy().copy()
+    losses = np.empty((n_models, config.epochs), dtype=theta.dtype)
+    exp_avg, exp_avg_sq = np.zeros_like(theta), np.zeros_like(theta)
+    x, y = inputs_t.numpy(), targets.numpy()
+    _fused.prepare_deep(widths, theta.dtype)  # compile (or load) before the clock starts
+
+    def run(start: int) -> int:
+        part = slice(start, min(start + FUSED_CHUNK, n_models))
+        _fused.train_deep_networks(
+            theta[part], x[part], y[part], widths=widths, epochs=config.epochs, lr=config.lr, beta1=config.beta1,
+            beta2=config.beta2, eps=config.eps, losses=losses[part], exp_avg=exp_avg[part], exp_avg_sq=exp_avg_sq[part],
+        )  # fmt: skip
+        return part.stop - part.start
+
+    starts = range(0, n_models, FUSED_CHUNK)
+    workers = min(torch.get_num_threads(), len(starts))
+    clock = time.perf_counter(), time.process_time()
+    with tqdm(total=n_models, desc="deep ensemble (fused)", disable=not progress, leave=False) as bar:
+        if workers > 1:  # the kernel releases the GIL, so chunks of networks train side by side
+            with ThreadPoolExecutor(workers) as pool:
+                for done in pool.map(run, starts):
+                    bar.update(done)
+        else:
+            for start in starts:
+                bar.update(run(start))
+    seconds = time.perf_counter() - clock[0], time.process_time() - clock[1]
+    tensors = [t for pair in pairs for t in pair]
+    with torch.no_grad():
+        for t, row in zip(tensors, torch.from_numpy(theta).split([t[0].numel() for t in tensors], dim=1)):
+            t.copy_(row.reshape(t.shape))
+    return torch.from_numpy(losses).T.contiguous(), seconds
+
+
+def _train_eager(ensemble: DeepMLPEnsemble, inputs_t: Tensor, targets: Tensor, config: EnsembleTrainConfig, progress: bool
+                 ) -> tuple[Tensor, tuple[float, float]]:
+    """Train with hand-written gradients and one ``torch.optim.Adam``; the losses [epoch, model] and (wall, CPU) seconds."""
+    pairs = [(layer.W, layer.b) for layer in ensemble.layers]
+    params = [p for pair in pairs for p in pair]
+    optimizer = torch.optim.Adam(params, lr=config.lr, betas=(config.beta1, config.beta2), eps=config.eps)
+    losses = torch.empty(config.epochs, ensemble.n_models, dtype=targets.dtype, device=targets.device)
+    clock = time.perf_counter(), time.process_time()
+    for epoch in tqdm(range(config.epochs), desc="deep ensemble", disable=not progress, leave=False):
+        with torch.no_grad():
+            loss, grads = deep_loss_and_grads([(W.detach(), b.detach()) for W, b in pairs], inputs_t, targets)
+        for (W, b), (grad_W, grad_b) in zip(pairs, grads):
+            W.grad, b.grad = grad_W, grad_b
+        optimizer.step()
+        losses[epoch] = loss
+    losses = losses.cpu()  # waits for a GPU to finish before the clock stops
+    seconds = time.perf_counter() - clock[0], time.process_time() - clock[1]
+    for p in params:
+        p.grad = None
+    return losses, seconds
+
+
 def train_deep_ensemble(
     ensemble: DeepMLPEnsemble, data: FmaSplit, config: EnsembleTrainConfig | None = None, *, progress: bool = True
 ) -> DeepTrainResult:
     """Train every member of ``ensemble`` in place on its own split by full-batch Adam.
 
     ``data`` must hold one split per member (``[model, n, 2]``). ``config`` is the ensemble recipe
-    (epochs, learning rate, Adam's betas and eps); snapshots and ``compile`` are not supported here
-    and are refused. Raises :class:`~physlens.training.TrainingDiverged` (a ``FloatingPointError``), as
-    every training path does, naming the members whose loss stopped being finite or rose far above its start.
+    (epochs, learning rate, Adam's betas and eps, and ``backend``: see :func:`select_deep_backend`;
+    the fused kernel and the eager step agree to round-off); snapshots and ``compile`` are not
+    supported here and are refused. Raises :class:`~physlens.training.TrainingDiverged` (a
+    ``FloatingPointError``), as every training path does, naming the members whose loss stopped
+    being finite or rose far above its start.
     """
     config = config or EnsembleTrainConfig()
     if not isinstance(ensemble, DeepMLPEnsemble):
@@ -84,26 +187,19 @@ def train_deep_ensemble(
     dtype = ensemble.layers[0].W.dtype
     if data.train_inputs.dtype != dtype:
         raise ValueError(f"data must have the model's dtype {dtype}, got {data.train_inputs.dtype}")
+    backend = select_deep_backend(ensemble, config)
     data = data.to(device=ensemble.device)
     inputs_t = data.train_inputs.transpose(1, 2).contiguous()  # [model, d_in, n]
     targets = data.train_targets.squeeze(-1).contiguous()  # [model, n]
-    pairs = [(layer.W, layer.b) for layer in ensemble.layers]
-    params = [p for pair in pairs for p in pair]
-    optimizer = torch.optim.Adam(params, lr=config.lr, betas=(config.beta1, config.beta2), eps=config.eps)
-    losses = torch.empty(config.epochs, ensemble.n_models, dtype=dtype, device=data.train_inputs.device)
-    for epoch in tqdm(range(config.epochs), desc="deep ensemble", disable=not progress, leave=False):
-        with torch.no_grad():
-            loss, grads = deep_loss_and_grads([(W.detach(), b.detach()) for W, b in pairs], inputs_t, targets)
-        for (W, b), (grad_W, grad_b) in zip(pairs, grads):
-            W.grad, b.grad = grad_W, grad_b
-        optimizer.step()
-        losses[epoch] = loss
-    for p in params:
-        p.grad = None
+    train = _train_fused if backend == "fused" else _train_eager
+    losses, seconds = train(ensemble, inputs_t, targets, config, progress)
     final_train = _mse(ensemble, data.train_inputs, data.train_targets)
     val = _mse(ensemble, data.val_inputs, data.val_targets)
-    _check_ensemble_divergence(losses.cpu(), final_train.cpu(), targets, ensemble, config)
-    return DeepTrainResult(ensemble=ensemble, train_loss=losses.cpu(), final_train_loss=final_train.cpu(), val_loss=val.cpu())
+    _check_ensemble_divergence(losses, final_train.cpu(), targets, ensemble, config)
+    return DeepTrainResult(
+        ensemble=ensemble, train_loss=losses, final_train_loss=final_train.cpu(), val_loss=val.cpu(), backend=backend,
+        train_seconds=seconds[0], train_cpu_seconds=seconds[1],
+    )  # fmt: skip
 
 
-__all__ = ["DeepTrainResult", "deep_loss_and_grads", "train_deep_ensemble"]
+__all__ = ["DeepTrainResult", "deep_fused_unavailable_reason", "deep_loss_and_grads", "select_deep_backend", "train_deep_ensemble"]

@@ -83,6 +83,17 @@ class TrainConfig:
     """Update the progress bar every this many steps."""
     compile: bool = False
     """torch.compile the forward and backward pass (eager, with a warning, where no compiler exists)."""
+    fused_optimizer: bool = False
+    """Step with ``torch.optim.AdamW(fused=True)``: one kernel for every parameter instead of a loop over
+    them. The same update to round-off, so a run with it is not bit-identical to one without."""
+    presample_steps: int = 1
+    """Draw the batches of this many steps in one call of the system's sampler (one call per step when 1,
+    the default). Draws a different stream of trajectories than the default, from the same seed."""
+    curriculum: tuple[tuple[int, int], ...] = ()
+    """Phases of shorter context before the full ``seq_len``: ``[[steps, length], ...]``; the first
+    ``steps`` steps train on the first ``length`` positions of each batch, the next phase's steps on
+    its length, and so on; the remaining steps on ``seq_len``. Early steps are cheaper, and a model
+    first learns the dynamics that short contexts already determine."""
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "seq_len", "log_every"):
@@ -111,6 +122,33 @@ class TrainConfig:
             check_positive_float("grad_clip", self.grad_clip)
         if self.checkpoint_every is not None:
             check_positive_int("checkpoint_every", self.checkpoint_every)
+        check_positive_int("presample_steps", self.presample_steps)
+        if self.presample_steps > 1 and self.checkpoint_every is not None and self.checkpoint_every % self.presample_steps:
+            raise ValueError(
+                f"checkpoint_every={self.checkpoint_every} must be a multiple of presample_steps={self.presample_steps}: "
+                "a checkpoint between two draws would lose the batches drawn ahead, and its resume would differ"
+            )
+        if isinstance(self.curriculum, (str, bytes)) or not isinstance(self.curriculum, (tuple, list)):
+            raise ValueError(f"curriculum must be a list of [steps, length] pairs, got {self.curriculum!r}")
+        phases = []
+        for phase in self.curriculum:
+            if isinstance(phase, (str, bytes)) or not isinstance(phase, (tuple, list)) or len(phase) != 2:
+                raise ValueError(f"curriculum must be a list of [steps, length] pairs, got {self.curriculum!r}")
+            steps, length = check_positive_int("curriculum steps", phase[0]), check_positive_int("curriculum length", phase[1])
+            if length > self.seq_len:
+                raise ValueError(f"curriculum length must be <= seq_len={self.seq_len}, got {length}")
+            check_loss_positions(self.loss_positions, length)
+            phases.append((steps, length))
+        self.curriculum = tuple(phases)
+
+    def seq_len_at(self, step: int) -> int:
+        """Positions trained on at optimizer step ``step`` (0-based): a curriculum phase's length, else ``seq_len``."""
+        end = 0
+        for steps, length in self.curriculum:
+            end += steps
+            if step < end:
+                return length
+        return self.seq_len
 
     def lr_at(self, step: int) -> float:
         """Learning rate used for optimizer step ``step`` (0-based)."""
@@ -185,8 +223,10 @@ def check_leakage(model: nn.Module, config: TrainConfig) -> None:
     warnings.warn("TARGET LEAKAGE: " + reason + " (allowed by allow_leakage=True).", stacklevel=3)
 
 
-def _batch_loss(model: nn.Module, batch: TrajectoryBatch, loss_positions: str | int) -> Tensor:
+def _batch_loss(model: nn.Module, batch: TrajectoryBatch, loss_positions: str | int, n_pos: int | None = None) -> Tensor:
     inputs, targets = batch.inputs_targets()
+    if n_pos is not None and n_pos < inputs.shape[1]:  # a curriculum phase: the first n_pos positions
+        inputs, targets = inputs[:, :n_pos], targets[:, :n_pos]
     scored = loss_slice(loss_positions, inputs.shape[1])
     return (model(inputs)[:, scored] - targets[:, scored]).pow(2).mean()
 
@@ -235,7 +275,8 @@ def train(
     found = _checkpoint_to_resume(Path(checkpoint_dir)) if resume else None
 
     optimizer = torch.optim.AdamW(
-        model.parameters(), lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
+        model.parameters(), lr=config.lr, betas=config.betas, weight_decay=config.weight_decay,
+        **({"fused": True} if config.fused_optimizer else {}),
     )
     generator = torch.Generator().manual_seed(config.seed)
     dataset = None
@@ -250,18 +291,25 @@ def train(
 
     forward = compile_or_eager(model, next(model.parameters()).device, "training") if config.compile else model
     batches: list[TrajectoryBatch] = []  # the current step's batch (the guard's zero-predictor loss reads the first)
+    drawn: list[TrajectoryBatch] = []  # batches drawn ahead (presample_steps > 1), taken first to last
 
     def set_lr(step: int) -> None:
         for group in optimizer.param_groups:
             group["lr"] = config.lr_at(step)
 
     def step_loss(step: int) -> Tensor:
-        if dataset is None:
+        if dataset is not None:
+            batch = dataset.subset(torch.randint(len(dataset), (config.batch_size,), generator=generator))
+        elif config.presample_steps == 1:
             batch = _to_model(system.sample(config.batch_size, config.seq_len + 1, generator=generator), model)
         else:
-            batch = dataset.subset(torch.randint(len(dataset), (config.batch_size,), generator=generator))
+            if not drawn:
+                block = _to_model(system.sample(config.presample_steps * config.batch_size, config.seq_len + 1, generator=generator), model)
+                size = config.batch_size
+                drawn.extend(block.subset(slice(k * size, (k + 1) * size)) for k in range(config.presample_steps - 1, -1, -1))
+            batch = drawn.pop()
         batches[:] = [batch]
-        return _batch_loss(forward, batch, config.loss_positions)
+        return _batch_loss(forward, batch, config.loss_positions, config.seq_len_at(step))
 
     def record(step: int, loss: float) -> None:
         result.learning_rates.append(config.lr_at(step))
@@ -274,7 +322,7 @@ def train(
     model.train()
     optimise(list(model.parameters()), optimizer, step_loss, steps=config.steps, start_step=start_step, losses=result.losses,
              guard=guard, before_step=set_lr, after_step=record,
-             final_loss=lambda: _batch_loss(forward, batches[0], config.loss_positions), grad_clip=config.grad_clip, progress=progress,
+             final_loss=lambda: _batch_loss(forward, batches[0], config.loss_positions, config.seq_len_at(config.steps - 1)), grad_clip=config.grad_clip, progress=progress,
              desc="training", log_every=config.log_every)
     model.eval()
     result.wall_time = time.perf_counter() - started
@@ -353,6 +401,9 @@ def _restore(
     saved_config = dict(state_json["train_config"])
     saved_config["betas"] = tuple(saved_config["betas"])
     saved_config.setdefault("compile", False)  # checkpoints written before the option existed
+    for name in ("fused_optimizer", "presample_steps", "curriculum"):  # the same, for these options
+        saved_config.setdefault(name, getattr(TrainConfig, name))
+    saved_config["curriculum"] = tuple(tuple(phase) for phase in saved_config["curriculum"])
     if saved_config != dataclasses.asdict(config):
         raise ValueError(f"checkpoint {str(path)!r} was written with a different TrainConfig; cannot resume")
     model.load_state_dict(saved_model.state_dict())
@@ -372,6 +423,8 @@ def config_from_dict(values: dict[str, Any]) -> TrainConfig:
     values = dict(values)
     if "betas" in values:
         values["betas"] = tuple(values["betas"])
+    if isinstance(values.get("curriculum"), list):
+        values["curriculum"] = tuple(tuple(phase) if isinstance(phase, list) else phase for phase in values["curriculum"])
     return TrainConfig(**values)
 
 
