@@ -65,7 +65,7 @@ def test_the_report_says_why_the_two_linear_rows_are_identical(main_run):
     assert answers["linear_ar_minus_current_state_max"] == 0.0  # one state of context: the same fitted map
     assert f"Why the '{LINEAR_AR}' and '{CURRENT_STATE}' rows are identical" in text
     assert "`[evaluation] context_len = 1`" in text
-    assert f"differ by at most {format_number(answers['linear_ar_minus_current_state_max'])}" in text
+    assert f"trajectory and step is {format_number(answers['linear_ar_minus_current_state_max'])}." in text
 
 
 def test_the_report_says_there_is_nothing_to_beat_and_why_the_oracle_errs(main_run):

@@ -452,8 +452,8 @@ def _report_what_it_answers(report: Report, in_dist: TaskEvaluation, ood: TaskEv
         report.paragraph(
             f"**Why the '{LINEAR_AR}' and '{CURRENT_STATE}' rows are identical.** `[evaluation] context_len = 1`: the linear AR "
             "reads a context of one state, so it is the same least-squares linear map of the current state as the current-state "
-            f"reference, fitted on the same trajectories; their rollout errors differ by at most {format_number(gap)} over every "
-            "trajectory and step.")
+            f"reference, fitted on the same trajectories; the largest difference between their rollout errors over every "
+            f"trajectory and step is {format_number(gap)}.")
     if fixed:
         matrix = None
         if model.cfg.attn_window == 1 and model.cfg.attn_only:
