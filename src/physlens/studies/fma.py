@@ -12,6 +12,7 @@ Every set of networks draws its seeds from its own ``SeedSequence`` child.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import Counter
 from pathlib import Path
@@ -95,6 +96,8 @@ SECTIONS = {"data": DATA_KEYS, "train": TRAIN_KEYS, "labels": LABEL_KEYS, "seed_
 """Every table an fma study file may hold (besides ``[study]``) and the keys it accepts."""
 UNTRAINED = "untrained"
 SEED_POSITIVES = [620240165, 2813536937]  # the seeds of the seed's two mode-3 networks (its experiment 10)
+ABLATION_DRAWS = 200  # random sets of units in the ablation check's null distribution
+ABLATION_TOLERANCE = 0.1  # the ablation check's relative tolerance on a network's RMS error
 SCORES = ("seed's score", "sign count (ours)", "scan P(3), parameters")
 
 
@@ -863,37 +866,54 @@ def _section_units(state: dict[str, Any]) -> None:
                   "crease precision / recall", "cancelling recall", "dead recall"], rows)  # fmt: skip
     clock.lap("unit scan on planted networks")
 
+    # The ablation check, calibrated where the truth is known: the held-out planted networks with the scan's roles
+    # (right for 99+ % of units), and with the wrong units (creases and dead units swapped; every network's roles shuffled)
+    found_test = scan.roles(test_params)
+    swapped = [np.where(r == "crease", "dead", np.where(r == "dead", "crease", r)) for r in found_test.roles]
+    shuffle = np.random.default_rng(seed)
+    shuffled = [np.stack([row[shuffle.permutation(row.size)] for row in r]) for r in found_test.roles]
     ab_rows, ab_metrics = [], {}
-    for name, (network, val) in state.get("wide", {}).items():
-        roles = unit_roles(network, dist, n_points=un["n_points"], seed=seed, tolerance=tol)
-        check = ablation_check(network, roles, dist, n_points=20_000, seed=seed + 1)
-        creases = sum((r == "crease").sum(1) for r in roles.roles)
-        rest = sum(np.isin(r, ("dead", "cancelling")).sum(1) for r in roles.roles)
-        has = creases > 0
-        destroyed = proportion_interval(int((check.without_creases[has] >= check.plane_mse).sum()), max(int(has.sum()), 1))
-        kept = proportion_interval(int((check.without_rest <= 1.1 * check.intact).sum()), len(check.intact))
-        random_worse = proportion_interval(int((check.without_creases[has] > check.without_random[has]).sum()), max(int(has.sum()), 1))
+    cases: list[tuple[str, Any, Any, str]] = [
+        ("planted (held out), the scan's roles", test_params, found_test, "planted"),
+        ("planted, wrong units: creases and dead units swapped", test_params, dataclasses.replace(found_test, roles=swapped), "planted"),
+        ("planted, wrong units: each network's roles shuffled", test_params, dataclasses.replace(found_test, roles=shuffled), "planted"),
+    ]
+    for name, (network, _) in state.get("wide", {}).items():
+        cases.append((f"trained, {name}", network, unit_roles(network, dist, n_points=un["n_points"], seed=seed, tolerance=tol), "trained"))
+    for name, network, roles, kind in cases:
+        check = ablation_check(network, roles, dist, n_points=20_000, n_draws=ABLATION_DRAWS, rel_tolerance=ABLATION_TOLERANCE, seed=seed + 1)
+        has, has_null = check.n_creases > 0, np.isfinite(check.null_quantile())
+        necessary, others, passed = check.necessary(), check.others_unnecessary(), check.passed()
+        shares = {key: proportion_interval(int(v.sum()), len(v)) for key, v in (("necessary", necessary), ("others", others), ("passed", passed))}
         ab_rows.append([
-            name, len(check.intact), f"{np.median(creases):.0f} [{creases.min()}, {creases.max()}]", f"{np.median(rest):.0f}",
-            _median(check.intact, seed, n_res), _median(check.without_creases, seed, n_res), _pct(destroyed),
-            _median(check.without_random, seed, n_res), _pct(random_worse), _median(check.without_rest, seed, n_res), _pct(kept),
+            name, len(check.intact), f"{np.median(check.n_creases):.0f} [{check.n_creases.min()}, {check.n_creases.max()}]",
+            f"{np.median(check.n_outside):.0f} ({int(has_null.sum())})", _median(check.intact, seed, n_res),
+            _median(check.crease_ratio[has], seed, n_res) if has.any() else "—",
+            _median(check.null_quantile()[has_null], seed, n_res) if has_null.any() else "—",
+            _median(check.rest_ratio, seed, n_res), _pct(shares["necessary"]), _pct(shares["others"]), _pct(shares["passed"]),
         ])  # fmt: skip
-        ab_metrics[name] = {"median_intact": float(np.median(check.intact)), "median_without_creases": float(np.median(check.without_creases)),
-                            "median_without_random": float(np.median(check.without_random)), "median_without_rest": float(np.median(check.without_rest)),
-                            "destroyed": destroyed.estimate, "kept": kept.estimate, "creases_worse_than_random": random_worse.estimate,
-                            "median_creases": float(np.median(creases))}  # fmt: skip
-    if ab_rows:
-        report.paragraph(
-            f"On trained networks nobody knows the truth, so the roles are tested by ablation on 20 000 fresh points (the "
-            f"scan used {un['n_points']} others), at the calibrated tolerance: removing the crease units should destroy the "
-            f"product's fit (with one hidden layer what is left is a plane, which cannot beat the exact best plane, "
-            f"{state['plane'].mse:.2e}); removing dead and cancelling units and linearising linear ones should not. Control: "
-            "removing as many units, drawn at random, as the network has creases. Medians with bootstrap intervals; shares "
-            "with Wilson intervals."
-        )
-        report.table(["trained networks", "count", "crease units per network (median [range])", "dead + cancelling (median)",
-                      "val MSE intact", "without creases", "without creases ≥ exact best plane", "without random units (control)",
-                      "creases matter more than random units", "without dead/cancelling, linear linearised", "within 10 % of intact"], ab_rows)  # fmt: skip
+        ab_metrics[name] = {
+            "kind": kind, "median_intact": float(np.median(check.intact)), "median_crease_ratio": float(np.median(check.crease_ratio[has])) if has.any() else None,
+            "median_null_quantile": float(np.median(check.null_quantile()[has_null])) if has_null.any() else None,
+            "median_rest_ratio": float(np.median(check.rest_ratio)), "with_null": int(has_null.sum()),
+            **{key: iv.estimate for key, iv in shares.items()}, **{f"{key}_interval": [iv.low, iv.high] for key, iv in shares.items()},
+        }  # fmt: skip
+    limit = (1 + ABLATION_TOLERANCE) ** 2
+    report.paragraph(
+        f"**Ablation check.** The roles are tested by ablation on 20 000 fresh points (the scan used {un['n_points']} others), "
+        "each network against its own error: ratios are MSE after the ablation over the network's intact MSE. The creases "
+        f"are *necessary* if removing them raises the RMS error by more than {ABLATION_TOLERANCE:.0%} (MSE ratio > {limit:.2f}) "
+        f"and more than the 95th percentile of a null distribution: {ABLATION_DRAWS} random sets of units outside the "
+        "mechanism (neither crease nor linear), as many per layer as it has creases, a cancelling unit together with the "
+        "units it cancels. The *others are unnecessary* if removing every dead and cancelling unit (linear units "
+        f"linearised) and the null's 95th percentile keep the RMS error within {ABLATION_TOLERANCE:.0%} (ratio ≤ {limit:.2f}). "
+        "The check is calibrated on the held-out planted networks first: it must pass the scan's roles there, which are "
+        "their true roles for almost every unit (first table), and fail when it is given the wrong units. Medians with bootstrap intervals; shares with Wilson intervals; the null column counts "
+        "the networks that have units outside the mechanism to draw from."
+    )
+    report.table(["networks", "count", "crease units (median [range])", "units outside the mechanism (median; networks with a null)",
+                  "MSE intact", "MSE ratio without creases", "null's 95th percentile ratio", "ratio without dead/cancelling",
+                  "creases necessary", "others unnecessary", "both"], ab_rows)  # fmt: skip
     clock.lap("unit scan ablation on trained networks")
 
     epochs = result.snapshot_epochs
@@ -912,13 +932,22 @@ def _section_units(state: dict[str, Any]) -> None:
         )
         report.table(["epoch", "0 creases", "1 crease", "2 creases"],
                      [[epochs[k], *(_pct(proportion_interval(int((counts[k] == c).sum()), counts.shape[1])) for c in (0, 1, 2))] for k in shown])  # fmt: skip
+        # the epoch from which a network keeps two creases to the end: when its crease pair forms for good
+        pair = counts == 2
+        settled = np.flip(np.cumprod(np.flip(pair, 0), 0), 0).astype(bool)  # [snapshot, model]: two creases from here on
+        ends_paired = settled[-1]
+        formed = np.asarray(epochs)[np.argmax(settled, 0)][ends_paired]
         report.bullets([
+            f"the crease pair forms for good (two creases at every later snapshot) in {int(ends_paired.sum())} of {counts.shape[1]} "
+            f"networks: " + (f"median epoch {int(np.median(formed))}, 10–90 % range {int(np.quantile(formed, 0.1))}–"
+                             f"{int(np.quantile(formed, 0.9))}; {int((formed <= epochs[1]).sum())} already at epoch {epochs[1]}" if formed.size else "none"),
             f"{switches['n_switching']} of {counts.shape[1]} networks change their number of creases after epoch {epochs[1]}; "
             + (f"the last change: median epoch {int(np.median(late))}, 90 % by {int(np.quantile(late, 0.9))}" if late.size else "none changes"),
             "transitions (creases at the first trained snapshot → at the end): "
             + ", ".join(f"{a}→{b}: {c}" for (a, b), c in switches["transitions"].most_common(4)),
         ])
-        metrics_dyn = {"n_switching": switches["n_switching"], "transitions": {f"{a}->{b}": c for (a, b), c in switches["transitions"].items()}}
+        metrics_dyn = {"n_pair_formed": int(ends_paired.sum()), "pair_formed_median_epoch": float(np.median(formed)) if formed.size else None,
+                       "n_switching": switches["n_switching"], "transitions": {f"{a}->{b}": c for (a, b), c in switches["transitions"].items()}}
     else:
         metrics_dyn = {}
     report.metrics["unit_scan"] = {"tolerance": tol, "calibration": {str(k): v for k, v in scan.accuracy_.items()}, "planted": metrics,
