@@ -189,3 +189,17 @@ def test_planted_into_trained_networks_of_another_recipe():
     found = unit_roles(params, "uniform", n_points=4096)
     assert (found.roles[0] == truth).mean() > 0.95
     assert set(MECHANISM_ROLES) <= set(UNIT_ROLES)
+
+
+def test_rejudging_at_another_tolerance_is_the_same_as_scanning_at_it():
+    params, _ = planted_networks(30, 8, n_dead=2, n_duplicates=1, n_cancelling=1, noise=0.02, seed=6)
+    measured = unit_roles(params, n_points=1024, tolerance=0.01)
+    for tolerance in (0.0, 0.04, 0.3):
+        direct = unit_roles(params, n_points=1024, tolerance=tolerance)
+        again = measured.at_tolerance(tolerance)
+        assert all((a == d).all() for a, d in zip(again.roles, direct.roles))
+        assert all((a == d).all() for a, d in zip(again.redundant, direct.redundant))
+    # the answer depends on the tolerance: at a huge one every unit is dead
+    assert (measured.at_tolerance(10.0).roles[0] == "dead").all()
+    with pytest.raises(ValueError, match="tolerance"):
+        measured.at_tolerance(-1.0)

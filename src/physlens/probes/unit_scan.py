@@ -13,6 +13,7 @@ nobody knows the truth, by removing the units of each role.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -81,6 +82,26 @@ class UnitRoles:
     group: list[np.ndarray]
     widths: tuple[int, ...]
 
+    def at_tolerance(self, tolerance: float) -> UnitRoles:
+        """The same measurements judged at another ``tolerance``: roles and redundancy thresholded anew
+        (the ablations do not depend on it, so a scan can try many tolerances for the cost of one)."""
+        tolerance = check_finite_float("tolerance", tolerance)
+        if tolerance < 0:
+            raise ValueError(f"tolerance must be >= 0, got {tolerance}")
+        roles, redundant = [], []
+        for removal, group_removal, group_linear, groups in zip(
+            self.removal_change, self.group_removal_change, self.group_linearisation_change, self.group
+        ):
+            layer = np.where(
+                removal <= tolerance, "dead",
+                np.where(group_removal <= tolerance, "cancelling", np.where(group_linear <= tolerance, "linear", "crease")),
+            ).astype(str)  # fmt: skip
+            working = layer != "dead"
+            sizes = np.stack([((groups == groups[:, j : j + 1]) & working).sum(1) for j in range(layer.shape[1])], axis=1)
+            roles.append(layer)
+            redundant.append((sizes > 1) & np.isin(layer, MECHANISM_ROLES))
+        return dataclasses.replace(self, roles=roles, redundant=redundant)
+
     def mechanism(self) -> list[np.ndarray]:
         """Per hidden layer, ``[model, width]`` booleans: the units whose role is in :data:`MECHANISM_ROLES`."""
         return [np.isin(r, MECHANISM_ROLES) for r in self.roles]
@@ -143,7 +164,7 @@ def unit_roles(
     def change(output: Tensor) -> np.ndarray:
         return ((output - base).square().mean(1).sqrt() / scale).numpy()
 
-    out: dict[str, list[np.ndarray]] = {k: [] for k in ("roles", "redundant", "removal", "group_removal", "group_linear", "group")}
+    out: dict[str, list[np.ndarray]] = {k: [] for k in ("removal", "group_removal", "group_linear", "group")}
     posts = _activations(layers, points)
     for index, post in enumerate(posts):
         width = post.shape[2]
@@ -159,22 +180,14 @@ def unit_roles(
             masks[index] = group_mask
             group_removal[:, j] = change(_forward(layers, points, masks, [None] * len(layers)))
             group_linear[:, j] = change(_forward(layers, points, [None] * len(layers), masks))
-        roles = np.where(
-            removal <= tolerance, "dead",
-            np.where(group_removal <= tolerance, "cancelling", np.where(group_linear <= tolerance, "linear", "crease")),
-        ).astype(object)  # fmt: skip
-        working = roles != "dead"
-        sizes = np.stack([((groups == groups[:, j : j + 1]) & working).sum(1) for j in range(width)], axis=1)
-        out["roles"].append(roles.astype(str))
-        out["redundant"].append((sizes > 1) & np.isin(roles, MECHANISM_ROLES))
         out["removal"].append(removal)
         out["group_removal"].append(group_removal)
         out["group_linear"].append(group_linear)
         out["group"].append(groups)
     return UnitRoles(
-        roles=out["roles"], redundant=out["redundant"], removal_change=out["removal"], group_removal_change=out["group_removal"],
+        roles=[], redundant=[], removal_change=out["removal"], group_removal_change=out["group_removal"],
         group_linearisation_change=out["group_linear"], group=out["group"], widths=tuple(p.shape[2] for p in posts),
-    )  # fmt: skip
+    ).at_tolerance(tolerance)  # fmt: skip
 
 
 def _hidden_widths(network: Any) -> tuple[int, ...]:
@@ -357,8 +370,9 @@ class UnitScan:
             raise ValueError(f"truth must give one role per unit of every hidden layer (widths {list(widths)}), got shapes "
                              f"{[list(t.shape) for t in truth_layers]}")  # fmt: skip
         accuracy = []
+        measured = self._roles(network, self.tolerances[0])
         for tolerance in self.tolerances:
-            found = self._roles(network, tolerance)
+            found = measured.at_tolerance(tolerance)
             right = sum(int((f == t).sum()) for f, t in zip(found.roles, truth_layers))
             accuracy.append(right / sum(t.size for t in truth_layers))
         self.accuracy_ = dict(zip(self.tolerances, accuracy))
