@@ -377,14 +377,14 @@ def _section_labels(state: dict[str, Any]) -> None:
     for mode in MODES:
         a, b = int((small_labels == mode).sum()), int((big_labels == mode).sum())
         if a or b:
-            size_rows.append([mode, _pct(proportion_interval(a, len(small_labels))), _pct(proportion_interval(b, len(big_labels)))])
+            size_rows.append([REFINEMENT_NAMES[mode], _pct(proportion_interval(a, len(small_labels))), _pct(proportion_interval(b, len(big_labels)))])
     report.paragraph(
         f"Another data size: {len(big_labels)} further networks trained from the same initialisations twice, once on "
         f"this study's {d['n_train']} / {d['n_val']} points and once on "
         f"{tr['other_size_n_train']} / {tr['other_size_n_val']}. The same network gets the same label in {_pct(agree)} of cases; "
-        "the mode frequencies (Wilson intervals):"
+        "the frequencies of our refinement's classes (Wilson intervals):"
     )
-    report.table(["mode", f"{d['n_train']} training points", f"{tr['other_size_n_train']} training points"], size_rows)
+    report.table(["our refinement", f"{d['n_train']} training points", f"{tr['other_size_n_train']} training points"], size_rows)
     report.metrics["labels"] = {
         "tolerance": lab["tolerance"], "stability": stability_metrics, "other_size_agreement": agree.estimate,
         "other_size_agreement_interval": [agree.low, agree.high], "counts": dict(Counter(labels.tolist())),
@@ -395,7 +395,7 @@ def _section_labels(state: dict[str, Any]) -> None:
 
 
 def _section_mechanisms(state: dict[str, Any]) -> None:
-    """§3: every mechanism's loss, mode 3's two kinds, the seed's networks and the ridge+valley split."""
+    """§3: every mechanism's loss, ridge + plane's two kinds, the seed's networks and the ridge+valley split."""
     classes, clock, d, data, dist, lab, labels, n, n_res, out_dir, params, plane, report, result, seed, st, val = _take(
         state, "classes", "clock", "d", "data", "dist", "lab", "labels", "n", "n_res", "out_dir", "params", "plane", "report",
         "result", "seed", "st", "val")
@@ -405,7 +405,7 @@ def _section_mechanisms(state: dict[str, Any]) -> None:
         chosen = val[labels == mode]
         if not chosen.size:
             continue
-        who = f"ours (refines the seed's mode {mode})" if mode in SEED_MODES else "ours (the seed did not name it)"
+        who = f"ours, label {mode} (not the seed's mode {mode}: §2)" if mode in SEED_MODES else "ours (the seed did not name it)"
         mech_rows.append([
             REFINEMENT_NAMES[mode], who, f"{chosen.size} ({_pct(proportion_interval(int(chosen.size), n))})", _median(chosen, seed, n_res),
             float(chosen.min()), float(np.median(chosen) / plane.mse),
@@ -426,7 +426,8 @@ def _section_mechanisms(state: dict[str, Any]) -> None:
             where = {"along": "along the diagonal", "across": "across the diagonal", "oblique": "oblique to the diagonal"}[orientation]
             ridge_rows.append([f"ridge + plane, ridge {where}", chosen.size, _median(chosen, seed, n_res), float(chosen.min())])
     report.paragraph(
-        "Ridge + plane (our refinement of mode 3) has two kinds, told apart by where the ridge runs: along the diagonal m = a (a roof, min of two mirror-image "
+        "Ridge + plane (our refinement: one ridge and one linear unit; the seed's mode 3 is one straddling and one mainly "
+        "positive unit, and §2 shows how the two overlap) has two kinds, told apart by where the ridge runs: along the diagonal m = a (a roof, min of two mirror-image "
         "planes, as in the seed's hand-crafted and cleanest mode-3 networks) or across it (a crease that only cuts off the far tips of the product distribution, where "
         "one input is large). Most of its spread in loss is this split:"
     )
@@ -495,17 +496,18 @@ def _section_mechanisms(state: dict[str, Any]) -> None:
         mode: {"count": int((labels == mode).sum()), "median_val": float(np.median(val[labels == mode])), "best_val": float(val[labels == mode].min())}
         for mode in MODES if (labels == mode).any()
     }  # fmt: skip
-    report.figure("loss_by_mode", plot_loss_by_mode(val, labels, modes=list(MODES), references={"exact best plane": plane.mse, "best constant": plane.target_variance}),
+    report.figure("loss_by_mode", plot_loss_by_mode(val, np.vectorize(REFINEMENT_NAMES.get)(labels), modes=[REFINEMENT_NAMES[m] for m in MODES], references={"exact best plane": plane.mse, "best constant": plane.target_variance}),
                   "Validation MSE per mechanism, with the exact best plane and constant on the same distribution")  # fmt: skip
     examples: dict[str, Any] = {}
     for mode in MODES:
         best = best_member(val, labels, mode)
         if best is not None and mode != "1":
-            examples[f"{mode} (#{best})"] = {name: value[best] for name, value in params.items()}
+            examples[f"{REFINEMENT_NAMES[mode]} (#{best})"] = {name: value[best] for name, value in params.items()}
     examples |= {f"seed {s}": m for s, m in zip(st["positives"], positives)} | {"hand-crafted": handcrafted}
     report.figure("preactivation_maps", plot_preactivation_maps(examples, distribution=dist, inputs=data.train_inputs[0]),
                   "Each unit's pre-activation (black: its zero line) and the output, for the best network of each mechanism, the seed's two networks and its hand-crafted design")  # fmt: skip
-    report.figure("gallery", plot_mode_gallery(params, labels, losses=val, modes=[m for m in MODES if (labels == m).any()], distribution=dist),
+    report.figure("gallery", plot_mode_gallery(params, np.vectorize(REFINEMENT_NAMES.get)(labels), losses=val, row_name="class",
+                                               modes=[REFINEMENT_NAMES[m] for m in MODES if (labels == m).any()], distribution=dist),
                   "The best networks of each mechanism: error F̂ − m·a on the data's support, and the units' creases")  # fmt: skip
     clock.lap("mechanisms and figures")
     state.update(positive_rows=positive_rows, positives=positives)
@@ -531,7 +533,7 @@ def _section_discovery(state: dict[str, Any]) -> None:
     ari_modes, control_modes = ari_interval(groups, labels, seed, n_res)
     grid = discovery_ari_grid(fingerprints, {"seed's modes": state["seed_modes"], "refined classes": classes, "refinement": labels},
                               n_subsets=GRID_SUBSETS, random_states=GRID_STATES, max_groups=disc_opts["max_groups"], n_init=1, seed=seed)
-    grid_rows = [[name, f"{values.mean():.3f} {_ci(mean_interval(values.ravel(), seed=seed, n_resamples=max(n_res, 200)))}",
+    grid_rows = [[name, _ci(mean_interval(values.ravel(), seed=seed, n_resamples=max(n_res, 200))),
                   f"{values.min():.3f} – {values.max():.3f}"] for name, values in grid.items()]  # fmt: skip
     group_rows = []
     for g in range(discovery.n_groups_):
@@ -539,16 +541,17 @@ def _section_discovery(state: dict[str, Any]) -> None:
         best = int(members[np.argmin(val[members])])
         cls, purity = vs_classes.majority[g]
         mode, mode_purity = vs_modes.majority[g]
+        mode = REFINEMENT_NAMES.get(mode, mode)
         group_rows.append([g, members.size, _median(val[members], seed, n_res), f"{cls} ({purity:.0%})", f"{mode} ({mode_purity:.0%})",
                            f"`{network_formula({k: v[[best]] for k, v in params.items()}, digits=2)}`"])  # fmt: skip
-    report.table(["group", "networks", "median val MSE [95% CI]", "most common function class", "most common mode", "best member"], group_rows)
+    report.table(["group", "networks", "median val MSE [95% CI]", "most common function class", "most common class of our refinement", "best member"], group_rows)
     report.bullets([
         f"{discovery.n_groups_} groups by BIC. Against function classes (constant, plane, and the number of ridges r and valleys v, a single "
         f"crease split by its orientation to the diagonal): adjusted Rand index {_ci(ari_classes)} (shuffled groups: ≤ {control_classes:.3f}); "
         "share of each class in its most common group: " + ", ".join(f"{k} {v:.0%}" for k, v in vs_classes.recall.items()),
-        f"against the seed's modes and ours: adjusted Rand index {_ci(ari_modes)} (shuffled: ≤ {control_modes:.3f}); "
-        + ", ".join(f"{k} {v:.0%}" for k, v in vs_modes.recall.items()),
-        "The groups follow functions, not unit states: mode 2 (one dead unit) computes a plane, a lone ridge (min of a "
+        f"against our refinement's classes: adjusted Rand index {_ci(ari_modes)} (shuffled: ≤ {control_modes:.3f}); "
+        + ", ".join(f"{REFINEMENT_NAMES.get(k, k)} {v:.0%}" for k, v in vs_modes.recall.items()),
+        "The groups follow functions, not unit states: our one-unit class (the seed's mode 2 when the other unit is dead) computes a plane, a lone ridge (min of a "
         "plane and a constant, a special min of two planes) or a lone valley, and it lands with the networks that compute "
         "the same function.",
     ])
@@ -650,7 +653,8 @@ def _section_scores(state: dict[str, Any]) -> None:
         "of the other trained networks",
     ])
     if curves:
-        report.figure("roc_mode3", plot_roc_curves(curves, title="Mode 3: the seed's score and the scan"), "ROC curves for mode 3")
+        report.figure("roc_mode3", plot_roc_curves(curves, title="Ridge + plane: the seed's mode-3 score and the scan"),
+                      "ROC curves: our ridge + plane against the rest, scored by the seed's mode-3 score and by the scan")
     report.metrics["scores"] = auc_metrics
     state.update(scans=scans, test_rows=test_rows, y_test=y_test)
 
@@ -725,7 +729,9 @@ def _section_dynamics(state: dict[str, Any]) -> None:
     ])  # fmt: skip
     dynamics = label_switches(snapshot_labels, epochs) if len(epochs) > 2 else None
     report.heading("7. Mechanisms during training")
-    report.figure("mode_over_time", plot_mode_over_time(epochs, snapshot_labels, modes=list(MODES)), "Share of networks per mechanism at every snapshot")
+    named = np.vectorize(REFINEMENT_NAMES.get)(snapshot_labels)
+    report.figure("mode_over_time", plot_mode_over_time(epochs, named, modes=[REFINEMENT_NAMES[m] for m in MODES]),
+                  "Share of networks per class of our refinement at every snapshot")
     if dynamics is not None:
         late = dynamics["last_switch"][dynamics["last_switch"] >= 0]
         report.bullets([
@@ -733,7 +739,7 @@ def _section_dynamics(state: dict[str, Any]) -> None:
             "epoch of the last change: " + (f"median {int(np.median(late))}, 90% by {int(np.quantile(late, 0.9))}" if late.size else "none"),
         ])
         report.table([f"mechanism at epoch {epochs[1]}", f"at epoch {epochs[-1]}", "networks"],
-                     [[a, b, c] for (a, b), c in dynamics["transitions"].most_common(10)])  # fmt: skip
+                     [[REFINEMENT_NAMES[a], REFINEMENT_NAMES[b], c] for (a, b), c in dynamics["transitions"].most_common(10)])  # fmt: skip
         report.metrics["dynamics"] = {"snapshot_epochs": epochs, "n_switching": dynamics["n_switching"],
                                       "transitions": {f"{a}->{b}": c for (a, b), c in dynamics["transitions"].items()}}  # fmt: skip
     clock.lap("dynamics")
