@@ -113,7 +113,11 @@ def test_study_runs_end_to_end_and_reports(tmp_path):
     units = metrics["unit_scan"]
     assert units["tolerance"] in (0.01, 0.02, 0.04, 0.08)
     assert units["planted"]["no noise"]["mechanism"]["recall"] == 1.0
-    assert {"width 3", "hidden 2×2"} <= set(units["ablation"])
+    ablation = units["ablation"]
+    assert {"trained, width 3", "trained, hidden 2×2"} <= set(ablation)
+    # the ablation check, calibrated: it passes the scan's (right) roles of planted networks and fails the wrong units
+    assert ablation["planted (held out), the scan's roles"]["passed"] >= 0.9
+    assert ablation["planted, wrong units: creases and dead units swapped"]["passed"] == 0.0
     assert set(metrics["labels"]["stability"]) == {"64", "256"}
     assert metrics["dynamics"]["snapshot_epochs"] == [0, 100, 200, 300]
     assert "3" in metrics["wider"] and "deep" in metrics["wider"]

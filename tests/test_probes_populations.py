@@ -117,3 +117,7 @@ def test_discovery_ari_grid_recovers_planted_groups_and_not_shuffled_ones():
         discovery_ari_grid(fingerprints, {"short": truth[:10]})
     with pytest.raises(ValueError, match="n_subsets"):
         discovery_ari_grid(fingerprints[:12], {"t": truth[:12]}, n_subsets=5)
+    one_restart = discovery_ari_grid(fingerprints, {"truth": truth}, n_subsets=5, random_states=(0, 1), max_groups=4, n_init=1)
+    assert one_restart["truth"].shape == (5, 2) and one_restart["truth"].mean() > 0.6
+    with pytest.raises(ValueError, match="n_init"):
+        discovery_ari_grid(fingerprints, {"truth": truth}, n_init=0)

@@ -94,6 +94,7 @@ def discovery_ari_grid(
     n_subsets: int = 5,
     random_states: Sequence[int] = (0, 1, 2),
     max_groups: int = 12,
+    n_init: int = 3,
     seed: int = 0,
 ) -> dict[str, np.ndarray]:
     """Adjusted Rand index of the discovered groups against each labelling, over disjoint subsets of
@@ -102,7 +103,8 @@ def discovery_ari_grid(
     The networks are split at random (with ``seed``) into ``n_subsets`` disjoint sets; on each,
     :class:`~physlens.probes.MechanismDiscovery` is fitted once per ``random_states`` entry, and its
     groups are compared with every labelling in ``labellings`` (e.g. the seed's modes and our refined
-    classes), so one number is never the top of its range.
+    classes), so one number is never the top of its range. ``n_init``: restarts of every mixture
+    (1 is enough when ``random_states`` already samples the initialisations).
     """
     from physlens.probes.discovery import MechanismDiscovery
 
@@ -119,7 +121,7 @@ def discovery_ari_grid(
     out = {name: np.zeros((n_subsets, len(random_states))) for name in labellings}
     for i, rows in enumerate(subsets):
         for j, state in enumerate(random_states):
-            groups = MechanismDiscovery(max_groups=max_groups, random_state=state).fit(fingerprints[rows]).labels_
+            groups = MechanismDiscovery(max_groups=max_groups, n_init=check_positive_int("n_init", n_init), random_state=state).fit(fingerprints[rows]).labels_
             for name, labels in labellings.items():
                 out[name][i, j] = adjusted_rand_score(np.asarray(labels)[rows], groups)
     return out

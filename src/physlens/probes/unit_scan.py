@@ -13,6 +13,7 @@ nobody knows the truth, by removing the units of each role.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -48,7 +49,7 @@ def _forward(layers: Layers, points: Tensor, remove: Sequence[Tensor | None], li
         if linearise[index] is not None:
             post = torch.where(linearise[index].unsqueeze(1), pre, post)
         if remove[index] is not None:
-            post = torch.where(remove[index].unsqueeze(1), torch.zeros_like(post), post)
+            post = post.masked_fill(remove[index].unsqueeze(1), 0.0)
         hidden = post
     raise AssertionError("unreachable: the last layer returns")
 
@@ -80,6 +81,26 @@ class UnitRoles:
     group_linearisation_change: list[np.ndarray]
     group: list[np.ndarray]
     widths: tuple[int, ...]
+
+    def at_tolerance(self, tolerance: float) -> UnitRoles:
+        """The same measurements judged at another ``tolerance``: roles and redundancy thresholded anew
+        (the ablations do not depend on it, so a scan can try many tolerances for the cost of one)."""
+        tolerance = check_finite_float("tolerance", tolerance)
+        if tolerance < 0:
+            raise ValueError(f"tolerance must be >= 0, got {tolerance}")
+        roles, redundant = [], []
+        for removal, group_removal, group_linear, groups in zip(
+            self.removal_change, self.group_removal_change, self.group_linearisation_change, self.group
+        ):
+            layer = np.where(
+                removal <= tolerance, "dead",
+                np.where(group_removal <= tolerance, "cancelling", np.where(group_linear <= tolerance, "linear", "crease")),
+            ).astype(str)  # fmt: skip
+            working = layer != "dead"
+            sizes = np.stack([((groups == groups[:, j : j + 1]) & working).sum(1) for j in range(layer.shape[1])], axis=1)
+            roles.append(layer)
+            redundant.append((sizes > 1) & np.isin(layer, MECHANISM_ROLES))
+        return dataclasses.replace(self, roles=roles, redundant=redundant)
 
     def mechanism(self) -> list[np.ndarray]:
         """Per hidden layer, ``[model, width]`` booleans: the units whose role is in :data:`MECHANISM_ROLES`."""
@@ -143,7 +164,7 @@ def unit_roles(
     def change(output: Tensor) -> np.ndarray:
         return ((output - base).square().mean(1).sqrt() / scale).numpy()
 
-    out: dict[str, list[np.ndarray]] = {k: [] for k in ("roles", "redundant", "removal", "group_removal", "group_linear", "group")}
+    out: dict[str, list[np.ndarray]] = {k: [] for k in ("removal", "group_removal", "group_linear", "group")}
     posts = _activations(layers, points)
     for index, post in enumerate(posts):
         width = post.shape[2]
@@ -159,22 +180,14 @@ def unit_roles(
             masks[index] = group_mask
             group_removal[:, j] = change(_forward(layers, points, masks, [None] * len(layers)))
             group_linear[:, j] = change(_forward(layers, points, [None] * len(layers), masks))
-        roles = np.where(
-            removal <= tolerance, "dead",
-            np.where(group_removal <= tolerance, "cancelling", np.where(group_linear <= tolerance, "linear", "crease")),
-        ).astype(object)  # fmt: skip
-        working = roles != "dead"
-        sizes = np.stack([((groups == groups[:, j : j + 1]) & working).sum(1) for j in range(width)], axis=1)
-        out["roles"].append(roles.astype(str))
-        out["redundant"].append((sizes > 1) & np.isin(roles, MECHANISM_ROLES))
         out["removal"].append(removal)
         out["group_removal"].append(group_removal)
         out["group_linear"].append(group_linear)
         out["group"].append(groups)
     return UnitRoles(
-        roles=out["roles"], redundant=out["redundant"], removal_change=out["removal"], group_removal_change=out["group_removal"],
+        roles=[], redundant=[], removal_change=out["removal"], group_removal_change=out["group_removal"],
         group_linearisation_change=out["group_linear"], group=out["group"], widths=tuple(p.shape[2] for p in posts),
-    )  # fmt: skip
+    ).at_tolerance(tolerance)  # fmt: skip
 
 
 def _hidden_widths(network: Any) -> tuple[int, ...]:
@@ -357,8 +370,9 @@ class UnitScan:
             raise ValueError(f"truth must give one role per unit of every hidden layer (widths {list(widths)}), got shapes "
                              f"{[list(t.shape) for t in truth_layers]}")  # fmt: skip
         accuracy = []
+        measured = self._roles(network, self.tolerances[0])
         for tolerance in self.tolerances:
-            found = self._roles(network, tolerance)
+            found = measured.at_tolerance(tolerance)
             right = sum(int((f == t).sum()) for f, t in zip(found.roles, truth_layers))
             accuracy.append(right / sum(t.size for t in truth_layers))
         self.accuracy_ = dict(zip(self.tolerances, accuracy))
@@ -382,29 +396,153 @@ class UnitScan:
 
 @dataclass(frozen=True)
 class AblationCheck:
-    """Validation MSE of every network intact and with the units of some roles removed (``[model]`` arrays)."""
+    """Fit errors of every network intact and with the units of some roles removed, and the verdicts.
+
+    MSEs against m·a on fresh points, ``[model]`` arrays unless said otherwise. The verdicts compare
+    each network with itself (ratios to its own intact MSE), so a network whose error is far below
+    the exact best plane is held to its own standard, not to an absolute one.
+    """
 
     intact: np.ndarray
-    without_creases: np.ndarray  # crease units removed
+    without_creases: np.ndarray  # every unit called a crease removed
     without_mechanism: np.ndarray  # crease and linear units removed
-    without_rest: np.ndarray  # dead and cancelling units removed, linear units without their ReLU
-    without_random: np.ndarray  # control: as many units as each layer has creases, drawn at random, removed
+    without_rest: np.ndarray  # every dead and cancelling unit removed, linear units without their ReLU
+    without_random: np.ndarray  # [model, draw] the null: random sets of units outside the mechanism, as many per layer as it has creases
+    n_creases: np.ndarray  # crease units per network (all layers)
+    n_outside: np.ndarray  # units outside the mechanism per network (what the null draws from)
     plane_mse: float  # the exact best plane on the distribution
     constant_mse: float  # the best constant, Var(m·a)
+    rel_tolerance: float  # removing the creases must raise the RMS error by more than this fraction; anything else, by at most this
+    quantile: float  # the null's quantile the creases must exceed, and the others must stay under
+
+    @property
+    def crease_ratio(self) -> np.ndarray:
+        """MSE without the creases over the intact MSE, ``[model]``."""
+        return self.without_creases / self.intact
+
+    @property
+    def null_ratio(self) -> np.ndarray:
+        """MSE without each random set of units outside the mechanism over the intact MSE, ``[model, draw]``
+        (NaN where a network has no such units or no creases to match)."""
+        return self.without_random / self.intact[:, None]
+
+    @property
+    def rest_ratio(self) -> np.ndarray:
+        """MSE without the dead and cancelling units (linear units linearised) over the intact MSE, ``[model]``."""
+        return self.without_rest / self.intact
+
+    def null_quantile(self) -> np.ndarray:
+        """The null ratio's ``quantile`` per network, ``[model]`` (NaN where the null is empty)."""
+        ratios = self.null_ratio
+        out = np.full(ratios.shape[0], np.nan)
+        has = np.isfinite(ratios).any(1)
+        out[has] = np.nanquantile(ratios[has], self.quantile, axis=1)
+        return out
+
+    def p_value(self) -> np.ndarray:
+        """Per network, the share of null draws that hurt at least as much as removing the creases
+        (with the usual +1 in numerator and denominator; NaN where the null is empty), ``[model]``."""
+        ratios = self.null_ratio
+        draws = np.isfinite(ratios).sum(1)
+        worse = (np.nan_to_num(ratios, nan=-np.inf) >= self.crease_ratio[:, None]).sum(1)
+        return np.where(draws > 0, (1 + worse) / (1 + draws), np.nan)
+
+    def necessary(self) -> np.ndarray:
+        """``[model]``: the network has creases, and removing them raises its RMS error by more than
+        ``rel_tolerance`` and by more than the null's ``quantile`` does (where the null is not empty)."""
+        null = self.null_quantile()
+        beats_null = np.where(np.isnan(null), True, self.crease_ratio > null)
+        return (self.n_creases > 0) & (self.crease_ratio > (1 + self.rel_tolerance) ** 2) & beats_null
+
+    def others_unnecessary(self) -> np.ndarray:
+        """``[model]``: removing the dead and cancelling units (and linearising linear ones) keeps the RMS
+        error within ``rel_tolerance`` of the intact one, and so does the null's ``quantile``."""
+        limit = (1 + self.rel_tolerance) ** 2
+        null = self.null_quantile()
+        return (self.rest_ratio <= limit) & np.where(np.isnan(null), True, null <= limit)
+
+    def passed(self) -> np.ndarray:
+        """``[model]``: the identified creases are necessary and the other units are not."""
+        return self.necessary() & self.others_unnecessary()
+
+
+def _group_closure(mask: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """``mask`` ``[..., model, width]`` grown to whole groups (``groups`` ``[model, width]``): a unit is in
+    if any unit of its group is."""
+    same = groups[:, :, None] == groups[:, None, :]  # [model, width, width]
+    return np.einsum("...mk,mjk->...mj", mask.astype(np.int64), same.astype(np.int64)) > 0
+
+
+def _random_sets(roles: UnitRoles, n_draws: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Per hidden layer, ``[draw, model, width]`` masks: in each draw, as many units outside the mechanism as
+    the layer has creases (or all of them, if fewer), drawn without replacement, grown to whole groups."""
+    out = []
+    for layer_roles, groups in zip(roles.roles, roles.group):
+        allowed = ~np.isin(layer_roles, MECHANISM_ROLES)
+        size = np.minimum((layer_roles == "crease").sum(1), allowed.sum(1))  # [model]
+        keys = np.where(allowed, rng.random((n_draws, *layer_roles.shape)), np.inf)
+        rank = np.argsort(np.argsort(keys, axis=-1), axis=-1)
+        # grown to whole groups among the units outside the mechanism: a dead unit that shares a crease's activation
+        # (output weight ~0) must not drag the crease in
+        out.append(_group_closure((rank < size[:, None]) & allowed, groups) & allowed)
+    return out
+
+
+def _null_mse(layers: Layers, points: Tensor, target: Tensor, masks: list[np.ndarray]) -> np.ndarray:
+    """MSE ``[draw, model]`` with, in every draw, the units of ``masks`` (per hidden layer, ``[draw, model, width]``) removed.
+
+    With one hidden layer removal is linear in the output, so every draw is a quadratic form in the mask,
+    exact: with C the units' contributions and r the intact residual, MSE = mean r² − 2 m·⟨C, r⟩ + mᵀ⟨C, C⟩m.
+    """
+    if len(layers) == 2:
+        post = _activations(layers, points)[0]  # [model, n, width]
+        contribution = post * layers[1][0][:, None, :, 0]
+        residual = _forward(layers, points, [None, None], [None, None]) - target
+        n = points.shape[0]
+        gram = (torch.einsum("mnj,mnk->mjk", contribution, contribution) / n).numpy()
+        cross = (torch.einsum("mnj,mn->mj", contribution, residual) / n).numpy()
+        mask = masks[0].astype(np.float64)
+        mse = residual.square().mean(1).numpy() - 2 * (mask * cross).sum(-1) + np.einsum("dmj,mjk,dmk->dm", mask, gram, mask)
+        return np.maximum(mse, 0.0)
+    none: list[Tensor | None] = [None] * len(layers)
+    return np.stack([
+        (_forward(layers, points, [torch.from_numpy(m[d]) for m in masks] + [None], none) - target).square().mean(1).numpy()
+        for d in range(masks[0].shape[0])
+    ])  # fmt: skip
 
 
 def ablation_check(
-    network: Any, roles: UnitRoles, distribution: str = "product", *, n_points: int = 20_000, seed: int = 1
+    network: Any,
+    roles: UnitRoles,
+    distribution: str = "product",
+    *,
+    n_points: int = 20_000,
+    n_draws: int = 200,
+    rel_tolerance: float = 0.1,
+    quantile: float = 0.95,
+    seed: int = 1,
 ) -> AblationCheck:
-    """Test roles by ablation on fresh points: removing the units the product's fit depends on should
-    destroy it, and removing the others (or linearising linear units) should not.
+    """Test the roles by ablation on fresh points, each network against its own error: the units called
+    creases must be necessary, and the others must not be.
+
+    *Necessary*: removing the crease units raises the network's RMS error by more than ``rel_tolerance``
+    (a fraction of its own error), and its MSE by more than the ``quantile`` of a null distribution — ``n_draws`` random sets of units outside the
+    mechanism (neither crease nor linear), as many per layer as it has creases, each grown to whole
+    groups (a cancelling unit is removed with the units outside the mechanism that it cancels, as the scan judged it). *The others
+    are not*: removing every dead and cancelling unit (and linearising the linear ones) keeps the RMS
+    error within ``rel_tolerance`` of the intact one, and so does the null's ``quantile``. A scan given
+    the wrong units fails both: removing them costs nothing, and the null then holds the real creases.
 
     In a network with one hidden layer, removing every crease leaves a plane, which cannot beat the
-    exact best plane; how far the MSE rises above the intact network's is what the check measures.
-    The control removes, in every layer, as many units as it has creases, drawn at random (with
-    ``seed``). Use a ``seed`` other than the one the roles were found with.
+    exact best plane. Use a ``seed`` other than the one the roles were found with.
     """
     check_choice("distribution", distribution, DISTRIBUTIONS)
+    n_draws = check_positive_int("n_draws", n_draws)
+    rel_tolerance, quantile = check_finite_float("rel_tolerance", rel_tolerance), check_finite_float("quantile", quantile)
+    if rel_tolerance < 0:
+        raise ValueError(f"rel_tolerance must be >= 0, got {rel_tolerance}")
+    if not 0 < quantile <= 1:
+        raise ValueError(f"quantile must be in (0, 1], got {quantile}")
     layers = network_layers(network)
     if tuple(W.shape[2] for W, _ in layers[:-1]) != roles.widths or roles.roles[0].shape[0] != layers[0][0].shape[0]:
         raise ValueError(f"roles were found on networks of widths {list(roles.widths)} and {roles.roles[0].shape[0]} models; "
@@ -420,17 +558,15 @@ def ablation_check(
 
     none = [None] * len(layers)
     plane = optimal_plane(distribution)
-    rng = np.random.default_rng(seed)
-    random_masks: list[Tensor | None] = []
-    for layer_roles in roles.roles:
-        mask = np.zeros(layer_roles.shape, dtype=bool)
-        for m, k in enumerate((layer_roles == "crease").sum(1)):
-            mask[m, rng.choice(layer_roles.shape[1], size=int(k), replace=False)] = True
-        random_masks.append(torch.from_numpy(mask))
-    random_masks.append(None)
+    n_creases = sum((r == "crease").sum(1) for r in roles.roles)
+    n_outside = sum((~np.isin(r, MECHANISM_ROLES)).sum(1) for r in roles.roles)
+    null = _null_mse(layers, points, target, _random_sets(roles, n_draws, np.random.default_rng(seed))).T  # [model, draw]
+    null[(n_creases == 0) | (n_outside == 0)] = np.nan
     return AblationCheck(
         intact=mse(none, none), without_creases=mse(masks(["crease"]), none), without_mechanism=mse(masks(list(MECHANISM_ROLES)), none),
-        without_rest=mse(masks(["dead", "cancelling"]), masks(["linear"])), without_random=mse(random_masks, none), plane_mse=plane.mse, constant_mse=plane.target_variance,
+        without_rest=mse(masks(["dead", "cancelling"]), masks(["linear"])), without_random=null,
+        n_creases=n_creases, n_outside=n_outside, plane_mse=plane.mse, constant_mse=plane.target_variance,
+        rel_tolerance=rel_tolerance, quantile=quantile,
     )  # fmt: skip
 
 

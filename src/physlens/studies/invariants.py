@@ -47,7 +47,7 @@ from physlens.training.invariants import (
     pair_accuracy,
     quantity_pair_accuracy,
     train_bottleneck,
-    train_siamese,
+    train_siamese_towers,
 )
 
 ORBIT_KEYS = {
@@ -206,7 +206,11 @@ def _siamese_section(
     drift_l = float(((exact.angular_momentum - exact.angular_momentum[:, :1]).abs().max()))
     drift_e = float(((exact.energy - exact.energy[:, :1]).abs().max()))
 
-    result = train_siamese(model, train, config, progress=progress)
+    # every tower (the first, reported in full, and the further seeds) trains at once, each on its own pair stream
+    tower_seeds = [stream_seed(seed, f"siamese tower {k}") % (2**31) for k in range(1, opts.get("n_seeds", 5))]
+    extra = [SiameseTower(dataclasses.replace(model.cfg, seed=s)) for s in tower_seeds]
+    results = train_siamese_towers([model, *extra], train, [config, *(dataclasses.replace(config, seed=s) for s in tower_seeds)], progress=progress)
+    result = results[0]
     curves["siamese (contrastive)"] = result.losses
     generator = torch.Generator().manual_seed(seed + 3)
     n_pairs = opts.get("n_test_pairs", 20000)
@@ -250,7 +254,7 @@ def _siamese_section(
     candidate_X = np.stack([quantities[name] for name in candidate_names], axis=1)
     candidate_distiller = SymbolicDistiller(variable_names=["L", "E", "e", "cos_phi", "sin_phi"], **distiller_args).fit(
         candidate_X[rows], latent[rows])
-    seed_rows, seed_metrics = _siamese_seeds(system, config, model, train, test, train_pairs, test_pairs, X, opts, seed, progress)
+    seed_rows, seed_metrics = _siamese_seeds(extra, train_pairs, test_pairs, X, opts)
     seed_rows.insert(0, [f"{seed} (the tower above)", _accuracy(test_accuracy, test_pairs),
                          *(f"{invariant_r2['trained tower'][k]:.4f}" for k in ORBIT_FEATURE_SETS)])
     seed_metrics.insert(0, {"seed": seed, "test_accuracy": test_accuracy, "r2": invariant_r2["trained tower"]})
@@ -348,16 +352,13 @@ def _siamese_section(
 
 
 def _siamese_seeds(
-    system: CentralPotentialSystem, config: SiameseTrainConfig, model: SiameseTower, train: Any, test: Any,
-    train_pairs: StatePairs, test_pairs: StatePairs, X: np.ndarray, opts: dict[str, Any], seed: int, progress: bool,
+    towers: list[SiameseTower], train_pairs: StatePairs, test_pairs: StatePairs, X: np.ndarray, opts: dict[str, Any],
 ) -> tuple[list[list[Any]], list[dict[str, Any]]]:
-    """Further towers, one per extra seed (initialisation and pair draws), scored like the first."""
+    """The further towers, one per extra seed (initialisation and pair draws), trained, scored like the first."""
     rows, metrics = [], []
-    states = torch.from_numpy(X).to(next(model.parameters()).dtype)
-    for k in range(1, opts.get("n_seeds", 5)):
-        tower_seed = stream_seed(seed, f"siamese tower {k}") % (2**31)
-        tower = SiameseTower(dataclasses.replace(model.cfg, seed=tower_seed))
-        train_siamese(tower, train, dataclasses.replace(config, seed=tower_seed), progress=progress)
+    for tower in towers:
+        tower_seed = tower.cfg.seed
+        states = torch.from_numpy(X).to(next(tower.parameters()).dtype)
         threshold = best_threshold(tower, train_pairs)
         accuracy = pair_accuracy(tower, test_pairs, threshold)
         with torch.no_grad():

@@ -169,6 +169,78 @@ def train_siamese(
     return result
 
 
+_ACTIVATION_FUNCTIONS: dict[str, Callable[[Tensor], Tensor]] = {"tanh": torch.tanh, "relu": F.relu, "gelu": F.gelu, "silu": F.silu}
+
+
+def train_siamese_towers(
+    models: list[SiameseTower], orbits: OrbitTrajectories, configs: list[SiameseTrainConfig], *, progress: bool = True
+) -> list[SiameseTrainResult]:
+    """Train several towers of one architecture at once, each as :func:`train_siamese` would train it alone.
+
+    Every tower keeps its own initialisation and draws its own pairs from its own ``configs[k].seed``;
+    the weights of all towers are stacked and every step is one batched matrix product per layer.
+    AdamW and the cosine schedule act element by element, and the summed loss gives each tower the
+    gradient of its own loss, so tower k follows the trajectory :func:`train_siamese` gives it, up to
+    floating-point summation order. The configs may differ only in ``seed``. Raises
+    ``TrainingDiverged`` if any tower's loss stops being finite or rises far above its start.
+    """
+    if not models or len(models) != len(configs):
+        raise ValueError(f"models and configs must be non-empty lists of one length, got {len(models)} and {len(configs)}")
+    for model in models:
+        if not isinstance(model, SiameseTower):
+            raise TypeError(f"models must hold SiameseTowers, got {type(model).__name__}")
+    shared = {key: value for key, value in vars(configs[0]).items() if key != "seed"}
+    for k, config in enumerate(configs):
+        if {key: value for key, value in vars(config).items() if key != "seed"} != shared:
+            raise ValueError(f"configs must differ only in seed; configs[{k}] differs from configs[0] in "
+                             f"{sorted(key for key in shared if getattr(config, key) != shared[key])}")  # fmt: skip
+    cfg = models[0].cfg
+    for k, model in enumerate(models):
+        if {key: v for key, v in vars(model.cfg).items() if key != "seed"} != {key: v for key, v in vars(cfg).items() if key != "seed"}:
+            raise ValueError(f"models must share one architecture; models[{k}] differs from models[0]")
+    config, activation = configs[0], _ACTIVATION_FUNCTIONS[cfg.activation]
+    dtype = next(models[0].parameters()).dtype
+    orbits = orbits.to(device=models[0].device, dtype=dtype)
+    # [tower, fan_in, fan_out] weights and [tower, 1, fan_out] biases, one leaf tensor per layer
+    n_blocks = len(models[0].blocks)
+    weights = [torch.stack([m.blocks[i].W.detach() for m in models]).requires_grad_() for i in range(n_blocks)]
+    biases = [torch.stack([m.blocks[i].b.detach() for m in models]).unsqueeze(1).requires_grad_() for i in range(n_blocks)]
+    W_out = torch.stack([m.W_out.detach() for m in models]).requires_grad_()
+    b_out = torch.stack([m.b_out.detach() for m in models]).unsqueeze(1).requires_grad_()
+    parameters = [*weights, *biases, W_out, b_out]
+    generators = [torch.Generator().manual_seed(c.seed) for c in configs]
+    optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, config.steps, eta_min=config.lr / 100)
+    results = [SiameseTrainResult(threshold=config.margin / 2) for _ in models]
+
+    def step_loss(step: int) -> Tensor:
+        pairs = [make_pairs(orbits, config.batch_size, generator=g, min_gap=config.min_gap) for g in generators]
+        hidden = torch.stack([torch.cat([p.first, p.second]) for p in pairs])  # [tower, 2·pair, d_in]
+        for W, b in zip(weights, biases):
+            hidden = activation(torch.baddbmm(b, hidden, W))
+        latent = torch.baddbmm(b_out, hidden, W_out)  # [tower, 2·pair, d_latent]
+        n = len(pairs[0])
+        distance = torch.linalg.vector_norm(latent[:, :n] - latent[:, n:], dim=-1)  # [tower, pair]
+        losses = torch.stack([contrastive_loss(distance[k], p.same, config.margin) for k, p in enumerate(pairs)])
+        for result, value in zip(results, losses.detach().tolist()):
+            result.losses.append(value)
+        worst = int(torch.argmax(torch.where(torch.isfinite(losses), losses, torch.inf)))
+        # the guard watches the worst tower; the sum carries every tower's own gradient
+        return losses.sum() - losses.sum().detach() + losses[worst].detach()
+
+    guard = DivergenceGuard(what="Siamese training (batched towers)", hint=f"lower lr (now {config.lr:g})", target_scale=lambda: config.margin**2)
+    optimise(parameters, optimizer, step_loss, steps=config.steps, guard=guard, scheduler=schedule, progress=progress, desc="siamese towers")
+    with torch.no_grad():
+        for k, model in enumerate(models):
+            for i, block in enumerate(model.blocks):
+                block.W.copy_(weights[i][k])
+                block.b.copy_(biases[i][k, 0])
+            model.W_out.copy_(W_out[k])
+            model.b_out.copy_(b_out[k, 0])
+            model.eval()
+    return results
+
+
 @torch.no_grad()
 def pair_accuracy(model: SiameseTower, pairs: StatePairs, threshold: float) -> float:
     """Fraction of pairs classified correctly by "same iff latent distance < threshold"."""
@@ -335,4 +407,5 @@ __all__ = [
     "quantity_pair_accuracy",
     "train_bottleneck",
     "train_siamese",
+    "train_siamese_towers",
 ]
