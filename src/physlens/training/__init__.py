@@ -23,6 +23,7 @@ from physlens.training.invariants import (
     quantity_pair_accuracy,
     train_bottleneck,
     train_siamese,
+    train_siamese_towers,
 )
 from physlens.training.rollouts import RolloutEvaluation, evaluate_rollout, relative_error, rollout
 from physlens.training.evaluation import (
@@ -92,6 +93,7 @@ __all__ = [
     "quantity_pair_accuracy",
     "train_bottleneck",
     "train_siamese",
+    "train_siamese_towers",
     "LeakageError",
     "RolloutEvaluation",
     "TrainConfig",
