@@ -160,7 +160,7 @@ def test_per_seed_plane_fit_matches_numpy():
         V = np.c_[np.ones(100), data.val_inputs[k].numpy()]
         expected.append(np.mean((V @ coef - data.val_targets[k, :, 0].numpy()) ** 2))
     assert_allclose(plane_fit_val_mse(data), expected, rtol=1e-10)
-    with pytest.raises(TypeError, match="FmaSplit"):
+    with pytest.raises(TypeError, match="SupervisedSplit"):
         plane_fit_val_mse({"train_inputs": 1})
 
 

@@ -1,6 +1,16 @@
 """Physical systems that generate labelled ground truth for the networks physlens studies."""
 
-from physlens.systems.base import ExactlySolvable, System, TrajectoryBatch, check_system, import_system_class
+from physlens.systems.base import (
+    ExactlySolvable,
+    SupervisedSplit,
+    SupervisedSystem,
+    System,
+    TrajectoryBatch,
+    check_supervised_split,
+    check_supervised_system,
+    check_system,
+    import_system_class,
+)
 
 from physlens.systems.central import (
     CONSERVATION_TOLERANCE,
@@ -34,6 +44,7 @@ from physlens.systems.oscillator import (
 from physlens.systems.params import Choice, Fixed, ParamSpec, Uniform, as_param_spec
 from physlens.systems.fma import (
     FmaSplit,
+    FmaSystem,
     PlaneBaseline,
     fma_split,
     fma_splits,
@@ -47,11 +58,16 @@ from physlens.systems.fma import (
 
 __all__ = [
     "ExactlySolvable",
+    "SupervisedSplit",
+    "SupervisedSystem",
     "System",
     "TrajectoryBatch",
+    "check_supervised_split",
+    "check_supervised_system",
     "check_system",
     "import_system_class",
     "FmaSplit",
+    "FmaSystem",
     "PlaneBaseline",
     "fma_split",
     "fma_splits",

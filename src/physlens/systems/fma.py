@@ -2,13 +2,15 @@
 
 Inputs are (m, a) pairs, the target is their product F. Splits are drawn per seed, so every network
 of an ensemble can see its own data (as in the seed, where each run drew fresh data and weights).
+:class:`FmaSystem` offers the same draws as a :class:`~physlens.systems.base.SupervisedSystem`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,12 +23,17 @@ from physlens._validation import (
     check_nonnegative_int,
     check_positive_int,
     check_shape,
+    did_you_mean,
     resolve_dtype,
 )
+from physlens.systems.base import SupervisedSplit, check_supervised_split, moved_copy
 
 DISTRIBUTIONS = ("uniform", "product")
 """``"uniform"``: (m, a) uniform in the unit square. ``"product"``: F ~ U(0, 1), u ~ U(0.5, 1),
 inputs (F/u, u) swapped with probability ½, so the *product* is uniform on (0, 1)."""
+
+TARGETS = ("force",)
+"""What :class:`FmaSystem` regresses on (m, a): ``"force"``, F = m·a."""
 
 DATA_STREAM, INIT_STREAM = 0xDA7A, 0x1417
 """Stream tags: a seed's data and its network initialisation come from independent generators."""
@@ -195,6 +202,56 @@ def fma_splits(
     return FmaSplit(*(torch.stack([getattr(p, f) for p in parts]) for f in fields), distribution=distribution)
 
 
+@dataclass
+class FmaSystem:
+    """F = m·a as a :class:`~physlens.systems.base.SupervisedSystem`: the draws of :func:`sample_fma`,
+    :func:`fma_split` and :func:`fma_splits`, bit for bit, behind the protocol the trainers accept.
+    """
+
+    distribution: str = "product"  # the law of the inputs (m, a): one of DISTRIBUTIONS
+    target: str = "force"  # what is regressed: one of TARGETS
+    dtype: str = "float32"  # dtype of sampled tensors
+    device: str = "cpu"  # where sampled tensors live
+
+    def __post_init__(self) -> None:
+        check_choice("distribution", self.distribution, DISTRIBUTIONS)
+        check_choice("target", self.target, TARGETS)
+        resolve_dtype(self.dtype)
+
+    def sample(
+        self, n: int, *, seed: int | None = None, generator: torch.Generator | None = None
+    ) -> tuple[Float[Tensor, "n 2"], Float[Tensor, "n 1"]]:
+        """Draw ``n`` inputs (m, a) and targets F = m·a, as :func:`sample_fma` does (exactly one of ``seed``, ``generator``)."""
+        return sample_fma(n, self.distribution, seed=seed, generator=generator, dtype=self.dtype, device=self.device)
+
+    def split(self, seed: int, *, n_train: int = 8000, n_val: int = 2000) -> FmaSplit:
+        """The fixed split of ``seed`` for one network, as :func:`fma_split` draws it."""
+        return fma_split(seed, self.distribution, n_train=n_train, n_val=n_val, dtype=self.dtype, device=self.device)
+
+    def splits(self, seeds: Sequence[int], *, n_train: int = 8000, n_val: int = 2000) -> FmaSplit:
+        """Stacked splits ``[model, n, ·]``, one per seed, as :func:`fma_splits` draws them."""
+        return fma_splits(seeds, self.distribution, n_train=n_train, n_val=n_val, dtype=self.dtype, device=self.device)
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | str | None = None) -> FmaSystem:
+        """The same task sampled on ``device`` and/or in ``dtype``: identical draws for the same seed."""
+        return moved_copy(self, device, dtype)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready description, readable back with :meth:`from_dict`."""
+        return {"distribution": self.distribution, "target": self.target, "dtype": self.dtype, "device": self.device}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> FmaSystem:
+        """The task :meth:`to_dict` described; unknown keys are refused by name."""
+        if not isinstance(data, Mapping):
+            raise TypeError(f"data must be a mapping such as FmaSystem.to_dict() gives, got {type(data).__name__}")
+        unknown = sorted(set(data) - {"distribution", "target", "dtype", "device"})
+        if unknown:
+            raise ValueError(f"data has unknown keys {unknown} for FmaSystem; "
+                             + did_you_mean(unknown, ("distribution", "target", "dtype", "device")))
+        return cls(**data)
+
+
 # --------------------------------------------------------------------- exact distribution-level facts
 def _moments(distribution: str) -> tuple[np.ndarray, np.ndarray, float]:
     """Second moments of (1, m, a) and their products with F, and E[F²], in closed form (float64)."""
@@ -235,14 +292,13 @@ def optimal_plane(distribution: str = "product") -> PlaneBaseline:
     return PlaneBaseline(distribution, tuple(float(c) for c in coef), float(f_square - coef @ moment), float(variance))
 
 
-def plane_fit_val_mse(data: FmaSplit) -> np.ndarray:
+def plane_fit_val_mse(data: SupervisedSplit) -> np.ndarray:
     """Validation MSE of the least-squares plane F ≈ c0 + c1·m + c2·a fitted (float64, closed form)
     on each split's own training points: ``[model]`` (or one value for a single split).
 
     The per-seed linear baseline, on exactly the data a network of that seed saw.
     """
-    if not isinstance(data, FmaSplit):
-        raise TypeError(f"data must be an FmaSplit, got {type(data).__name__}")
+    check_supervised_split(data, "data")
 
     def design(x: Tensor) -> Tensor:
         x = x.to("cpu", torch.float64)
@@ -326,7 +382,9 @@ def seed_recipe_split(seed: int, generator: torch.Generator) -> FmaSplit:
 __all__ = [
     "DISTRIBUTIONS",
     "SEED_RECIPE_POINTS",
+    "TARGETS",
     "FmaSplit",
+    "FmaSystem",
     "PlaneBaseline",
     "SegmentQuadrature",
     "fma_split",
