@@ -209,7 +209,7 @@ def test_bad_training_input_is_refused():
         train_ensemble(ensemble, fma_splits([0, 1, 2], n_train=8, n_val=4), EnsembleTrainConfig(epochs=1), progress=False)
     with pytest.raises(ValueError, match="dtype"):
         train_ensemble(ensemble, fma_splits([0, 1], n_train=8, n_val=4, dtype="float64"), progress=False)
-    with pytest.raises(TypeError, match="FmaSplit"):
+    with pytest.raises(TypeError, match="SupervisedSplit"):
         train_ensemble(ensemble, {"train_inputs": torch.zeros(2, 8, 2)}, progress=False)
     with pytest.raises(TypeError, match="MLPEnsemble"):
         train_ensemble(TinyMLP(MLPConfig()), fma_splits([0], n_train=8, n_val=4), progress=False)

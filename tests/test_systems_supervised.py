@@ -1,15 +1,17 @@
 """The SupervisedSystem / SupervisedSplit protocols: FmaSystem draws exactly what the F = m·a functions
 draw, and a user's own split class (here the law m + a, defined in this file, outside the library)
-implements the split protocol."""
+trains the one- and many-layer MLP ensembles without any change to physlens."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import pytest
 import torch
 
+from physlens.models.mlp import DeepEnsembleConfig, DeepMLPEnsemble, EnsembleConfig, MLPConfig, MLPEnsemble, TinyMLP
 from physlens.systems import (
     FmaSplit,
     FmaSystem,
@@ -21,6 +23,8 @@ from physlens.systems import (
     fma_splits,
     sample_fma,
 )
+from physlens.training.deep import train_deep_ensemble
+from physlens.training.ensemble import EnsembleTrainConfig, train_ensemble, train_mlp
 
 
 @dataclass(frozen=True)
@@ -128,3 +132,44 @@ def test_check_supervised_split_names_the_argument_and_what_is_wrong():
 
     with pytest.raises(ValueError, match="data.n_models must be 2"):
         check_supervised_split(Lying(**fields))
+
+
+def test_a_user_split_trains_both_ensembles_and_one_network_to_an_exact_fit():
+    """m + a = relu(m + a) on m, a ≥ 0, so one hidden ReLU unit fits it exactly: the loss must fall
+    by seven orders of magnitude from its start (about E[(m + a)²] = 7/6)."""
+    seeds = [3, 8]
+    data = sum_split(len(seeds), 64, 32, seed=1)
+    config = EnsembleTrainConfig(epochs=3000, lr=1e-2, backend="eager")
+    shallow = train_ensemble(MLPEnsemble(EnsembleConfig(seeds=seeds, d_hidden=4, dtype="float64")), data, config,
+                             progress=False)
+    deep = train_deep_ensemble(DeepMLPEnsemble(DeepEnsembleConfig(seeds=seeds, d_hidden=[4, 4], dtype="float64")), data,
+                               config, progress=False)
+    alone = train_mlp(TinyMLP(MLPConfig(d_hidden=4, seed=seeds[0], dtype="float64")),
+                      SumSplit(data.train_inputs[0], data.train_targets[0], data.val_inputs[0], data.val_targets[0]), config)
+    assert alone.final_train_loss < 1e-7 and alone.val_loss < 1e-2
+    for result in (shallow, deep):
+        assert result.train_loss.shape == (3000, 2)
+        assert float(result.final_train_loss.max()) < 1e-7, result.final_train_loss
+        # held-out points: far below Var(m + a) = 1/6, though a kink of an unused unit may cut the square
+        assert float(result.val_loss.max()) < 1e-2, result.val_loss
+
+
+@pytest.mark.unchecked_types  # pins physlens's own message, which the runtime type checker would pre-empt
+def test_the_trainers_refuse_a_non_conforming_split_naming_the_argument():
+    ensemble = MLPEnsemble(EnsembleConfig(seeds=[0, 1], dtype="float64"))
+    deep = DeepMLPEnsemble(DeepEnsembleConfig(seeds=[0, 1], dtype="float64"))
+    not_a_split = SimpleNamespace(train_inputs=torch.zeros(2, 8, 2, dtype=torch.float64))
+    lacks = (r"data must implement physlens.systems.SupervisedSplit, as FmaSplit does; "
+             r"SimpleNamespace lacks \['train_targets', 'val_inputs', 'val_targets', 'n_models', 'to'\]")
+    with pytest.raises(TypeError, match=lacks):
+        train_ensemble(ensemble, not_a_split, progress=False)
+    with pytest.raises(TypeError, match=lacks):
+        train_deep_ensemble(deep, not_a_split, progress=False)
+    wide = SumSplit(torch.zeros(2, 8, 3, dtype=torch.float64), torch.zeros(2, 8, 1, dtype=torch.float64),
+                    torch.zeros(2, 4, 3, dtype=torch.float64), torch.zeros(2, 4, 1, dtype=torch.float64))
+    with pytest.raises(ValueError, match="data must have the model's d_in = 2 input columns, got 3"):
+        train_ensemble(ensemble, wide, progress=False)
+    with pytest.raises(ValueError, match="data must have the model's d_in = 2 input columns, got 3"):
+        train_deep_ensemble(deep, wide, progress=False)
+    with pytest.raises(ValueError, match="one split per member"):
+        train_deep_ensemble(deep, sum_split(3, 8, 4, seed=0), progress=False)

@@ -24,7 +24,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from physlens.models.mlp import DeepMLPEnsemble
-from physlens.systems.fma import FmaSplit
+from physlens.systems.base import SupervisedSplit, check_supervised_split
 from physlens.training import _fused
 from physlens.training.ensemble import FUSED_CHUNK, EnsembleTrainConfig, _check_ensemble_divergence
 
@@ -166,11 +166,12 @@ def _train_eager(ensemble: DeepMLPEnsemble, inputs_t: Tensor, targets: Tensor, c
 
 
 def train_deep_ensemble(
-    ensemble: DeepMLPEnsemble, data: FmaSplit, config: EnsembleTrainConfig | None = None, *, progress: bool = True
+    ensemble: DeepMLPEnsemble, data: SupervisedSplit, config: EnsembleTrainConfig | None = None, *, progress: bool = True
 ) -> DeepTrainResult:
     """Train every member of ``ensemble`` in place on its own split by full-batch Adam.
 
-    ``data`` must hold one split per member (``[model, n, 2]``). ``config`` is the ensemble recipe
+    ``data`` is any :class:`~physlens.systems.base.SupervisedSplit` holding one split per member
+    (``[model, n, d_in]``). ``config`` is the ensemble recipe
     (epochs, learning rate, Adam's betas and eps, and ``backend``: see :func:`select_deep_backend`;
     the fused kernel and the eager step agree to round-off); snapshots and ``compile`` are not
     supported here and are refused. Raises :class:`~physlens.training.TrainingDiverged` (a
@@ -182,11 +183,14 @@ def train_deep_ensemble(
         raise TypeError(f"ensemble must be a DeepMLPEnsemble, got {type(ensemble).__name__}")
     if config.compile or config.snapshot_every:
         raise ValueError("train_deep_ensemble supports neither compile nor snapshot_every; set both to their defaults")
-    if not isinstance(data, FmaSplit) or data.n_models != ensemble.n_models:
-        raise ValueError(f"data must be an FmaSplit with one split per member ({ensemble.n_models}), got {type(data).__name__}")
+    check_supervised_split(data, "data")
+    if data.n_models != ensemble.n_models:
+        raise ValueError(f"data must hold one split per member ({ensemble.n_models}), got n_models={data.n_models}")
     dtype = ensemble.layers[0].W.dtype
     if data.train_inputs.dtype != dtype:
         raise ValueError(f"data must have the model's dtype {dtype}, got {data.train_inputs.dtype}")
+    if data.train_inputs.shape[-1] != ensemble.cfg.d_in:
+        raise ValueError(f"data must have the model's d_in = {ensemble.cfg.d_in} input columns, got {data.train_inputs.shape[-1]}")
     backend = select_deep_backend(ensemble, config)
     data = data.to(device=ensemble.device)
     inputs_t = data.train_inputs.transpose(1, 2).contiguous()  # [model, d_in, n]

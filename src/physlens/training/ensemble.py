@@ -38,7 +38,7 @@ from physlens._validation import (
     check_positive_int,
 )
 from physlens.models.mlp import PARAM_NAMES, DeepMLPEnsemble, MLPEnsemble, TinyMLP
-from physlens.systems.fma import FmaSplit
+from physlens.systems.base import SupervisedSplit, check_supervised_split
 from physlens.training import _compile, _fused
 from physlens.training._divergence import TrainingDiverged, check_loss, diverged_members, loss_reference
 
@@ -169,14 +169,15 @@ def ensemble_mse(ensemble: MLPEnsemble, inputs: Float[Tensor, "model n d_in"], t
     return (ensemble(inputs) - targets).square().mean(dim=(1, 2))
 
 
-def _check_data(data: FmaSplit, model_dtype: torch.dtype, n_models: int | None) -> None:
-    if not isinstance(data, FmaSplit):
-        raise TypeError(f"data must be an FmaSplit, got {type(data).__name__}")
+def _check_data(data: SupervisedSplit, model_dtype: torch.dtype, n_models: int | None, d_in: int) -> None:
+    check_supervised_split(data, "data")
     if data.n_models != n_models:
-        expected = "stacked splits [model, n, 2]" if n_models else "one network's split [n, 2]"
+        expected = f"stacked splits [model, n, {d_in}]" if n_models else f"one network's split [n, {d_in}]"
         raise ValueError(f"data must hold {expected} for {n_models or 1} model(s), got n_models={data.n_models}")
     if data.train_inputs.dtype != model_dtype:
         raise ValueError(f"data must have the model's dtype {model_dtype}, got {data.train_inputs.dtype}")
+    if data.train_inputs.shape[-1] != d_in:
+        raise ValueError(f"data must have the model's d_in = {d_in} input columns, got {data.train_inputs.shape[-1]}")
 
 
 def fused_unavailable_reason(ensemble: MLPEnsemble) -> str | None:
@@ -304,12 +305,13 @@ def _train_torch(
 
 
 def train_ensemble(
-    ensemble: MLPEnsemble, data: FmaSplit, config: EnsembleTrainConfig | None = None, *, progress: bool = True
+    ensemble: MLPEnsemble, data: SupervisedSplit, config: EnsembleTrainConfig | None = None, *, progress: bool = True
 ) -> EnsembleTrainResult:
     """Train every member of ``ensemble`` in place on its own split by full-batch Adam.
 
-    ``data`` must be stacked (``[model, n, 2]``, e.g. from :func:`~physlens.systems.fma.fma_splits`)
-    with one split per member; it is moved to the ensemble's device. ``config.backend`` chooses the
+    ``data`` is any :class:`~physlens.systems.base.SupervisedSplit` stacked ``[model, n, d_in]``
+    with one split per member (e.g. from :func:`~physlens.systems.fma.fma_splits`, or a user's own
+    task); it is moved to the ensemble's device. ``config.backend`` chooses the
     implementation (see :func:`select_backend`); every one gives each member the result of training
     it alone with :func:`train_mlp`, to float round-off. Raises :class:`TrainingDiverged` (a
     ``FloatingPointError``) naming the members whose loss stopped being finite or rose far above its
@@ -318,7 +320,7 @@ def train_ensemble(
     config = config or EnsembleTrainConfig()
     if not isinstance(ensemble, MLPEnsemble):
         raise TypeError(f"ensemble must be an MLPEnsemble, got {type(ensemble).__name__}")
-    _check_data(data, ensemble.W_in.dtype, ensemble.n_models)
+    _check_data(data, ensemble.W_in.dtype, ensemble.n_models, ensemble.cfg.d_in)
     backend = select_backend(ensemble, config)
     data = data.to(device=ensemble.device)
     inputs_t = data.train_inputs.transpose(1, 2).contiguous()  # [model, d_in, n]
@@ -377,7 +379,7 @@ class MLPTrainResult:
     val_loss: float  # validation MSE after the last step
 
 
-def train_mlp(model: TinyMLP, data: FmaSplit, config: EnsembleTrainConfig | None = None) -> MLPTrainResult:
+def train_mlp(model: TinyMLP, data: SupervisedSplit, config: EnsembleTrainConfig | None = None) -> MLPTrainResult:
     """Train one :class:`TinyMLP` in place the plain way: autograd and ``torch.optim.Adam``, full batch.
 
     This is the reference the ensemble is checked against, and the baseline of the speed benchmark.
@@ -385,7 +387,7 @@ def train_mlp(model: TinyMLP, data: FmaSplit, config: EnsembleTrainConfig | None
     config = config or EnsembleTrainConfig()
     if not isinstance(model, TinyMLP):
         raise TypeError(f"model must be a TinyMLP, got {type(model).__name__}")
-    _check_data(data, model.W_in.dtype, None)
+    _check_data(data, model.W_in.dtype, None, model.cfg.d_in)
     data = data.to(device=model.device)
     params = [getattr(model, name) for name in PARAM_NAMES]
     optimizer = torch.optim.Adam(params, lr=config.lr, betas=(config.beta1, config.beta2), eps=config.eps)
