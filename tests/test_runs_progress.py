@@ -113,10 +113,56 @@ def test_a_quiet_run_beats_and_leaves_no_progress_file(tmp_path, monkeypatch, ca
     study = tmp_path / "study.toml"
     study.write_text(STUDY)
     assert main(["run", str(study), "--output", str(tmp_path / "runs"), "--quiet"]) == 0
-    err = capsys.readouterr().err.splitlines()
+    err = [line for line in capsys.readouterr().err.splitlines() if ": running for " not in line]  # the idle beats aside
     assert len(err) == 40 and err[0].startswith("physlens: tiny: training step 1/40, loss ")
     assert err[-1].startswith("physlens: tiny: training step 40/40, loss ") and err[-1].endswith("ETA 0 s")
     assert seen["step"] == 40 and seen["total"] == 40
     assert not (tmp_path / "runs" / "tiny" / PROGRESS_FILE).exists()
     assert main(["run", str(study), "--output", str(tmp_path / "runs")]) == 0  # progress bars, no heartbeat lines
     assert "physlens: tiny" not in capsys.readouterr().err
+
+
+def test_a_quiet_run_beats_between_training_steps_too():
+    clock, lines = _Clock(), []
+    sink = ProgressSink(heartbeat=lines.append, clock=clock)
+    clock.now = 59.0
+    assert not sink.beat_if_quiet()  # under a minute since the start
+    clock.now = 60.0
+    assert sink.beat_if_quiet() and lines == ["running for 60 s"]
+    clock.now = 61.0
+    sink.update(5, 10, 0.5)  # a step a second after the idle beat: no line yet
+    clock.now = 100.0
+    assert not sink.beat_if_quiet()
+    clock.now = 125.0
+    sink.update(10, 10, 0.25)  # a minute after the last line: the step's own beat
+    clock.now = 180.0
+    assert not sink.beat_if_quiet()  # 55 s after it
+    clock.now = 185.0
+    assert sink.beat_if_quiet()  # analysing after training: says how long, and the last step
+    assert lines[1:] == ["training step 10/10, loss 0.25, ETA 0 s", "running for 3 min; last: training step 10/10, loss 0.25, ETA 0 s"]
+    assert not ProgressSink(clock=clock).beat_if_quiet()  # no heartbeat asked: nothing to send
+
+
+def test_the_beating_thread_speaks_while_the_run_is_busy_and_stops_after():
+    import threading
+
+    from physlens._progress import beating_while_quiet
+
+    heard = threading.Event()
+    lines = []
+
+    def beat(line: str) -> None:
+        lines.append(line)
+        heard.set()
+
+    sink = ProgressSink(heartbeat=beat, heartbeat_interval=0.0)
+    with beating_while_quiet(sink, poll=0.01):
+        assert heard.wait(timeout=60)  # no training step reported, and still a line
+    count = len(lines)
+    assert lines[0].startswith("running for ") and all(t.name != "physlens-heartbeat" for t in threading.enumerate())
+    assert len(lines) == count
+    with beating_while_quiet(ProgressSink(), poll=0.01):  # no heartbeat: no thread
+        assert all(t.name != "physlens-heartbeat" for t in threading.enumerate())
+    with pytest.raises(ValueError, match="poll"):
+        with beating_while_quiet(sink, poll=0.0):
+            pass

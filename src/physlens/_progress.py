@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -43,6 +44,11 @@ class ProgressSink:
     _first: tuple[int, float] = field(default=(0, 0.0), init=False)  # step and time the phase was first seen here
     _written: float = field(default=-math.inf, init=False)
     _beat: float = field(default=math.nan, init=False)
+    _started: float = field(default=math.nan, init=False)
+    _last: str = field(default="", init=False)  # the last step's progress line
+
+    def __post_init__(self) -> None:
+        self._started = self.clock()
 
     def update(self, step: int, total: int, loss: float, phase: str = "training") -> None:
         """Record that ``step`` of ``total`` steps of ``phase`` finished with ``loss``."""
@@ -52,6 +58,7 @@ class ProgressSink:
             if math.isnan(self._beat):
                 self._beat = now
         eta = estimate_eta(self._first, (step, now), total)
+        self._last = progress_line(phase, step, total, loss, eta)
         if self.path is not None and (now - self._written >= self.file_interval or step >= total):
             self._written = now
             payload = {"phase": phase, "step": step, "total": total, "loss": loss if math.isfinite(loss) else None,
@@ -59,7 +66,22 @@ class ProgressSink:
             atomic_write_bytes(self.path, (json.dumps(payload, sort_keys=True) + "\n").encode())
         if self.heartbeat is not None and now - self._beat >= self.heartbeat_interval:
             self._beat = now
-            self.heartbeat(progress_line(phase, step, total, loss, eta))
+            self.heartbeat(self._last)
+
+    def beat_if_quiet(self) -> bool:
+        """Send a heartbeat line if none went out for ``heartbeat_interval`` seconds — the run is between
+        training steps (evaluating, analysing, writing its report) or before its first — saying how long
+        it has run and the last step it reported; return whether a line went out."""
+        if self.heartbeat is None:
+            return False
+        now = self.clock()
+        last = self._started if math.isnan(self._beat) else self._beat
+        if now - last < self.heartbeat_interval:
+            return False
+        self._beat = now
+        after = f"; last: {self._last}" if self._last else ""
+        self.heartbeat(f"running for {format_duration(now - self._started)}{after}")
+        return True
 
 
 def estimate_eta(first: tuple[int, float], now: tuple[int, float], total: int) -> float | None:
@@ -101,6 +123,31 @@ def reporting_progress(sink: ProgressSink) -> Iterator[ProgressSink]:
         _SINK.reset(token)
 
 
+@contextmanager
+def beating_while_quiet(sink: ProgressSink, poll: float = 1.0) -> Iterator[ProgressSink]:
+    """Inside the ``with`` block, a daemon thread calls ``sink.beat_if_quiet()`` every ``poll`` seconds, so
+    a quiet run still says it is alive at most once a ``heartbeat_interval`` while no training step is
+    reported (its analyses can take minutes). Does nothing when ``sink`` has no heartbeat."""
+    if not (poll > 0 and math.isfinite(poll)):
+        raise ValueError(f"poll must be a positive number of seconds, got {poll!r}")
+    if sink.heartbeat is None:
+        yield sink
+        return
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.wait(poll):
+            sink.beat_if_quiet()
+
+    thread = threading.Thread(target=watch, name="physlens-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield sink
+    finally:
+        stop.set()
+        thread.join()
+
+
 def report_step(step: int, total: int, loss: float, phase: str = "training") -> None:
     """Report a finished training step to the run's progress sink, if it opened one (else nothing happens)."""
     sink = _SINK.get()
@@ -122,6 +169,6 @@ def read_progress(path: str | os.PathLike[str]) -> dict[str, Any] | None:
 
 
 __all__ = [
-    "PROGRESS_FILE", "ProgressSink", "estimate_eta", "format_duration", "progress_line", "read_progress", "report_step",
+    "PROGRESS_FILE", "ProgressSink", "beating_while_quiet", "estimate_eta", "format_duration", "progress_line", "read_progress", "report_step",
     "reporting_progress",
 ]

@@ -53,7 +53,14 @@ from physlens._io import (
     set_aside,
     staging_for,
 )
-from physlens._progress import PROGRESS_FILE, ProgressSink, progress_line, read_progress, reporting_progress
+from physlens._progress import (
+    PROGRESS_FILE,
+    ProgressSink,
+    beating_while_quiet,
+    progress_line,
+    read_progress,
+    reporting_progress,
+)
 from physlens._validation import did_you_mean
 from physlens.studies.report import Report, StudySpecError, format_number, read_metrics, section
 
@@ -555,7 +562,7 @@ def _execute(
         if "run_key" in parameters:
             options["run_key"] = run_key
         sink = ProgressSink(path=staging / PROGRESS_FILE, heartbeat=_heartbeat(claim.target.name) if heartbeat else None)
-        with reporting_progress(sink):
+        with reporting_progress(sink), beating_while_quiet(sink):
             module.run(dict(spec), staging, **options)
         (staging / PROGRESS_FILE).unlink(missing_ok=True)  # a finished run has no progress to show
         elapsed = time.perf_counter() - start
