@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import time
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,7 +25,13 @@ from tqdm.auto import tqdm
 from physlens.models.mlp import DeepMLPEnsemble
 from physlens.systems.base import SupervisedSplit, check_supervised_split
 from physlens.training import _fused
-from physlens.training.ensemble import FUSED_CHUNK, EnsembleTrainConfig, _check_ensemble_divergence
+from physlens.training.ensemble import (
+    EnsembleTrainConfig,
+    _check_ensemble_divergence,
+    _flat_parameters,
+    _run_in_chunks,
+    _write_back,
+)
 
 
 @dataclass
@@ -108,38 +113,22 @@ def select_deep_backend(ensemble: DeepMLPEnsemble, config: EnsembleTrainConfig) 
 def _train_fused(ensemble: DeepMLPEnsemble, inputs_t: Tensor, targets: Tensor, config: EnsembleTrainConfig, progress: bool
                  ) -> tuple[Tensor, tuple[float, float]]:
     """Train with the fused kernel, in place; returns the losses [epoch, model] and (wall, CPU) seconds."""
-    pairs = [(layer.W, layer.b) for layer in ensemble.layers]
+    params = [t for layer in ensemble.layers for t in (layer.W, layer.b)]
     n_models, widths = ensemble.n_models, ensemble.cfg.widths
-    theta = torch.cat([t.detach().reshape(n_models, -1) for pair in pairs for t in pair], dim=1).numpy().copy()
+    theta = _flat_parameters(params, n_models)
     losses = np.empty((n_models, config.epochs), dtype=theta.dtype)
     exp_avg, exp_avg_sq = np.zeros_like(theta), np.zeros_like(theta)
     x, y = inputs_t.numpy(), targets.numpy()
     _fused.prepare_deep(widths, theta.dtype)  # compile (or load) before the clock starts
 
-    def run(start: int) -> int:
-        part = slice(start, min(start + FUSED_CHUNK, n_models))
+    def run(part: slice) -> None:
         _fused.train_deep_networks(
             theta[part], x[part], y[part], widths=widths, epochs=config.epochs, lr=config.lr, beta1=config.beta1,
             beta2=config.beta2, eps=config.eps, losses=losses[part], exp_avg=exp_avg[part], exp_avg_sq=exp_avg_sq[part],
         )  # fmt: skip
-        return part.stop - part.start
 
-    starts = range(0, n_models, FUSED_CHUNK)
-    workers = min(torch.get_num_threads(), len(starts))
-    clock = time.perf_counter(), time.process_time()
-    with tqdm(total=n_models, desc="deep ensemble (fused)", disable=not progress, leave=False) as bar:
-        if workers > 1:  # the kernel releases the GIL, so chunks of networks train side by side
-            with ThreadPoolExecutor(workers) as pool:
-                for done in pool.map(run, starts):
-                    bar.update(done)
-        else:
-            for start in starts:
-                bar.update(run(start))
-    seconds = time.perf_counter() - clock[0], time.process_time() - clock[1]
-    tensors = [t for pair in pairs for t in pair]
-    with torch.no_grad():
-        for t, row in zip(tensors, torch.from_numpy(theta).split([t[0].numel() for t in tensors], dim=1)):
-            t.copy_(row.reshape(t.shape))
+    seconds = _run_in_chunks(n_models, run, "deep ensemble (fused)", progress)
+    _write_back(params, theta)
     return torch.from_numpy(losses).T.contiguous(), seconds
 
 

@@ -217,13 +217,48 @@ def select_backend(ensemble: MLPEnsemble, config: EnsembleTrainConfig) -> str:
     return "eager"
 
 
+def _flat_parameters(params: list[Tensor], n_models: int) -> np.ndarray:
+    """The members' parameters side by side, ``[model, param]``, as a writable numpy copy for a fused kernel."""
+    return torch.cat([p.detach().reshape(n_models, -1) for p in params], dim=1).numpy().copy()
+
+
+def _write_back(params: list[Tensor], theta: np.ndarray) -> None:
+    """Copy the rows of ``theta`` (as :func:`_flat_parameters` laid them out) back into ``params``, in place."""
+    with torch.no_grad():
+        for p, row in zip(params, torch.from_numpy(theta).split([p[0].numel() for p in params], dim=1)):
+            p.copy_(row.reshape(p.shape))
+
+
+def _run_in_chunks(n_models: int, run: Callable[[slice], None], desc: str, progress: bool) -> tuple[float, float]:
+    """Call ``run`` on slices of at most ``FUSED_CHUNK`` members, side by side on the torch threads (the fused
+    kernels release the GIL); returns the (wall, CPU) seconds it took."""
+
+    def one(start: int) -> int:
+        part = slice(start, min(start + FUSED_CHUNK, n_models))
+        run(part)
+        return part.stop - part.start
+
+    starts = range(0, n_models, FUSED_CHUNK)
+    workers = min(torch.get_num_threads(), len(starts))
+    clock = time.perf_counter(), time.process_time()
+    with tqdm(total=n_models, desc=desc, disable=not progress, leave=False) as bar:
+        if workers > 1:
+            with ThreadPoolExecutor(workers) as pool:
+                for done in pool.map(one, starts):
+                    bar.update(done)
+        else:
+            for start in starts:
+                bar.update(one(start))
+    return time.perf_counter() - clock[0], time.process_time() - clock[1]
+
+
 def _train_fused(
     ensemble: MLPEnsemble, inputs_t: Tensor, targets: Tensor, config: EnsembleTrainConfig, progress: bool
 ) -> tuple[Tensor, list[Tensor], tuple[float, float]]:
     """Train with the fused kernel; returns losses [epoch, model], flat snapshots after epoch 0 and (wall, CPU) seconds."""
     params = [getattr(ensemble, name) for name in PARAM_NAMES]
     n_models, epochs = ensemble.n_models, config.epochs
-    theta = torch.cat([p.detach().reshape(n_models, -1) for p in params], dim=1).numpy().copy()  # [model, param]
+    theta = _flat_parameters(params, n_models)  # [model, param]
     later = config.snapshot_epochs()[1:]
     snap_at = np.full(epochs, -1, dtype=np.int64)
     snap_at[np.array(later) - 1] = np.arange(len(later))
@@ -233,30 +268,15 @@ def _train_fused(
     x, y = inputs_t.numpy(), targets.numpy()
     _fused.prepare(ensemble.cfg.d_in, ensemble.cfg.d_hidden, theta.dtype)  # compile (or load) before the clock starts
 
-    def run(start: int) -> int:
-        part = slice(start, min(start + FUSED_CHUNK, n_models))
+    def run(part: slice) -> None:
         _fused.train_networks(
             theta[part], x[part], y[part], d_in=ensemble.cfg.d_in, d_hidden=ensemble.cfg.d_hidden, epochs=epochs,
             lr=config.lr, beta1=config.beta1, beta2=config.beta2, eps=config.eps, snap_at=snap_at,
             losses=losses[part], snaps=snaps[part], exp_avg=exp_avg[part], exp_avg_sq=exp_avg_sq[part],
         )  # fmt: skip
-        return part.stop - part.start
 
-    starts = range(0, n_models, FUSED_CHUNK)
-    workers = min(torch.get_num_threads(), len(starts))
-    clock = time.perf_counter(), time.process_time()
-    with tqdm(total=n_models, desc="ensemble (fused)", disable=not progress, leave=False) as bar:
-        if workers > 1:  # the kernel releases the GIL, so chunks of networks train side by side
-            with ThreadPoolExecutor(workers) as pool:
-                for done in pool.map(run, starts):
-                    bar.update(done)
-        else:
-            for start in starts:
-                bar.update(run(start))
-    seconds = time.perf_counter() - clock[0], time.process_time() - clock[1]
-    with torch.no_grad():
-        for p, row in zip(params, torch.from_numpy(theta).split([p[0].numel() for p in params], dim=1)):
-            p.copy_(row.reshape(p.shape))
+    seconds = _run_in_chunks(n_models, run, "ensemble (fused)", progress)
+    _write_back(params, theta)
     flat_snaps = [torch.from_numpy(snaps[:, k]) for k in range(len(later))]
     return torch.from_numpy(losses).T.contiguous(), flat_snaps, seconds
 
