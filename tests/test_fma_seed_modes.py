@@ -28,14 +28,7 @@ from physlens.probes.mechanisms import (
 )
 from physlens.training.ensemble import EnsembleTrainConfig, train_mlp
 
-
-def _net(W_in, b_in, W_out, b_out):
-    return {
-        "W_in": torch.tensor(W_in, dtype=torch.float64),
-        "b_in": torch.tensor(b_in, dtype=torch.float64),
-        "W_out": torch.tensor(W_out, dtype=torch.float64).reshape(-1, 1),
-        "b_out": torch.tensor([b_out], dtype=torch.float64),
-    }
+from test_fma_mechanisms import _net
 
 
 # Experiment 10's two positives, rebuilt from their seeds by the seed's recipe and trained as it
