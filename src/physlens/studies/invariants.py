@@ -320,10 +320,10 @@ def _siamese_section(
         f"latent is pure L (held-out R² against L ≥ 0.99) is {_pct(pure_share)} (Wilson 95 % interval)."
     )
     report.table(["tower seed", "test accuracy [95 % interval]", *(f"R²: {k}" for k in ORBIT_FEATURE_SETS)], seed_rows)
-    told = ("random pairs: a \"different\" pair is any two orbits, so nothing in the pairs singles out L"
+    told = ("with random pairs, a \"different\" pair is any two orbits, so nothing in the pairs singles out L"
             if config.min_gap == 0 else f"different pairs must differ in L by at least {config.min_gap}, which tells it that L separates them")
     report.paragraph(
-        f"What the network is told: which pairs of states share an orbit, and ({told}). It is never given L, E or the "
+        f"What the network is told: which pairs of states share an orbit; {told}. It is never given L, E or the "
         "orientation; any of them, or a mixture, separates such pairs."
     )
     report.figure(
