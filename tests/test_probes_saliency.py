@@ -46,3 +46,28 @@ def test_full_attention_saliency_matches_finite_differences():
         torch.testing.assert_close(jac[:, :, :, s, j], numeric, rtol=1e-4, atol=1e-5)
     assert off_diagonal_fraction(jac) > 0.01
     assert saliency_matrix(jac).shape == (10, 10)
+
+
+class _CurrentState(torch.nn.Module):
+    """Planted: each prediction is a fixed linear map of its own step only."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ torch.tensor([[0.9, -0.2], [0.3, 0.8]], dtype=x.dtype)
+
+
+class _RunningMean(torch.nn.Module):
+    """Planted: each prediction is the mean of every state so far (reads the whole causal context)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        counts = torch.arange(1, x.shape[1] + 1, dtype=x.dtype).reshape(1, -1, 1)
+        return x.cumsum(dim=1) / counts
+
+
+def test_the_off_diagonal_share_tells_a_map_of_the_current_state_from_one_of_the_context():
+    inputs = torch.randn(3, 8, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    assert off_diagonal_fraction(saliency(_CurrentState(), inputs)) == 0.0
+    # running mean: ∂y_t/∂x_s = I/(t+1) for s ≤ t, so ‖J_t‖² = 2/(t+1), of which 2/(t+1)² on the diagonal
+    t = torch.arange(1, 9, dtype=torch.float64)
+    expected = float(((2 / t) - (2 / t**2)).sum() / (2 / t).sum())
+    assert abs(off_diagonal_fraction(saliency(_RunningMean(), inputs)) - expected) < 1e-12
+    assert expected > 0.4  # 0.438 for 8 positions: far from the 0 of a current-state map
