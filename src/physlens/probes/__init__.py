@@ -38,6 +38,7 @@ from physlens.probes.orbit_latents import (
     score_tower,
     tower_latent,
 )
+from physlens.probes.bottleneck import BottleneckAnalysis, BottleneckMatches, analyse_bottleneck, bottleneck_matches
 from physlens.probes.linear_probe import (
     DEFAULT_ALPHAS,
     LinearProbe,
@@ -319,6 +320,10 @@ __all__ = [
     "pure_latent_share",
     "score_tower",
     "tower_latent",
+    "BottleneckAnalysis",
+    "BottleneckMatches",
+    "analyse_bottleneck",
+    "bottleneck_matches",
     "ACTIVE",
     "DEAD",
     "DEFAULT_TOLERANCE",

@@ -20,7 +20,8 @@ from physlens.models.mlp import EnsembleConfig, MLPEnsemble
 from physlens.models.siamese import BottleneckConfig, BottleneckNetwork, SiameseConfig, SiameseTower
 from physlens.plots.invariants import plot_bottleneck_matches, plot_formula_front, plot_latent_vs_invariant
 from physlens.plots.training import plot_loss_curve
-from physlens.probes.invariants import ORBIT_FEATURE_SETS, match_quantities
+from physlens.probes.bottleneck import analyse_bottleneck
+from physlens.probes.invariants import ORBIT_FEATURE_SETS
 from physlens.probes.mechanisms import mechanism_labels
 from physlens.probes.orbit_latents import (
     PURE_L_R2,
@@ -52,7 +53,6 @@ from physlens.training.invariants import (
     SiameseTrainResult,
     StatePairs,
     make_pairs,
-    oscillator_windows,
     quantity_pair_accuracy,
     train_bottleneck,
     train_siamese_towers,
@@ -410,30 +410,15 @@ def _bottleneck_section(
     losses = train_bottleneck(model, system, config, progress=progress)
     curves["bottleneck (MSE)"] = losses
     test = system.sample(opts.get("n_test", 2000), config.window + 1, seed=seed + 10)
-    inputs, side, target = oscillator_windows(test, config.window, generator=torch.Generator().manual_seed(seed + 11))
-    with torch.no_grad():
-        prediction, cache = model.run_with_cache(inputs, side, names_filter="hook_bottleneck")
-        code = cache["hook_bottleneck"][:, 0].double().numpy()
-        blank = model.run_with_hooks(inputs, side, fwd_hooks=[("hook_bottleneck", lambda act, hook: act.mean(0, keepdim=True).expand_as(act))])
-    mse = float(((prediction - target) ** 2).mean())
-    mse_blank = float(((blank - target) ** 2).mean())
-    labels = {k: v.double().numpy() for k, v in test.labels().items()}
-    candidates = {
-        "ω0": labels["omega0"], "ω0²": labels["omega0_sq"], "Ω": labels["Omega"],
-        "energy": labels["energy"][:, config.window - 1],
-    }
-    raw = match_quantities(code, candidates)
-    # A window and its mirror image (x, p) → (−x, −p) share ω0; the encoder may encode ω0 with a
-    # sign that flips between them, and |bottleneck − centre| then carries ω0 alone.
-    centre = float(np.median(code))
-    folded = match_quantities(np.abs(code - centre), candidates)
+    analysis = analyse_bottleneck(model, test, config.window, generator=torch.Generator().manual_seed(seed + 11))
+    raw, folded = analysis.matches.raw, analysis.matches.folded
 
     report.heading("2. One-neuron bottleneck on the oscillator")
     report.paragraph(
         f"Encoder input: a window of {config.window} states of an oscillator with ω0 ~ U[{low}, {high}], γ = {system.gamma.value}. "
         f"Decoder: the bottleneck plus a fresh query state; target: the query's next state under the window's (ω0, γ). "
-        f"Test MSE {format_number(mse)}; with the bottleneck replaced by its mean {format_number(mse_blank)} "
-        f"(target variance {format_number(float(target.var()))})."
+        f"Test MSE {format_number(analysis.mse)}; with the bottleneck replaced by its mean {format_number(analysis.mse_mean_bottleneck)} "
+        f"(target variance {format_number(analysis.target_variance)})."
     )
     report.table(
         ["candidate", "Spearman ρ (raw)", "isotonic R² (raw)", "Spearman ρ (|b − median|)", "isotonic R² (|b − median|)", "linear R² (|b − median|)"],
@@ -448,11 +433,11 @@ def _bottleneck_section(
         "tell them apart; only the linear R² says which parametrisation the neuron is closest to linear in."
     )
     report.figure(
-        "bottleneck_vs_candidates", plot_bottleneck_matches(code, candidates),
+        "bottleneck_vs_candidates", plot_bottleneck_matches(analysis.code, analysis.candidates),
         "The bottleneck neuron against candidate quantities on test windows.",
     )
     report.metrics["bottleneck"] = {
-        "test_mse": mse, "test_mse_mean_bottleneck": mse_blank,
+        "test_mse": analysis.mse, "test_mse_mean_bottleneck": analysis.mse_mean_bottleneck,
         "raw": {m.name: {"spearman": m.spearman, "isotonic_r2": m.isotonic_r2, "linear_r2": m.linear_r2} for m in raw},
         "folded": {m.name: {"spearman": m.spearman, "isotonic_r2": m.isotonic_r2, "linear_r2": m.linear_r2} for m in folded},
     }
