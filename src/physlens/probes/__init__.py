@@ -39,6 +39,7 @@ from physlens.probes.orbit_latents import (
     tower_latent,
 )
 from physlens.probes.bottleneck import BottleneckAnalysis, BottleneckMatches, analyse_bottleneck, bottleneck_matches
+from physlens.probes.network_formulas import FMA_VARIABLES, ModeFormula, ProbeFormula, mode_formulas, probe_value_formula, relu_network_form
 from physlens.probes.linear_probe import (
     DEFAULT_ALPHAS,
     LinearProbe,
@@ -324,6 +325,12 @@ __all__ = [
     "BottleneckMatches",
     "analyse_bottleneck",
     "bottleneck_matches",
+    "FMA_VARIABLES",
+    "ModeFormula",
+    "ProbeFormula",
+    "mode_formulas",
+    "probe_value_formula",
+    "relu_network_form",
     "ACTIVE",
     "DEAD",
     "DEFAULT_TOLERANCE",

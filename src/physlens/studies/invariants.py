@@ -23,6 +23,7 @@ from physlens.plots.training import plot_loss_curve
 from physlens.probes.bottleneck import analyse_bottleneck
 from physlens.probes.invariants import ORBIT_FEATURE_SETS
 from physlens.probes.mechanisms import mechanism_labels
+from physlens.probes.network_formulas import mode_formulas
 from physlens.probes.orbit_latents import (
     PURE_L_R2,
     ConservationDrift,
@@ -38,7 +39,7 @@ from physlens.probes.orbit_latents import (
     score_tower,
     tower_latent,
 )
-from physlens.probes.symbolic import UNARY_FUNCTIONS, SymbolicDistiller, record_io
+from physlens.probes.symbolic import UNARY_FUNCTIONS, SymbolicDistiller
 from physlens.stats import proportion_interval
 from physlens.studies.report import Report, StudySpecError, format_number, section
 from physlens.systems.central import CentralPotentialSystem, OrbitTrajectories, orbit_energy
@@ -459,28 +460,9 @@ def _fma_section(report: Report, setup: tuple[Any, Any, Any], opts: dict[str, An
     n_models, distribution = ensemble.n_models, data.distribution
     result = train_ensemble(ensemble, data, train_config, progress=progress)
     modes = mechanism_labels(ensemble, distribution)
-    rows, metrics, fronts = [], {}, {}
-    for mode in sorted(set(modes)):
-        members = np.flatnonzero(modes == mode)
-        best = int(members[np.argmin(result.val_loss[members].numpy())])
-        network = ensemble.member(best)
-        inputs = data.val_inputs[best]
-        # a ReLU network is piecewise linear: distil it with the [distill] library for a compact approximant
-        X, y = record_io(network, inputs)
-        distiller = SymbolicDistiller(variable_names=["m", "a"], **distiller_args).fit(X, y)
-        # and write its exact form from distilled hidden pre-activations: linear, so a degree-1 search
-        # with three terms recovers them exactly, whatever [distill] asks of the compact formula
-        exact = sympy.Float(float(network.b_out.detach()[0]), 4)
-        for unit in range(network.cfg.d_hidden):
-            Xh, yh = record_io(network, inputs, output_hook="hook_pre", component=unit)
-            pre = SymbolicDistiller(variable_names=["m", "a"], max_terms=3, max_degree=1, unary=()).fit(Xh, yh).expression_
-            exact += sympy.Float(float(network.W_out.detach()[unit, 0]), 4) * sympy.Max(0, pre)
-        rows.append([mode, len(members), float(result.val_loss[best]), _formula(exact), _formula(distiller.expression_), distiller.selected_.nmse])
-        metrics[mode] = {
-            "count": len(members), "network_val_mse": float(result.val_loss[best]), "exact_form": str(exact),
-            "formula": str(distiller.expression_), "formula_nmse": distiller.selected_.nmse,
-        }
-        fronts[mode] = distiller
+    # a ReLU network is piecewise linear: each mode's best network is distilled with the [distill]
+    # settings for a compact approximant, and its exact form written from its hidden units
+    formulas = mode_formulas(ensemble, data.val_inputs, result.val_loss, modes, **distiller_args)
     report.heading("3. F = m·a: what formula does each mode compute?")
     report.paragraph(
         f"{n_models} width-2 ReLU networks trained ({opts.get('epochs', 2000)} full-batch Adam epochs, "
@@ -491,14 +473,24 @@ def _fma_section(report: Report, setup: tuple[Any, Any, Any], opts: dict[str, An
         "piecewise-linear form is assembled from the distilled hidden pre-activations (linear, so a degree-1 search "
         "recovers them exactly) and the output weights."
     )
-    report.table(["mode", "networks", "network val MSE", "exact form (from hooks)", "compact formula", "formula rel. error"], rows)
+    report.table(
+        ["mode", "networks", "network val MSE", "exact form (from hooks)", "compact formula", "formula rel. error"],
+        [[f.mode, f.count, f.val_mse, _formula(f.exact_form), _formula(f.distiller.expression_), f.distiller.selected_.nmse] for f in formulas],
+    )
+    fronts = {f.mode: f.distiller for f in formulas}
     if fronts:
         mode = "3" if "3" in fronts else sorted(fronts)[-1]
         report.figure(
             "fma_formula_front", plot_formula_front(fronts[mode].front_, selected=fronts[mode].selected_, title=f"F=ma network, mode {mode}"),
             f"Complexity/accuracy front for the mode-{mode} F = m·a network's output.",
         )
-    report.metrics["fma"] = metrics
+    report.metrics["fma"] = {
+        f.mode: {
+            "count": f.count, "network_val_mse": f.val_mse, "exact_form": str(f.exact_form),
+            "formula": str(f.distiller.expression_), "formula_nmse": f.distiller.selected_.nmse,
+        }
+        for f in formulas
+    }
 
 
 # ------------------------------------------------------------------------------------- transformer
@@ -523,7 +515,7 @@ def _transformer_section(
     from physlens.training.trainer import train
 
     try:
-        from physlens.probes.linear_probe import LinearProbe
+        from physlens.probes.network_formulas import probe_value_formula
     except ImportError as error:
         report.heading("4. A probe direction of the oscillator transformer")
         report.paragraph(f"Skipped: {error}.")
@@ -534,15 +526,8 @@ def _transformer_section(
     test = system.sample(opts.get("n_probe", 2000), seq_len + 1, seed=seed + 20)
     inputs, targets = test.inputs_targets()
     hook = "blocks.0.hook_resid_post"
-    with torch.no_grad():
-        _, cache = model.run_with_cache(inputs, names_filter=hook)
-    resid = cache[hook][:, -1].double().numpy()  # [traj, d_model] at the last position
-    next_x = targets[:, -1, 0].double().numpy()
-    probe = LinearProbe(n_folds=5, seed=seed).fit(resid, next_x)
-    direction = torch.as_tensor(np.asarray(probe.coef_), dtype=torch.float64)
-    X, y = record_io(model, inputs, output_hook=hook, position=-1, direction=direction.to(inputs.dtype))
-    X_last = X[:, -2:]  # the current state (x_t, p_t) of each sequence
-    distiller = SymbolicDistiller(variable_names=["x", "p"], **distiller_args).fit(X_last, y + probe.intercept_)
+    found = probe_value_formula(model, inputs, targets[:, -1, 0], hook=hook, seed=seed, **distiller_args)
+    probe, distiller = found.probe, found.distiller
     exact = propagator(omega0, gamma, system.dt)[0].tolist()
     report.heading("4. A probe direction of the oscillator transformer")
     report.paragraph(
