@@ -97,6 +97,10 @@ def test_distillation_writes_down_l_from_the_state_and_from_the_invariants(state
     assert_allclose(formulas.of_state.predict(X), latent, atol=1e-6)
     assert formulas.of_invariants.expression_.free_symbols == {L}
     assert formulas.of_invariants.selected_.nmse < 1e-10
+    with pytest.raises(ValueError, match="latent must have shape"):
+        distil_orbit_latent(latent[:-1], X)
+    with pytest.raises(ValueError, match="states must have shape"):
+        distil_orbit_latent(latent, X[:, :3])
 
 
 def test_tower_scores_and_the_share_of_pure_l_towers(orbits, states) -> None:

@@ -154,6 +154,12 @@ def distil_orbit_latent(latent: np.ndarray, states: np.ndarray, *, n_samples: in
     """Distil ``latent`` [n] as a function of the states [n, 4] and, separately, of their conserved
     quantities, on ``n_samples`` states evenly spaced through the sample. ``distiller_args`` go to
     :class:`~physlens.probes.symbolic.SymbolicDistiller` (``max_terms``, ``max_degree``, ``unary``)."""
+    if states.ndim != 2 or states.shape[1] != 4:
+        raise ValueError(f"states must have shape [n, 4] (x, y, vx, vy), got {list(states.shape)}")
+    if latent.shape != (states.shape[0],):
+        raise ValueError(f"latent must have shape [{states.shape[0]}] (one value per state), got {list(latent.shape)}")
+    if n_samples < 1:
+        raise ValueError(f"n_samples must be a positive integer, got {n_samples}")
     n = min(n_samples, states.shape[0])
     rows = np.linspace(0, states.shape[0] - 1, n).astype(int)
     of_state = SymbolicDistiller(variable_names=list(ORBIT_STATE_NAMES), **distiller_args).fit(states[rows], latent[rows])
