@@ -20,18 +20,29 @@ from physlens.models.mlp import EnsembleConfig, MLPEnsemble
 from physlens.models.siamese import BottleneckConfig, BottleneckNetwork, SiameseConfig, SiameseTower
 from physlens.plots.invariants import plot_bottleneck_matches, plot_formula_front, plot_latent_vs_invariant
 from physlens.plots.training import plot_loss_curve
-from physlens.probes.symbolic import UNARY_FUNCTIONS, SymbolicDistiller, record_io
-from physlens.probes.invariants import (
-    ORBIT_FEATURE_SETS,
-    PolynomialLatentRegression,
-    conserved_quantity_r2,
-    match_quantities,
-    orbit_invariants,
-)
+from physlens.probes.bottleneck import analyse_bottleneck
+from physlens.probes.invariants import ORBIT_FEATURE_SETS
 from physlens.probes.mechanisms import mechanism_labels
+from physlens.probes.network_formulas import mode_formulas
+from physlens.probes.orbit_latents import (
+    PURE_L_R2,
+    ConservationDrift,
+    LatentFormulas,
+    OrbitLatentAnalysis,
+    PairAccuracies,
+    TowerScore,
+    analyse_orbit_latent,
+    conservation_drift,
+    distil_orbit_latent,
+    pair_accuracies,
+    pure_latent_share,
+    score_tower,
+    tower_latent,
+)
+from physlens.probes.symbolic import UNARY_FUNCTIONS, SymbolicDistiller
 from physlens.stats import proportion_interval
 from physlens.studies.report import Report, StudySpecError, format_number, section
-from physlens.systems.central import ORBIT_STATE_NAMES, CentralPotentialSystem, angular_momentum, orbit_energy
+from physlens.systems.central import CentralPotentialSystem, OrbitTrajectories, orbit_energy
 from physlens.systems.fma import fma_splits
 from physlens.seeding import spawn_seeds, stream_seed
 from physlens.systems.oscillator import OscillatorSystem
@@ -40,11 +51,9 @@ from physlens.training.ensemble import EnsembleTrainConfig, train_ensemble
 from physlens.training.invariants import (
     BottleneckTrainConfig,
     SiameseTrainConfig,
+    SiameseTrainResult,
     StatePairs,
-    best_threshold,
     make_pairs,
-    oscillator_windows,
-    pair_accuracy,
     quantity_pair_accuracy,
     train_bottleneck,
     train_siamese_towers,
@@ -202,104 +211,121 @@ def _siamese_section(
     per_orbit = orbits_opts.get("states_per_orbit", 16)
     train = system.sample(orbits_opts.get("n_train", 2000), per_orbit, seed=seed, random_times=True)
     test = system.sample(orbits_opts.get("n_test", 500), per_orbit, seed=seed + 1, random_times=True)
-    exact = CentralPotentialSystem(**{**system.to_dict(), "dtype": "float64"}).sample(50, 200, seed=seed + 2)
-    drift_l = float(((exact.angular_momentum - exact.angular_momentum[:, :1]).abs().max()))
-    drift_e = float(((exact.energy - exact.energy[:, :1]).abs().max()))
+    drift = conservation_drift(system, seed=seed + 2)
+    extra, result = _train_towers(model, config, train, opts.get("n_seeds", 5), seed, progress)
+    curves["siamese (contrastive)"] = result.losses
+    pairs, gap = _orbit_pairs(train, test, config, opts.get("n_test_pairs", 20000), seed)
+    # Control: an untrained tower of the same architecture, its threshold chosen on the same training pairs.
+    control = SiameseTower(dataclasses.replace(model.cfg, seed=stream_seed(seed, "siamese random-init control"))).eval()
+    accuracies = pair_accuracies(model, control, pairs["train"], pairs)
 
-    # every tower (the first, reported in full, and the further seeds) trains at once, each on its own pair stream
-    tower_seeds = [stream_seed(seed, f"siamese tower {k}") % (2**31) for k in range(1, opts.get("n_seeds", 5))]
+    states = test.states.reshape(-1, 4)
+    latent, control_latent = tower_latent(model, states), tower_latent(control, states)
+    X = states.double().numpy()
+    harmonics = opts.get("harmonics", 3)
+    analysis = analyse_orbit_latent(latent, control_latent, states, degree=latent_opts.get("degree", 2), harmonics=harmonics)
+    formulas = distil_orbit_latent(latent, X, n_samples=latent_opts.get("n_distill", 2000), **distiller_args)
+    energy_accuracy = quantity_pair_accuracy(orbit_energy, pairs["train"], pairs["test"])
+    scores = [TowerScore(seed, accuracies.accuracy["test"], analysis.invariant_r2["trained tower"])]
+    scores += [score_tower(tower, pairs["train"], pairs["test"], X, harmonics=harmonics) for tower in extra]
+
+    report.heading("1. Siamese network on Kepler orbits")
+    _report_protocol(report, system, model, config, len(train), len(test), per_orbit, drift)
+    _report_pairs(report, pairs, gap, accuracies)
+    _report_latent(report, analysis, formulas.of_state)
+    _report_invariants(report, analysis, formulas.of_invariants, harmonics, energy_accuracy, accuracies, pairs["test"])
+    _report_towers(report, scores, accuracies, pairs["test"], config, seed)
+    report.figure(
+        "latent_vs_L", plot_latent_vs_invariant(latent, analysis.angular_momentum, color=analysis.energy, color_name="E"),
+        "Siamese latent against the angular momentum L on test states (colour: energy).",
+    )
+    report.figure(
+        "siamese_formula_front", plot_formula_front(formulas.of_state.front_, selected=formulas.of_state.selected_, title="Siamese latent"),
+        "Complexity/accuracy front of formulas for the Siamese latent.",
+    )
+    report.metrics["orbits"] = {"max_drift_L": drift.angular_momentum, "max_drift_E": drift.energy}
+    report.metrics["siamese"] = _siamese_metrics(accuracies, analysis, formulas, scores, result, config, energy_accuracy)
+
+
+def _train_towers(
+    model: SiameseTower, config: SiameseTrainConfig, train: OrbitTrajectories, n_seeds: int, seed: int, progress: bool,
+) -> tuple[list[SiameseTower], SiameseTrainResult]:
+    """Train ``model`` and ``n_seeds − 1`` further towers (seeds of initialisation and pair draws) at
+    once, each on its own pair stream; return the further towers and the first tower's result."""
+    tower_seeds = [stream_seed(seed, f"siamese tower {k}") % (2**31) for k in range(1, n_seeds)]
     extra = [SiameseTower(dataclasses.replace(model.cfg, seed=s)) for s in tower_seeds]
     results = train_siamese_towers([model, *extra], train, [config, *(dataclasses.replace(config, seed=s) for s in tower_seeds)], progress=progress)
-    result = results[0]
-    curves["siamese (contrastive)"] = result.losses
+    return extra, results[0]
+
+
+def _orbit_pairs(
+    train: OrbitTrajectories, test: OrbitTrajectories, config: SiameseTrainConfig, n_pairs: int, seed: int,
+) -> tuple[dict[str, StatePairs], float]:
+    """Training pairs, test pairs (the slides' protocol) and test pairs that differ clearly in L,
+    drawn from one stream in that order; and the gap in L of the last."""
     generator = torch.Generator().manual_seed(seed + 3)
-    n_pairs = opts.get("n_test_pairs", 20000)
     train_pairs = make_pairs(train, n_pairs, generator=generator)
     test_pairs = make_pairs(test, n_pairs, generator=generator)
     gap = config.min_gap or 0.2  # pairs that differ clearly in L, whatever the training pairs did
     gap_pairs = make_pairs(test, n_pairs, generator=generator, min_gap=gap)
-    threshold = best_threshold(model, train_pairs)
-    train_accuracy, test_accuracy, gap_accuracy = (pair_accuracy(model, p, threshold) for p in (train_pairs, test_pairs, gap_pairs))
-    # Control: an untrained tower of the same architecture, its threshold chosen on the same training pairs.
-    control = SiameseTower(dataclasses.replace(model.cfg, seed=stream_seed(seed, "siamese random-init control"))).eval()
-    control_threshold = best_threshold(control, train_pairs)
-    control_accuracy = [pair_accuracy(control, p, control_threshold) for p in (train_pairs, test_pairs, gap_pairs)]
+    return {"train": train_pairs, "test": test_pairs, "test_gap_pairs": gap_pairs}, gap
 
-    states = test.states.reshape(-1, 4)
-    with torch.no_grad():
-        latent = model(states)[:, 0].double().numpy()
-        control_latent = control(states)[:, 0].double().numpy()
-    X = states.double().numpy()
-    ang = angular_momentum(states.double()).numpy()
-    energy = orbit_energy(states.double()).numpy()
-    regression = PolynomialLatentRegression(degree=latent_opts.get("degree", 2), feature_names=ORBIT_STATE_NAMES).fit(X, latent)
-    ratio = regression.coefficient("x*vy") / regression.coefficient("y*vx")
-    matches = match_quantities(latent, {"L": ang, "E": energy, "L²": ang**2, "E·L²": energy * ang**2, "|L|": np.abs(ang)})
-    fit_l = next(m for m in matches if m.name == "L")
-    control_regression = PolynomialLatentRegression(degree=regression.degree, feature_names=ORBIT_STATE_NAMES).fit(X, control_latent)
-    control_fit_l = match_quantities(control_latent, {"L": ang})[0]
-    n_distill = min(latent_opts.get("n_distill", 2000), X.shape[0])
-    rows = np.linspace(0, X.shape[0] - 1, n_distill).astype(int)
-    distiller = SymbolicDistiller(variable_names=list(ORBIT_STATE_NAMES), **distiller_args).fit(X[rows], latent[rows])
 
-    harmonics = opts.get("harmonics", 3)
-    energy_accuracy = quantity_pair_accuracy(orbit_energy, train_pairs, test_pairs)
-    invariant_r2 = {
-        "trained tower": conserved_quantity_r2(latent, X, harmonics=harmonics),
-        "random-init tower (control)": conserved_quantity_r2(control_latent, X, harmonics=harmonics),
-        "energy-only latent (control)": conserved_quantity_r2(energy, X, harmonics=harmonics),
-    }
-    quantities = orbit_invariants(X, harmonics=1)
-    candidate_names = ["L", "E", "e", "cos1φ", "sin1φ"]
-    candidate_X = np.stack([quantities[name] for name in candidate_names], axis=1)
-    candidate_distiller = SymbolicDistiller(variable_names=["L", "E", "e", "cos_phi", "sin_phi"], **distiller_args).fit(
-        candidate_X[rows], latent[rows])
-    seed_rows, seed_metrics = _siamese_seeds(extra, train_pairs, test_pairs, X, opts)
-    seed_rows.insert(0, [f"{seed} (the tower above)", _accuracy(test_accuracy, test_pairs),
-                         *(f"{invariant_r2['trained tower'][k]:.4f}" for k in ORBIT_FEATURE_SETS)])
-    seed_metrics.insert(0, {"seed": seed, "test_accuracy": test_accuracy, "r2": invariant_r2["trained tower"]})
-    pure = sum(m["r2"]["L"] >= 0.99 for m in seed_metrics)
-    pure_share = proportion_interval(int(pure), len(seed_metrics))
-
-    report.heading("1. Siamese network on Kepler orbits")
+def _report_protocol(
+    report: Report, system: CentralPotentialSystem, model: SiameseTower, config: SiameseTrainConfig,
+    n_train: int, n_test: int, per_orbit: int, drift: ConservationDrift,
+) -> None:
     report.paragraph(
         f"Orbits in V = −1/r with E ∈ {list(system.energy_range)}, |L| ∈ {list(system.angular_momentum_range)} "
-        f"(random sign), perihelion ≥ {system.min_perihelion}; {len(train)} training and {len(test)} test orbits, "
+        f"(random sign), perihelion ≥ {system.min_perihelion}; {n_train} training and {n_test} test orbits, "
         f"{per_orbit} states each at random times. Exact Kepler propagation: over 50 orbits × 200 steps the "
-        f"largest drift is {format_number(drift_l)} in L and {format_number(drift_e)} in E. The tower "
+        f"largest drift is {format_number(drift.angular_momentum)} in L and {format_number(drift.energy)} in E. The tower "
         f"({model.cfg.n_layers}×{model.cfg.d_hidden} {model.cfg.activation}, one latent) was trained with a "
         f"contrastive loss (margin {config.margin}, "
         + ("different pairs drawn at random, the slides' protocol" if config.min_gap == 0 else f"different pairs with |ΔL| ≥ {config.min_gap}")
         + ") for "
         f"{config.steps} steps; the same/different threshold on the latent distance was chosen on training pairs."
     )
-    pair_rows = [
-        ("training orbits, random different pairs", train_pairs, train_accuracy),
-        ("test orbits, random different pairs (the slides' protocol; slides: 97%)", test_pairs, test_accuracy),
-        (f"test orbits, different pairs with |ΔL| ≥ {gap}", gap_pairs, gap_accuracy),
-    ]
+
+
+def _report_pairs(report: Report, pairs: dict[str, StatePairs], gap: float, accuracies: PairAccuracies) -> None:
+    names = {
+        "train": "training orbits, random different pairs",
+        "test": "test orbits, random different pairs (the slides' protocol; slides: 97%)",
+        "test_gap_pairs": f"test orbits, different pairs with |ΔL| ≥ {gap}",
+    }
     report.table(
         ["pairs", "accuracy [95 % Wilson interval]", "random-init tower (control)"],
-        [[name, _accuracy(accuracy, pairs), _accuracy(control_value, pairs)]
-         for (name, pairs, accuracy), control_value in zip(pair_rows, control_accuracy)],
+        [[name, _accuracy(accuracies.accuracy[key], pairs[key]), _accuracy(accuracies.control_accuracy[key], pairs[key])]
+         for key, name in names.items()],
     )
+
+
+def _report_latent(report: Report, analysis: OrbitLatentAnalysis, distiller: SymbolicDistiller) -> None:
+    regression, fit_l = analysis.regression, analysis.match("L")
     report.paragraph(
         f"Half of the pairs come from one orbit, so guessing scores 50 %. Polynomial regression (degree {regression.degree}) "
         f"of the latent on the test states: R² = {format_number(regression.r2_, 4)} (the random-init tower's latent: "
-        f"{format_number(control_regression.r2_, 4)}; its linear R² against L {format_number(control_fit_l.linear_r2, 3)}, "
+        f"{format_number(analysis.control_regression.r2_, 4)}; its linear R² against L {format_number(analysis.control_match_l.linear_r2, 3)}, "
         f"against {format_number(fit_l.linear_r2, 3)} for the trained tower). Dominant terms (share of the total contribution):"
     )
     report.bullets([f"`{name}`: {format_number(coef, 4)} ({share:.1%})" for name, coef, share in regression.dominant_terms(6)])
     report.paragraph(
-        f"Coefficient ratio (x·vy)/(y·vx) = {format_number(ratio, 4)} (angular momentum: −1; "
+        f"Coefficient ratio (x·vy)/(y·vx) = {format_number(analysis.coef_ratio, 4)} (angular momentum: −1; "
         f"slides: −403.71/402.44 = −1.003). The latent ≈ {format_number(regression.coefficient('x*vy'), 4)}·x·vy "
         f"{regression.coefficient('y*vx'):+.4g}·y·vx; the slides found ≈ −403·L (the scale is arbitrary)."
     )
     report.table(
         ["candidate", "linear R²", "Spearman ρ", "isotonic R² (held out)"],
-        [[m.name, m.linear_r2, m.spearman, m.isotonic_r2] for m in matches],
+        [[m.name, m.linear_r2, m.spearman, m.isotonic_r2] for m in analysis.matches],
     )
     report.paragraph(f"Distilled latent (built-in sparse search): {_formula(distiller.expression_)}, relative error {format_number(distiller.selected_.nmse)}.")
+
+
+def _report_invariants(
+    report: Report, analysis: OrbitLatentAnalysis, distiller: SymbolicDistiller, harmonics: int, energy_accuracy: float,
+    accuracies: PairAccuracies, test_pairs: StatePairs,
+) -> None:
     report.paragraph(
         "**Which conserved quantity?** An orbit has three: L, E and the orientation of its ellipse (the angle φ of the "
         "Runge–Lenz vector A = v × L − r̂, whose length is the eccentricity e). Held-out R² of the latent regressed on each "
@@ -307,66 +333,54 @@ def _siamese_section(
         "for the trained tower and two controls: an untrained tower of the same architecture, and a latent that is the "
         "energy alone:"
     )
-    report.table(["latent", *ORBIT_FEATURE_SETS], [[name, *(f"{r2[k]:.4f}" for k in ORBIT_FEATURE_SETS)] for name, r2 in invariant_r2.items()])
+    report.table(["latent", *ORBIT_FEATURE_SETS], [[name, *(f"{r2[k]:.4f}" for k in ORBIT_FEATURE_SETS)] for name, r2 in analysis.invariant_r2.items()])
     report.paragraph(
         f"On the same test pairs, the energy alone, thresholded as the tower's latent is, scores "
-        f"{_accuracy(energy_accuracy, test_pairs)} against the tower's {_accuracy(test_accuracy, test_pairs)}: pair accuracy "
+        f"{_accuracy(energy_accuracy, test_pairs)} against the tower's {_accuracy(accuracies.accuracy['test'], test_pairs)}: pair accuracy "
         "cannot say which invariant a network learned; only the regressions above can. Distilled from the candidates "
-        f"(L, E, e, cos φ, sin φ) instead of the state: {_formula(candidate_distiller.expression_)}, relative error "
-        f"{format_number(candidate_distiller.selected_.nmse)}."
+        f"(L, E, e, cos φ, sin φ) instead of the state: {_formula(distiller.expression_)}, relative error "
+        f"{format_number(distiller.selected_.nmse)}."
     )
+
+
+def _report_towers(
+    report: Report, scores: list[TowerScore], accuracies: PairAccuracies, test_pairs: StatePairs, config: SiameseTrainConfig, seed: int,
+) -> None:
+    pure_share = pure_latent_share(scores)
     report.paragraph(
-        f"Over {len(seed_metrics)} towers (seeds of initialisation and pair draws), trained the same way; the share whose "
-        f"latent is pure L (held-out R² against L ≥ 0.99) is {_pct(pure_share)} (Wilson 95 % interval)."
+        f"Over {len(scores)} towers (seeds of initialisation and pair draws), trained the same way; the share whose "
+        f"latent is pure L (held-out R² against L ≥ {PURE_L_R2}) is {_pct(pure_share)} (Wilson 95 % interval)."
     )
-    report.table(["tower seed", "test accuracy [95 % interval]", *(f"R²: {k}" for k in ORBIT_FEATURE_SETS)], seed_rows)
+    rows = [[f"{seed} (the tower above)" if index == 0 else score.seed, _accuracy(score.test_accuracy, test_pairs),
+             *(f"{score.r2[k]:.4f}" for k in ORBIT_FEATURE_SETS)] for index, score in enumerate(scores)]
+    report.table(["tower seed", "test accuracy [95 % interval]", *(f"R²: {k}" for k in ORBIT_FEATURE_SETS)], rows)
     told = ("with random pairs, a \"different\" pair is any two orbits, so nothing in the pairs singles out L"
             if config.min_gap == 0 else f"different pairs must differ in L by at least {config.min_gap}, which tells it that L separates them")
     report.paragraph(
         f"What the network is told: which pairs of states share an orbit; {told}. It is never given L, E or the "
         "orientation; any of them, or a mixture, separates such pairs."
     )
-    report.figure(
-        "latent_vs_L", plot_latent_vs_invariant(latent, ang, color=energy, color_name="E"),
-        "Siamese latent against the angular momentum L on test states (colour: energy).",
-    )
-    report.figure(
-        "siamese_formula_front", plot_formula_front(distiller.front_, selected=distiller.selected_, title="Siamese latent"),
-        "Complexity/accuracy front of formulas for the Siamese latent.",
-    )
-    report.metrics["orbits"] = {"max_drift_L": drift_l, "max_drift_E": drift_e}
-    report.metrics["siamese"] = {
-        "train_accuracy": train_accuracy, "test_accuracy": test_accuracy, "test_accuracy_gap_pairs": gap_accuracy,
-        "control_accuracy": dict(zip(("train", "test", "test_gap_pairs"), control_accuracy)),
-        "control_latent_poly_r2": control_regression.r2_, "control_latent_linear_r2_L": control_fit_l.linear_r2,
-        "threshold": threshold, "final_loss": float(np.mean(result.losses[-50:])),
+
+
+def _siamese_metrics(
+    accuracies: PairAccuracies, analysis: OrbitLatentAnalysis, formulas: LatentFormulas, scores: list[TowerScore],
+    result: SiameseTrainResult, config: SiameseTrainConfig, energy_accuracy: float,
+) -> dict[str, Any]:
+    regression, fit_l, pure_share = analysis.regression, analysis.match("L"), pure_latent_share(scores)
+    return {
+        "train_accuracy": accuracies.accuracy["train"], "test_accuracy": accuracies.accuracy["test"],
+        "test_accuracy_gap_pairs": accuracies.accuracy["test_gap_pairs"], "control_accuracy": accuracies.control_accuracy,
+        "control_latent_poly_r2": analysis.control_regression.r2_, "control_latent_linear_r2_L": analysis.control_match_l.linear_r2,
+        "threshold": accuracies.threshold, "final_loss": float(np.mean(result.losses[-50:])),
         "latent_poly_r2": regression.r2_, "latent_linear_r2_L": fit_l.linear_r2, "latent_spearman_L": fit_l.spearman,
-        "coef_x_vy": regression.coefficient("x*vy"), "coef_y_vx": regression.coefficient("y*vx"), "coef_ratio": ratio,
+        "coef_x_vy": regression.coefficient("x*vy"), "coef_y_vx": regression.coefficient("y*vx"), "coef_ratio": analysis.coef_ratio,
         "dominant_terms": [[n, c] for n, c, _ in regression.dominant_terms(6)],
-        "candidates": {m.name: {"linear_r2": m.linear_r2, "spearman": m.spearman, "isotonic_r2": m.isotonic_r2} for m in matches},
-        "distilled": str(distiller.expression_), "distilled_nmse": distiller.selected_.nmse, "min_gap": config.min_gap,
-        "invariant_r2": invariant_r2, "energy_only_test_accuracy": energy_accuracy, "seeds": seed_metrics,
+        "candidates": {m.name: {"linear_r2": m.linear_r2, "spearman": m.spearman, "isotonic_r2": m.isotonic_r2} for m in analysis.matches},
+        "distilled": str(formulas.of_state.expression_), "distilled_nmse": formulas.of_state.selected_.nmse, "min_gap": config.min_gap,
+        "invariant_r2": analysis.invariant_r2, "energy_only_test_accuracy": energy_accuracy, "seeds": [dataclasses.asdict(s) for s in scores],
         "pure_L_share": pure_share.estimate, "pure_L_share_interval": [pure_share.low, pure_share.high],
-        "candidate_distilled": str(candidate_distiller.expression_),
+        "candidate_distilled": str(formulas.of_invariants.expression_),
     }
-
-
-def _siamese_seeds(
-    towers: list[SiameseTower], train_pairs: StatePairs, test_pairs: StatePairs, X: np.ndarray, opts: dict[str, Any],
-) -> tuple[list[list[Any]], list[dict[str, Any]]]:
-    """The further towers, one per extra seed (initialisation and pair draws), trained, scored like the first."""
-    rows, metrics = [], []
-    for tower in towers:
-        tower_seed = tower.cfg.seed
-        states = torch.from_numpy(X).to(next(tower.parameters()).dtype)
-        threshold = best_threshold(tower, train_pairs)
-        accuracy = pair_accuracy(tower, test_pairs, threshold)
-        with torch.no_grad():
-            latent = tower(states)[:, 0].double().numpy()
-        r2 = conserved_quantity_r2(latent, X, harmonics=opts.get("harmonics", 3))
-        rows.append([tower_seed, _accuracy(accuracy, test_pairs), *(f"{r2[name]:.4f}" for name in ORBIT_FEATURE_SETS)])
-        metrics.append({"seed": tower_seed, "test_accuracy": accuracy, "r2": r2})
-    return rows, metrics
 
 
 def _pct(interval: Any) -> str:
@@ -397,30 +411,15 @@ def _bottleneck_section(
     losses = train_bottleneck(model, system, config, progress=progress)
     curves["bottleneck (MSE)"] = losses
     test = system.sample(opts.get("n_test", 2000), config.window + 1, seed=seed + 10)
-    inputs, side, target = oscillator_windows(test, config.window, generator=torch.Generator().manual_seed(seed + 11))
-    with torch.no_grad():
-        prediction, cache = model.run_with_cache(inputs, side, names_filter="hook_bottleneck")
-        code = cache["hook_bottleneck"][:, 0].double().numpy()
-        blank = model.run_with_hooks(inputs, side, fwd_hooks=[("hook_bottleneck", lambda act, hook: act.mean(0, keepdim=True).expand_as(act))])
-    mse = float(((prediction - target) ** 2).mean())
-    mse_blank = float(((blank - target) ** 2).mean())
-    labels = {k: v.double().numpy() for k, v in test.labels().items()}
-    candidates = {
-        "ω0": labels["omega0"], "ω0²": labels["omega0_sq"], "Ω": labels["Omega"],
-        "energy": labels["energy"][:, config.window - 1],
-    }
-    raw = match_quantities(code, candidates)
-    # A window and its mirror image (x, p) → (−x, −p) share ω0; the encoder may encode ω0 with a
-    # sign that flips between them, and |bottleneck − centre| then carries ω0 alone.
-    centre = float(np.median(code))
-    folded = match_quantities(np.abs(code - centre), candidates)
+    analysis = analyse_bottleneck(model, test, config.window, generator=torch.Generator().manual_seed(seed + 11))
+    raw, folded = analysis.matches.raw, analysis.matches.folded
 
     report.heading("2. One-neuron bottleneck on the oscillator")
     report.paragraph(
         f"Encoder input: a window of {config.window} states of an oscillator with ω0 ~ U[{low}, {high}], γ = {system.gamma.value}. "
         f"Decoder: the bottleneck plus a fresh query state; target: the query's next state under the window's (ω0, γ). "
-        f"Test MSE {format_number(mse)}; with the bottleneck replaced by its mean {format_number(mse_blank)} "
-        f"(target variance {format_number(float(target.var()))})."
+        f"Test MSE {format_number(analysis.mse)}; with the bottleneck replaced by its mean {format_number(analysis.mse_mean_bottleneck)} "
+        f"(target variance {format_number(analysis.target_variance)})."
     )
     report.table(
         ["candidate", "Spearman ρ (raw)", "isotonic R² (raw)", "Spearman ρ (|b − median|)", "isotonic R² (|b − median|)", "linear R² (|b − median|)"],
@@ -435,11 +434,11 @@ def _bottleneck_section(
         "tell them apart; only the linear R² says which parametrisation the neuron is closest to linear in."
     )
     report.figure(
-        "bottleneck_vs_candidates", plot_bottleneck_matches(code, candidates),
+        "bottleneck_vs_candidates", plot_bottleneck_matches(analysis.code, analysis.candidates),
         "The bottleneck neuron against candidate quantities on test windows.",
     )
     report.metrics["bottleneck"] = {
-        "test_mse": mse, "test_mse_mean_bottleneck": mse_blank,
+        "test_mse": analysis.mse, "test_mse_mean_bottleneck": analysis.mse_mean_bottleneck,
         "raw": {m.name: {"spearman": m.spearman, "isotonic_r2": m.isotonic_r2, "linear_r2": m.linear_r2} for m in raw},
         "folded": {m.name: {"spearman": m.spearman, "isotonic_r2": m.isotonic_r2, "linear_r2": m.linear_r2} for m in folded},
     }
@@ -461,28 +460,9 @@ def _fma_section(report: Report, setup: tuple[Any, Any, Any], opts: dict[str, An
     n_models, distribution = ensemble.n_models, data.distribution
     result = train_ensemble(ensemble, data, train_config, progress=progress)
     modes = mechanism_labels(ensemble, distribution)
-    rows, metrics, fronts = [], {}, {}
-    for mode in sorted(set(modes)):
-        members = np.flatnonzero(modes == mode)
-        best = int(members[np.argmin(result.val_loss[members].numpy())])
-        network = ensemble.member(best)
-        inputs = data.val_inputs[best]
-        # a ReLU network is piecewise linear: distil it with the [distill] library for a compact approximant
-        X, y = record_io(network, inputs)
-        distiller = SymbolicDistiller(variable_names=["m", "a"], **distiller_args).fit(X, y)
-        # and write its exact form from distilled hidden pre-activations: linear, so a degree-1 search
-        # with three terms recovers them exactly, whatever [distill] asks of the compact formula
-        exact = sympy.Float(float(network.b_out.detach()[0]), 4)
-        for unit in range(network.cfg.d_hidden):
-            Xh, yh = record_io(network, inputs, output_hook="hook_pre", component=unit)
-            pre = SymbolicDistiller(variable_names=["m", "a"], max_terms=3, max_degree=1, unary=()).fit(Xh, yh).expression_
-            exact += sympy.Float(float(network.W_out.detach()[unit, 0]), 4) * sympy.Max(0, pre)
-        rows.append([mode, len(members), float(result.val_loss[best]), _formula(exact), _formula(distiller.expression_), distiller.selected_.nmse])
-        metrics[mode] = {
-            "count": len(members), "network_val_mse": float(result.val_loss[best]), "exact_form": str(exact),
-            "formula": str(distiller.expression_), "formula_nmse": distiller.selected_.nmse,
-        }
-        fronts[mode] = distiller
+    # a ReLU network is piecewise linear: each mode's best network is distilled with the [distill]
+    # settings for a compact approximant, and its exact form written from its hidden units
+    formulas = mode_formulas(ensemble, data.val_inputs, result.val_loss, modes, **distiller_args)
     report.heading("3. F = m·a: what formula does each mode compute?")
     report.paragraph(
         f"{n_models} width-2 ReLU networks trained ({opts.get('epochs', 2000)} full-batch Adam epochs, "
@@ -493,14 +473,24 @@ def _fma_section(report: Report, setup: tuple[Any, Any, Any], opts: dict[str, An
         "piecewise-linear form is assembled from the distilled hidden pre-activations (linear, so a degree-1 search "
         "recovers them exactly) and the output weights."
     )
-    report.table(["mode", "networks", "network val MSE", "exact form (from hooks)", "compact formula", "formula rel. error"], rows)
+    report.table(
+        ["mode", "networks", "network val MSE", "exact form (from hooks)", "compact formula", "formula rel. error"],
+        [[f.mode, f.count, f.val_mse, _formula(f.exact_form), _formula(f.distiller.expression_), f.distiller.selected_.nmse] for f in formulas],
+    )
+    fronts = {f.mode: f.distiller for f in formulas}
     if fronts:
         mode = "3" if "3" in fronts else sorted(fronts)[-1]
         report.figure(
             "fma_formula_front", plot_formula_front(fronts[mode].front_, selected=fronts[mode].selected_, title=f"F=ma network, mode {mode}"),
             f"Complexity/accuracy front for the mode-{mode} F = m·a network's output.",
         )
-    report.metrics["fma"] = metrics
+    report.metrics["fma"] = {
+        f.mode: {
+            "count": f.count, "network_val_mse": f.val_mse, "exact_form": str(f.exact_form),
+            "formula": str(f.distiller.expression_), "formula_nmse": f.distiller.selected_.nmse,
+        }
+        for f in formulas
+    }
 
 
 # ------------------------------------------------------------------------------------- transformer
@@ -525,7 +515,7 @@ def _transformer_section(
     from physlens.training.trainer import train
 
     try:
-        from physlens.probes.linear_probe import LinearProbe
+        from physlens.probes.network_formulas import probe_value_formula
     except ImportError as error:
         report.heading("4. A probe direction of the oscillator transformer")
         report.paragraph(f"Skipped: {error}.")
@@ -536,15 +526,8 @@ def _transformer_section(
     test = system.sample(opts.get("n_probe", 2000), seq_len + 1, seed=seed + 20)
     inputs, targets = test.inputs_targets()
     hook = "blocks.0.hook_resid_post"
-    with torch.no_grad():
-        _, cache = model.run_with_cache(inputs, names_filter=hook)
-    resid = cache[hook][:, -1].double().numpy()  # [traj, d_model] at the last position
-    next_x = targets[:, -1, 0].double().numpy()
-    probe = LinearProbe(n_folds=5, seed=seed).fit(resid, next_x)
-    direction = torch.as_tensor(np.asarray(probe.coef_), dtype=torch.float64)
-    X, y = record_io(model, inputs, output_hook=hook, position=-1, direction=direction.to(inputs.dtype))
-    X_last = X[:, -2:]  # the current state (x_t, p_t) of each sequence
-    distiller = SymbolicDistiller(variable_names=["x", "p"], **distiller_args).fit(X_last, y + probe.intercept_)
+    found = probe_value_formula(model, inputs, targets[:, -1, 0], hook=hook, seed=seed, **distiller_args)
+    probe, distiller = found.probe, found.distiller
     exact = propagator(omega0, gamma, system.dt)[0].tolist()
     report.heading("4. A probe direction of the oscillator transformer")
     report.paragraph(
