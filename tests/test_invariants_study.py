@@ -99,6 +99,10 @@ def test_study_refuses_unknown_keys(tmp_path: Path) -> None:
     spec.write_text(TINY.replace("n_seeds = 2", "n_seeds = 2\nmin_gap = -0.1"))
     with pytest.raises(StudySpecError, match="min_gap"):
         run_study(spec, output_root=tmp_path / "runs", progress=False)
+    for key, line in (("degree", "n_distill = 300\ndegree = 0"), ("n_distill", "n_distill = 0")):  # refused before training
+        spec.write_text(TINY.replace("n_distill = 300", line))
+        with pytest.raises(StudySpecError, match=rf"\[latent\] {key}"):
+            run_study(spec, output_root=tmp_path / "runs", progress=False)
     spec.write_text(TINY + "\n[extra]\nx = 1\n")
     with pytest.raises(StudySpecError, match="unknown sections"):
         run_study(spec, output_root=tmp_path / "runs", progress=False)

@@ -112,6 +112,9 @@ def _parse(spec: dict[str, Any]) -> dict[str, Any]:
     seed = int(spec["study"].get("seed", 0))
     opts = {name: section(spec, name, keys) for name, keys in SECTIONS.items()}
     bottleneck, fma, transformer = opts["bottleneck"], opts["fma"], opts["transformer"]
+    for key in ("degree", "n_distill"):
+        if key in opts["latent"] and opts["latent"][key] < 1:
+            raise StudySpecError(f"[latent] {key} must be an integer >= 1, got {opts['latent'][key]}")
     return {
         "seed": seed, **opts, "distiller_args": _distiller_args(opts["distill"]),
         "siamese_setup": _siamese_setup(opts["orbits"], opts["siamese"], seed),
