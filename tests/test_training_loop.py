@@ -165,3 +165,37 @@ def test_chunks_are_a_twentieth_of_the_run_or_what_the_backend_needs() -> None:
     assert PROGRESS_REPORTS == 20
     assert (chunk_steps(4000), chunk_steps(4000, at_least=525), chunk_steps(5), chunk_steps(0)) == (200, 525, 1, 1)
 
+
+def test_every_recipe_is_a_training_config_validated_in_one_place() -> None:
+    from physlens.training import BottleneckTrainConfig, EnsembleTrainConfig, SiameseTrainConfig, TrainConfig
+    from physlens.training.loop import FIELD_CHECKS, TrainingConfig
+
+    for recipe in (TrainConfig, EnsembleTrainConfig, SiameseTrainConfig, BottleneckTrainConfig):
+        assert issubclass(recipe, TrainingConfig)
+    assert {"steps", "epochs", "lr", "seed", "batch_size"} <= set(FIELD_CHECKS)
+    for make, message in [(lambda: TrainConfig(steps=0), "steps must be a positive integer"),
+                          (lambda: EnsembleTrainConfig(epochs=0), "epochs must be a positive integer"),
+                          (lambda: SiameseTrainConfig(lr=-1.0), "lr must be"),
+                          (lambda: BottleneckTrainConfig(seed=-1), "seed must be a non-negative integer"),
+                          (lambda: EnsembleTrainConfig(beta1=1.5), r"beta1 must be a number in \[0, 1\)"),
+                          (lambda: BottleneckTrainConfig(query="first"), "query must be one of"),
+                          (lambda: TrainConfig(min_lr=1.0), "min_lr must be in")]:
+        with pytest.raises(ValueError, match=message):
+            make()
+
+
+def test_every_result_reads_its_loss_curve_the_same_way() -> None:
+    from physlens.models.mlp import EnsembleConfig, MLPConfig, MLPEnsemble, TinyMLP
+    from physlens.systems.fma import fma_split, fma_splits
+    from physlens.training import EnsembleTrainConfig, SiameseTrainResult, TrainConfig, TrainResult, train_ensemble, train_mlp
+    from physlens.training.loop import TrainingResult
+
+    config = EnsembleTrainConfig(epochs=5, backend="eager")
+    ensemble = train_ensemble(MLPEnsemble(EnsembleConfig(seeds=[0, 1])), fma_splits([0, 1], n_train=16, n_val=4), config,
+                              progress=False)
+    single = train_mlp(TinyMLP(MLPConfig()), fma_split(0, n_train=16, n_val=4), config)
+    for result, shape in [(ensemble, (5, 2)), (single, (5,)), (TrainResult(config=TrainConfig(), losses=[2.0, 1.0]), (2,)),
+                          (SiameseTrainResult(losses=[3.0]), (1,))]:
+        assert isinstance(result, TrainingResult) and result.loss_curve.shape == shape
+    assert torch.equal(ensemble.loss_curve, ensemble.train_loss)
+    assert TrainResult(config=TrainConfig(), losses=[2.0, 1.0]).loss_curve.tolist() == [2.0, 1.0]

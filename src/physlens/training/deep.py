@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -30,12 +31,14 @@ from physlens.training.ensemble import (
     _HandGradientSteps,
     member_guard,
 )
-from physlens.training.loop import chunk_steps, train_loop
+from physlens.training.loop import TrainingResult, chunk_steps, train_loop
 
 
 @dataclass
-class DeepTrainResult:
+class DeepTrainResult(TrainingResult):
     """What :func:`train_deep_ensemble` returns; the ensemble itself is trained in place."""
+
+    LOSSES_FIELD: ClassVar[str] = "train_loss"
 
     ensemble: DeepMLPEnsemble
     train_loss: Float[Tensor, "epoch model"]  # full-batch training MSE before each step

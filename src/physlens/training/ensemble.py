@@ -23,18 +23,14 @@ import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from physlens._validation import (
-    check_choice,
-    check_nonnegative_int,
-    check_positive_float,
-    check_positive_int,
-)
+from physlens._validation import check_choice
 from physlens.models.mlp import PARAM_NAMES, DeepMLPEnsemble, MLPEnsemble, TinyMLP
 from physlens.systems.base import SupervisedSplit, check_supervised_split
 from physlens.training import _compile, _fused
@@ -43,6 +39,8 @@ from physlens.training.loop import (
     MemberLossCheck,
     OptimiserSteps,
     SingleLossCheck,
+    TrainingConfig,
+    TrainingResult,
     chunk_steps,
     train_loop,
 )
@@ -63,7 +61,7 @@ be read from memory once more at its next call: at this many that read is well u
 
 
 @dataclass
-class EnsembleTrainConfig:
+class EnsembleTrainConfig(TrainingConfig):
     """Training recipe shared by the ensemble and the one-network reference (the seed's defaults)."""
 
     epochs: int = 4000
@@ -83,18 +81,12 @@ class EnsembleTrainConfig:
     backend: str = "auto"
     """The training step: "fused" (CPU kernel), "eager" (torch, any device) or "auto" (fused where it can run)."""
 
-    def __post_init__(self) -> None:
-        check_positive_int("epochs", self.epochs)
+    def check_recipe(self) -> None:
+        """Check the backend and that ``compile`` asks for a step it can compile (the epochs, the learning
+        rate and Adam's constants are checked by :class:`~physlens.training.loop.TrainingConfig`)."""
         check_choice("backend", self.backend, BACKENDS)
         if self.compile and self.backend == "fused":
             raise ValueError("compile=True compiles the eager step; it cannot be combined with backend='fused'")
-        check_positive_float("lr", self.lr)
-        for name in ("beta1", "beta2"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-                raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
-        check_positive_float("eps", self.eps)
-        check_nonnegative_int("snapshot_every", self.snapshot_every)
 
     def snapshot_epochs(self) -> list[int]:
         """Epochs after which parameters are kept: 0 (the initialisation), every k, and the last."""
@@ -103,8 +95,10 @@ class EnsembleTrainConfig:
 
 
 @dataclass
-class EnsembleTrainResult:
+class EnsembleTrainResult(TrainingResult):
     """What :func:`train_ensemble` returns; the ensemble itself is trained in place."""
+
+    LOSSES_FIELD: ClassVar[str] = "train_loss"
 
     ensemble: MLPEnsemble
     train_loss: Float[Tensor, "epoch model"]  # full-batch training MSE before each step
@@ -458,8 +452,10 @@ def _torch_steps(
 
 
 @dataclass
-class MLPTrainResult:
+class MLPTrainResult(TrainingResult):
     """What :func:`train_mlp` returns; the model itself is trained in place."""
+
+    LOSSES_FIELD: ClassVar[str] = "train_loss"
 
     model: TinyMLP
     train_loss: Float[Tensor, " epoch"]  # full-batch training MSE before each step

@@ -13,22 +13,81 @@ sit in cache, and their eager torch steps a few dozen (see :mod:`physlens.traini
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from physlens._progress import report_step
-from physlens._validation import check_nonnegative_int, check_positive_int
+from physlens._validation import check_nonnegative_int, check_positive_float, check_positive_int
 from physlens.training._divergence import TrainingDiverged, check_loss, diverged_members, loss_reference
 
 PROGRESS_REPORTS = 20
 """Chunks a run of many steps is cut into, at least, where its backend takes several steps per call."""
+
+
+def _check_unit_interval(name: str, value: Any) -> None:
+    if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+        raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
+
+
+FIELD_CHECKS: dict[str, Callable[[str, Any], Any]] = {
+    **dict.fromkeys(("steps", "epochs", "batch_size", "seq_len", "window", "log_every"), check_positive_int),
+    **dict.fromkeys(("seed", "warmup_steps", "snapshot_every"), check_nonnegative_int),
+    **dict.fromkeys(("lr", "eps", "margin"), check_positive_float),
+    **dict.fromkeys(("beta1", "beta2"), _check_unit_interval),
+}
+"""How :class:`TrainingConfig` checks a field by its name, whichever recipe holds it: a step count or a
+batch size is a positive integer, a seed a non-negative one, a learning rate a positive number, and so on."""
+
+
+@dataclass
+class TrainingConfig:
+    """The base of every training recipe: :class:`~physlens.training.TrainConfig` (the transformer),
+    :class:`~physlens.training.EnsembleTrainConfig` (the F = m·a ensembles and :func:`~physlens.training.train_mlp`),
+    :class:`~physlens.training.SiameseTrainConfig` and :class:`~physlens.training.BottleneckTrainConfig`.
+
+    Validation lives here: on construction every field named in :data:`FIELD_CHECKS` (``steps`` or
+    ``epochs``, ``lr``, ``seed``, ``batch_size``, …) is checked by its rule, in field order, and then
+    :meth:`check_recipe` checks what is particular to the recipe. The shared fields are declared by each
+    recipe, each with its own default and meaning, so that every recipe lists its fields in the order a
+    reader needs them (a dataclass puts a base's fields first).
+    """
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            check = FIELD_CHECKS.get(f.name)
+            if check is not None:
+                check(f.name, getattr(self, f.name))
+        self.check_recipe()
+
+    def check_recipe(self) -> None:
+        """Check (and normalise) the fields particular to this recipe; raise a ``ValueError`` naming the field."""
+
+
+@dataclass
+class TrainingResult:
+    """The base of every training result: :class:`~physlens.training.TrainResult`,
+    :class:`~physlens.training.EnsembleTrainResult`, :class:`~physlens.training.MLPTrainResult`,
+    :class:`~physlens.training.DeepTrainResult` and :class:`~physlens.training.SiameseTrainResult`.
+
+    Each keeps its loss curve under its own long-standing name (``losses`` or ``train_loss``, named by
+    ``LOSSES_FIELD``); :attr:`loss_curve` reads any of them the same way.
+    """
+
+    LOSSES_FIELD: ClassVar[str] = "losses"  # the field that holds the loss before every step
+
+    @property
+    def loss_curve(self) -> Tensor:
+        """The loss before every step taken: ``[step]``, or ``[step, member]`` for an ensemble."""
+        losses = getattr(self, self.LOSSES_FIELD)
+        return losses if isinstance(losses, Tensor) else torch.tensor(losses, dtype=torch.float64)
 
 
 @runtime_checkable
@@ -293,6 +352,9 @@ def optimise(
 
 
 __all__ = [
+    "FIELD_CHECKS",
+    "TrainingConfig",
+    "TrainingResult",
     "DivergenceGuard",
     "LoopRun",
     "LossCheck",
