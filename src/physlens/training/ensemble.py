@@ -482,7 +482,7 @@ def train_mlp(model: TinyMLP, data: SupervisedSplit, config: EnsembleTrainConfig
     guard = DivergenceGuard(hint=f"lower lr (now {config.lr:g})", target_scale=lambda: data.train_targets.square().mean().item())
     losses: list[float] = []
     run = train_loop(OptimiserSteps(params, optimizer, lambda epoch: train_mse()), steps=config.epochs,
-                     guard=SingleLossCheck(guard), after_chunk=lambda start, stop, chunk: losses.append(float(chunk[0])),
+                     guard=SingleLossCheck(guard), after_chunk=lambda start, stop, chunk: losses.extend(chunk.tolist()),
                      final_loss=train_mse, progress=False, desc="mlp")  # fmt: skip
     with torch.no_grad():
         val = (model(data.val_inputs) - data.val_targets).square().mean().item()

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from physlens._progress import report_step
+from physlens._progress import progress_requested, report_step
 from physlens._validation import check_nonnegative_int, check_positive_float, check_positive_int
 from physlens.training._divergence import TrainingDiverged, check_loss, diverged_members, loss_reference
 
@@ -247,13 +247,16 @@ def train_loop(
         losses = backend.run(start, stop)
         guard.check(start, losses)
         backend.apply()
-        last = float(losses[-1].nanmedian())
-        if stop // log_every > start // log_every:
+        shown = not bar.disable and stop // log_every > start // log_every
+        if shown or progress_requested():  # summarise only for someone who looks: a torch step is short
+            last = float(losses[-1]) if losses.dim() == 1 else float(losses[-1].nanmedian())
+        if shown:
             bar.set_postfix(loss=f"{last:.3e}")
             bar.update((stop // log_every - start // log_every) * log_every)
         if after_chunk is not None:
             after_chunk(start, stop, losses)
-        report_step(stop, steps, last, desc)  # to the run's progress file, when a run opened one
+        if progress_requested():
+            report_step(stop, steps, last, desc)  # to the run's progress file
     seconds = time.perf_counter() - clock[0], time.process_time() - clock[1]
     bar.close()
     final = None
@@ -340,7 +343,7 @@ def optimise(
     backend = OptimiserSteps(parameters, optimizer, step_loss, before_step=before_step, grad_clip=grad_clip, scheduler=scheduler)
 
     def record(start: int, stop: int, chunk: Tensor) -> None:
-        value = float(chunk[0])
+        (value,) = chunk.tolist()
         losses.append(value)
         if after_step is not None:
             after_step(start, value)
