@@ -3,18 +3,21 @@
 :func:`train_ensemble` trains every member of an :class:`MLPEnsemble` on its own fixed split. Two
 implementations do the same arithmetic:
 
-* ``"fused"`` (CPU): one compiled kernel (numba) runs every epoch of one network while its data
-  sits in cache — a single pass over the points gives the loss and all gradient sums, then Adam
-  updates the network's parameters — and moves on to the next network. It is within a small factor
-  of what the core's arithmetic allows.
+* ``"fused"`` (CPU): one compiled kernel (numba) runs a long chunk of epochs of one network while
+  its data sits in cache — a single pass over the points gives the loss and all gradient sums, then
+  Adam updates the network's parameters — and moves on to the next network. It is within a small
+  factor of what the core's arithmetic allows.
 * ``"eager"`` (any device, the reference): gradients written out by hand for the stacked tensors
   (no autograd graph), computed on cache-sized blocks of members, and one ``torch.optim.Adam``
   stepping all members; ``compile=True`` fuses that step with ``torch.compile``, which is the
   path for GPUs.
 
 Both are exact Adam per member, because Adam acts element by element and each member's loss only
-touches its own parameters. :func:`train_mlp` trains one :class:`TinyMLP` the plain way (autograd +
-Adam) and is what both are tested against: same seed, same data, same result to float round-off.
+touches its own parameters. Both are backends of the one training loop
+(:func:`~physlens.training.loop.train_loop`), which takes the epochs in chunks and owns the divergence
+guard, progress and timing. :func:`train_mlp` trains one :class:`TinyMLP` the plain way (autograd +
+Adam, the loop's torch step) and is what both are tested against: same seed, same data, same result
+to float round-off.
 """
 
 from __future__ import annotations
@@ -247,7 +250,7 @@ def _in_member_groups(n_models: int, run: Callable[[slice], None]) -> None:
             run(part)
 
 
-FusedKernel = Callable[[slice, np.ndarray, np.ndarray, np.ndarray, int, int, np.ndarray], None]
+_FusedKernel = Callable[[slice, np.ndarray, np.ndarray, np.ndarray, int, int, np.ndarray], None]
 """A fused kernel call: ``(members, theta, exp_avg, exp_avg_sq, start, stop, losses)`` trains these members'
 rows of the flat parameters and Adam moments, in place, for epochs ``start … stop − 1``, writing their
 losses ``[member, epoch]``."""
@@ -259,7 +262,7 @@ class _FusedSteps:
     cache, then the next network's. The parameters and Adam's moments stay in flat numpy arrays between
     chunks and are written back to the model after each."""
 
-    def __init__(self, params: list[Tensor], n_models: int, kernel: FusedKernel, chunk_steps: int) -> None:
+    def __init__(self, params: list[Tensor], n_models: int, kernel: _FusedKernel, chunk_steps: int) -> None:
         self.params, self.n_models, self.kernel, self.chunk_steps = params, n_models, kernel, chunk_steps
         self.theta = _flat_parameters(params, n_models)  # [model, param]
         self.exp_avg, self.exp_avg_sq = np.zeros_like(self.theta), np.zeros_like(self.theta)

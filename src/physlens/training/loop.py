@@ -7,8 +7,10 @@ checks them, the backend applies the chunk, and the loop counts steps, shows a p
 to the run's progress file (:func:`physlens._progress.report_step`), times the steps and checks the
 loss after the last one. The torch step path (:func:`optimise`: the transformer, the Siamese tower,
 the bottleneck network, one F = m·a network) takes one step per chunk, checked before its update;
-the full-batch ensembles' numba kernels run thousands of epochs per chunk while a network's data
-sit in cache, and their eager torch steps a few dozen (see :mod:`physlens.training.ensemble`).
+the full-batch ensembles' numba kernels run hundreds or thousands of epochs per chunk while a
+network's data sit in cache, and their eager torch steps a twentieth of the run (see
+:mod:`physlens.training.ensemble`). Every recipe derives from :class:`TrainingConfig`, which validates
+it, and every result from :class:`TrainingResult`.
 """
 
 from __future__ import annotations
@@ -30,64 +32,6 @@ from physlens.training._divergence import TrainingDiverged, check_loss, diverged
 
 PROGRESS_REPORTS = 20
 """Chunks a run of many steps is cut into, at least, where its backend takes several steps per call."""
-
-
-def _check_unit_interval(name: str, value: Any) -> None:
-    if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-        raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
-
-
-FIELD_CHECKS: dict[str, Callable[[str, Any], Any]] = {
-    **dict.fromkeys(("steps", "epochs", "batch_size", "seq_len", "window", "log_every"), check_positive_int),
-    **dict.fromkeys(("seed", "warmup_steps", "snapshot_every"), check_nonnegative_int),
-    **dict.fromkeys(("lr", "eps", "margin"), check_positive_float),
-    **dict.fromkeys(("beta1", "beta2"), _check_unit_interval),
-}
-"""How :class:`TrainingConfig` checks a field by its name, whichever recipe holds it: a step count or a
-batch size is a positive integer, a seed a non-negative one, a learning rate a positive number, and so on."""
-
-
-@dataclass
-class TrainingConfig:
-    """The base of every training recipe: :class:`~physlens.training.TrainConfig` (the transformer),
-    :class:`~physlens.training.EnsembleTrainConfig` (the F = m·a ensembles and :func:`~physlens.training.train_mlp`),
-    :class:`~physlens.training.SiameseTrainConfig` and :class:`~physlens.training.BottleneckTrainConfig`.
-
-    Validation lives here: on construction every field named in :data:`FIELD_CHECKS` (``steps`` or
-    ``epochs``, ``lr``, ``seed``, ``batch_size``, …) is checked by its rule, in field order, and then
-    :meth:`check_recipe` checks what is particular to the recipe. The shared fields are declared by each
-    recipe, each with its own default and meaning, so that every recipe lists its fields in the order a
-    reader needs them (a dataclass puts a base's fields first).
-    """
-
-    def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            check = FIELD_CHECKS.get(f.name)
-            if check is not None:
-                check(f.name, getattr(self, f.name))
-        self.check_recipe()
-
-    def check_recipe(self) -> None:
-        """Check (and normalise) the fields particular to this recipe; raise a ``ValueError`` naming the field."""
-
-
-@dataclass
-class TrainingResult:
-    """The base of every training result: :class:`~physlens.training.TrainResult`,
-    :class:`~physlens.training.EnsembleTrainResult`, :class:`~physlens.training.MLPTrainResult`,
-    :class:`~physlens.training.DeepTrainResult` and :class:`~physlens.training.SiameseTrainResult`.
-
-    Each keeps its loss curve under its own long-standing name (``losses`` or ``train_loss``, named by
-    ``LOSSES_FIELD``); :attr:`loss_curve` reads any of them the same way.
-    """
-
-    LOSSES_FIELD: ClassVar[str] = "losses"  # the field that holds the loss before every step
-
-    @property
-    def loss_curve(self) -> Tensor:
-        """The loss before every step taken: ``[step]``, or ``[step, member]`` for an ensemble."""
-        losses = getattr(self, self.LOSSES_FIELD)
-        return losses if isinstance(losses, Tensor) else torch.tensor(losses, dtype=torch.float64)
 
 
 @runtime_checkable
@@ -352,6 +296,64 @@ def optimise(
     train_loop(backend, steps=steps, guard=check, start_step=start_step, after_chunk=record, final_loss=final_loss,
                progress=progress, desc=desc, log_every=log_every)
     return losses
+
+
+def _check_unit_interval(name: str, value: Any) -> None:
+    if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+        raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
+
+
+FIELD_CHECKS: dict[str, Callable[[str, Any], Any]] = {
+    **dict.fromkeys(("steps", "epochs", "batch_size", "seq_len", "window", "log_every"), check_positive_int),
+    **dict.fromkeys(("seed", "warmup_steps", "snapshot_every"), check_nonnegative_int),
+    **dict.fromkeys(("lr", "eps", "margin"), check_positive_float),
+    **dict.fromkeys(("beta1", "beta2"), _check_unit_interval),
+}
+"""How :class:`TrainingConfig` checks a field by its name, whichever recipe holds it: a step count or a
+batch size is a positive integer, a seed a non-negative one, a learning rate a positive number, and so on."""
+
+
+@dataclass
+class TrainingConfig:
+    """The base of every training recipe: :class:`~physlens.training.TrainConfig` (the transformer),
+    :class:`~physlens.training.EnsembleTrainConfig` (the F = m·a ensembles and :func:`~physlens.training.train_mlp`),
+    :class:`~physlens.training.SiameseTrainConfig` and :class:`~physlens.training.BottleneckTrainConfig`.
+
+    Validation lives here: on construction every field named in :data:`FIELD_CHECKS` (``steps`` or
+    ``epochs``, ``lr``, ``seed``, ``batch_size``, …) is checked by its rule, in field order, and then
+    :meth:`check_recipe` checks what is particular to the recipe. The shared fields are declared by each
+    recipe, each with its own default and meaning, so that every recipe lists its fields in the order a
+    reader needs them (a dataclass puts a base's fields first).
+    """
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            check = FIELD_CHECKS.get(f.name)
+            if check is not None:
+                check(f.name, getattr(self, f.name))
+        self.check_recipe()
+
+    def check_recipe(self) -> None:
+        """Check (and normalise) the fields particular to this recipe; raise a ``ValueError`` naming the field."""
+
+
+@dataclass
+class TrainingResult:
+    """The base of every training result: :class:`~physlens.training.TrainResult`,
+    :class:`~physlens.training.EnsembleTrainResult`, :class:`~physlens.training.MLPTrainResult`,
+    :class:`~physlens.training.DeepTrainResult` and :class:`~physlens.training.SiameseTrainResult`.
+
+    Each keeps its loss curve under its own long-standing name (``losses`` or ``train_loss``, named by
+    ``LOSSES_FIELD``); :attr:`loss_curve` reads any of them the same way.
+    """
+
+    LOSSES_FIELD: ClassVar[str] = "losses"  # the field that holds the loss before every step
+
+    @property
+    def loss_curve(self) -> Tensor:
+        """The loss before every step taken: ``[step]``, or ``[step, member]`` for an ensemble."""
+        losses = getattr(self, self.LOSSES_FIELD)
+        return losses if isinstance(losses, Tensor) else torch.tensor(losses, dtype=torch.float64)
 
 
 __all__ = [
