@@ -4,10 +4,11 @@
 on its own fixed split with the same recipe as :func:`~physlens.training.train_ensemble` (the
 seed's: full-batch Adam on the mean squared error), through the same training loop and with the
 same two kinds of backend. On the CPU a fused numba kernel (generated for the network's widths, as
-for one hidden layer) runs a long chunk of epochs of one network while its data sit in cache. Elsewhere, and where the kernel cannot run, the eager step writes the gradients out by
-hand for the stacked tensors (:func:`deep_loss_and_grads`, checked against autograd in the tests),
-and one ``torch.optim.Adam`` steps all members, which is exact because members share no parameters
-and Adam acts element by element.
+for one hidden layer) runs a long chunk of epochs of one network while its data sit in cache.
+Elsewhere, and where the kernel cannot run, the eager step writes the gradients out by hand for the
+stacked tensors (:func:`deep_loss_and_grads`, checked against autograd in the tests), and one
+``torch.optim.Adam`` steps all members, which is exact because members share no parameters and Adam
+acts element by element.
 """
 
 from __future__ import annotations

@@ -359,16 +359,16 @@ def train_ensemble(
     inputs_t = data.train_inputs.transpose(1, 2).contiguous()  # [model, d_in, n]
     targets = data.train_targets.squeeze(-1).contiguous()  # [model, n]
     params = [getattr(ensemble, name) for name in PARAM_NAMES]
-    start = {name: p.detach().to("cpu", copy=True) for name, p in zip(PARAM_NAMES, params)}
+    initial = {name: p.detach().to("cpu", copy=True) for name, p in zip(PARAM_NAMES, params)}
     later = config.snapshot_epochs()[1:]
     if backend == "fused":
-        steps, read_snapshots = _fused_steps(ensemble, params, inputs_t, targets, config, later)
+        stepper, read_snapshots = _fused_steps(ensemble, params, inputs_t, targets, config, later)
     else:
-        steps, read_snapshots = _torch_steps(ensemble, params, inputs_t, targets, config, later, backend == "compiled")
+        stepper, read_snapshots = _torch_steps(ensemble, params, inputs_t, targets, config, later, backend == "compiled")
     chunks: list[Tensor] = []
     run = train_loop(
-        steps, steps=config.epochs, guard=member_guard(targets, ensemble, config.lr),
-        after_chunk=lambda first, stop, losses: chunks.append(losses),
+        stepper, steps=config.epochs, guard=member_guard(targets, ensemble, config.lr),
+        after_chunk=lambda start, stop, losses: chunks.append(losses),
         final_loss=lambda: ensemble_mse(ensemble, data.train_inputs, data.train_targets).cpu(),
         progress=progress, desc="ensemble" if backend != "fused" else "ensemble (fused)",
     )  # fmt: skip
@@ -379,7 +379,7 @@ def train_ensemble(
         final_train_loss=run.final_loss,
         val_loss=ensemble_mse(ensemble, data.val_inputs, data.val_targets).cpu(),
         snapshot_epochs=config.snapshot_epochs(),
-        snapshots={name: torch.stack([start[name], *snapshots[name]]) for name in PARAM_NAMES},
+        snapshots={name: torch.stack([initial[name], *snapshots[name]]) for name in PARAM_NAMES},
         backend=backend,
         train_seconds=run.train_seconds,
         train_cpu_seconds=run.train_cpu_seconds,

@@ -150,7 +150,7 @@ class LoopRun:
     """What :func:`train_loop` measured besides the losses it passed on."""
 
     final_loss: Tensor | None  # the loss after the last step (None when no step ran or none was asked for)
-    train_seconds: float  # wall time of the steps alone (no set-up, no final loss)
+    train_seconds: float  # wall time of the backend's calls alone (no set-up, checks, reports or final loss)
     train_cpu_seconds: float  # process CPU time of the same
 
 
@@ -185,12 +185,16 @@ def train_loop(
     start_step = check_nonnegative_int("start_step", start_step)
     log_every = check_positive_int("log_every", log_every)
     bar = tqdm(total=steps, initial=start_step, disable=not progress, desc=desc, leave=False)
-    clock = time.perf_counter(), time.process_time()
+    wall = cpu = 0.0  # of the backend's calls alone: the steps, not the loop's checks and reports
     for start in range(start_step, steps, backend.chunk_steps):
         stop = min(start + backend.chunk_steps, steps)
+        clock = time.perf_counter(), time.process_time()
         losses = backend.run(start, stop)
+        wall, cpu = wall + time.perf_counter() - clock[0], cpu + time.process_time() - clock[1]
         guard.check(start, losses)
+        clock = time.perf_counter(), time.process_time()
         backend.apply()
+        wall, cpu = wall + time.perf_counter() - clock[0], cpu + time.process_time() - clock[1]
         shown = not bar.disable and stop // log_every > start // log_every
         if shown or progress_requested():  # summarise only for someone who looks: a torch step is short
             last = float(losses[-1]) if losses.dim() == 1 else float(losses[-1].nanmedian())
@@ -201,14 +205,13 @@ def train_loop(
             after_chunk(start, stop, losses)
         if progress_requested():
             report_step(stop, steps, last, desc)  # to the run's progress file
-    seconds = time.perf_counter() - clock[0], time.process_time() - clock[1]
     bar.close()
     final = None
     if final_loss is not None and start_step < steps:
         with torch.no_grad():
             final = final_loss().detach()
         guard.check_final(steps, final)
-    return LoopRun(final_loss=final, train_seconds=seconds[0], train_cpu_seconds=seconds[1])
+    return LoopRun(final_loss=final, train_seconds=wall, train_cpu_seconds=cpu)
 
 
 class OptimiserSteps:
