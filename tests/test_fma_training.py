@@ -373,3 +373,46 @@ def test_the_deep_kernel_source_refuses_a_network_without_a_hidden_layer():
     assert deep_param_count([2, 2, 2, 1]) == 15
     with pytest.raises(ValueError, match="at least one hidden layer"):
         deep_kernel_source([2, 1])
+
+
+def test_a_run_cut_into_small_uneven_chunks_ends_with_the_same_bits(monkeypatch):
+    """The training loop runs the kernels and the eager steps in chunks; where the chunks fall changes nothing."""
+    from physlens.models.mlp import DeepEnsembleConfig, DeepMLPEnsemble
+    from physlens.training import loop
+    from physlens.training.deep import train_deep_ensemble
+
+    seeds = [3, 4, 5]
+    data = fma_splits(seeds, n_train=40, n_val=8)
+    config = dict(epochs=90, lr=1e-2, snapshot_every=25)
+    runs = {}
+    for small in (False, True):
+        if small:  # fused chunks of 11 epochs, eager ones of 10; the last fused one shorter
+            monkeypatch.setattr(ensemble_training, "FUSED_CHUNK_POINT_EPOCHS", 40 * 11)
+            monkeypatch.setattr(ensemble_training, "FUSED_CHUNK", 2)
+            monkeypatch.setattr(loop, "PROGRESS_REPORTS", 9)
+            assert ensemble_training._fused_chunk_epochs(90, 40) == 11 and loop.chunk_steps(90) == 10
+        for backend in ("fused", "eager"):
+            ensemble = MLPEnsemble(EnsembleConfig(seeds=seeds))
+            result = train_ensemble(ensemble, data, EnsembleTrainConfig(**config, backend=backend), progress=False)
+            deep = DeepMLPEnsemble(DeepEnsembleConfig(seeds=seeds, d_hidden=[2, 2]))
+            deep_result = train_deep_ensemble(deep, data, EnsembleTrainConfig(epochs=90, lr=1e-2, backend=backend), progress=False)
+            runs[small, backend] = [result.train_loss, result.final_train_loss, *result.snapshots.values(),
+                                    *(p.detach() for p in ensemble.parameters()), deep_result.train_loss,
+                                    *(p.detach() for p in deep.parameters())]
+    for backend in ("fused", "eager"):
+        assert all(torch.equal(a, b) for a, b in zip(runs[False, backend], runs[True, backend], strict=True))
+
+
+def test_an_ensemble_reports_its_progress_between_chunks_from_the_calling_thread(monkeypatch):
+    from physlens._progress import ProgressSink, reporting_progress
+
+    seen = []
+    monkeypatch.setattr(ensemble_training, "FUSED_CHUNK", 1)  # one network per kernel call: worker threads where there are several
+    data = fma_splits([0, 1, 2], n_train=32, n_val=8)
+    with reporting_progress(ProgressSink(heartbeat=seen.append, heartbeat_interval=0.0)):
+        for backend in ("fused", "eager"):
+            train_ensemble(MLPEnsemble(EnsembleConfig(seeds=[0, 1, 2])), data, EnsembleTrainConfig(epochs=40, backend=backend),
+                           progress=False)
+    steps = [line.split(",")[0] for line in seen]
+    assert steps[-1] == "ensemble step 40/40" and "ensemble (fused) step 40/40" in steps
+    assert [s for s in steps if s.startswith("ensemble step")] == [f"ensemble step {k}/40" for k in range(2, 41, 2)]

@@ -17,6 +17,7 @@ from physlens._progress import (
     estimate_eta,
     format_duration,
     progress_line,
+    progress_requested,
     read_progress,
     report_step,
     reporting_progress,
@@ -71,8 +72,10 @@ def test_training_loops_report_only_inside_a_run_that_asked(tmp_path):
     step_loss = lambda step: (weight - 0.5).pow(2).sum()  # noqa: E731
     optimise([weight], torch.optim.SGD([weight], lr=0.1), step_loss, steps=3, progress=False)
     report_step(1, 2, 0.5)  # no run asked: nothing happens, nothing is written
+    assert not progress_requested()
     seen = []
     with reporting_progress(ProgressSink(heartbeat=seen.append, heartbeat_interval=0.0)):
+        assert progress_requested()
         optimise([weight], torch.optim.SGD([weight], lr=0.1), step_loss, steps=3, progress=False, desc="tower")
     assert [line.split(",")[0] for line in seen] == ["tower step 1/3", "tower step 2/3", "tower step 3/3"]
     optimise([weight], torch.optim.SGD([weight], lr=0.1), step_loss, steps=1, progress=False)

@@ -148,6 +148,12 @@ def beating_while_quiet(sink: ProgressSink, poll: float = 1.0) -> Iterator[Progr
         thread.join()
 
 
+def progress_requested() -> bool:
+    """Whether a run opened a progress sink here, so that :func:`report_step` records steps (a loop can skip
+    summarising its loss when nobody asked)."""
+    return _SINK.get() is not None
+
+
 def report_step(step: int, total: int, loss: float, phase: str = "training") -> None:
     """Report a finished training step to the run's progress sink, if it opened one (else nothing happens)."""
     sink = _SINK.get()
@@ -169,6 +175,7 @@ def read_progress(path: str | os.PathLike[str]) -> dict[str, Any] | None:
 
 
 __all__ = [
-    "PROGRESS_FILE", "ProgressSink", "beating_while_quiet", "estimate_eta", "format_duration", "progress_line", "read_progress", "report_step",
+    "PROGRESS_FILE", "ProgressSink", "beating_while_quiet", "estimate_eta", "format_duration", "progress_line", "progress_requested",
+    "read_progress", "report_step",
     "reporting_progress",
 ]

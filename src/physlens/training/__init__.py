@@ -38,7 +38,7 @@ from physlens.training.evaluation import (
     float64_system,
     score_predictor,
 )
-from physlens.training.loop import DivergenceGuard, optimise
+from physlens.training.loop import DivergenceGuard, TrainingConfig, TrainingResult, optimise, train_loop
 from physlens.training.trainer import (
     LeakageError,
     TrainConfig,
@@ -62,7 +62,10 @@ from physlens.training.deep import DeepTrainResult, deep_loss_and_grads, train_d
 
 __all__ = [
     "DivergenceGuard",
+    "TrainingConfig",
+    "TrainingResult",
     "optimise",
+    "train_loop",
     "Check",
     "PredictorScores",
     "TaskCriteria",

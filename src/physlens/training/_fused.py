@@ -224,13 +224,15 @@ def train_deep_networks(
     losses: np.ndarray,
     exp_avg: np.ndarray,
     exp_avg_sq: np.ndarray,
+    first_epoch: int = 0,
 ) -> None:
     """Train networks of layer widths ``widths`` (``theta`` ``[network, param]``, laid out as in
-    :func:`deep_kernel_source`) in place, as :func:`train_networks` does for one hidden layer."""
+    :func:`deep_kernel_source`) in place, epochs ``first_epoch …`` as :func:`train_networks` does for
+    one hidden layer."""
     dtype = theta.dtype.type
     n = targets.shape[1]
     consts = np.array([1 - beta1, beta2, 1 - beta2, eps, 2.0 / n, 1.0 / n], dtype=np.float64).astype(dtype)
-    neg_step, bc2_sqrt = adam_schedule(epochs, lr, beta1, beta2, dtype)
+    neg_step, bc2_sqrt = adam_schedule(epochs, lr, beta1, beta2, dtype, first_epoch)
     no_snaps = np.full(epochs, -1, dtype=np.int64)
     load_deep_kernel(tuple(int(w) for w in widths)).train_networks(
         theta, exp_avg, exp_avg_sq, inputs_t, targets, consts, neg_step, bc2_sqrt, no_snaps, losses,
@@ -291,11 +293,13 @@ def _load_source(stem: str, source: str) -> ModuleType:
 
 
 def adam_schedule(
-    epochs: int, lr: float, beta1: float, beta2: float, dtype: type[np.floating] | np.dtype
+    epochs: int, lr: float, beta1: float, beta2: float, dtype: type[np.floating] | np.dtype, first_epoch: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Adam's per-step scalars as torch.optim.Adam computes them: in double, then cast to ``dtype``."""
-    neg_step = np.array([-(lr / (1 - beta1**t)) for t in range(1, epochs + 1)], dtype=np.float64)
-    bc2_sqrt = np.array([(1 - beta2**t) ** 0.5 for t in range(1, epochs + 1)], dtype=np.float64)
+    """Adam's per-step scalars as torch.optim.Adam computes them, in double and then cast to ``dtype``, for
+    ``epochs`` epochs from ``first_epoch`` on (Adam's steps ``first_epoch + 1 …``)."""
+    steps = range(first_epoch + 1, first_epoch + epochs + 1)
+    neg_step = np.array([-(lr / (1 - beta1**t)) for t in steps], dtype=np.float64)
+    bc2_sqrt = np.array([(1 - beta2**t) ** 0.5 for t in steps], dtype=np.float64)
     return neg_step.astype(dtype), bc2_sqrt.astype(dtype)
 
 
@@ -316,18 +320,22 @@ def train_networks(
     snaps: np.ndarray,
     exp_avg: np.ndarray,
     exp_avg_sq: np.ndarray,
+    first_epoch: int = 0,
 ) -> None:
     """Train networks ``theta`` ``[network, param]`` in place (see the module docstring for the layout).
 
     ``inputs_t`` is ``[network, d_in, n]`` and ``targets`` ``[network, n]``, both C-contiguous in
     ``theta``'s dtype; ``losses`` ``[network, epoch]`` and ``snaps`` ``[network, snapshot, param]``
     receive the per-epoch MSE and the snapshots marked in ``snap_at``. ``exp_avg``/``exp_avg_sq``
-    hold Adam's moments (zeros for a fresh optimiser).
+    hold Adam's moments (zeros for a fresh optimiser). The call runs epochs ``first_epoch …
+    first_epoch + epochs − 1`` of a longer run (``snap_at`` and ``losses`` cover those alone): a run
+    cut into calls ends with the same bits as one call, since every state the kernel carries from one
+    epoch to the next is in ``theta`` and the moments.
     """
     dtype = theta.dtype.type
     n = targets.shape[1]
     consts = np.array([1 - beta1, beta2, 1 - beta2, eps, 2.0 / n, 1.0 / n], dtype=np.float64).astype(dtype)
-    neg_step, bc2_sqrt = adam_schedule(epochs, lr, beta1, beta2, dtype)
+    neg_step, bc2_sqrt = adam_schedule(epochs, lr, beta1, beta2, dtype, first_epoch)
     load_kernel(d_in, d_hidden).train_networks(
         theta, exp_avg, exp_avg_sq, inputs_t, targets, consts, neg_step, bc2_sqrt, snap_at, losses, snaps
     )

@@ -2,41 +2,44 @@
 
 :func:`train_deep_ensemble` trains every member of a :class:`~physlens.models.mlp.DeepMLPEnsemble`
 on its own fixed split with the same recipe as :func:`~physlens.training.train_ensemble` (the
-seed's: full-batch Adam on the mean squared error). On the CPU a fused numba kernel (generated for
-the network's widths, as for one hidden layer) runs every epoch of one network while its data sit
-in cache. Elsewhere, and where the kernel cannot run, the eager step writes the gradients out by
-hand for the stacked tensors (:func:`deep_loss_and_grads`, checked against autograd in the tests),
-and one ``torch.optim.Adam`` steps all members, which is exact because members share no parameters
-and Adam acts element by element.
+seed's: full-batch Adam on the mean squared error), through the same training loop and with the
+same two kinds of backend. On the CPU a fused numba kernel (generated for the network's widths, as
+for one hidden layer) runs a long chunk of epochs of one network while its data sit in cache.
+Elsewhere, and where the kernel cannot run, the eager step writes the gradients out by hand for the
+stacked tensors (:func:`deep_loss_and_grads`, checked against autograd in the tests), and one
+``torch.optim.Adam`` steps all members, which is exact because members share no parameters and Adam
+acts element by element.
 """
 
 from __future__ import annotations
 
-import time
 import warnings
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from physlens.models.mlp import DeepMLPEnsemble
 from physlens.systems.base import SupervisedSplit, check_supervised_split
 from physlens.training import _fused
 from physlens.training.ensemble import (
     EnsembleTrainConfig,
-    _check_ensemble_divergence,
-    _flat_parameters,
-    _run_in_chunks,
-    _write_back,
+    _fused_chunk_epochs,
+    _FusedSteps,
+    _HandGradientSteps,
+    member_guard,
 )
+from physlens.training.loop import TrainingResult, chunk_steps, train_loop
 
 
 @dataclass
-class DeepTrainResult:
+class DeepTrainResult(TrainingResult):
     """What :func:`train_deep_ensemble` returns; the ensemble itself is trained in place."""
+
+    LOSSES_FIELD: ClassVar[str] = "train_loss"
 
     ensemble: DeepMLPEnsemble
     train_loss: Float[Tensor, "epoch model"]  # full-batch training MSE before each step
@@ -110,48 +113,35 @@ def select_deep_backend(ensemble: DeepMLPEnsemble, config: EnsembleTrainConfig) 
     return "eager"
 
 
-def _train_fused(ensemble: DeepMLPEnsemble, inputs_t: Tensor, targets: Tensor, config: EnsembleTrainConfig, progress: bool
-                 ) -> tuple[Tensor, tuple[float, float]]:
-    """Train with the fused kernel, in place; returns the losses [epoch, model] and (wall, CPU) seconds."""
-    params = [t for layer in ensemble.layers for t in (layer.W, layer.b)]
-    n_models, widths = ensemble.n_models, ensemble.cfg.widths
-    theta = _flat_parameters(params, n_models)
-    losses = np.empty((n_models, config.epochs), dtype=theta.dtype)
-    exp_avg, exp_avg_sq = np.zeros_like(theta), np.zeros_like(theta)
+def _fused_steps(
+    ensemble: DeepMLPEnsemble, params: list[Tensor], inputs_t: Tensor, targets: Tensor, config: EnsembleTrainConfig
+) -> _FusedSteps:
+    """The fused kernel as the training loop's backend."""
+    widths = ensemble.cfg.widths
     x, y = inputs_t.numpy(), targets.numpy()
-    _fused.prepare_deep(widths, theta.dtype)  # compile (or load) before the clock starts
+    _fused.prepare_deep(widths, params[0].detach().numpy().dtype)  # compile (or load) before the clock starts
 
-    def run(part: slice) -> None:
+    def kernel(part: slice, theta: np.ndarray, m: np.ndarray, v: np.ndarray, start: int, stop: int, losses: np.ndarray) -> None:
         _fused.train_deep_networks(
-            theta[part], x[part], y[part], widths=widths, epochs=config.epochs, lr=config.lr, beta1=config.beta1,
-            beta2=config.beta2, eps=config.eps, losses=losses[part], exp_avg=exp_avg[part], exp_avg_sq=exp_avg_sq[part],
+            theta, x[part], y[part], widths=widths, epochs=stop - start, first_epoch=start, lr=config.lr,
+            beta1=config.beta1, beta2=config.beta2, eps=config.eps, losses=losses, exp_avg=m, exp_avg_sq=v,
         )  # fmt: skip
 
-    seconds = _run_in_chunks(n_models, run, "deep ensemble (fused)", progress)
-    _write_back(params, theta)
-    return torch.from_numpy(losses).T.contiguous(), seconds
+    return _FusedSteps(params, ensemble.n_models, kernel, _fused_chunk_epochs(config.epochs, targets.shape[1]))
 
 
-def _train_eager(ensemble: DeepMLPEnsemble, inputs_t: Tensor, targets: Tensor, config: EnsembleTrainConfig, progress: bool
-                 ) -> tuple[Tensor, tuple[float, float]]:
-    """Train with hand-written gradients and one ``torch.optim.Adam``; the losses [epoch, model] and (wall, CPU) seconds."""
+def _eager_steps(
+    ensemble: DeepMLPEnsemble, params: list[Tensor], inputs_t: Tensor, targets: Tensor, config: EnsembleTrainConfig
+) -> _HandGradientSteps:
+    """Hand-written gradients (:func:`deep_loss_and_grads`) and one ``torch.optim.Adam`` as the training loop's backend."""
     pairs = [(layer.W, layer.b) for layer in ensemble.layers]
-    params = [p for pair in pairs for p in pair]
-    optimizer = torch.optim.Adam(params, lr=config.lr, betas=(config.beta1, config.beta2), eps=config.eps)
-    losses = torch.empty(config.epochs, ensemble.n_models, dtype=targets.dtype, device=targets.device)
-    clock = time.perf_counter(), time.process_time()
-    for epoch in tqdm(range(config.epochs), desc="deep ensemble", disable=not progress, leave=False):
-        with torch.no_grad():
-            loss, grads = deep_loss_and_grads([(W.detach(), b.detach()) for W, b in pairs], inputs_t, targets)
-        for (W, b), (grad_W, grad_b) in zip(pairs, grads):
-            W.grad, b.grad = grad_W, grad_b
-        optimizer.step()
-        losses[epoch] = loss
-    losses = losses.cpu()  # waits for a GPU to finish before the clock stops
-    seconds = time.perf_counter() - clock[0], time.process_time() - clock[1]
-    for p in params:
-        p.grad = None
-    return losses, seconds
+
+    @torch.no_grad()
+    def loss_and_grads() -> tuple[Tensor, list[Tensor]]:
+        loss, grads = deep_loss_and_grads([(W.detach(), b.detach()) for W, b in pairs], inputs_t, targets)
+        return loss, [g for pair in grads for g in pair]
+
+    return _HandGradientSteps(params, config, loss_and_grads, chunk_steps(config.epochs))
 
 
 def train_deep_ensemble(
@@ -184,15 +174,19 @@ def train_deep_ensemble(
     data = data.to(device=ensemble.device)
     inputs_t = data.train_inputs.transpose(1, 2).contiguous()  # [model, d_in, n]
     targets = data.train_targets.squeeze(-1).contiguous()  # [model, n]
-    train = _train_fused if backend == "fused" else _train_eager
-    losses, seconds = train(ensemble, inputs_t, targets, config, progress)
-    final_train = _mse(ensemble, data.train_inputs, data.train_targets)
-    val = _mse(ensemble, data.val_inputs, data.val_targets)
-    _check_ensemble_divergence(losses, final_train.cpu(), targets, ensemble, config)
-    return DeepTrainResult(
-        ensemble=ensemble, train_loss=losses, final_train_loss=final_train.cpu(), val_loss=val.cpu(), backend=backend,
-        train_seconds=seconds[0], train_cpu_seconds=seconds[1],
+    params = [t for layer in ensemble.layers for t in (layer.W, layer.b)]
+    make_steps = _fused_steps if backend == "fused" else _eager_steps
+    chunks: list[Tensor] = []
+    run = train_loop(
+        make_steps(ensemble, params, inputs_t, targets, config), steps=config.epochs,
+        guard=member_guard(targets, ensemble, config.lr), after_chunk=lambda start, stop, losses: chunks.append(losses),
+        final_loss=lambda: _mse(ensemble, data.train_inputs, data.train_targets).cpu(), progress=progress,
+        desc="deep ensemble" if backend != "fused" else "deep ensemble (fused)",
     )  # fmt: skip
-
+    return DeepTrainResult(
+        ensemble=ensemble, train_loss=torch.cat(chunks), final_train_loss=run.final_loss,
+        val_loss=_mse(ensemble, data.val_inputs, data.val_targets).cpu(), backend=backend,
+        train_seconds=run.train_seconds, train_cpu_seconds=run.train_cpu_seconds,
+    )  # fmt: skip
 
 __all__ = ["DeepTrainResult", "deep_fused_unavailable_reason", "deep_loss_and_grads", "select_deep_backend", "train_deep_ensemble"]

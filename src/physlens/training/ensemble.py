@@ -3,44 +3,50 @@
 :func:`train_ensemble` trains every member of an :class:`MLPEnsemble` on its own fixed split. Two
 implementations do the same arithmetic:
 
-* ``"fused"`` (CPU): one compiled kernel (numba) runs every epoch of one network while its data
-  sits in cache — a single pass over the points gives the loss and all gradient sums, then Adam
-  updates the network's parameters — and moves on to the next network. It is within a small factor
-  of what the core's arithmetic allows.
+* ``"fused"`` (CPU): one compiled kernel (numba) runs a long chunk of epochs of one network while
+  its data sits in cache — a single pass over the points gives the loss and all gradient sums, then
+  Adam updates the network's parameters — and moves on to the next network. It is within a small
+  factor of what the core's arithmetic allows.
 * ``"eager"`` (any device, the reference): gradients written out by hand for the stacked tensors
   (no autograd graph), computed on cache-sized blocks of members, and one ``torch.optim.Adam``
   stepping all members; ``compile=True`` fuses that step with ``torch.compile``, which is the
   path for GPUs.
 
 Both are exact Adam per member, because Adam acts element by element and each member's loss only
-touches its own parameters. :func:`train_mlp` trains one :class:`TinyMLP` the plain way (autograd +
-Adam) and is what both are tested against: same seed, same data, same result to float round-off.
+touches its own parameters. Both are backends of the one training loop
+(:func:`~physlens.training.loop.train_loop`), which takes the epochs in chunks and owns the divergence
+guard, progress and timing. :func:`train_mlp` trains one :class:`TinyMLP` the plain way (autograd +
+Adam, the loop's torch step) and is what both are tested against: same seed, same data, same result
+to float round-off.
 """
 
 from __future__ import annotations
 
-import time
 import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from tqdm.auto import tqdm
 
-from physlens._validation import (
-    check_choice,
-    check_nonnegative_int,
-    check_positive_float,
-    check_positive_int,
-)
+from physlens._validation import check_choice
 from physlens.models.mlp import PARAM_NAMES, DeepMLPEnsemble, MLPEnsemble, TinyMLP
 from physlens.systems.base import SupervisedSplit, check_supervised_split
 from physlens.training import _compile, _fused
-from physlens.training._divergence import TrainingDiverged, check_loss, diverged_members, loss_reference
+from physlens.training.loop import (
+    DivergenceGuard,
+    MemberLossCheck,
+    OptimiserSteps,
+    SingleLossCheck,
+    TrainingConfig,
+    TrainingResult,
+    chunk_steps,
+    train_loop,
+)
 
 CACHE_FLOATS = 1 << 17
 """Size (in values) of one [model, h, n] temporary per block of models in the eager and compiled steps."""
@@ -49,11 +55,16 @@ BACKENDS = ("auto", "fused", "eager")
 """How :func:`train_ensemble` runs: the fused CPU kernel, the eager torch step, or the fused one where it can run."""
 
 FUSED_CHUNK = 64
-"""Networks per call of the fused kernel (the unit of progress and of work shared between threads)."""
+"""Networks per call of the fused kernel (the unit of work shared between threads)."""
+
+FUSED_CHUNK_POINT_EPOCHS = 1 << 22
+"""Point-epochs (epochs × training points) a network runs per call of the fused kernel, at least. Between
+calls the training loop checks the losses and reports progress, and a network's data leave the cache, to
+be read from memory once more at its next call: at this many that read is well under 1 % of the work."""
 
 
 @dataclass
-class EnsembleTrainConfig:
+class EnsembleTrainConfig(TrainingConfig):
     """Training recipe shared by the ensemble and the one-network reference (the seed's defaults)."""
 
     epochs: int = 4000
@@ -73,18 +84,12 @@ class EnsembleTrainConfig:
     backend: str = "auto"
     """The training step: "fused" (CPU kernel), "eager" (torch, any device) or "auto" (fused where it can run)."""
 
-    def __post_init__(self) -> None:
-        check_positive_int("epochs", self.epochs)
+    def check_recipe(self) -> None:
+        """Check the backend and that ``compile`` asks for a step it can compile (the epochs, the learning
+        rate and Adam's constants are checked by :class:`~physlens.training.loop.TrainingConfig`)."""
         check_choice("backend", self.backend, BACKENDS)
         if self.compile and self.backend == "fused":
             raise ValueError("compile=True compiles the eager step; it cannot be combined with backend='fused'")
-        check_positive_float("lr", self.lr)
-        for name in ("beta1", "beta2"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-                raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
-        check_positive_float("eps", self.eps)
-        check_nonnegative_int("snapshot_every", self.snapshot_every)
 
     def snapshot_epochs(self) -> list[int]:
         """Epochs after which parameters are kept: 0 (the initialisation), every k, and the last."""
@@ -93,8 +98,10 @@ class EnsembleTrainConfig:
 
 
 @dataclass
-class EnsembleTrainResult:
+class EnsembleTrainResult(TrainingResult):
     """What :func:`train_ensemble` returns; the ensemble itself is trained in place."""
+
+    LOSSES_FIELD: ClassVar[str] = "train_loss"
 
     ensemble: MLPEnsemble
     train_loss: Float[Tensor, "epoch model"]  # full-batch training MSE before each step
@@ -229,99 +236,103 @@ def _write_back(params: list[Tensor], theta: np.ndarray) -> None:
             p.copy_(row.reshape(p.shape))
 
 
-def _run_in_chunks(n_models: int, run: Callable[[slice], None], desc: str, progress: bool) -> tuple[float, float]:
+def _in_member_groups(n_models: int, run: Callable[[slice], None]) -> None:
     """Call ``run`` on slices of at most ``FUSED_CHUNK`` members, side by side on the torch threads (the fused
-    kernels release the GIL); returns the (wall, CPU) seconds it took."""
-
-    def one(start: int) -> int:
-        part = slice(start, min(start + FUSED_CHUNK, n_models))
-        run(part)
-        return part.stop - part.start
-
+    kernels release the GIL)."""
     starts = range(0, n_models, FUSED_CHUNK)
     workers = min(torch.get_num_threads(), len(starts))
-    clock = time.perf_counter(), time.process_time()
-    with tqdm(total=n_models, desc=desc, disable=not progress, leave=False) as bar:
-        if workers > 1:
-            with ThreadPoolExecutor(workers) as pool:
-                for done in pool.map(one, starts):
-                    bar.update(done)
-        else:
-            for start in starts:
-                bar.update(one(start))
-    return time.perf_counter() - clock[0], time.process_time() - clock[1]
+    parts = [slice(start, min(start + FUSED_CHUNK, n_models)) for start in starts]
+    if workers > 1:
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(run, parts))
+    else:
+        for part in parts:
+            run(part)
 
 
-def _train_fused(
-    ensemble: MLPEnsemble, inputs_t: Tensor, targets: Tensor, config: EnsembleTrainConfig, progress: bool
-) -> tuple[Tensor, list[Tensor], tuple[float, float]]:
-    """Train with the fused kernel; returns losses [epoch, model], flat snapshots after epoch 0 and (wall, CPU) seconds."""
-    params = [getattr(ensemble, name) for name in PARAM_NAMES]
-    n_models, epochs = ensemble.n_models, config.epochs
-    theta = _flat_parameters(params, n_models)  # [model, param]
-    later = config.snapshot_epochs()[1:]
-    snap_at = np.full(epochs, -1, dtype=np.int64)
-    snap_at[np.array(later) - 1] = np.arange(len(later))
-    losses = np.empty((n_models, epochs), dtype=theta.dtype)
-    snaps = np.empty((n_models, len(later), theta.shape[1]), dtype=theta.dtype)
-    exp_avg, exp_avg_sq = np.zeros_like(theta), np.zeros_like(theta)
-    x, y = inputs_t.numpy(), targets.numpy()
-    _fused.prepare(ensemble.cfg.d_in, ensemble.cfg.d_hidden, theta.dtype)  # compile (or load) before the clock starts
-
-    def run(part: slice) -> None:
-        _fused.train_networks(
-            theta[part], x[part], y[part], d_in=ensemble.cfg.d_in, d_hidden=ensemble.cfg.d_hidden, epochs=epochs,
-            lr=config.lr, beta1=config.beta1, beta2=config.beta2, eps=config.eps, snap_at=snap_at,
-            losses=losses[part], snaps=snaps[part], exp_avg=exp_avg[part], exp_avg_sq=exp_avg_sq[part],
-        )  # fmt: skip
-
-    seconds = _run_in_chunks(n_models, run, "ensemble (fused)", progress)
-    _write_back(params, theta)
-    flat_snaps = [torch.from_numpy(snaps[:, k]) for k in range(len(later))]
-    return torch.from_numpy(losses).T.contiguous(), flat_snaps, seconds
+_FusedKernel = Callable[[slice, np.ndarray, np.ndarray, np.ndarray, int, int, np.ndarray], None]
+"""A fused kernel call: ``(members, theta, exp_avg, exp_avg_sq, start, stop, losses)`` trains these members'
+rows of the flat parameters and Adam moments, in place, for epochs ``start … stop − 1``, writing their
+losses ``[member, epoch]``."""
 
 
-def _train_torch(
-    ensemble: MLPEnsemble, inputs_t: Tensor, targets: Tensor, config: EnsembleTrainConfig, compiled: bool, progress: bool
-) -> tuple[Tensor, dict[str, list[Tensor]], tuple[float, float]]:
-    """Train with the eager (or torch.compile'd) step; returns losses [epoch, model], snapshots after epoch 0 and (wall, CPU) seconds."""
-    params = [getattr(ensemble, name) for name in PARAM_NAMES]
-    optimizer = torch.optim.Adam(params, lr=config.lr, betas=(config.beta1, config.beta2), eps=config.eps)
-    step: Callable = torch.compile(fused_loss_and_grads, dynamic=False) if compiled else ensemble_loss_and_grads
-    # Eager ops stream [model, h, n] temporaries through memory, and so does the compiled step once
-    # its temporaries outgrow the cache; in blocks of models that fit in cache both run several times
-    # faster. A GPU wants the whole ensemble in one launch.
-    n_models, width, n_points = ensemble.n_models, ensemble.cfg.d_hidden, targets.shape[1]
-    on_cpu = ensemble.device.type == "cpu"
-    block = max(1, CACHE_FLOATS // (width * n_points)) if on_cpu else n_models
-    grads = [torch.empty_like(p) for p in params]
-    snapshot_at = set(config.snapshot_epochs()[1:])
-    snapshots: dict[str, list[Tensor]] = {name: [] for name in PARAM_NAMES}
-    losses = torch.empty(config.epochs, n_models, dtype=targets.dtype, device=targets.device)
-    if compiled:  # compile outside the clock, on a throw-away copy
-        with torch.no_grad():
-            step(*(p.detach()[:block].clone() for p in params), inputs_t[:block], targets[:block])
-    clock = time.perf_counter(), time.process_time()
-    for epoch in tqdm(range(config.epochs), desc="ensemble", disable=not progress, leave=False):
-        with torch.no_grad():
-            for start in range(0, n_models, block):
-                part = slice(start, start + block)
-                loss, part_grads = step(*(p.detach()[part] for p in params), inputs_t[part], targets[part])
-                losses[epoch, part] = loss
-                for g, part_g in zip(grads, part_grads):
-                    g[part] = part_g
-        for p, g in zip(params, grads):
-            p.grad = g
-        optimizer.step()
-        if epoch + 1 in snapshot_at:
-            for name, p in zip(PARAM_NAMES, params):
-                snapshots[name].append(p.detach().to("cpu", copy=True))
-    if targets.device.type == "cuda":
-        torch.cuda.synchronize(targets.device)
-    seconds = time.perf_counter() - clock[0], time.process_time() - clock[1]
-    for p in params:
-        p.grad = None
-    return losses.cpu(), snapshots, seconds
+class _FusedSteps:
+    """A fused numba kernel as the training loop's backend: each chunk is one kernel call per
+    ``FUSED_CHUNK`` networks, which runs every epoch of the chunk for one network while its data sit in
+    cache, then the next network's. The parameters and Adam's moments stay in flat numpy arrays between
+    chunks and are written back to the model after each."""
+
+    def __init__(self, params: list[Tensor], n_models: int, kernel: _FusedKernel, chunk_steps: int) -> None:
+        self.params, self.n_models, self.kernel, self.chunk_steps = params, n_models, kernel, chunk_steps
+        self.theta = _flat_parameters(params, n_models)  # [model, param]
+        self.exp_avg, self.exp_avg_sq = np.zeros_like(self.theta), np.zeros_like(self.theta)
+
+    def run(self, start: int, stop: int) -> Tensor:
+        """Run epochs ``start … stop − 1`` of every network; their losses ``[epoch, model]``."""
+        losses = np.empty((self.n_models, stop - start), dtype=self.theta.dtype)
+
+        def members(part: slice) -> None:
+            self.kernel(part, self.theta[part], self.exp_avg[part], self.exp_avg_sq[part], start, stop, losses[part])
+
+        _in_member_groups(self.n_models, members)
+        return torch.from_numpy(losses).T
+
+    def apply(self) -> None:
+        """Write the networks' parameters back into the model."""
+        _write_back(self.params, self.theta)
+
+
+class _HandGradientSteps:
+    """Full-batch Adam on hand-written gradients as the training loop's backend (the eager and compiled
+    steps): each epoch ``loss_and_grads()`` gives every member's loss and the gradient of each parameter,
+    and one ``torch.optim.Adam`` steps all members, which is exact per member because members share no
+    parameters and Adam acts element by element. ``after_epoch(epoch)`` may keep snapshots."""
+
+    def __init__(
+        self, params: list[Tensor], config: EnsembleTrainConfig, loss_and_grads: Callable[[], tuple[Tensor, list[Tensor]]],
+        chunk_steps: int, after_epoch: Callable[[int], None] | None = None,
+    ) -> None:  # fmt: skip
+        self.params, self.loss_and_grads, self.chunk_steps, self.after_epoch = params, loss_and_grads, chunk_steps, after_epoch
+        self.optimizer = torch.optim.Adam(params, lr=config.lr, betas=(config.beta1, config.beta2), eps=config.eps)
+
+    def run(self, start: int, stop: int) -> Tensor:
+        """Take epochs ``start … stop − 1``; their losses ``[epoch, model]`` on the CPU (which waits for a GPU)."""
+        first = self.params[0]
+        losses = torch.empty(stop - start, first.shape[0], dtype=first.dtype, device=first.device)
+        for epoch in range(start, stop):
+            loss, grads = self.loss_and_grads()
+            for p, g in zip(self.params, grads):
+                p.grad = g
+            self.optimizer.step()
+            losses[epoch - start] = loss
+            if self.after_epoch is not None:
+                self.after_epoch(epoch)
+        return losses.cpu()
+
+    def apply(self) -> None:
+        """Drop the gradients the epochs left on the parameters (Adam has applied them)."""
+        for p in self.params:
+            p.grad = None
+
+
+def _fused_chunk_epochs(epochs: int, n_points: int) -> int:
+    """Epochs per chunk of the fused kernel: at least ``FUSED_CHUNK_POINT_EPOCHS`` point-epochs per network."""
+    return chunk_steps(epochs, at_least=-(-FUSED_CHUNK_POINT_EPOCHS // n_points))
+
+
+def member_guard(targets: Float[Tensor, "model n"], ensemble: MLPEnsemble | DeepMLPEnsemble, lr: float) -> MemberLossCheck:
+    """The divergence guard of an ensemble trained on ``targets``: each member's reference is the larger of its
+    first loss and its loss of predicting zero; the error names the members (and seeds) that diverged."""
+
+    def describe(members: Tensor, steps: Tensor) -> str:
+        shown = members[:10].tolist()
+        return (
+            f"training diverged for {members.numel()} of {ensemble.n_models} networks: members {shown} "
+            f"(seeds {[ensemble.cfg.seeds[i] for i in shown]}), first at epochs {steps[:10].tolist()}; "
+            f"their loss stopped being finite or rose far above its start; lower lr (now {lr:g})"
+        )
+
+    return MemberLossCheck(targets.square().mean(dim=1).cpu(), describe)
 
 
 def train_ensemble(
@@ -333,9 +344,11 @@ def train_ensemble(
     with one split per member (e.g. from :func:`~physlens.systems.fma.fma_splits`, or a user's own
     task); it is moved to the ensemble's device. ``config.backend`` chooses the
     implementation (see :func:`select_backend`); every one gives each member the result of training
-    it alone with :func:`train_mlp`, to float round-off. Raises :class:`TrainingDiverged` (a
-    ``FloatingPointError``) naming the members whose loss stopped being finite or rose far above its
-    start, checked on the recorded losses after the epochs (the kernels themselves are not slowed).
+    it alone with :func:`train_mlp`, to float round-off. The epochs run through
+    :func:`~physlens.training.loop.train_loop` in chunks, between which the loop reports progress.
+    Raises :class:`~physlens.training.TrainingDiverged` (a ``FloatingPointError``) naming the members
+    whose loss stopped being finite or rose far above its start, checked on the recorded losses after
+    each chunk and raised after the last (the kernels themselves are not slowed).
     """
     config = config or EnsembleTrainConfig()
     if not isinstance(ensemble, MLPEnsemble):
@@ -345,53 +358,107 @@ def train_ensemble(
     data = data.to(device=ensemble.device)
     inputs_t = data.train_inputs.transpose(1, 2).contiguous()  # [model, d_in, n]
     targets = data.train_targets.squeeze(-1).contiguous()  # [model, n]
-    start = {name: getattr(ensemble, name).detach().to("cpu", copy=True) for name in PARAM_NAMES}
+    params = [getattr(ensemble, name) for name in PARAM_NAMES]
+    initial = {name: p.detach().to("cpu", copy=True) for name, p in zip(PARAM_NAMES, params)}
+    later = config.snapshot_epochs()[1:]
     if backend == "fused":
-        losses, flat_snaps, seconds = _train_fused(ensemble, inputs_t, targets, config, progress)
-        sizes = [start[name][0].numel() for name in PARAM_NAMES]
-        later = {name: [] for name in PARAM_NAMES}
-        for flat in flat_snaps:
-            for name, part in zip(PARAM_NAMES, flat.split(sizes, dim=1)):
-                later[name].append(part.reshape(start[name].shape).clone())
+        stepper, read_snapshots = _fused_steps(ensemble, params, inputs_t, targets, config, later)
     else:
-        losses, later, seconds = _train_torch(ensemble, inputs_t, targets, config, backend == "compiled", progress)
-    final_train = ensemble_mse(ensemble, data.train_inputs, data.train_targets)
-    val = ensemble_mse(ensemble, data.val_inputs, data.val_targets)
-    _check_ensemble_divergence(losses, final_train.cpu(), targets, ensemble, config)
+        stepper, read_snapshots = _torch_steps(ensemble, params, inputs_t, targets, config, later, backend == "compiled")
+    chunks: list[Tensor] = []
+    run = train_loop(
+        stepper, steps=config.epochs, guard=member_guard(targets, ensemble, config.lr),
+        after_chunk=lambda start, stop, losses: chunks.append(losses),
+        final_loss=lambda: ensemble_mse(ensemble, data.train_inputs, data.train_targets).cpu(),
+        progress=progress, desc="ensemble" if backend != "fused" else "ensemble (fused)",
+    )  # fmt: skip
+    snapshots = read_snapshots()
     return EnsembleTrainResult(
         ensemble=ensemble,
-        train_loss=losses,
-        final_train_loss=final_train.cpu(),
-        val_loss=val.cpu(),
+        train_loss=torch.cat(chunks),
+        final_train_loss=run.final_loss,
+        val_loss=ensemble_mse(ensemble, data.val_inputs, data.val_targets).cpu(),
         snapshot_epochs=config.snapshot_epochs(),
-        snapshots={name: torch.stack([start[name], *later[name]]) for name in PARAM_NAMES},
+        snapshots={name: torch.stack([initial[name], *snapshots[name]]) for name in PARAM_NAMES},
         backend=backend,
-        train_seconds=seconds[0],
-        train_cpu_seconds=seconds[1],
+        train_seconds=run.train_seconds,
+        train_cpu_seconds=run.train_cpu_seconds,
     )
 
 
-def _check_ensemble_divergence(
-    losses: Tensor, final_train: Tensor, targets: Tensor, ensemble: MLPEnsemble | DeepMLPEnsemble, config: EnsembleTrainConfig
-) -> None:
-    """Raise :class:`TrainingDiverged` naming the members (and seeds) whose loss stopped being finite or
-    rose far above its start; read from the recorded losses, so the kernels run unchanged."""
-    scale = targets.square().mean(dim=1).cpu().to(losses.dtype)  # [model]: the loss of predicting zero
-    first = torch.nan_to_num(losses[0], nan=0.0, posinf=0.0)
-    references = torch.maximum(first, scale).clamp_min(float(torch.finfo(losses.dtype).tiny))
-    members, steps = diverged_members(torch.cat([losses, final_train[None]]), references)
-    if members.numel():
-        shown = members[:10].tolist()
-        raise TrainingDiverged(
-            f"training diverged for {members.numel()} of {ensemble.n_models} networks: members {shown} "
-            f"(seeds {[ensemble.cfg.seeds[i] for i in shown]}), first at epochs {steps[:10].tolist()}; "
-            f"their loss stopped being finite or rose far above its start; lower lr (now {config.lr:g})"
-        )
+def _fused_steps(
+    ensemble: MLPEnsemble, params: list[Tensor], inputs_t: Tensor, targets: Tensor, config: EnsembleTrainConfig, later: list[int]
+) -> tuple[_FusedSteps, Callable[[], dict[str, list[Tensor]]]]:
+    """The fused kernel's backend, and a function that reads the snapshots taken after ``later`` epochs."""
+    n_models, epochs, d_in, d_hidden = ensemble.n_models, config.epochs, ensemble.cfg.d_in, ensemble.cfg.d_hidden
+    snap_at = np.full(epochs, -1, dtype=np.int64)
+    snap_at[np.array(later) - 1] = np.arange(len(later))
+    n_params = sum(p[0].numel() for p in params)
+    dtype = params[0].detach().numpy().dtype
+    snaps = np.empty((n_models, len(later), n_params), dtype=dtype)
+    x, y = inputs_t.numpy(), targets.numpy()
+    _fused.prepare(d_in, d_hidden, dtype)  # compile (or load) before the clock starts
+
+    def kernel(part: slice, theta: np.ndarray, m: np.ndarray, v: np.ndarray, start: int, stop: int, losses: np.ndarray) -> None:
+        _fused.train_networks(
+            theta, x[part], y[part], d_in=d_in, d_hidden=d_hidden, epochs=stop - start, first_epoch=start,
+            lr=config.lr, beta1=config.beta1, beta2=config.beta2, eps=config.eps, snap_at=snap_at[start:stop],
+            losses=losses, snaps=snaps[part], exp_avg=m, exp_avg_sq=v,
+        )  # fmt: skip
+
+    def read_snapshots() -> dict[str, list[Tensor]]:
+        sizes = [p[0].numel() for p in params]
+        taken: dict[str, list[Tensor]] = {name: [] for name in PARAM_NAMES}
+        for k in range(len(later)):
+            for name, p, part in zip(PARAM_NAMES, params, torch.from_numpy(snaps[:, k]).split(sizes, dim=1)):
+                taken[name].append(part.reshape(p.shape).clone())
+        return taken
+
+    return _FusedSteps(params, n_models, kernel, _fused_chunk_epochs(epochs, targets.shape[1])), read_snapshots
+
+
+def _torch_steps(
+    ensemble: MLPEnsemble, params: list[Tensor], inputs_t: Tensor, targets: Tensor, config: EnsembleTrainConfig,
+    later: list[int], compiled: bool,
+) -> tuple[_HandGradientSteps, Callable[[], dict[str, list[Tensor]]]]:
+    """The eager (or torch.compile'd) step's backend, and a function that reads the snapshots taken after ``later`` epochs."""
+    step: Callable = torch.compile(fused_loss_and_grads, dynamic=False) if compiled else ensemble_loss_and_grads
+    # Eager ops stream [model, h, n] temporaries through memory, and so does the compiled step once
+    # its temporaries outgrow the cache; in blocks of models that fit in cache both run several times
+    # faster. A GPU wants the whole ensemble in one launch.
+    n_models, width, n_points = ensemble.n_models, ensemble.cfg.d_hidden, targets.shape[1]
+    on_cpu = ensemble.device.type == "cpu"
+    block = max(1, CACHE_FLOATS // (width * n_points)) if on_cpu else n_models
+    grads = [torch.empty_like(p) for p in params]
+    loss = torch.empty(n_models, dtype=targets.dtype, device=targets.device)
+    snapshot_at = set(later)
+    snapshots: dict[str, list[Tensor]] = {name: [] for name in PARAM_NAMES}
+    if compiled:  # compile outside the clock, on a throw-away copy
+        with torch.no_grad():
+            step(*(p.detach()[:block].clone() for p in params), inputs_t[:block], targets[:block])
+
+    @torch.no_grad()
+    def loss_and_grads() -> tuple[Tensor, list[Tensor]]:
+        for start in range(0, n_models, block):
+            part = slice(start, start + block)
+            loss[part], part_grads = step(*(p.detach()[part] for p in params), inputs_t[part], targets[part])
+            for g, part_g in zip(grads, part_grads):
+                g[part] = part_g
+        return loss, grads
+
+    def keep_snapshot(epoch: int) -> None:
+        if epoch + 1 in snapshot_at:
+            for name, p in zip(PARAM_NAMES, params):
+                snapshots[name].append(p.detach().to("cpu", copy=True))
+
+    return _HandGradientSteps(params, config, loss_and_grads, chunk_steps(config.epochs), keep_snapshot), lambda: snapshots
 
 
 @dataclass
-class MLPTrainResult:
+class MLPTrainResult(TrainingResult):
     """What :func:`train_mlp` returns; the model itself is trained in place."""
+
+    LOSSES_FIELD: ClassVar[str] = "train_loss"
 
     model: TinyMLP
     train_loss: Float[Tensor, " epoch"]  # full-batch training MSE before each step
@@ -411,25 +478,19 @@ def train_mlp(model: TinyMLP, data: SupervisedSplit, config: EnsembleTrainConfig
     data = data.to(device=model.device)
     params = [getattr(model, name) for name in PARAM_NAMES]
     optimizer = torch.optim.Adam(params, lr=config.lr, betas=(config.beta1, config.beta2), eps=config.eps)
-    losses = torch.empty(config.epochs, dtype=data.train_targets.dtype)
-    for epoch in range(config.epochs):
-        optimizer.zero_grad()
-        loss = (model(data.train_inputs) - data.train_targets).square().mean()
-        loss.backward()
-        optimizer.step()
-        losses[epoch] = loss.detach()
-    with torch.no_grad():
-        final_train = (model(data.train_inputs) - data.train_targets).square().mean().item()
-        val = (model(data.val_inputs) - data.val_targets).square().mean().item()
-    reference = loss_reference(float(losses[0]), data.train_targets.square().mean().item())
-    members, steps = diverged_members(torch.cat([losses, torch.tensor([final_train], dtype=losses.dtype)])[:, None],
-                                      torch.tensor([reference], dtype=losses.dtype))
-    if members.numel():
-        step = int(steps[0])
-        check_loss(float(losses[step]) if step < config.epochs else final_train, step, reference,
-                   hint=f"lower lr (now {config.lr:g})")
-    return MLPTrainResult(model=model, train_loss=losses, final_train_loss=final_train, val_loss=val)
 
+    def train_mse() -> Tensor:
+        return (model(data.train_inputs) - data.train_targets).square().mean()
+
+    guard = DivergenceGuard(hint=f"lower lr (now {config.lr:g})", target_scale=lambda: data.train_targets.square().mean().item())
+    losses: list[float] = []
+    run = train_loop(OptimiserSteps(params, optimizer, lambda epoch: train_mse()), steps=config.epochs,
+                     guard=SingleLossCheck(guard), after_chunk=lambda start, stop, chunk: losses.extend(chunk.tolist()),
+                     final_loss=train_mse, progress=False, desc="mlp")  # fmt: skip
+    with torch.no_grad():
+        val = (model(data.val_inputs) - data.val_targets).square().mean().item()
+    curve = torch.tensor(losses, dtype=data.train_targets.dtype)
+    return MLPTrainResult(model=model, train_loss=curve, final_train_loss=run.final_loss.item(), val_loss=val)
 
 __all__ = [
     "EnsembleTrainConfig",
@@ -440,6 +501,7 @@ __all__ = [
     "ensemble_mse",
     "fused_loss_and_grads",
     "fused_unavailable_reason",
+    "member_guard",
     "select_backend",
     "train_ensemble",
     "train_mlp",

@@ -21,14 +21,13 @@ from torch import Tensor
 from physlens._validation import (
     check_choice,
     check_finite_float,
-    check_nonnegative_int,
     check_positive_float,
     check_positive_int,
 )
 from physlens.models.siamese import BottleneckNetwork, SiameseTower
 from physlens.systems.central import OrbitTrajectories, angular_momentum
 from physlens.systems.oscillator import OscillatorSystem, Trajectories, propagator
-from physlens.training.loop import DivergenceGuard, optimise
+from physlens.training.loop import DivergenceGuard, TrainingConfig, TrainingResult, optimise
 
 
 @dataclass
@@ -103,7 +102,7 @@ def contrastive_loss(distance: Float[Tensor, " pair"], same: Tensor, margin: flo
 
 
 @dataclass
-class SiameseTrainConfig:
+class SiameseTrainConfig(TrainingConfig):
     """How to train a :class:`~physlens.models.SiameseTower` on a fixed pool of orbits."""
 
     steps: int = 3000  # optimizer steps
@@ -114,20 +113,16 @@ class SiameseTrainConfig:
     weight_decay: float = 0.0  # AdamW decoupled weight decay
     seed: int = 0  # seed of the pair draws
 
-    def __post_init__(self) -> None:
-        check_positive_int("steps", self.steps)
-        check_positive_int("batch_size", self.batch_size)
-        check_positive_float("lr", self.lr)
-        check_positive_float("margin", self.margin)
+    def check_recipe(self) -> None:
+        """Check ``min_gap`` and ``weight_decay`` (the rest is checked by :class:`~physlens.training.loop.TrainingConfig`)."""
         if check_finite_float("min_gap", self.min_gap) < 0:
             raise ValueError(f"min_gap must be >= 0, got {self.min_gap}")
         if check_finite_float("weight_decay", self.weight_decay) < 0:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
-        check_nonnegative_int("seed", self.seed)
 
 
 @dataclass
-class SiameseTrainResult:
+class SiameseTrainResult(TrainingResult):
     """Loss curve of a Siamese run and the latent-distance threshold for calling a pair "same"."""
 
     losses: list[float] = field(default_factory=list)
@@ -335,7 +330,7 @@ def oscillator_windows(
 
 
 @dataclass
-class BottleneckTrainConfig:
+class BottleneckTrainConfig(TrainingConfig):
     """How to train a :class:`~physlens.models.BottleneckNetwork` to predict the oscillator's next state."""
 
     steps: int = 3000  # optimizer steps
@@ -345,12 +340,9 @@ class BottleneckTrainConfig:
     lr: float = 3e-3  # Adam learning rate (cosine-decayed to lr/100)
     seed: int = 0  # seed of the batch draws
 
-    def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "window"):
-            check_positive_int(name, getattr(self, name))
-        check_positive_float("lr", self.lr)
+    def check_recipe(self) -> None:
+        """Check ``query`` (the rest is checked by :class:`~physlens.training.loop.TrainingConfig`)."""
         check_choice("query", self.query, BOTTLENECK_QUERIES)
-        check_nonnegative_int("seed", self.seed)
 
 
 def train_bottleneck(

@@ -21,7 +21,6 @@ from torch import Tensor, nn
 from physlens._validation import (
     check_bool_fields,
     check_choice,
-    check_nonnegative_int,
     check_positive_float,
     check_positive_int,
 )
@@ -29,7 +28,7 @@ from physlens.models.base import HookedModel
 from physlens.systems.base import System, TrajectoryBatch, check_system
 from physlens.training._compile import compile_or_eager
 from physlens.training._divergence import DIVERGENCE_FACTOR, TrainingDiverged
-from physlens.training.loop import DivergenceGuard, optimise
+from physlens.training.loop import DivergenceGuard, TrainingConfig, TrainingResult, optimise
 from physlens.training.checkpoints import (
     CheckpointError,
     latest_checkpoint,
@@ -46,7 +45,7 @@ class LeakageError(ValueError):
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(TrainingConfig):
     """How to train a next-step model on an oscillator system."""
 
     steps: int = 2000
@@ -95,12 +94,9 @@ class TrainConfig:
     its length, and so on; the remaining steps on ``seq_len``. Early steps are cheaper, and a model
     first learns the dynamics that short contexts already determine."""
 
-    def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "seq_len", "log_every"):
-            check_positive_int(name, getattr(self, name))
-        check_nonnegative_int("warmup_steps", self.warmup_steps)
-        check_nonnegative_int("seed", self.seed)
-        check_positive_float("lr", self.lr)
+    def check_recipe(self) -> None:
+        """Check the schedule, the loss positions, the optional limits and the curriculum (the counts and
+        the learning rate are checked by :class:`~physlens.training.loop.TrainingConfig`)."""
         check_bool_fields(self)
         for name in ("min_lr", "weight_decay"):
             value = getattr(self, name)
@@ -161,7 +157,7 @@ class TrainConfig:
 
 
 @dataclass
-class TrainResult:
+class TrainResult(TrainingResult):
     """What a training run produced besides the trained model (which is trained in place)."""
 
     config: TrainConfig
