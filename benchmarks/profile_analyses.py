@@ -10,6 +10,7 @@ seconds, from the report's own ``timings``; the whole run's process CPU time is 
 
     python benchmarks/profile_analyses.py                          # the table
     python benchmarks/profile_analyses.py --profile analyses.prof  # and a cProfile dump, its top functions printed
+    python benchmarks/profile_analyses.py --out DIR                # and the report (report.md, metrics.json) in DIR
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ def main() -> None:
     parser.add_argument("--study", default=str(ROOT / "probes" / "oscillator_variable.toml"))
     parser.add_argument("--checkpoint", default=str(ROOT / "docs" / "tutorials" / "models" / "oscillator_variable"))
     parser.add_argument("--profile", metavar="FILE", help="also write a cProfile dump here and print its top functions")
+    parser.add_argument("--out", metavar="DIR", help="also write the report here, to compare its numbers between versions")
     args = parser.parse_args()
     one_thread()
     study = parse_study(load_study(args.study))
@@ -58,6 +60,8 @@ def main() -> None:
     print(f"{study.name}: checkpoint {Path(args.checkpoint).name}; load average after the run {load}")
     print(table(["section", "CPU s (thread)", "wall s"], rows))
     print(f"\nprocess CPU {cpu:.1f} s, wall {wall:.1f} s" + (" (under cProfile)" if profiler else ""))
+    if args.out:
+        report.write(Path(args.out))
     if profiler is not None:
         profiler.dump_stats(args.profile)
         pstats.Stats(args.profile).sort_stats("cumulative").print_stats(40)
