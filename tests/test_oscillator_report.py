@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from physlens.studies import load_study
-from physlens.studies.oscillator import _propagator_extended, oracle_round_off, run
+from physlens.studies.oscillator import _propagator_extended, analyse_trained, oracle_round_off, parse_study, run
 from physlens.systems import OscillatorSystem, propagator
 from physlens.studies.report import format_number
 from physlens.training.evaluation import CURRENT_STATE, LINEAR_AR, evaluate_task, fit_linear_references
@@ -57,6 +57,39 @@ def main_run(tmp_path_factory):
     (directory / "study.toml").write_text(MAIN)
     run(load_study(directory / "study.toml"), directory / "out", progress=False)
     return (directory / "out" / "report.md").read_text(), json.loads((directory / "out" / "metrics.json").read_text())
+
+
+def test_the_analysis_phase_of_a_study_without_analyses_is_its_task_evaluation(tmp_path):
+    study = parse_study(load_study_text(MAIN, tmp_path))
+    report = analyse_trained(study, study.model, None, progress=False)
+    timings = report.timings
+    assert timings["evaluation_s"] > 0 and timings["evaluation_cpu_s"] > 0
+    assert "analyses" not in timings  # this study has none: the phase is the task evaluation
+    assert timings["analysis_phase_s"] == timings["evaluation_s"]
+    assert "## Setup" not in "\n".join(report.lines)  # no training result given: no setup section
+    assert "## Does the model do its task?" in "\n".join(report.lines)
+
+
+def test_the_analysis_phase_adds_up_its_sections(tmp_path):
+    spec = MAIN + """
+[analyses]
+run = ["weights", "swap"]
+
+[analyses.swap]
+n_pairs = 8
+"""
+    spec = spec.replace('omega0 = 2.0', 'omega0 = { range = [1.0, 4.0] }').replace('attn_window = 1\n', '')
+    study = parse_study(load_study_text(spec, tmp_path))
+    report = analyse_trained(study, study.model, None, progress=False)
+    timings = report.timings
+    assert list(timings["analyses"]) == list(timings["analyses_cpu_s"]) == ["weights", "swap"]
+    assert timings["analysis_phase_s"] == pytest.approx(timings["evaluation_s"] + sum(timings["analyses"].values()))
+    assert timings["analysis_phase_cpu_s"] == pytest.approx(timings["evaluation_cpu_s"] + sum(timings["analyses_cpu_s"].values()))
+
+
+def load_study_text(text: str, directory) -> dict:
+    (directory / "study.toml").write_text(text)
+    return load_study(directory / "study.toml")
 
 
 def test_the_report_says_why_the_two_linear_rows_are_identical(main_run):

@@ -252,6 +252,7 @@ def test_steering_moves_the_frequency_with_the_analytic_slope(planted, system):
     assert expected == pytest.approx(1.0, abs=1e-4)
     result = steering_sweep(planted, direction, contexts, alphas, n_steps=10)
     assert result.slope.estimate == pytest.approx(expected, abs=1e-4) and steering_claim(result) == "reads"
+    assert np.all(result.omega0_shift[1] == 0) and np.all(result.control_shift[1] == 0)  # α = 0 is the unsteered rollout
     # The distractor's direction carries ω0 as well, but nothing reads it: slope 0.
     unread = fit_probe_direction(planted, train, "blocks.1.hook_attn_out", N_CTX - 1, "omega0", seq_len=N_CTX)
     assert unread.cv_r2 > 0.999 and expected_steering_slope(planted, unread) == pytest.approx(0.0, abs=1e-6)

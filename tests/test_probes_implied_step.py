@@ -77,3 +77,17 @@ def test_implied_patching_finds_the_planted_channel_and_nothing_else() -> None:
     assert patched.gathered_from() == "L1 resid_pre @ last"
     with pytest.raises(ValueError, match="nothing to localise"):
         implied_omega0_patching(make_organism("null", n_ctx=16), a.states, b.states, gamma=0.1, dt=0.1)
+
+
+def test_without_refinement_the_search_returns_the_grid_point_whose_exact_step_lands_nearest() -> None:
+    from physlens.systems.oscillator import propagator
+
+    generator = torch.Generator().manual_seed(3)
+    states = torch.randn(16, 2, dtype=torch.float64, generator=generator)
+    gamma = 0.05 + 0.1 * torch.rand(16, dtype=torch.float64, generator=generator)
+    predictions = states + 0.05 * torch.randn(16, 2, dtype=torch.float64, generator=generator)
+    found = implied_omega0_from_step(states, predictions, gamma=gamma, dt=0.1, omega_range=(0.5, 6.0), grid=301, refinements=0)
+    grid = torch.linspace(0.5, 6.0, 301, dtype=torch.float64)
+    landed = torch.einsum("bgij,bj->bgi", propagator(grid[None], gamma[:, None], 0.1), states)
+    expected = grid[(landed - predictions[:, None]).square().sum(-1).argmin(dim=1)]
+    assert_allclose(found.numpy(), expected.numpy(), rtol=0, atol=1e-12)

@@ -88,3 +88,33 @@ def test_mlp_probe_reads_a_label_that_varies_little_around_a_large_offset(rng):
     r2_plain = mlp_probe_r2(x, shape, seed=0, hidden=(32,), max_iter=300)
     assert r2_small > 0.9
     assert r2_small == pytest.approx(r2_plain, abs=1e-6)
+
+
+def test_validation_r2_is_scikit_learns_r2_score(rng):
+    from sklearn.metrics import r2_score
+
+    from physlens.probes.nonlinear import validation_r2
+
+    y = rng.normal(size=200)
+    predicted = y + 0.3 * rng.normal(size=200)
+    assert validation_r2(y, predicted) == r2_score(y, predicted)
+    assert validation_r2(y[:, None], predicted) == r2_score(y[:, None], predicted)
+    constant = np.full(10, 2.5)
+    assert validation_r2(constant, constant) == r2_score(constant, constant) == 1.0
+    assert validation_r2(constant, constant + 1) == r2_score(constant, constant + 1) == 0.0
+    with pytest.raises(ValueError, match="same n"):
+        validation_r2(y, y[:-1])
+
+
+def test_the_probes_early_stopping_score_is_scikit_learns(rng):
+    from sklearn.neural_network import MLPRegressor
+
+    from physlens.probes.nonlinear import mlp_probe
+
+    x = rng.normal(size=(300, 4))
+    y = np.sin(x[:, 0]) + x[:, 1] * x[:, 2]
+    probe = mlp_probe((16,), seed=0, max_iter=50).fit(x, y)
+    regressor = probe.regressor_[-1]  # the fitted MLP inside the scaling pipeline
+    scaled_x, scaled_y = probe.regressor_[0].transform(x), probe.transformer_.transform(y[:, None])
+    assert regressor._score(scaled_x, scaled_y) == MLPRegressor._score(regressor, scaled_x, scaled_y)
+    assert len(regressor.validation_scores_) == regressor.n_iter_

@@ -188,3 +188,31 @@ def test_check_model_errors_reads_the_mean_against_the_zero_predictor():
         check_model_errors(scores([0.0, float("nan")]), zero_mse=1.0)
     with pytest.raises(ValueError, match="zero_mse must be a finite number >= 0"):
         check_model_errors(scores([0.0]), zero_mse=float("nan"))
+
+
+def test_the_next_step_error_is_the_predictors_own_prediction_from_the_context():
+    from physlens.training.evaluation import score_predictor
+
+    trajectories = float64_system(SYSTEM).sample(16, 9, seed=2)
+    persistence = _Persistence().double()
+    scores = score_predictor(persistence, trajectories, 5, 4)
+    with torch.no_grad():
+        predicted = persistence(trajectories.states[:, :5])[:, -1]
+    expected = (predicted - trajectories.states[:, 5]).pow(2).mean(dim=-1)
+    assert_allclose(scores.one_step_squared_error, expected.numpy(), rtol=1e-15)
+
+
+def test_intervals_are_computed_once_and_never_for_replaced_scores():
+    from physlens.stats import bootstrap_interval
+
+    references = fit_linear_references(SYSTEM, 5, seed=3, n_traj=64)
+    evaluation = evaluate_task(_Persistence(), SYSTEM, n_traj=32, context_len=5, n_steps=3, seed=8, references=references,
+                               n_resamples=200)
+    first = evaluation.rollout_median(MODEL, 2)
+    assert evaluation.rollout_median(MODEL, 2) is first
+    expected = bootstrap_interval(evaluation.scores[MODEL].rollout_error[:, 1], n_resamples=200, seed=evaluation.seeds["bootstrap"])
+    assert (first.estimate, first.low, first.high) == (expected.estimate, expected.low, expected.high)
+    difference = evaluation.rollout_difference(MODEL, LINEAR_AR)
+    evaluation.scores[MODEL] = evaluation.scores[CURRENT_STATE]
+    assert evaluation.rollout_median(MODEL, 2).estimate == evaluation.rollout_median(CURRENT_STATE, 2).estimate
+    assert evaluation.rollout_difference(MODEL, LINEAR_AR).estimate != difference.estimate

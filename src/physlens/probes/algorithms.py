@@ -190,15 +190,14 @@ def compare_algorithms(
     tables: dict[str, dict[str, list[float]]] = {key: {c: [] for c in CANDIDATES} for key in ("error", "rollout_error", "shared", "rollout_shared")}
     for k in ks:
         context, truth, path_truth = states64[:, :k], states64[:, k], states64[:, k : k + horizon]
-        with torch.no_grad():
-            predicted = model(context.to(device=device, dtype=dtype))[:, -1].to(dtype=torch.float64, device="cpu")
         path = rollout(model, context.to(device=device, dtype=dtype), horizon).to(dtype=torch.float64, device="cpu")
+        predicted = path[:, 0]  # a rollout's first step is the prediction from the k states themselves
         model_error.append(_median_relative(predicted, truth))
         model_rollout_error.append(_median_relative(path[:, -1], path_truth[:, -1]))
         predictors = {LEAST_SQUARES: InContextLeastSquares(window=k), LINEAR_AR: ar_candidates[k], CURRENT_STATE: current_state, ORACLE: oracle}
         for name, predictor in predictors.items():
-            guess = predictor(context)[:, -1]
             guess_path = rollout(predictor, context, horizon)
+            guess = guess_path[:, 0]
             tables["error"][name].append(_median_relative(guess, truth))
             tables["rollout_error"][name].append(_median_relative(guess_path[:, -1], path_truth[:, -1]))
             tables["shared"][name].append(_shared(predicted, guess, truth))

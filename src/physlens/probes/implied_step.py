@@ -21,7 +21,6 @@ from torch import Tensor
 
 from physlens._validation import check_finite, check_positive_float, check_positive_int
 from physlens.stats import Interval, paired_interval
-from physlens.systems.oscillator import propagator
 
 OMEGA_MAX = 10.0
 """The highest frequency searched by default (the variable-ω0 studies draw ω0 from [1, 4]); the lowest
@@ -61,10 +60,17 @@ def implied_omega0_from_step(
     states, predictions = states.cpu(), predictions.cpu()
     lows, highs = torch.full_like(gamma_t, low), torch.full_like(gamma_t, high)
     best = lows
+    # The exact step of every candidate, as propagator() computes it, but without the 2×2 matrices: only the
+    # landing point is needed, and e^{−γΔt} and γ² are the same for every candidate of a row.
+    gamma_c, decay = gamma_t[:, None], torch.exp(-gamma_t * dt)[:, None, None]  # [batch, 1], [batch, 1, 1]
+    x, p = states[:, None, 0], states[:, None, 1]  # [batch, 1]
     for _ in range(refinements + 1):
         candidates = lows[:, None] + (highs - lows)[:, None] * torch.linspace(0, 1, grid, dtype=torch.float64)  # [batch, grid]
-        kernel = propagator(candidates, gamma_t[:, None], dt)  # [batch, grid, 2, 2]
-        landed = torch.einsum("bgij,bj->bgi", kernel, states)
+        omega = torch.sqrt(candidates**2 - gamma_c**2)
+        cos, sin = torch.cos(omega * dt), torch.sin(omega * dt)
+        rows = decay * torch.stack([cos + gamma_c / omega * sin, sin / omega, -(candidates**2) / omega * sin,
+                                    cos - gamma_c / omega * sin], dim=-1)  # [batch, grid, K00 K01 K10 K11]
+        landed = torch.stack([rows[..., 0] * x + rows[..., 1] * p, rows[..., 2] * x + rows[..., 3] * p], dim=-1)
         miss = (landed - predictions[:, None]).square().sum(-1)
         best = candidates.gather(1, miss.argmin(dim=1, keepdim=True))[:, 0]
         step = (highs - lows) / (grid - 1)

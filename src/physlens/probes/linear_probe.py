@@ -79,9 +79,10 @@ class ProbeStatistics:
     (ridge with an intercept is unchanged by the shift).
 
     Each chunk is copied once, fold-sorted and site-major, into a cache-sized float64 block
-    ``[site, sample, x | y | 1]`` with the shift subtracted; one batched product of that block with
-    itself per fold then yields every statistic above at once, and the chunk is checked for NaN and
-    infinity through those products rather than by a separate pass over the data.
+    ``[site, sample, x | 1 | y]`` with the shift subtracted; per fold, one batched product of its
+    ``x | 1`` columns with the whole block yields every statistic above but Σ y², which is summed
+    beside it, and the chunk is checked for NaN and infinity through those products rather than by a
+    separate pass over the data.
     """
 
     def __init__(self, n_sites: int, n_features: int, n_targets: int, n_folds: int, *, dtype: torch.dtype = torch.float64, device: Any = "cpu") -> None:
@@ -114,31 +115,35 @@ class ProbeStatistics:
         shift_x, shift_y = self.shift_x, self.shift_y
         if shift_x is None:  # any shift is exact; a mean in the data's own dtype is ten times faster to take
             shift_x, shift_y = X.mean(dim=0).to(dtype), y.mean(dim=0).to(dtype)
-        width = d + t + 1
+        width = d + 1 + t
         block = max(1, min(n_sites, BUFFER_VALUES // (n * width)))
-        buffer = torch.empty(block, n, width, dtype=dtype, device=device)  # [site, sample, x | y | 1]
-        buffer[..., -1] = 1
-        products = torch.empty(self.n_folds, n_sites, width, width, dtype=dtype, device=device)
+        buffer = torch.empty(block, n, width, dtype=dtype, device=device)  # [site, sample, x | 1 | y]
+        buffer[..., d] = 1
+        # Only the x and 1 rows of the product are needed (Σ y yᵀ between targets is not, and with many
+        # targets, as a permutation null has, it would be most of the work): [fold, site, x | 1, x | 1 | y].
+        products = torch.empty(self.n_folds, n_sites, d + 1, width, dtype=dtype, device=device)
+        squares = torch.empty(self.n_folds, n_sites, t, dtype=dtype, device=device)  # Σ y² per target
         for start in range(0, n_sites, block):
             sites = slice(start, min(start + block, n_sites))
             rows = buffer[: sites.stop - start]
             torch.sub(X[:, sites].index_select(0, order).transpose(0, 1), shift_x[sites, None], out=rows[..., :d])
-            torch.sub(y[:, sites].index_select(0, order).transpose(0, 1), shift_y[sites, None], out=rows[..., d:-1])
+            torch.sub(y[:, sites].index_select(0, order).transpose(0, 1), shift_y[sites, None], out=rows[..., d + 1 :])
             for k in range(self.n_folds):
                 part = rows[:, bounds[k] : bounds[k + 1]]
-                torch.bmm(part.transpose(1, 2), part, out=products[k, sites])
-        if not bool(torch.isfinite(products).all()):
+                torch.bmm(part[..., : d + 1].transpose(1, 2), part, out=products[k, sites])
+                torch.sum(part[..., d + 1 :].square(), dim=1, out=squares[k, sites])
+        if not (bool(torch.isfinite(products).all()) and bool(torch.isfinite(squares).all())):
             for name, value in (("X", X), ("y", y)):
                 if not bool(torch.isfinite(value).all()):
                     raise ValueError(f"{name} must contain only finite values (found NaN or inf)")
             raise ValueError("X and y are too large: their products overflow the statistics' dtype")
         self.shift_x, self.shift_y = shift_x, shift_y
         self.count += counts.to(dtype)
-        self.sum_x += products[..., :d, -1]
-        self.sum_y += products[..., d:-1, -1]
+        self.sum_x += products[..., :d, d]
+        self.sum_y += products[..., d, d + 1 :]
         self.xx += products[..., :d, :d]
-        self.xy += products[..., :d, d:-1]
-        self.yy += products[..., d:-1, d:-1].diagonal(dim1=-2, dim2=-1)
+        self.xy += products[..., :d, d + 1 :]
+        self.yy += squares
 
 
 def _centred_stats(count: Tensor, sum_x: Tensor, sum_y: Tensor, xx: Tensor, xy: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -167,7 +172,8 @@ def ridge_solve(gram: Tensor, cross: Tensor, alpha: float) -> Tensor:
     factorised = (info == 0) & well_posed
     lower = torch.where(factorised[..., None, None], lower, eye)  # placeholders, solved below
     weights = torch.cholesky_inverse(lower) @ cross
-    failed = ~factorised | ~torch.isfinite(weights).flatten(-2).all(dim=-1)
+    # A non-finite entry makes the sum non-finite (a finite sum that overflows only sends a matrix the safe way too)
+    failed = ~factorised | ~torch.isfinite(weights.sum(dim=(-2, -1)))
     if bool(failed.any()):
         eigvals, eigvecs = torch.linalg.eigh(gram[failed])
         shifted = eigvals.clamp_min(0) + alpha
@@ -295,14 +301,15 @@ class RidgeProbeSweep(BaseEstimator):
         sse_path = []
         for alpha in alphas:
             w = ridge_solve(gram, cross, alpha)  # [fold, site, d, t]
-            b = mean_y - (mean_x[..., None] * w).sum(dim=-2)
+            b = mean_y - (mean_x[..., None, :] @ w).squeeze(-2)
+            # Σ over the fold of (y − b − wᵀx)²; the [d, t] terms in one pass, as (xx w − 2 xy)·w (few large temporaries)
+            quadratic = (st.xx @ w).sub_(st.xy, alpha=2).mul_(w).sum(dim=-2)
             sse = (
                 st.yy
                 - 2 * b * st.sum_y
-                - 2 * (w * st.xy).sum(dim=-2)
                 + n_k * b**2
-                + 2 * b * (st.sum_x[..., None] * w).sum(dim=-2)
-                + (w * (st.xx @ w)).sum(dim=-2)
+                + 2 * b * (st.sum_x[..., None, :] @ w).squeeze(-2)
+                + quadratic
             )
             sse_path.append(sse.sum(dim=0))
         sse_path = torch.stack(sse_path)  # [alpha, site, t]

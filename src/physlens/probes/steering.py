@@ -172,8 +172,13 @@ def steering_sweep(
     states = contexts.states.to(device=model_device(model), dtype=model_dtype(model))
     every = positions == "all"
     base = _steered_frequency(model, direction, 0 * push, states, n_steps, contexts.dt, every)
-    shift = np.stack([(_steered_frequency(model, direction, a * push, states, n_steps, contexts.dt, every) - base).numpy() for a in alphas])
-    control = np.stack([(_steered_frequency(model, direction, a * random, states, n_steps, contexts.dt, every) - base).numpy() for a in alphas])
+
+    def shifts(unit: Tensor) -> np.ndarray:
+        # α = 0 adds zeros: that rollout is the base itself, so its shift is exactly 0 (NaN where the base has no frequency)
+        return np.stack([(base - base if a == 0 else _steered_frequency(model, direction, a * unit, states, n_steps, contexts.dt, every)
+                          - base).numpy() for a in alphas])
+
+    shift, control = shifts(push), shifts(random)
     valid = np.isfinite(shift).all(axis=0) & np.isfinite(control).all(axis=0)
     if int(valid.sum()) < 2:
         raise ValueError("fewer than 2 steered rollouts stay underdamped rotations at every α: no frequency can be read; use smaller alphas")

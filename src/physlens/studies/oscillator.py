@@ -291,7 +291,23 @@ def run(spec: dict[str, Any], out_dir: Path, *, progress: bool, resume: bool = F
     save_checkpoint(out_dir / "model", model, metadata={"study": study.name, "steps": config.steps}, system=system,
                     study=kept.read_text(encoding="utf-8") if kept.is_file() else None)
     model.eval()
+    report = analyse_trained(study, model, result, progress=progress)
+    report.timings["study_s"] = time.perf_counter() - start
+    report.write(out_dir)
 
+
+def analyse_trained(study: OscillatorStudy, model: OscillatorTransformer, result: TrainResult | None, *, progress: bool) -> Report:
+    """Everything a study does once ``model`` is trained, as :func:`run` does it: judge the task against the
+    references, report it, the setup (when the training ``result`` is given) and every analysis.
+
+    Returns the report, not yet written. Its ``timings`` hold the analysis phase: ``evaluation_s`` (fitting the
+    references, scoring the model and writing the task section), ``analyses`` per section, and their total
+    ``analysis_phase_s``, each in wall seconds and, under the same name ending ``cpu_s``, CPU seconds of the
+    calling thread (``time.thread_time``; torch runs on ``[study] threads`` of them).
+    """
+    system, config, options = study.system, study.train_config, study.evaluation
+    model.eval()
+    wall, cpu = time.perf_counter(), time.thread_time()
     references = fit_linear_references(system, options.context_len, seed=study.seeds["reference fits"])
     in_dist = evaluate_task(model, system, n_traj=options.n_trajectories, context_len=options.context_len,
                             n_steps=options.rollout_steps, seed=study.seeds["evaluation"], references=references)
@@ -310,7 +326,9 @@ def run(spec: dict[str, Any], out_dir: Path, *, progress: bool, resume: bool = F
         report.paragraph(study.description)
     _report_task(report, verdict, in_dist, ood, options, model, system, study.seeds["evaluation"])
     _report_what_it_answers(report, in_dist, ood, model, system)
-    _report_setup(report, system, model, config, result)
+    report.timings.update(evaluation_s=time.perf_counter() - wall, evaluation_cpu_s=time.thread_time() - cpu)
+    if result is not None:
+        _report_setup(report, system, model, config, result)
     if model.cfg.attn_window == 1 and model.cfg.attn_only:
         _report_linear_map(report, model, system)
     report.metrics["seeds"] = dict(study.seeds)
@@ -318,8 +336,10 @@ def run(spec: dict[str, Any], out_dir: Path, *, progress: bool, resume: bool = F
         context = AnalysisContext(model=model, system=system, seq_len=config.seq_len, loss_positions=config.loss_positions,
                                   seed=study.seed, progress=progress, verdict=verdict, report=report)
         run_analyses(context, study.analyses)
-    report.timings["study_s"] = time.perf_counter() - start
-    report.write(out_dir)
+    report.timings.update(analysis_phase_s=report.timings["evaluation_s"] + sum(report.timings.get("analyses", {}).values()),
+                          analysis_phase_cpu_s=report.timings["evaluation_cpu_s"]
+                          + sum(report.timings.get("analyses_cpu_s", {}).values()))
+    return report
 
 
 def _interval_cell(interval: Any) -> str:
@@ -572,5 +592,5 @@ def _matrix_text(matrix: torch.Tensor) -> str:
     return "[" + "; ".join(" ".join(f"{float(v):+.8f}" for v in row) for row in matrix) + "]"
 
 
-__all__ = ["EvaluationOptions", "OscillatorStudy", "build_model", "build_system", "learned_linear_map", "oracle_round_off", "parse_study",
+__all__ = ["EvaluationOptions", "OscillatorStudy", "analyse_trained", "build_model", "build_system", "learned_linear_map", "oracle_round_off", "parse_study",
            "run"]

@@ -58,6 +58,17 @@ class TaskEvaluation:
     seeds: dict[str, int]  # the streams the trajectories and the reference fits were drawn from
     scores: dict[str, PredictorScores] = field(default_factory=dict)
     n_resamples: int = 2000  # bootstrap resamples behind every interval
+    # Intervals already computed: the report's tables and to_dict() ask for the same ones, and each is a bootstrap.
+    _intervals: dict[tuple[Any, ...], tuple[tuple[np.ndarray, ...], Interval]] = field(
+        default_factory=dict, init=False, repr=False, compare=False)
+
+    def _interval(self, key: tuple[Any, ...], arrays: tuple[np.ndarray, ...], compute: Callable[[], Interval]) -> Interval:
+        # Keyed by the arrays' identities too (and holding them, so no identity is reused while cached): replaced
+        # scores are never answered from the cache.
+        key = (*key, *(id(a) for a in arrays), self.n_resamples, self.seeds["bootstrap"])
+        if key not in self._intervals:
+            self._intervals[key] = (arrays, compute())
+        return self._intervals[key][1]
 
     @property
     def n_trajectories(self) -> int:
@@ -76,23 +87,24 @@ class TaskEvaluation:
 
     def next_step_mse(self, name: str = MODEL) -> Interval:
         """Mean squared error of the next state after the context (the training loss at the last position)."""
-        return bootstrap_interval(self._predictor(name).one_step_squared_error, _mean, n_resamples=self.n_resamples,
-                                  seed=self.seeds["bootstrap"])
+        sample = self._predictor(name).one_step_squared_error
+        return self._interval(("mse", name), (sample,), lambda: bootstrap_interval(sample, _mean, n_resamples=self.n_resamples,
+                                                                                   seed=self.seeds["bootstrap"]))
 
     def rollout_median(self, name: str = MODEL, horizon: int | None = None) -> Interval:
         """Median over trajectories of the relative rollout error at step ``horizon`` (default: the last)."""
         step = self._step(self.n_steps if horizon is None else horizon)
-        return bootstrap_interval(self._predictor(name).rollout_error[:, step], n_resamples=self.n_resamples,
-                                  seed=self.seeds["bootstrap"])
+        errors = self._predictor(name).rollout_error
+        return self._interval(("median", name, step), (errors,), lambda: bootstrap_interval(
+            errors[:, step], n_resamples=self.n_resamples, seed=self.seeds["bootstrap"]))
 
     def rollout_difference(self, name: str, reference: str, horizon: int | None = None) -> Interval:
         """Paired interval of median error(``name``) − median error(``reference``) at ``horizon``:
         below zero means ``name`` rolls out better than ``reference`` on these trajectories."""
         step = self._step(self.n_steps if horizon is None else horizon)
-        return paired_difference_interval(
-            self._predictor(name).rollout_error[:, step], self._predictor(reference).rollout_error[:, step],
-            n_resamples=self.n_resamples, seed=self.seeds["bootstrap"],
-        )
+        mine, theirs = self._predictor(name).rollout_error, self._predictor(reference).rollout_error
+        return self._interval(("difference", name, reference, step), (mine, theirs), lambda: paired_difference_interval(
+            mine[:, step], theirs[:, step], n_resamples=self.n_resamples, seed=self.seeds["bootstrap"]))
 
     def judge(self, criteria: TaskCriteria, *, label: str = "") -> TaskVerdict:
         """Check every criterion on these trajectories (see :class:`TaskCriteria`); ``label`` (e.g.
@@ -250,9 +262,8 @@ def score_predictor(
     device = parameters[0].device if parameters else trajectories.states.device
     states = trajectories.states.to(device=device, dtype=dtype)
     context, truth = states[:, :context_len], trajectories.states[:, context_len:].to(torch.float64)
-    with torch.no_grad():
-        next_state = predictor(context)[:, -1].to(torch.float64).cpu()
     path = rollout(predictor, context, n_steps).to(torch.float64).cpu()
+    next_state = path[:, 0]  # the rollout's first step is the prediction from the context itself
     truth = truth.cpu()
     squared = (next_state - truth[:, 0]).pow(2).mean(dim=-1)
     relative = relative_error(next_state[:, None], truth[:, :1])[:, 0]

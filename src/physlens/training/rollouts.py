@@ -10,12 +10,89 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from jaxtyping import Float
-from torch import Tensor
+from torch import Tensor, nn
 
 from physlens._validation import check_finite, check_positive_int, check_shape
+from physlens.models.components import MLP, Attention, Block
+from physlens.models.transformer import OscillatorTransformer
 from physlens.systems.base import System, TrajectoryBatch
 from physlens.training._compile import compile_or_eager
+
+ROLLOUT_CHUNK = 128
+"""Trajectories a rollout step of the transformer handles at once: its activations then stay in cache."""
+
+
+def _hooked(module: nn.Module) -> bool:
+    """Whether anything would see or change ``module``'s activations: a hook on it or on any submodule, or a global one."""
+    if nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks:
+        return True
+    return any(m._forward_hooks or m._forward_pre_hooks for m in module.modules())
+
+
+def last_position_step(model: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor] | None:
+    """``model(states)[:, -1:]`` computed without what the last position does not need, or ``None`` where that
+    cannot be done safely.
+
+    For an :class:`~physlens.models.transformer.OscillatorTransformer` built from the stock components, with
+    no hook attached anywhere: the last block's query, attention output and MLP are computed at the last
+    position only (the keys and values at every position), each block's query, key and value projections
+    are one matrix product, and the heads attend with ``scaled_dot_product_attention``. The result equals
+    the hooked forward up to float rounding. Anything else — another predictor, a model with a hook (an
+    ablation or a steering push), a subclass with its own attention or MLP — gives ``None``: call the model.
+    """
+    if type(model) is not OscillatorTransformer or _hooked(model):
+        return None
+    blocks = list(model.blocks)
+    if not all(type(b) is Block and type(b.attn) is Attention and (b.attn_only or type(b.mlp) is MLP) for b in blocks):
+        return None
+    cfg = model.cfg
+    heads, d_head = cfg.n_heads, cfg.d_head
+
+    def joined(attn: Attention) -> tuple[Tensor, Tensor | None, Tensor]:
+        weight = torch.cat([attn.W_Q, attn.W_K, attn.W_V])  # [3·head, d_model, d_head]
+        weight = weight.permute(1, 0, 2).reshape(cfg.d_model, 3 * heads * d_head)  # [d_model, (qkv head d_head)]
+        bias = torch.cat([attn.b_Q, attn.b_K, attn.b_V]).reshape(-1) if cfg.attn_bias else None
+        return weight.detach(), bias, attn.W_O.detach().reshape(heads * d_head, cfg.d_model)
+
+    weights = [joined(block.attn) for block in blocks]
+
+    @torch.no_grad()
+    def step(states: Tensor) -> Tensor:
+        batch, n_pos, _ = states.shape
+        scale = None
+        if cfg.scale_by_first_state:  # as the model does: states in units of the first state's size, scaled back at the end
+            scale = torch.linalg.vector_norm(states[:, :1], dim=-1, keepdim=True).clamp_min(torch.finfo(states.dtype).tiny)
+            states = states / scale
+        resid = model.embed(states)
+        if cfg.positional_embedding:
+            resid = resid + model.W_pos[:n_pos]
+        allowed = blocks[0].attn.mask[:n_pos, :n_pos]  # [q, k]
+        full_causal = cfg.causal and cfg.attn_window is None
+        for index, (block, (w_qkv, b_qkv, w_o)) in enumerate(zip(blocks, weights)):
+            last = index == len(blocks) - 1
+            qkv = block.ln1(resid) @ w_qkv
+            if b_qkv is not None:
+                qkv = qkv + b_qkv
+            q, k, v = qkv.view(batch, n_pos, 3, heads, d_head).permute(2, 0, 3, 1, 4)  # each [batch, head, pos, d_head]
+            if last:  # only the last position's output is read: its query alone
+                q, resid = q[:, :, -1:], resid[:, -1:]
+                z = F.scaled_dot_product_attention(q, k, v, attn_mask=None if full_causal else allowed[-1:])
+            else:
+                z = F.scaled_dot_product_attention(q, k, v, is_causal=full_causal, attn_mask=None if full_causal else allowed)
+            resid = resid + z.transpose(1, 2).reshape(batch, -1, heads * d_head) @ w_o
+            if not block.attn_only:
+                resid = resid + block.mlp(block.ln2(resid))
+        output = model.unembed(model.ln_final(resid))
+        return output if scale is None else output * scale
+
+    def chunked(states: Tensor) -> Tensor:
+        if len(states) <= ROLLOUT_CHUNK:
+            return step(states)
+        return torch.cat([step(part) for part in states.split(ROLLOUT_CHUNK)])
+
+    return chunked
 
 
 @torch.no_grad()
@@ -33,7 +110,9 @@ def rollout(
     window as long as the context it was given) and its prediction at the last position is
     appended. Returns only the predicted states. ``compile=True`` runs the model through
     ``torch.compile`` (every step has the same shape, so it compiles once; eager, with a warning,
-    where no compiler exists): worth it for long rollouts, not for a few steps.
+    where no compiler exists): worth it for long rollouts, not for a few steps. Eager, an unhooked
+    transformer steps through :func:`last_position_step`, which skips the work the last position
+    does not need.
     """
     if context.ndim != 3:
         raise ValueError(f"context must have shape [batch, t0, d], got {list(context.shape)}")
@@ -47,6 +126,8 @@ def rollout(
         raise ValueError(f"context must hold at least window={window} states, got {context.shape[1]}")
     history = context[:, -window:]
     step = compile_or_eager(model, context.device, "rollout") if compile else model
+    if step is model:  # eager, asked for or where nothing compiles
+        step = last_position_step(model) or model
     predictions = []
     for _ in range(n_steps):
         next_state = step(history)[:, -1:]
@@ -124,4 +205,4 @@ def evaluate_rollout(
     return RolloutEvaluation(trajectories, context_len, predicted, error)
 
 
-__all__ = ["RolloutEvaluation", "evaluate_rollout", "relative_error", "rollout"]
+__all__ = ["ROLLOUT_CHUNK", "RolloutEvaluation", "evaluate_rollout", "last_position_step", "relative_error", "rollout"]

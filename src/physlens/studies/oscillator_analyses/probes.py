@@ -227,18 +227,22 @@ def _even_features(ctx, opts, data, control, targets, registered) -> tuple[list[
         metrics.append({"features": name, "target": target, "r2": r2, "control_r2": r2_control})
 
     last = ctx.seq_len - 1
-    for target in even_targets:
-        if labels[target].ndim != 1:
-            continue  # per-step even labels (energy) are probed at the sites above
-        for layer in range(ctx.model.cfg.n_layers):
-            add(f"attention weights, layer {layer}, query {last}", target, pattern_features(ctx.model, data.states, layer, last),
-                pattern_features(control, data.states, layer, last))
-        for hook, position in registered:
-            model_acts = site_features(ctx.model, data.states, [hook], [position])[0][:, 0]
-            control_acts = site_features(control, data.states, [hook], [position])[0][:, 0]
-            add(f"quadratic features, {_short_site((hook, position))}", target, quadratic_features(model_acts), quadratic_features(control_acts))
+    per_trajectory = [t for t in even_targets if labels[t].ndim == 1]  # per-step even labels (energy) are probed at the sites above
+    if not per_trajectory:
+        return rows, metrics
+    # The features do not depend on the target: each is computed once, for every target.
+    patterns = [(pattern_features(ctx.model, data.states, layer, last), pattern_features(control, data.states, layer, last))
+                for layer in range(ctx.model.cfg.n_layers)]
+    activations = [(site, site_features(ctx.model, data.states, [site[0]], [site[1]])[0][:, 0],
+                    site_features(control, data.states, [site[0]], [site[1]])[0][:, 0]) for site in registered]
+    quadratic = [(quadratic_features(model_acts), quadratic_features(control_acts)) for _, model_acts, control_acts in activations]
+    for target in per_trajectory:
+        for layer, (model_pattern, control_pattern) in enumerate(patterns):
+            add(f"attention weights, layer {layer}, query {last}", target, model_pattern, control_pattern)
+        for (site, model_acts, control_acts), (model_quadratic, control_quadratic) in zip(activations, quadratic):
+            add(f"quadratic features, {_short_site(site)}", target, model_quadratic, control_quadratic)
             if opts["nonlinear"]:
-                add(f"MLP probe, {_short_site((hook, position))}", target, model_acts, control_acts, nonlinear=True)
+                add(f"MLP probe, {_short_site(site)}", target, model_acts, control_acts, nonlinear=True)
     return rows, metrics
 
 
