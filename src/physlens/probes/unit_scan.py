@@ -125,6 +125,20 @@ def _groups(post: Tensor, similarity: float, silent: float) -> np.ndarray:
     return groups
 
 
+def _last_layer_changes(pre: Tensor, post: Tensor, W_out: Tensor, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """RMS output changes ``[model, width]`` from removing each unit of the last hidden layer, removing its
+    group, and linearising its group (pre- and post-activations ``[model, n, width]``, ``W_out`` ``[model, width, 1]``).
+
+    The output is linear in the last hidden layer, so no forward pass is needed: removing a set of units
+    subtracts their contributions w·relu(z), and linearising them adds w·min(z, 0), what their ReLU cut off.
+    """
+    weight = W_out[:, None, :, 0]  # [model, 1, width]
+    contribution, cut = post * weight, pre.clamp_max(0) * weight  # [model, n, width]
+    same = torch.from_numpy(groups[:, :, None] == groups[:, None, :]).to(pre.dtype)  # [model, unit, member]
+    group_contribution, group_cut = (torch.bmm(t, same.transpose(1, 2)) for t in (contribution, cut))  # [model, n, unit]
+    return tuple(t.square().mean(1).sqrt().numpy() for t in (contribution, group_contribution, group_cut))
+
+
 def unit_roles(
     network: Any,
     distribution: str = "product",
@@ -169,6 +183,13 @@ def unit_roles(
     for index, post in enumerate(posts):
         width = post.shape[2]
         groups = _groups(post, similarity, 1e-9)
+        if index == len(posts) - 1:
+            inputs = posts[index - 1] if index else points.to(torch.float64).unsqueeze(0).expand(n_models, -1, -1)
+            pre = torch.baddbmm(layers[index][1].unsqueeze(1), inputs, layers[index][0])
+            for key, values in zip(("removal", "group_removal", "group_linear"), _last_layer_changes(pre, post, layers[-1][0], groups)):
+                out[key].append(values / scale)
+            out["group"].append(groups)
+            continue
         removal, group_removal, group_linear = (np.zeros((n_models, width)) for _ in range(3))
         for j in range(width):
             mask = torch.zeros(n_models, width, dtype=torch.bool)
@@ -493,6 +514,8 @@ def _null_mse(layers: Layers, points: Tensor, target: Tensor, masks: list[np.nda
 
     With one hidden layer removal is linear in the output, so every draw is a quadratic form in the mask,
     exact: with C the units' contributions and r the intact residual, MSE = mean r² − 2 m·⟨C, r⟩ + mᵀ⟨C, C⟩m.
+    With more, each network runs each distinct set among its draws once: a network of a few units outside
+    the mechanism has only a few such sets, however many draws there are.
     """
     if len(layers) == 2:
         post = _activations(layers, points)[0]  # [model, n, width]
@@ -504,11 +527,24 @@ def _null_mse(layers: Layers, points: Tensor, target: Tensor, masks: list[np.nda
         mask = masks[0].astype(np.float64)
         mse = residual.square().mean(1).numpy() - 2 * (mask * cross).sum(-1) + np.einsum("dmj,mjk,dmk->dm", mask, gram, mask)
         return np.maximum(mse, 0.0)
+    units = np.concatenate(masks, axis=-1)  # [draw, model, every hidden unit]
+    n_draws, n_models, _ = units.shape
+    distinct, which = [], np.empty((n_draws, n_models), dtype=np.int64)
+    for m in range(n_models):
+        rows, inverse = np.unique(units[:, m], axis=0, return_inverse=True)
+        distinct.append(rows)
+        which[:, m] = inverse.reshape(-1)
+    n_sets = max(len(rows) for rows in distinct)
+    # [set, model, unit]: a network with fewer distinct sets repeats its first one
+    sets = np.stack([np.concatenate([rows, np.repeat(rows[:1], n_sets - len(rows), axis=0)]) for rows in distinct], axis=1)
+    per_layer = np.split(sets, np.cumsum([m.shape[-1] for m in masks])[:-1], axis=-1)
     none: list[Tensor | None] = [None] * len(layers)
-    return np.stack([
-        (_forward(layers, points, [torch.from_numpy(m[d]) for m in masks] + [None], none) - target).square().mean(1).numpy()
-        for d in range(masks[0].shape[0])
+    mse = np.stack([
+        (_forward(layers, points, [torch.from_numpy(np.ascontiguousarray(layer[k])) for layer in per_layer] + [None], none) - target)
+        .square().mean(1).numpy()
+        for k in range(n_sets)
     ])  # fmt: skip
+    return mse[which, np.arange(n_models)]
 
 
 def ablation_check(
