@@ -866,7 +866,8 @@ def _section_units(state: dict[str, Any]) -> None:
     tol = scan.tolerance_
     rows, metrics = [], {}
     test_params, test_truth = planted_networks(n_planted, width, **layout, noise=un["noise"], seed=seeds["planted"][1], distribution=dist)
-    row, metrics["held-out planted seeds"] = _role_rows(f"held-out seeds (hand-crafted pair, {dist})", scan.roles(test_params).roles[0], test_truth)
+    found_test = scan.roles(test_params)
+    row, metrics["held-out planted seeds"] = _role_rows(f"held-out seeds (hand-crafted pair, {dist})", found_test.roles[0], test_truth)
     rows.append(row)
     clean_params, clean_truth = planted_networks(n_planted, width, **layout, noise=0.0, seed=seeds["planted"][1], distribution=dist)
     row, metrics["no noise"] = _role_rows("held-out seeds, no noise", scan.roles(clean_params).roles[0], clean_truth)
@@ -894,7 +895,6 @@ def _section_units(state: dict[str, Any]) -> None:
 
     # The ablation check, calibrated where the truth is known: the held-out planted networks with the scan's roles
     # (right for 99+ % of units), and with the wrong units (creases and dead units swapped; every network's roles shuffled)
-    found_test = scan.roles(test_params)
     swapped = [np.where(r == "crease", "dead", np.where(r == "dead", "crease", r)) for r in found_test.roles]
     shuffle = np.random.default_rng(seed)
     shuffled = [np.stack([row[shuffle.permutation(row.size)] for row in r]) for r in found_test.roles]
