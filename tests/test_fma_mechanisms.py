@@ -10,6 +10,7 @@ import torch
 from numpy.testing import assert_allclose
 
 from physlens.models.mlp import EnsembleConfig, MLPEnsemble
+from physlens.probes.mechanisms import _preactivation_range
 from physlens.probes.mechanisms import (
     ACTIVE,
     DEAD,
@@ -178,6 +179,19 @@ def test_states_for_any_width_and_their_labels(rng):
     brute = torch.where(positive == 0, DEAD, torch.where(positive == inputs.shape[0], ACTIVE, STRADDLING))
     assert torch.equal(sign_pattern_states(ensemble, inputs), brute)
     assert_allclose(preactivations(ensemble, inputs), pre, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_preactivation_range_in_blocks_is_the_extremes_of_every_preactivation(rng, shared):
+    # 300 width-3 networks on 5000 shared points: blocks of 69 networks and a shorter last block
+    W_in, b_in = rng.normal(size=(300, 2, 3)), rng.normal(size=(300, 3))
+    params = {"W_in": torch.from_numpy(W_in), "b_in": torch.from_numpy(b_in),
+              "W_out": torch.ones(300, 3, 1, dtype=torch.float64), "b_out": torch.zeros(300, 1, dtype=torch.float64)}  # fmt: skip
+    inputs = sample_product(5000, rng) if shared else sample_product(300 * 200, rng).reshape(300, 200, 2)
+    pre = (inputs @ W_in if shared else np.einsum("mnd,mdh->mnh", inputs, W_in)) + b_in[:, None, :]
+    lowest, highest = _preactivation_range(params, torch.from_numpy(inputs))
+    assert_allclose(lowest.numpy(), pre.min(axis=1), rtol=1e-12, atol=1e-12)
+    assert_allclose(highest.numpy(), pre.max(axis=1), rtol=1e-12, atol=1e-12)
 
 
 def test_crease_angles_formula_and_region_mse(rng):

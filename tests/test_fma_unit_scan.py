@@ -22,7 +22,7 @@ from physlens.probes.unit_scan import (
     unit_roles,
 )
 from physlens.probes.unit_scan import _null_mse
-from physlens.systems.fma import fma_splits, sample_fma
+from physlens.systems.fma import fma_splits, optimal_plane, sample_fma
 from physlens.training.ensemble import EnsembleTrainConfig, train_ensemble
 
 
@@ -124,6 +124,63 @@ def test_the_null_is_exact_for_one_hidden_layer():
     slow = _null_mse(deep, points, target, [*masks, np.zeros((5, n, 1), dtype=bool)])
     assert fast.shape == (5, n)
     np.testing.assert_allclose(fast, slow, rtol=1e-9, atol=1e-15)
+
+
+def _numpy_output(layers, points, remove=None, linearise=None):
+    """Reference forward pass in NumPy: in hidden layer l, units remove[l] ([model, width]) set to 0 and
+    units linearise[l] passed through without their ReLU."""
+    hidden = np.broadcast_to(points.numpy(), (layers[0][0].shape[0], *points.shape))
+    for index, (W, b) in enumerate(layers):
+        pre = hidden @ W.numpy() + b.numpy()[:, None, :]
+        if index == len(layers) - 1:
+            return pre[..., 0]
+        post = np.maximum(pre, 0)
+        if linearise is not None and linearise[index] is not None:
+            post = np.where(linearise[index][:, None, :], pre, post)
+        if remove is not None and remove[index] is not None:
+            post = np.where(remove[index][:, None, :], 0.0, post)
+        hidden = post
+    raise AssertionError("unreachable")
+
+
+@pytest.mark.parametrize("hidden", [[5], [3, 4]])
+def test_unit_roles_measures_what_removing_and_linearising_do(hidden):
+    # every change unit_roles reports, against a NumPy forward pass with the unit (or its group) ablated;
+    # planted duplicates and cancelling pairs make groups of more than one unit
+    planted, _ = planted_networks(7, 8, n_dead=1, n_duplicates=1, n_cancelling=1, noise=0.01, seed=5)
+    rng = np.random.default_rng(0)
+    layers = network_layers(planted) if hidden == [5] else [
+        (torch.from_numpy(rng.normal(size=(7, fan_in, fan_out))), torch.from_numpy(rng.normal(size=(7, fan_out))))
+        for fan_in, fan_out in zip([2, *hidden], [*hidden, 1])
+    ]  # fmt: skip
+    found = unit_roles(layers, n_points=512, seed=3)
+    points = sample_fma(512, "product", seed=3, dtype="float64")[0]
+    scale = optimal_plane("product").target_variance ** 0.5
+    base = _numpy_output(layers, points)
+    n_layers = len(layers) - 1
+    for index in range(n_layers):
+        width = layers[index][0].shape[2]
+        for j in range(width):
+            one = np.zeros((7, width), dtype=bool)
+            one[:, j] = True
+            group = found.group[index] == found.group[index][:, j : j + 1]
+            for measured, kind, mask in ((found.removal_change, "remove", one), (found.group_removal_change, "remove", group),
+                                         (found.group_linearisation_change, "linearise", group)):  # fmt: skip
+                masks = [mask if layer == index else None for layer in range(n_layers)]
+                output = _numpy_output(layers, points, **{kind: masks})
+                expected = np.sqrt(np.mean((output - base) ** 2, axis=1)) / scale
+                np.testing.assert_allclose(measured[index][:, j], expected, rtol=1e-9, atol=1e-12)
+
+
+def test_the_null_of_deeper_networks_is_one_forward_pass_per_draw():
+    rng = np.random.default_rng(1)
+    layers = [(torch.from_numpy(rng.normal(size=(9, a, b))), torch.from_numpy(rng.normal(size=(9, b)))) for a, b in ((2, 3), (3, 2), (2, 1))]
+    points = sample_fma(1024, "product", seed=2, dtype="float64")[0]
+    target = points[:, 0] * points[:, 1]
+    masks = [rng.random((40, 9, 3)) < 0.3, rng.random((40, 9, 2)) < 0.3]  # few units, so draws repeat sets
+    expected = np.stack([np.mean((_numpy_output(layers, points, remove=[m[d] for m in masks] + [None]) - target.numpy()) ** 2, axis=1)
+                         for d in range(40)])  # fmt: skip
+    np.testing.assert_allclose(_null_mse(layers, points, target, masks), expected, rtol=1e-12)
 
 
 def test_trained_networks_and_the_ablation_check():

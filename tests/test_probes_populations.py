@@ -11,6 +11,7 @@ from numpy.testing import assert_allclose
 from sklearn.metrics import adjusted_rand_score, balanced_accuracy_score
 
 from physlens.probes.mechanisms import ACTIVE, DEAD, STRADDLING, handcrafted_mode3_network, mechanism_labels, network_parameters, region_mse
+from physlens.probes.populations import _adjusted_rand
 from physlens.probes.populations import (
     ari_interval,
     balanced_accuracy,
@@ -58,6 +59,22 @@ def test_ari_interval_is_one_for_matching_groups_and_its_control_is_near_zero() 
     noisy = groups.copy()
     noisy[::7] = 0
     assert ari_interval(noisy, labels, seed=0, n_resamples=100)[0].estimate == pytest.approx(adjusted_rand_score(labels, noisy))
+
+
+def test_adjusted_rand_is_scikit_learns_to_the_last_bit(rng: np.random.Generator) -> None:
+    cases = [(np.zeros(5, int), np.zeros(5, int)), (np.arange(6), np.zeros(6, int)), (np.array([0, 0, 1, 1]), np.array([0, 1, 0, 1])),
+             (np.array(["a", "b", "b"]), np.array([3, -1, -1]))]  # fmt: skip
+    for n, k, j in ((50, 3, 4), (1024, 7, 12), (205, 2, 9)):
+        truth = rng.integers(0, k, n)
+        cases += [(truth, rng.integers(0, j, n)), (truth, np.where(rng.random(n) < 0.8, truth, rng.integers(0, j, n)))]
+    for truth, groups in cases:
+        assert _adjusted_rand(truth, groups) == adjusted_rand_score(truth, groups)
+    # the bootstrap's interval is scikit-learn's index on the same resamples
+    truth, groups = cases[-1]
+    interval, _ = ari_interval(groups, truth, seed=3, n_resamples=50)
+    rows = np.random.default_rng(3).integers(0, len(truth), size=(50, len(truth)))
+    values = [adjusted_rand_score(truth[r], groups[r]) for r in rows]
+    assert (interval.low, interval.high) == (np.quantile(values, 0.025), np.quantile(values, 0.975))
 
 
 def test_balanced_accuracy_agrees_with_scikit_learn_and_best_member_finds_the_lowest(rng: np.random.Generator) -> None:

@@ -296,6 +296,38 @@ def unit_states(
     return torch.from_numpy(states.astype(np.int64))
 
 
+def _preactivation_range(network: NetworkLike, inputs: Float[Tensor, "*model n d_in"]) -> tuple[Float[Tensor, "model h"], Float[Tensor, "model h"]]:
+    """The smallest and largest pre-activation of every hidden unit over ``inputs`` (``[n, d_in]`` shared,
+    or one set per model): two ``[model, h]`` tensors, the same values :func:`preactivations` gives.
+
+    Networks are taken in blocks whose pre-activations fill a buffer allocated once (shared inputs: one
+    matrix product ``[n, d_in] @ [d_in, block·h]`` per block), so a large sample never holds all of
+    ``[model, n, h]`` at once.
+    """
+    params = network_parameters(network)
+    W_in, b_in = params["W_in"], params["b_in"]
+    n_models, d_in, width = W_in.shape
+    inputs = torch.as_tensor(inputs)
+    check_finite("inputs", inputs)
+    if inputs.ndim == 3:
+        pre = preactivations(params, inputs)
+        return pre.amin(dim=1), pre.amax(dim=1)
+    if inputs.ndim != 2 or inputs.shape[1] != d_in:
+        raise ValueError(f"inputs must have shape [n, {d_in}] or [model={n_models}, n, {d_in}], got {list(inputs.shape)}")
+    inputs = inputs.to(device=W_in.device, dtype=W_in.dtype)
+    n = inputs.shape[0]
+    block = max(1, min(n_models, _CHUNK_VALUES // max(1, n * width)))
+    buffer = torch.empty(n, block * width, dtype=W_in.dtype, device=W_in.device)
+    lowest, highest = (torch.empty(n_models * width, dtype=W_in.dtype, device=W_in.device) for _ in range(2))
+    for start in range(0, n_models, block):
+        stop = min(start + block, n_models)
+        cols = (stop - start) * width
+        pre = buffer[:, :cols]
+        torch.addmm(b_in[start:stop].reshape(cols), inputs, W_in[start:stop].permute(1, 0, 2).reshape(d_in, cols), out=pre)
+        torch.aminmax(pre, dim=0, out=(lowest[start * width : stop * width], highest[start * width : stop * width]))
+    return lowest.reshape(n_models, width), highest.reshape(n_models, width)
+
+
 def sign_pattern_states(network: NetworkLike, inputs: Float[Tensor, "*model n d_in"]) -> Tensor:
     """The all-points rule, kept for comparison: dead if the pre-activation is ≤ 0 at every input,
     active if > 0 at every input, straddling otherwise (``[model, h]``).
@@ -303,11 +335,10 @@ def sign_pattern_states(network: NetworkLike, inputs: Float[Tensor, "*model n d_
     On a sample this depends on the sample's extreme points; on the corners of the data's support
     (:func:`~physlens.systems.fma.support_vertices`) it is the corner rule that needs no data.
     """
-    pre = preactivations(network, inputs)
-    fires = pre > 0
-    states = torch.full(pre.shape[::2], STRADDLING, dtype=torch.long, device=pre.device)
-    states[~fires.any(dim=1)] = DEAD
-    states[fires.all(dim=1)] = ACTIVE
+    lowest, highest = _preactivation_range(network, inputs)
+    states = torch.full(lowest.shape, STRADDLING, dtype=torch.long, device=lowest.device)
+    states[highest <= 0] = DEAD
+    states[lowest > 0] = ACTIVE
     return states.cpu()
 
 

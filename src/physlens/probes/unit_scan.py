@@ -37,29 +37,46 @@ MECHANISM_ROLES = ("crease", "linear")
 Layers = list[tuple[Tensor, Tensor]]
 
 
-def _forward(layers: Layers, points: Tensor, remove: Sequence[Tensor | None], linearise: Sequence[Tensor | None]) -> Tensor:
+def _first_layer(layers: Layers, points: Tensor) -> tuple[Tensor, Tensor]:
+    """Pre- and post-activations ``[model, n, width]`` of the first hidden layer, which every ablation of a
+    network on the same points shares (pass them to :func:`_forward` and :func:`_activations`)."""
+    hidden = points.to(torch.float64).unsqueeze(0).expand(layers[0][0].shape[0], -1, -1)
+    pre = torch.baddbmm(layers[0][1].unsqueeze(1), hidden, layers[0][0])
+    return pre, pre.clamp_min(0)
+
+
+def _forward(
+    layers: Layers, points: Tensor, remove: Sequence[Tensor | None], linearise: Sequence[Tensor | None],
+    first: tuple[Tensor, Tensor] | None = None,
+) -> Tensor:
     """Outputs ``[model, n]`` with, in hidden layer ``l``, the units in ``remove[l]`` set to 0 and those in
-    ``linearise[l]`` passed through without their ReLU (masks ``[model, width]`` or None)."""
+    ``linearise[l]`` passed through without their ReLU (masks ``[model, width]`` or None); ``first``: the
+    first hidden layer's activations on ``points`` (:func:`_first_layer`), if already computed."""
     hidden = points.to(torch.float64).unsqueeze(0).expand(layers[0][0].shape[0], -1, -1)
     for index, (W, b) in enumerate(layers):
-        pre = torch.baddbmm(b.unsqueeze(1), hidden, W)
-        if index == len(layers) - 1:
-            return pre[..., 0]
-        post = pre.clamp_min(0)
+        shared = index == 0 and first is not None  # the caller's tensors: never written into
+        if shared:
+            pre, post = first
+        else:
+            pre = torch.baddbmm(b.unsqueeze(1), hidden, W)
+            if index == len(layers) - 1:
+                return pre[..., 0]
+            post = pre.clamp_min(0)
         if linearise[index] is not None:
-            post = torch.where(linearise[index].unsqueeze(1), pre, post)
+            post, shared = torch.where(linearise[index].unsqueeze(1), pre, post), False
         if remove[index] is not None:
-            post = post.masked_fill(remove[index].unsqueeze(1), 0.0)
+            mask = remove[index].unsqueeze(1)
+            post = post.masked_fill(mask, 0.0) if shared else post.masked_fill_(mask, 0.0)
         hidden = post
     raise AssertionError("unreachable: the last layer returns")
 
 
-def _activations(layers: Layers, points: Tensor) -> list[Tensor]:
-    """Post-activations ``[model, n, width]`` of every hidden layer."""
+def _activations(layers: Layers, points: Tensor, first: tuple[Tensor, Tensor] | None = None) -> list[Tensor]:
+    """Post-activations ``[model, n, width]`` of every hidden layer (``first`` as in :func:`_forward`)."""
     hidden = points.to(torch.float64).unsqueeze(0).expand(layers[0][0].shape[0], -1, -1)
     out = []
-    for W, b in layers[:-1]:
-        hidden = torch.baddbmm(b.unsqueeze(1), hidden, W).clamp_min(0)
+    for index, (W, b) in enumerate(layers[:-1]):
+        hidden = first[1] if index == 0 and first is not None else torch.baddbmm(b.unsqueeze(1), hidden, W).clamp_min(0)
         out.append(hidden)
     return out
 
@@ -125,6 +142,20 @@ def _groups(post: Tensor, similarity: float, silent: float) -> np.ndarray:
     return groups
 
 
+def _last_layer_changes(pre: Tensor, post: Tensor, W_out: Tensor, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """RMS output changes ``[model, width]`` from removing each unit of the last hidden layer, removing its
+    group, and linearising its group (pre- and post-activations ``[model, n, width]``, ``W_out`` ``[model, width, 1]``).
+
+    The output is linear in the last hidden layer, so no forward pass is needed: removing a set of units
+    subtracts their contributions w·relu(z), and linearising them adds w·min(z, 0), what their ReLU cut off.
+    """
+    weight = W_out[:, None, :, 0]  # [model, 1, width]
+    contribution, cut = post * weight, pre.clamp_max(0) * weight  # [model, n, width]
+    same = torch.from_numpy(groups[:, :, None] == groups[:, None, :]).to(pre.dtype)  # [model, unit, member]
+    group_contribution, group_cut = (torch.bmm(t, same.transpose(1, 2)) for t in (contribution, cut))  # [model, n, unit]
+    return tuple(t.square().mean(1).sqrt().numpy() for t in (contribution, group_contribution, group_cut))
+
+
 def unit_roles(
     network: Any,
     distribution: str = "product",
@@ -158,28 +189,35 @@ def unit_roles(
         raise ValueError(f"network must take the two inputs (m, a), got {layers[0][0].shape[1]}")
     points = sample_fma(n_points, distribution, seed=seed, dtype="float64")[0]
     scale = optimal_plane(distribution).target_variance ** 0.5
-    base = _forward(layers, points, [None] * len(layers), [None] * len(layers))
+    first = _first_layer(layers, points)
+    base = _forward(layers, points, [None] * len(layers), [None] * len(layers), first)
     n_models = base.shape[0]
 
     def change(output: Tensor) -> np.ndarray:
         return ((output - base).square().mean(1).sqrt() / scale).numpy()
 
     out: dict[str, list[np.ndarray]] = {k: [] for k in ("removal", "group_removal", "group_linear", "group")}
-    posts = _activations(layers, points)
+    posts = _activations(layers, points, first)
     for index, post in enumerate(posts):
         width = post.shape[2]
         groups = _groups(post, similarity, 1e-9)
+        if index == len(posts) - 1:
+            pre = torch.baddbmm(layers[index][1].unsqueeze(1), posts[index - 1], layers[index][0]) if index else first[0]
+            for key, values in zip(("removal", "group_removal", "group_linear"), _last_layer_changes(pre, post, layers[-1][0], groups)):
+                out[key].append(values / scale)
+            out["group"].append(groups)
+            continue
         removal, group_removal, group_linear = (np.zeros((n_models, width)) for _ in range(3))
         for j in range(width):
             mask = torch.zeros(n_models, width, dtype=torch.bool)
             mask[:, j] = True
             masks: list[Tensor | None] = [None] * len(layers)
             masks[index] = mask
-            removal[:, j] = change(_forward(layers, points, masks, [None] * len(layers)))
+            removal[:, j] = change(_forward(layers, points, masks, [None] * len(layers), first))
             group_mask = torch.from_numpy(groups == groups[:, j : j + 1])
             masks[index] = group_mask
-            group_removal[:, j] = change(_forward(layers, points, masks, [None] * len(layers)))
-            group_linear[:, j] = change(_forward(layers, points, [None] * len(layers), masks))
+            group_removal[:, j] = change(_forward(layers, points, masks, [None] * len(layers), first))
+            group_linear[:, j] = change(_forward(layers, points, [None] * len(layers), masks, first))
         out["removal"].append(removal)
         out["group_removal"].append(group_removal)
         out["group_linear"].append(group_linear)
@@ -488,27 +526,43 @@ def _random_sets(roles: UnitRoles, n_draws: int, rng: np.random.Generator) -> li
     return out
 
 
-def _null_mse(layers: Layers, points: Tensor, target: Tensor, masks: list[np.ndarray]) -> np.ndarray:
-    """MSE ``[draw, model]`` with, in every draw, the units of ``masks`` (per hidden layer, ``[draw, model, width]``) removed.
+def _null_mse(layers: Layers, points: Tensor, target: Tensor, masks: list[np.ndarray], first: tuple[Tensor, Tensor] | None = None) -> np.ndarray:
+    """MSE ``[draw, model]`` with, in every draw, the units of ``masks`` (per hidden layer, ``[draw, model, width]``) removed
+    (``first``: the first hidden layer's activations on ``points``, :func:`_first_layer`, if already computed).
 
     With one hidden layer removal is linear in the output, so every draw is a quadratic form in the mask,
     exact: with C the units' contributions and r the intact residual, MSE = mean r² − 2 m·⟨C, r⟩ + mᵀ⟨C, C⟩m.
+    With more, each network runs each distinct set among its draws once: a network of a few units outside
+    the mechanism has only a few such sets, however many draws there are.
     """
     if len(layers) == 2:
-        post = _activations(layers, points)[0]  # [model, n, width]
+        post = _activations(layers, points, first)[0]  # [model, n, width]
         contribution = post * layers[1][0][:, None, :, 0]
-        residual = _forward(layers, points, [None, None], [None, None]) - target
+        residual = _forward(layers, points, [None, None], [None, None], first) - target
         n = points.shape[0]
         gram = (torch.einsum("mnj,mnk->mjk", contribution, contribution) / n).numpy()
         cross = (torch.einsum("mnj,mn->mj", contribution, residual) / n).numpy()
         mask = masks[0].astype(np.float64)
         mse = residual.square().mean(1).numpy() - 2 * (mask * cross).sum(-1) + np.einsum("dmj,mjk,dmk->dm", mask, gram, mask)
         return np.maximum(mse, 0.0)
+    units = np.concatenate(masks, axis=-1)  # [draw, model, every hidden unit]
+    n_draws, n_models, _ = units.shape
+    distinct, which = [], np.empty((n_draws, n_models), dtype=np.int64)
+    for m in range(n_models):
+        rows, inverse = np.unique(units[:, m], axis=0, return_inverse=True)
+        distinct.append(rows)
+        which[:, m] = inverse.reshape(-1)
+    n_sets = max(len(rows) for rows in distinct)
+    # [set, model, unit]: a network with fewer distinct sets repeats its first one
+    sets = np.stack([np.concatenate([rows, np.repeat(rows[:1], n_sets - len(rows), axis=0)]) for rows in distinct], axis=1)
+    per_layer = np.split(sets, np.cumsum([m.shape[-1] for m in masks])[:-1], axis=-1)
     none: list[Tensor | None] = [None] * len(layers)
-    return np.stack([
-        (_forward(layers, points, [torch.from_numpy(m[d]) for m in masks] + [None], none) - target).square().mean(1).numpy()
-        for d in range(masks[0].shape[0])
+    mse = np.stack([
+        (_forward(layers, points, [torch.from_numpy(np.ascontiguousarray(layer[k])) for layer in per_layer] + [None], none, first) - target)
+        .square().mean(1).numpy()
+        for k in range(n_sets)
     ])  # fmt: skip
+    return mse[which, np.arange(n_models)]
 
 
 def ablation_check(
@@ -550,8 +604,10 @@ def ablation_check(
     points = sample_fma(check_positive_int("n_points", n_points), distribution, seed=check_nonnegative_int("seed", seed), dtype="float64")[0]
     target = points[:, 0] * points[:, 1]
 
+    first = _first_layer(layers, points)  # every ablation below starts from the same first hidden layer
+
     def mse(remove: list[Tensor | None], linearise: list[Tensor | None]) -> np.ndarray:
-        return (_forward(layers, points, remove, linearise) - target).square().mean(1).numpy()
+        return (_forward(layers, points, remove, linearise, first) - target).square().mean(1).numpy()
 
     def masks(kinds: Sequence[str]) -> list[Tensor | None]:
         return [torch.from_numpy(np.isin(r, kinds)) for r in roles.roles] + [None]
@@ -560,7 +616,7 @@ def ablation_check(
     plane = optimal_plane(distribution)
     n_creases = sum((r == "crease").sum(1) for r in roles.roles)
     n_outside = sum((~np.isin(r, MECHANISM_ROLES)).sum(1) for r in roles.roles)
-    null = _null_mse(layers, points, target, _random_sets(roles, n_draws, np.random.default_rng(seed))).T  # [model, draw]
+    null = _null_mse(layers, points, target, _random_sets(roles, n_draws, np.random.default_rng(seed)), first).T  # [model, draw]
     null[(n_creases == 0) | (n_outside == 0)] = np.nan
     return AblationCheck(
         intact=mse(none, none), without_creases=mse(masks(["crease"]), none), without_mechanism=mse(masks(list(MECHANISM_ROLES)), none),
