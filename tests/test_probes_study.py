@@ -310,3 +310,23 @@ def test_the_gamma_and_unscaled_study_files_run_the_sections_their_questions_nee
     assert unscaled.train_config == variable.train_config
     assert unscaled.evaluation == variable.evaluation
     assert unscaled.system.to_dict() == variable.system.to_dict()
+
+
+def test_a_report_renders_each_figure_when_attached_and_keeps_none_open(tmp_path):
+    """A study attaches dozens of figures; each is rendered to PNG and closed at once, so matplotlib never
+    holds more than one (its warning at 20 open figures reached users), and write() saves the same PNGs."""
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    plt.close("all")
+    report = Report("many")
+    for k in range(25):
+        fig, ax = plt.subplots(figsize=(2, 1))
+        ax.plot([0, 1], [0, k])
+        report.figure(f"f{k}", fig, f"figure {k}")
+        assert plt.get_fignums() == []
+    report.write(tmp_path)
+    files = sorted((tmp_path / "figures").glob("*.png"))
+    assert len(files) == 25
+    assert all(Image.open(f).format == "PNG" and Image.open(f).size[0] > 0 for f in files)
+    assert (tmp_path / "report.md").read_text().count("](figures/f") == 25

@@ -7,6 +7,7 @@ output directory; the CLI renames that directory into place only when the study 
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import math
 import types
@@ -220,7 +221,7 @@ class Report:
     title: str
     lines: list[str] = field(default_factory=list)
     metrics: dict[str, Any] = field(default_factory=dict)
-    figures: dict[str, Figure] = field(default_factory=dict)
+    figures: dict[str, bytes] = field(default_factory=dict)  # name -> PNG
     timings: dict[str, Any] = field(default_factory=dict)  # wall times, kept out of metrics.json so it is reproducible
 
     def heading(self, text: str, level: int = 2) -> None:
@@ -246,21 +247,24 @@ class Report:
         self.lines.append("")
 
     def figure(self, name: str, fig: Figure, caption: str) -> None:
-        """Attach ``fig`` (saved as ``figures/{name}.png``) with a caption."""
+        """Attach ``fig`` (saved as ``figures/{name}.png``) with a caption. The figure is rendered to
+        PNG now and closed, so a report with many figures does not keep them all open."""
         if name in self.figures:
             raise ValueError(f"figure name {name!r} is already used in this report")
-        self.figures[name] = fig
+        png = io.BytesIO()
+        fig.savefig(png, format="png", dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        self.figures[name] = png.getvalue()
         self.lines += [f"![{caption}](figures/{name}.png)", "", f"*{caption}*", ""]
 
     def write(self, directory: str | Path) -> None:
         """Write ``report.md``, ``metrics.json``, ``timings.json`` and ``figures/*.png`` into ``directory``
-        and close the figures. Non-finite numbers are written as ``null`` and listed under
-        ``"non_finite"`` (see :func:`metrics_json`)."""
+        (the PNGs rendered when they were attached). Non-finite numbers are written as ``null`` and
+        listed under ``"non_finite"`` (see :func:`metrics_json`)."""
         out = Path(directory)
         (out / "figures").mkdir(parents=True, exist_ok=True)
-        for name, fig in self.figures.items():
-            fig.savefig(out / "figures" / f"{name}.png", dpi=110, bbox_inches="tight")
-            plt.close(fig)
+        for name, png in self.figures.items():
+            (out / "figures" / f"{name}.png").write_bytes(png)
         (out / "report.md").write_text("# " + self.title + "\n\n" + "\n".join(self.lines).rstrip() + "\n")
         (out / "metrics.json").write_text(metrics_json(self.metrics))
         (out / "timings.json").write_text(metrics_json(self.timings))
