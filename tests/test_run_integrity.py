@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -381,7 +382,9 @@ def test_a_ctrl_c_swallowed_inside_a_weakref_callback_still_interrupts_the_run(t
             pass
 
         def callback(reference):
-            os.kill(os.getpid(), signal.SIGINT)
+            # to the main thread itself: os.kill lets the OS hand the signal to any thread, and a busy
+            # machine can run that thread's handler after the few statements this test leaves it
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
             sum(range(1000))  # the handler runs here, inside the callback, and its exception is dropped
 
         victim = Victim()
@@ -407,7 +410,9 @@ def test_a_ctrl_c_that_surfaces_as_another_error_is_an_interrupt(tmp_path, monke
 
     def interrupted_then_wrapped(*args, **kwargs):
         try:
-            os.kill(os.getpid(), signal.SIGINT)
+            # to the main thread itself: os.kill lets the OS hand the signal to any thread, and a busy
+            # machine can run that thread's handler after the few statements this test leaves it
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
             sum(range(1000))
         except KeyboardInterrupt as error:
             raise RuntimeError("Error calling __set_name__ on 'Descriptor' instance") from error
