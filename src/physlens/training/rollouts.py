@@ -38,7 +38,8 @@ def last_position_step(model: Callable[[Tensor], Tensor]) -> Callable[[Tensor], 
     For an :class:`~physlens.models.transformer.OscillatorTransformer` built from the stock components, with
     no hook attached anywhere: the last block's query, attention output and MLP are computed at the last
     position only (the keys and values at every position), each block's query, key and value projections
-    are one matrix product, and the heads attend with ``scaled_dot_product_attention``. The result equals
+    are one matrix product, the heads attend with ``scaled_dot_product_attention``, and the attention
+    output and the MLP's biases are added inside their matrix products (``addmm``). The result equals
     the hooked forward up to float rounding. Anything else — another predictor, a model with a hook (an
     ablation or a steering push), a subclass with its own attention or MLP — gives ``None``: call the model.
     """
@@ -57,6 +58,8 @@ def last_position_step(model: Callable[[Tensor], Tensor]) -> Callable[[Tensor], 
         return weight.detach(), bias, attn.W_O.detach().reshape(heads * d_head, cfg.d_model)
 
     weights = [joined(block.attn) for block in blocks]
+    mlps = [None if block.attn_only else tuple(p.detach() for p in (block.mlp.W_in, block.mlp.b_in, block.mlp.W_out, block.mlp.b_out))
+            for block in blocks]
 
     @torch.no_grad()
     def step(states: Tensor) -> Tensor:
@@ -70,7 +73,7 @@ def last_position_step(model: Callable[[Tensor], Tensor]) -> Callable[[Tensor], 
             resid = resid + model.W_pos[:n_pos]
         allowed = blocks[0].attn.mask[:n_pos, :n_pos]  # [q, k]
         full_causal = cfg.causal and cfg.attn_window is None
-        for index, (block, (w_qkv, b_qkv, w_o)) in enumerate(zip(blocks, weights)):
+        for index, (block, (w_qkv, b_qkv, w_o), mlp) in enumerate(zip(blocks, weights, mlps)):
             last = index == len(blocks) - 1
             qkv = block.ln1(resid) @ w_qkv
             if b_qkv is not None:
@@ -81,9 +84,14 @@ def last_position_step(model: Callable[[Tensor], Tensor]) -> Callable[[Tensor], 
                 z = F.scaled_dot_product_attention(q, k, v, attn_mask=None if full_causal else allowed[-1:])
             else:
                 z = F.scaled_dot_product_attention(q, k, v, is_causal=full_causal, attn_mask=None if full_causal else allowed)
-            resid = resid + z.transpose(1, 2).reshape(batch, -1, heads * d_head) @ w_o
-            if not block.attn_only:
-                resid = resid + block.mlp(block.ln2(resid))
+            rows = resid.shape[1]
+            # addmm adds its first argument to the fp32 (or fp64) product once, as `+` after `@` would
+            flat = torch.addmm(resid.reshape(-1, cfg.d_model), z.transpose(1, 2).reshape(-1, heads * d_head), w_o)  # [batch·rows, d_model]
+            if mlp is not None:
+                w_in, b_in, w_out, b_out = mlp
+                hidden = F.gelu(torch.addmm(b_in, block.ln2(flat), w_in))  # MLP.act_fn: the exact GELU
+                flat = flat + torch.addmm(b_out, hidden, w_out)
+            resid = flat.view(batch, rows, cfg.d_model)
         output = model.unembed(model.ln_final(resid))
         return output if scale is None else output * scale
 
