@@ -31,7 +31,17 @@ def _hooked(module: nn.Module) -> bool:
     return any(m._forward_hooks or m._forward_pre_hooks for m in module.modules())
 
 
-def last_position_step(model: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor] | None:
+@dataclass(frozen=True)
+class ResidualPush:
+    """A constant vector added to ``blocks.{layer}.hook_resid_mid`` (after the block's attention, before its MLP)
+    at window position ``position``, or at every position with ``position=None``: a steering push."""
+
+    layer: int  # the block whose resid_mid is pushed
+    vector: Tensor  # [d_model], added as is (in the model's dtype)
+    position: int | None  # window position of the push; None: every position
+
+
+def last_position_step(model: Callable[[Tensor], Tensor], *, push: ResidualPush | None = None) -> Callable[[Tensor], Tensor] | None:
     """``model(states)[:, -1:]`` computed without what the last position does not need, or ``None`` where that
     cannot be done safely.
 
@@ -42,12 +52,21 @@ def last_position_step(model: Callable[[Tensor], Tensor]) -> Callable[[Tensor], 
     output and the MLP's biases are added inside their matrix products (``addmm``). The result equals
     the hooked forward up to float rounding. Anything else — another predictor, a model with a hook (an
     ablation or a steering push), a subclass with its own attention or MLP — gives ``None``: call the model.
+
+    ``push`` adds a vector to one block's ``hook_resid_mid``, as a forward hook that adds it in place would,
+    so a steered rollout need not run the hooked forward. A push at a position outside the window
+    raises ValueError.
     """
     if type(model) is not OscillatorTransformer or _hooked(model):
         return None
     blocks = list(model.blocks)
     if not all(type(b) is Block and type(b.attn) is Attention and (b.attn_only or type(b.mlp) is MLP) for b in blocks):
         return None
+    if push is not None:
+        if not 0 <= push.layer < len(blocks):
+            raise ValueError(f"push.layer must be a block of the model (0..{len(blocks) - 1}), got {push.layer}")
+        if push.vector.shape != (model.cfg.d_model,):
+            raise ValueError(f"push.vector must have shape [{model.cfg.d_model}] (d_model), got {list(push.vector.shape)}")
     cfg = model.cfg
     heads, d_head = cfg.n_heads, cfg.d_head
 
@@ -87,6 +106,8 @@ def last_position_step(model: Callable[[Tensor], Tensor]) -> Callable[[Tensor], 
             rows = resid.shape[1]
             # addmm adds its first argument to the fp32 (or fp64) product once, as `+` after `@` would
             flat = torch.addmm(resid.reshape(-1, cfg.d_model), z.transpose(1, 2).reshape(-1, heads * d_head), w_o)  # [batch·rows, d_model]
+            if push is not None and push.layer == index:  # the block's resid_mid
+                flat = _pushed(flat.view(batch, rows, cfg.d_model), push, n_pos).view(-1, cfg.d_model)
             if mlp is not None:
                 w_in, b_in, w_out, b_out = mlp
                 hidden = F.gelu(torch.addmm(b_in, block.ln2(flat), w_in))  # MLP.act_fn: the exact GELU
@@ -101,6 +122,19 @@ def last_position_step(model: Callable[[Tensor], Tensor]) -> Callable[[Tensor], 
         return torch.cat([step(part) for part in states.split(ROLLOUT_CHUNK)])
 
     return chunked
+
+
+def _pushed(resid: Tensor, push: ResidualPush, n_pos: int) -> Tensor:
+    """``resid`` (the window's last ``resid.shape[1]`` positions of ``n_pos``) with ``push`` added where it lands."""
+    if push.position is not None and not 0 <= push.position < n_pos:
+        raise ValueError(f"the window has {n_pos} positions; the push sits at position {push.position}")
+    resid = resid.clone()
+    vector = push.vector.to(resid)
+    if push.position is None:
+        resid += vector
+    elif push.position >= n_pos - resid.shape[1]:  # the position is among those computed here
+        resid[:, push.position - (n_pos - resid.shape[1])] += vector
+    return resid
 
 
 @torch.no_grad()
@@ -213,4 +247,4 @@ def evaluate_rollout(
     return RolloutEvaluation(trajectories, context_len, predicted, error)
 
 
-__all__ = ["ROLLOUT_CHUNK", "RolloutEvaluation", "evaluate_rollout", "last_position_step", "relative_error", "rollout"]
+__all__ = ["ROLLOUT_CHUNK", "ResidualPush", "RolloutEvaluation", "evaluate_rollout", "last_position_step", "relative_error", "rollout"]
