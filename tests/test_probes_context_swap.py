@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from numpy.testing import assert_allclose
@@ -88,3 +89,23 @@ def test_steering_with_a_probe_from_another_model_is_refused():
         steering_sweep(other, direction, SYSTEM.sample(4, 10, seed=9), [0.0, 0.1])
     with pytest.raises(ValueError, match="alphas must hold 0"):
         steering_sweep(fitted_on, direction, SYSTEM.sample(4, 10, seed=9), [0.1, 0.2])
+
+
+@pytest.mark.parametrize("positions", ["probe", "all"])
+def test_steering_a_transformer_at_resid_mid_equals_steering_through_the_hook(positions):
+    # The unhooked rollout step adds the push itself; any other hook on the model sends the sweep through
+    # the hooked forward, whose hook adds it in place: the independent reference.
+    from physlens.models.transformer import OscillatorTransformer, TransformerConfig
+
+    cfg = TransformerConfig(n_layers=2, d_model=8, n_heads=2, d_head=4, n_ctx=12, dtype="float64", seed=3, causal=True,
+                            attn_only=False, positional_embedding=True, scale_by_first_state=True)
+    model = OscillatorTransformer(cfg).eval()
+    direction = fit_probe_direction(model, SYSTEM.sample(64, 12, seed=1), "blocks.0.hook_resid_mid", 11, "omega0", seq_len=12)
+    contexts = SYSTEM.sample(16, 12, seed=2)
+    alphas = [-0.5, 0.0, 0.5, 1.0]
+    fast = steering_sweep(model, direction, contexts, alphas, n_steps=6, positions=positions, n_resamples=200)
+    with model.hooks(fwd_hooks=[("hook_embed", lambda activation, hook: activation)]):
+        hooked = steering_sweep(model, direction, contexts, alphas, n_steps=6, positions=positions, n_resamples=200)
+    assert_allclose(fast.omega0_shift, hooked.omega0_shift, rtol=1e-8, atol=1e-10)
+    assert_allclose(fast.control_shift, hooked.control_shift, rtol=1e-8, atol=1e-10)
+    assert np.nanmax(abs(fast.omega0_shift)) > 1e-3  # the push did act (an untrained model: most rollouts are no rotation, NaN)

@@ -10,7 +10,7 @@ from numpy.testing import assert_allclose
 
 from physlens.models.organisms import LeastSquaresOrganism
 from physlens.models.transformer import OscillatorTransformer, TransformerConfig
-from physlens.training.rollouts import ROLLOUT_CHUNK, last_position_step, rollout
+from physlens.training.rollouts import ROLLOUT_CHUNK, ResidualPush, last_position_step, rollout
 
 
 def _model(**options) -> OscillatorTransformer:
@@ -79,3 +79,44 @@ def test_other_predictors_have_no_last_position_step():
     assert last_position_step(torch.nn.Identity()) is None
     assert last_position_step(LeastSquaresOrganism(window=4)) is None
     assert last_position_step(Subclass(_model().cfg)) is None
+
+
+def _hooked_pushed_rollout(model: OscillatorTransformer, push: ResidualPush, context: torch.Tensor, n_steps: int) -> torch.Tensor:
+    def add(activation, hook):
+        where = slice(None) if push.position is None else push.position
+        activation[:, where] += push.vector
+        return activation
+
+    with model.hooks(fwd_hooks=[(f"blocks.{push.layer}.hook_resid_mid", add)]):
+        return _hooked_rollout(model, context, n_steps)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("layer", [0, 1])
+@pytest.mark.parametrize("position", [9, 4, None])
+def test_a_push_at_resid_mid_equals_a_hook_that_adds_it(causal, layer, position):
+    model = _model(causal=causal, attn_only=False, layer_norm=True, scale_by_first_state=True, positional_embedding=True)
+    vector = torch.randn(model.cfg.d_model, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    push = ResidualPush(layer, vector, position)
+    context = torch.randn(ROLLOUT_CHUNK + 3, 10, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    step = last_position_step(model, push=push)
+    assert step is not None
+    pushed = rollout(step, context, 5)
+    assert_allclose(pushed.numpy(), _hooked_pushed_rollout(model, push, context, 5).numpy(), rtol=1e-10, atol=1e-10)
+    moved = float((pushed - rollout(model, context, 5)).abs().max())
+    if position == 4 and layer == 1:  # the last block's resid_mid at an earlier position feeds only that position's output
+        assert moved == 0.0
+    else:
+        assert moved > 1e-6
+
+
+def test_a_push_outside_the_model_or_the_window_is_refused():
+    model = _model()
+    vector = torch.ones(model.cfg.d_model, dtype=torch.float64)
+    with pytest.raises(ValueError, match="push.layer"):
+        last_position_step(model, push=ResidualPush(2, vector, None))
+    with pytest.raises(ValueError, match="push.vector"):
+        last_position_step(model, push=ResidualPush(0, vector[:3], None))
+    step = last_position_step(model, push=ResidualPush(0, vector, 10))
+    with pytest.raises(ValueError, match="the push sits at position 10"):
+        step(torch.randn(2, 10, 2, dtype=torch.float64))

@@ -157,22 +157,35 @@ def test_shipped_study_files_parse():
             parse_study(tomllib.loads(file.read_text().replace('"cuda"', '"cpu"')))
 
 
+def _blas_thread_counts():
+    from threadpoolctl import threadpool_info
+
+    return [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+
+
 def test_thread_count_is_applied_for_the_run_and_restored(tmp_path, monkeypatch):
     import torch
+    from threadpoolctl import threadpool_limits
 
     import physlens.studies.oscillator as oscillator
 
-    seen = []
+    seen, seen_blas = [], []
     real_train = oscillator.train
 
     def recording_train(*args, **kwargs):
         seen.append(torch.get_num_threads())
+        seen_blas.append(_blas_thread_counts())
         return real_train(*args, **kwargs)
 
     monkeypatch.setattr(oscillator, "train", recording_train)
     before = torch.get_num_threads()
     study = _write(tmp_path, TINY.replace("steps = 600", "steps = 5").replace("seed = 1", "seed = 1\nthreads = 1"))
-    run_study(study, output_root=tmp_path / "runs", progress=False)
+    with threadpool_limits(2, user_api="blas"):  # numpy's BLAS as a multi-core machine would have it
+        blas_before = _blas_thread_counts()
+        run_study(study, output_root=tmp_path / "runs", progress=False)
+        blas_after = _blas_thread_counts()
     assert seen == [1] and torch.get_num_threads() == before
+    assert seen_blas[0] and set(seen_blas[0]) == {1}  # numpy's BLAS ran on one thread too
+    assert blas_after == blas_before
     with pytest.raises(StudySpecError, match="threads must be >= 0"):
         run_study(_write(tmp_path, TINY.replace("seed = 1", "seed = 1\nthreads = -2"), "bad.toml"), output_root=tmp_path / "runs")

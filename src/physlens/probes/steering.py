@@ -11,6 +11,7 @@ it is refused.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +25,7 @@ from physlens.probes.activations import capture_activations, check_hooks, model_
 from physlens.probes.linear_probe import DEFAULT_ALPHAS, LinearProbe
 from physlens.stats import Interval, bootstrap_interval
 from physlens.systems.oscillator import Trajectories, fit_propagator, parameters_from_propagator
-from physlens.training.rollouts import rollout
+from physlens.training.rollouts import ResidualPush, last_position_step, rollout
 
 
 def model_fingerprint(model: torch.nn.Module) -> str:
@@ -119,6 +120,14 @@ class SteeringResult:
 
 def _steered_frequency(model: Any, direction: ProbeDirection, push: Tensor, contexts: Tensor, n_steps: int, dt: float,
                        every_position: bool) -> Tensor:
+    resid_mid = re.fullmatch(r"blocks\.(\d+)\.hook_resid_mid", direction.hook)
+    if resid_mid is not None and (every_position or direction.position < contexts.shape[1]):
+        # at a block's resid_mid the unhooked rollout step adds the push itself, as the hook below would
+        step = last_position_step(model, push=ResidualPush(int(resid_mid.group(1)), push.to(contexts).reshape(-1),
+                                                           None if every_position else direction.position))
+        if step is not None:
+            return parameters_from_propagator(fit_propagator(rollout(step, contexts, n_steps).double().cpu()), dt)["omega0"]
+
     def add(activation: Tensor, hook: Any) -> Tensor:
         if position_axis(hook.name) != 1:
             raise ValueError(f"steering needs a hook with positions on axis 1, got {hook.name!r}")

@@ -17,6 +17,7 @@ interrupted.
 from __future__ import annotations
 
 import codecs
+import contextlib
 import errno
 import hashlib
 import importlib
@@ -35,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from threadpoolctl import threadpool_limits
 
 from physlens._io import (
     PARTIAL_PREFIX,
@@ -250,6 +252,15 @@ def _threads(spec: Mapping[str, Any], threads: int | None) -> int:
     return threads
 
 
+def _blas_threads(threads: int) -> contextlib.AbstractContextManager[Any]:
+    """numpy's BLAS (OpenBLAS, MKL) limited to ``threads`` threads while the context is open, then restored;
+    0 leaves it as it is. Probes and fits of a study call numpy and scipy as much as torch: on their small
+    matrices a BLAS that spreads over every core spends more CPU in its threads than it saves."""
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
+        raise ValueError(f"threads must be an integer >= 0 (0 leaves the BLAS setting), got {threads!r}")
+    return threadpool_limits(threads, user_api="blas") if threads else contextlib.nullcontext()
+
+
 def run_study(
     path: str | os.PathLike[str],
     *,
@@ -269,9 +280,10 @@ def run_study(
     finished; an interrupted run leaves ``.partial-{name}`` with its checkpoints, which
     :func:`resume_run` continues.
 
-    ``[study] threads`` (or ``threads`` here, which wins) sets torch's intra-op thread count for
-    the run and restores it afterwards: the models are tiny, and on a busy machine extra threads
-    cost far more in contention than they gain.
+    ``[study] threads`` (or ``threads`` here, which wins) sets torch's intra-op thread count, and
+    the thread count of numpy's BLAS (through threadpoolctl), for the run and restores both
+    afterwards: the models are tiny, and on a busy machine extra threads cost far more in
+    contention than they gain.
 
     While it trains, the run keeps ``progress.json`` (step, loss, time left) in its directory, which
     :func:`list_runs` reads; ``heartbeat`` also prints that as one line on stderr at most once a
@@ -562,7 +574,7 @@ def _execute(
         if "run_key" in parameters:
             options["run_key"] = run_key
         sink = ProgressSink(path=staging / PROGRESS_FILE, heartbeat=_heartbeat(claim.target.name) if heartbeat else None)
-        with reporting_progress(sink), beating_while_quiet(sink):
+        with reporting_progress(sink), beating_while_quiet(sink), _blas_threads(threads):
             module.run(dict(spec), staging, **options)
         (staging / PROGRESS_FILE).unlink(missing_ok=True)  # a finished run has no progress to show
         elapsed = time.perf_counter() - start

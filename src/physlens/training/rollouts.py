@@ -31,22 +31,42 @@ def _hooked(module: nn.Module) -> bool:
     return any(m._forward_hooks or m._forward_pre_hooks for m in module.modules())
 
 
-def last_position_step(model: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor] | None:
+@dataclass(frozen=True)
+class ResidualPush:
+    """A constant vector added to ``blocks.{layer}.hook_resid_mid`` (after the block's attention, before its MLP)
+    at window position ``position``, or at every position with ``position=None``: a steering push."""
+
+    layer: int  # the block whose resid_mid is pushed
+    vector: Tensor  # [d_model], added as is (in the model's dtype)
+    position: int | None  # window position of the push; None: every position
+
+
+def last_position_step(model: Callable[[Tensor], Tensor], *, push: ResidualPush | None = None) -> Callable[[Tensor], Tensor] | None:
     """``model(states)[:, -1:]`` computed without what the last position does not need, or ``None`` where that
     cannot be done safely.
 
     For an :class:`~physlens.models.transformer.OscillatorTransformer` built from the stock components, with
     no hook attached anywhere: the last block's query, attention output and MLP are computed at the last
     position only (the keys and values at every position), each block's query, key and value projections
-    are one matrix product, and the heads attend with ``scaled_dot_product_attention``. The result equals
+    are one matrix product, the heads attend with ``scaled_dot_product_attention``, and the attention
+    output and the MLP's biases are added inside their matrix products (``addmm``). The result equals
     the hooked forward up to float rounding. Anything else — another predictor, a model with a hook (an
     ablation or a steering push), a subclass with its own attention or MLP — gives ``None``: call the model.
+
+    ``push`` adds a vector to one block's ``hook_resid_mid``, as a forward hook that adds it in place would,
+    so a steered rollout need not run the hooked forward. A push at a position outside the window
+    raises ValueError.
     """
     if type(model) is not OscillatorTransformer or _hooked(model):
         return None
     blocks = list(model.blocks)
     if not all(type(b) is Block and type(b.attn) is Attention and (b.attn_only or type(b.mlp) is MLP) for b in blocks):
         return None
+    if push is not None:
+        if not 0 <= push.layer < len(blocks):
+            raise ValueError(f"push.layer must be a block of the model (0..{len(blocks) - 1}), got {push.layer}")
+        if push.vector.shape != (model.cfg.d_model,):
+            raise ValueError(f"push.vector must have shape [{model.cfg.d_model}] (d_model), got {list(push.vector.shape)}")
     cfg = model.cfg
     heads, d_head = cfg.n_heads, cfg.d_head
 
@@ -57,6 +77,8 @@ def last_position_step(model: Callable[[Tensor], Tensor]) -> Callable[[Tensor], 
         return weight.detach(), bias, attn.W_O.detach().reshape(heads * d_head, cfg.d_model)
 
     weights = [joined(block.attn) for block in blocks]
+    mlps = [None if block.attn_only else tuple(p.detach() for p in (block.mlp.W_in, block.mlp.b_in, block.mlp.W_out, block.mlp.b_out))
+            for block in blocks]
 
     @torch.no_grad()
     def step(states: Tensor) -> Tensor:
@@ -70,7 +92,7 @@ def last_position_step(model: Callable[[Tensor], Tensor]) -> Callable[[Tensor], 
             resid = resid + model.W_pos[:n_pos]
         allowed = blocks[0].attn.mask[:n_pos, :n_pos]  # [q, k]
         full_causal = cfg.causal and cfg.attn_window is None
-        for index, (block, (w_qkv, b_qkv, w_o)) in enumerate(zip(blocks, weights)):
+        for index, (block, (w_qkv, b_qkv, w_o), mlp) in enumerate(zip(blocks, weights, mlps)):
             last = index == len(blocks) - 1
             qkv = block.ln1(resid) @ w_qkv
             if b_qkv is not None:
@@ -81,9 +103,16 @@ def last_position_step(model: Callable[[Tensor], Tensor]) -> Callable[[Tensor], 
                 z = F.scaled_dot_product_attention(q, k, v, attn_mask=None if full_causal else allowed[-1:])
             else:
                 z = F.scaled_dot_product_attention(q, k, v, is_causal=full_causal, attn_mask=None if full_causal else allowed)
-            resid = resid + z.transpose(1, 2).reshape(batch, -1, heads * d_head) @ w_o
-            if not block.attn_only:
-                resid = resid + block.mlp(block.ln2(resid))
+            rows = resid.shape[1]
+            # addmm adds its first argument to the fp32 (or fp64) product once, as `+` after `@` would
+            flat = torch.addmm(resid.reshape(-1, cfg.d_model), z.transpose(1, 2).reshape(-1, heads * d_head), w_o)  # [batch·rows, d_model]
+            if push is not None and push.layer == index:  # the block's resid_mid
+                flat = _pushed(flat.view(batch, rows, cfg.d_model), push, n_pos).view(-1, cfg.d_model)
+            if mlp is not None:
+                w_in, b_in, w_out, b_out = mlp
+                hidden = F.gelu(torch.addmm(b_in, block.ln2(flat), w_in))  # MLP.act_fn: the exact GELU
+                flat = flat + torch.addmm(b_out, hidden, w_out)
+            resid = flat.view(batch, rows, cfg.d_model)
         output = model.unembed(model.ln_final(resid))
         return output if scale is None else output * scale
 
@@ -93,6 +122,19 @@ def last_position_step(model: Callable[[Tensor], Tensor]) -> Callable[[Tensor], 
         return torch.cat([step(part) for part in states.split(ROLLOUT_CHUNK)])
 
     return chunked
+
+
+def _pushed(resid: Tensor, push: ResidualPush, n_pos: int) -> Tensor:
+    """``resid`` (the window's last ``resid.shape[1]`` positions of ``n_pos``) with ``push`` added where it lands."""
+    if push.position is not None and not 0 <= push.position < n_pos:
+        raise ValueError(f"the window has {n_pos} positions; the push sits at position {push.position}")
+    resid = resid.clone()
+    vector = push.vector.to(resid)
+    if push.position is None:
+        resid += vector
+    elif push.position >= n_pos - resid.shape[1]:  # the position is among those computed here
+        resid[:, push.position - (n_pos - resid.shape[1])] += vector
+    return resid
 
 
 @torch.no_grad()
@@ -205,4 +247,4 @@ def evaluate_rollout(
     return RolloutEvaluation(trajectories, context_len, predicted, error)
 
 
-__all__ = ["ROLLOUT_CHUNK", "RolloutEvaluation", "evaluate_rollout", "last_position_step", "relative_error", "rollout"]
+__all__ = ["ROLLOUT_CHUNK", "ResidualPush", "RolloutEvaluation", "evaluate_rollout", "last_position_step", "relative_error", "rollout"]
