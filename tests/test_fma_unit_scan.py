@@ -11,12 +11,13 @@ import torch
 
 from physlens.models.mlp import EnsembleConfig, MLPEnsemble
 from physlens.probes.discovery import network_layers
-from physlens.probes.mechanisms import unit_states
+from physlens.probes.mechanisms import handcrafted_mode3_network, network_parameters, unit_states
 from physlens.probes.unit_scan import (
     MECHANISM_ROLES,
     UNIT_ROLES,
     UnitScan,
     ablation_check,
+    exact_unit_roles,
     planted_networks,
     role_scores,
     unit_roles,
@@ -260,3 +261,13 @@ def test_rejudging_at_another_tolerance_is_the_same_as_scanning_at_it():
     assert (measured.at_tolerance(10.0).roles[0] == "dead").all()
     with pytest.raises(ValueError, match="tolerance"):
         measured.at_tolerance(-1.0)
+
+
+def test_exact_roles_of_the_handcrafted_pair_and_of_a_silenced_unit():
+    # the seed's hand-crafted mode-3 network: a ridge along the diagonal and a linear unit
+    params = network_parameters(handcrafted_mode3_network(dtype="float64"))
+    assert exact_unit_roles(params).tolist() == [["crease", "linear"]]
+    silenced = dict(params, W_out=params["W_out"] * torch.tensor([0.0, 1.0], dtype=torch.float64)[:, None])
+    assert exact_unit_roles(silenced).tolist() == [["dead", "linear"]]
+    # at a tolerance larger than any change a unit can make, every unit does nothing
+    assert exact_unit_roles(params, tolerance=100.0).tolist() == [["dead", "dead"]]

@@ -20,6 +20,7 @@ from physlens.probes.populations import (
     label_stability,
     label_switches,
     ridge_valley_split,
+    settled_epochs,
     transfer_scores,
 )
 from physlens.systems.fma import sample_fma
@@ -49,6 +50,14 @@ def test_label_switches_count_changes_after_the_first_trained_snapshot() -> None
     assert out["transitions"] == Counter({("2", "3"): 1, ("3", "2"): 1})
     with pytest.raises(ValueError, match="one snapshot per epoch"):
         label_switches(labels, [0, 10])
+
+
+def test_settled_epochs_is_when_a_condition_starts_to_hold_to_the_end() -> None:
+    condition = np.array([[0, 1, 1, 0], [1, 1, 0, 1], [1, 1, 1, 0]], dtype=bool)  # [snapshot, model]
+    # model 0 holds from epoch 10, model 1 throughout, model 2 again from 20 after a lapse, model 3 not at the end
+    assert settled_epochs(condition, [0, 10, 20]).tolist() == [10, 0, 20, -1]
+    with pytest.raises(ValueError, match="one snapshot per epoch"):
+        settled_epochs(condition, [0, 10])
 
 
 def test_ari_interval_is_one_for_matching_groups_and_its_control_is_near_zero() -> None:

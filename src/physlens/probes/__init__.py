@@ -113,6 +113,7 @@ from physlens.probes.unit_scan import (
     UnitRoles,
     UnitScan,
     ablation_check,
+    exact_unit_roles,
     planted_networks,
     role_scores,
     unit_roles,
@@ -193,6 +194,7 @@ from physlens.probes.populations import (
     label_switches,
     refined_classes,
     ridge_valley_split,
+    settled_epochs,
     transfer_scores,
 )
 from physlens.probes.parity import ParityReport, parity_report, pattern_features, quadratic_features
@@ -223,6 +225,7 @@ __all__ = [
     "label_switches",
     "refined_classes",
     "ridge_valley_split",
+    "settled_epochs",
     "transfer_scores",
     "AlgorithmComparison",
     "compare_algorithms",
@@ -354,6 +357,7 @@ __all__ = [
     "UnitRoles",
     "UnitScan",
     "ablation_check",
+    "exact_unit_roles",
     "planted_networks",
     "role_scores",
     "unit_roles",

@@ -266,6 +266,21 @@ def transfer_scores(
             "confusion": {f"{a}->{b}": c for (a, b), c in Counter(zip(truth.tolist(), predicted.tolist())).items()}}
 
 
+def settled_epochs(condition: np.ndarray, epochs: Sequence[int]) -> np.ndarray:
+    """The epoch from which each network's ``condition`` holds at every later snapshot, −1 where it
+    does not hold at the last one.
+
+    ``condition`` is ``[snapshot, model]`` booleans at ``epochs`` (for instance: the network has two
+    creases), so the result says when a mechanism forms for good, however often it came and went
+    before.
+    """
+    condition = np.asarray(condition, dtype=bool)
+    if condition.ndim != 2 or condition.shape[0] != len(epochs) or not len(epochs):
+        raise ValueError(f"condition must be [snapshot, model] with one snapshot per epoch, got {list(condition.shape)} for {len(epochs)} epochs")
+    settled = np.flip(np.cumprod(np.flip(condition, 0), 0), 0).astype(bool)  # [snapshot, model]: holds from here on
+    return np.where(settled[-1], np.asarray(epochs)[np.argmax(settled, 0)], -1)
+
+
 __all__ = [
     "RidgeValleySplit",
     "StabilityRow",
@@ -278,5 +293,6 @@ __all__ = [
     "label_switches",
     "refined_classes",
     "ridge_valley_split",
+    "settled_epochs",
     "transfer_scores",
 ]

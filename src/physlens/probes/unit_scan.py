@@ -24,7 +24,15 @@ from torch import Tensor
 
 from physlens._validation import check_choice, check_finite_float, check_nonnegative_int, check_positive_int
 from physlens.probes.discovery import network_layers
-from physlens.probes.mechanisms import DEFAULT_TOLERANCE, handcrafted_mode3_network, network_parameters
+from physlens.probes.mechanisms import (
+    ACTIVE,
+    DEFAULT_TOLERANCE,
+    STRADDLING,
+    NetworkLike,
+    handcrafted_mode3_network,
+    network_parameters,
+    unit_states,
+)
 from physlens.stats import Interval, proportion_interval
 from physlens.systems.fma import DISTRIBUTIONS, optimal_plane, sample_fma, support_vertices
 
@@ -626,6 +634,19 @@ def ablation_check(
     )  # fmt: skip
 
 
+def exact_unit_roles(network: NetworkLike, distribution: str = "product", *, tolerance: float = DEFAULT_TOLERANCE) -> np.ndarray:
+    """The role of every unit of one-hidden-layer networks, each unit judged alone and exactly.
+
+    ``[model, h]`` of ``"crease"``, ``"linear"`` and ``"dead"``: the states of
+    :func:`~physlens.probes.unit_states` (quadrature over ``distribution``, no sample) in the unit
+    scan's words. A unit judged alone is never ``"cancelling"``. This is the truth of a trained
+    network's own units when it is embedded among planted ones (``base_roles`` of
+    :func:`planted_networks`), to score :func:`unit_roles` on units no one planted.
+    """
+    states = unit_states(network, distribution, tolerance=tolerance).numpy()
+    return np.where(states == STRADDLING, "crease", np.where(states == ACTIVE, "linear", "dead"))
+
+
 __all__ = [
     "MECHANISM_ROLES",
     "UNIT_ROLES",
@@ -634,6 +655,7 @@ __all__ = [
     "UnitRoles",
     "UnitScan",
     "ablation_check",
+    "exact_unit_roles",
     "planted_networks",
     "role_scores",
     "unit_roles",
