@@ -198,7 +198,7 @@ def rollout_energy_decay(model: Callable[[Tensor], Tensor], trajectories: Trajec
     device = parameters[0].device if parameters else trajectories.states.device
     context = trajectories.states[:, :context_len].to(device=device, dtype=dtype)
     with torch.no_grad():
-        predicted = rollout(model, context, n_steps).to(device="cpu", dtype=torch.float64)
+        predicted = rollout(model, context, n_steps, fast=True).to(device="cpu", dtype=torch.float64)
     truth = trajectories.states[:, context_len:].to(device="cpu", dtype=torch.float64)
     omega0 = trajectories.omega0.to(device="cpu", dtype=torch.float64)[:, None]
     model_energy, true_energy = energy(predicted, omega0).numpy(), energy(truth, omega0).numpy()

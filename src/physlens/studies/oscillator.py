@@ -392,7 +392,7 @@ def _report_task(report: Report, verdict: TaskVerdict, in_dist: TaskEvaluation, 
     }
     examples = system.sample(4, options.context_len + options.rollout_steps, seed=seed, energy_range=options.energy_range)
     examples = examples.to(dtype=model.W_E.dtype, device=model.cfg.device)
-    predicted = rollout(model, examples.states[:, : options.context_len], options.rollout_steps)
+    predicted = rollout(model, examples.states[:, : options.context_len], options.rollout_steps, fast=True)
     report.figure("rollout_phase_space", plot_phase_space(examples.states[:, options.context_len :], predicted),
                   f"Model rollouts (dashed) against the truth, {options.rollout_steps} steps.")
 

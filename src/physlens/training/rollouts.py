@@ -145,6 +145,7 @@ def rollout(
     *,
     window: int | None = None,
     compile: bool = False,
+    fast: bool = False,
 ) -> Float[Tensor, "batch n_steps d"]:
     """Feed the model its own predictions for ``n_steps`` steps, starting from ``context``.
 
@@ -152,9 +153,13 @@ def rollout(
     window as long as the context it was given) and its prediction at the last position is
     appended. Returns only the predicted states. ``compile=True`` runs the model through
     ``torch.compile`` (every step has the same shape, so it compiles once; eager, with a warning,
-    where no compiler exists): worth it for long rollouts, not for a few steps. Eager, an unhooked
-    transformer steps through :func:`last_position_step`, which skips the work the last position
-    does not need.
+    where no compiler exists): worth it for long rollouts, not for a few steps.
+
+    ``fast=True`` (eager only) steps an unhooked transformer through :func:`last_position_step`,
+    which skips the work the last position does not need and equals the model's forward pass to
+    float rounding, not bit for bit. Leave it off where this rollout is compared with one under a
+    hook (an ablation against its baseline): the hooked rollout takes the model's forward pass, and
+    the two would then differ by rounding even where the hook changes nothing.
     """
     if context.ndim != 3:
         raise ValueError(f"context must have shape [batch, t0, d], got {list(context.shape)}")
@@ -168,7 +173,7 @@ def rollout(
         raise ValueError(f"context must hold at least window={window} states, got {context.shape[1]}")
     history = context[:, -window:]
     step = compile_or_eager(model, context.device, "rollout") if compile else model
-    if step is model:  # eager, asked for or where nothing compiles
+    if fast and step is model:  # eager, asked for or where nothing compiles
         step = last_position_step(model) or model
     predictions = []
     for _ in range(n_steps):
