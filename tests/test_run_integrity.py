@@ -363,8 +363,20 @@ def test_a_checkpoints_entry_that_is_not_a_directory_is_named_and_the_run_kept(t
     assert (staging / "study.toml").is_file()
 
 
+@pytest.fixture
+def default_sigint():
+    """Python's own Ctrl-C handler for the test. A shell without job control starts a background command
+    with SIGINT ignored (`nohup pytest &`), and a run rightly leaves a handler it did not expect alone, so
+    these tests set the ordinary one first and restore what was there."""
+    import signal
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
-def test_a_ctrl_c_swallowed_inside_a_weakref_callback_still_interrupts_the_run(tmp_path, monkeypatch):
+def test_a_ctrl_c_swallowed_inside_a_weakref_callback_still_interrupts_the_run(tmp_path, monkeypatch, default_sigint):
     """Before: 5 of 23 Ctrl-C landed in a weakref callback, where Python prints the KeyboardInterrupt and drops
     it, and the run finished with exit 0."""
     import gc
@@ -401,7 +413,7 @@ def test_a_ctrl_c_swallowed_inside_a_weakref_callback_still_interrupts_the_run(t
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
-def test_a_ctrl_c_that_surfaces_as_another_error_is_an_interrupt(tmp_path, monkeypatch):
+def test_a_ctrl_c_that_surfaces_as_another_error_is_an_interrupt(tmp_path, monkeypatch, default_sigint):
     """Before: a Ctrl-C landing in class creation surfaced as "RuntimeError: Error calling __set_name__" and the
     run exited 2 as if it had failed."""
     import signal
