@@ -13,7 +13,6 @@ acts element by element.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -28,6 +27,7 @@ from physlens.training import _fused
 from physlens.training.ensemble import (
     EnsembleTrainConfig,
     _fused_chunk_epochs,
+    _fused_or_eager,
     _FusedSteps,
     _HandGradientSteps,
     member_guard,
@@ -101,16 +101,7 @@ def select_deep_backend(ensemble: DeepMLPEnsemble, config: EnsembleTrainConfig) 
     As for one hidden layer: ``backend="auto"`` picks the fused kernel where it can run and otherwise
     the eager step, with a warning on the CPU that says why; ``backend="fused"`` raises instead.
     """
-    if config.backend == "eager":
-        return "eager"
-    reason = deep_fused_unavailable_reason(ensemble)
-    if reason is None:
-        return "fused"
-    if config.backend == "fused":
-        raise RuntimeError(f"backend='fused' cannot train this ensemble: {reason}")
-    if ensemble.device.type == "cpu":
-        warnings.warn(f"train_deep_ensemble uses the slower eager step: {reason}", stacklevel=3)
-    return "eager"
+    return _fused_or_eager(config.backend, ensemble, deep_fused_unavailable_reason, "train_deep_ensemble")
 
 
 def _fused_steps(

@@ -26,7 +26,7 @@ import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -212,15 +212,22 @@ def select_backend(ensemble: MLPEnsemble, config: EnsembleTrainConfig) -> str:
             return "compiled"
         warnings.warn(f"train_ensemble uses the eager step: {reason}", stacklevel=3)
         return "eager"
-    if config.backend == "eager":
+    return _fused_or_eager(config.backend, ensemble, fused_unavailable_reason, "train_ensemble")
+
+
+def _fused_or_eager(backend: str, ensemble: Any, unavailable: Callable[[Any], str | None], trainer: str) -> str:
+    """``"fused"`` or ``"eager"`` for ``backend`` (``"auto"``, ``"fused"`` or ``"eager"``): the fused
+    kernel where ``unavailable(ensemble)`` gives no reason; otherwise ``backend="fused"`` raises and
+    ``"auto"`` falls back to the eager step, with a warning naming ``trainer`` and the reason on the CPU."""
+    if backend == "eager":
         return "eager"
-    reason = fused_unavailable_reason(ensemble)
+    reason = unavailable(ensemble)
     if reason is None:
         return "fused"
-    if config.backend == "fused":
+    if backend == "fused":
         raise RuntimeError(f"backend='fused' cannot train this ensemble: {reason}")
     if ensemble.device.type == "cpu":
-        warnings.warn(f"train_ensemble uses the slower eager step: {reason}", stacklevel=3)
+        warnings.warn(f"{trainer} uses the slower eager step: {reason}", stacklevel=4)
     return "eager"
 
 
