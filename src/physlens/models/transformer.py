@@ -88,6 +88,12 @@ def _block(cfg: TransformerConfig, generator: torch.Generator) -> Block:
     return Block(attn, mlp, *norms)
 
 
+def _first_state_size(states: Tensor) -> Tensor:
+    """‖states[:, 0]‖ per example, ``[batch, 1, 1]`` and at least the dtype's smallest normal number: the
+    scale a ``scale_by_first_state`` model divides its input by and multiplies its prediction with."""
+    return torch.linalg.vector_norm(states[:, :1], dim=-1, keepdim=True).clamp_min(torch.finfo(states.dtype).tiny)
+
+
 @register_model
 class OscillatorTransformer(HookedModel):
     """A tiny transformer over phase-space sequences: [batch, pos, 2] states → [batch, pos, 2] next states.
@@ -176,8 +182,7 @@ class OscillatorTransformer(HookedModel):
             # The dynamics are linear, so s → λs must give λ·prediction: the blocks see states in units of
             # the first state's size and the prediction is scaled back. The first state is visible to every
             # position (causal or not), so this leaks nothing from later positions.
-            size = torch.linalg.vector_norm(states[:, :1], dim=-1, keepdim=True)  # [batch, 1, 1]
-            scale = self.hook_input_scale(size.clamp_min(torch.finfo(states.dtype).tiny))
+            scale = self.hook_input_scale(_first_state_size(states))
             states = states / scale
         resid = self.hook_embed(self.embed(states))
         if self.cfg.positional_embedding:

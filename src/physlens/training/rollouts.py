@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from physlens._validation import check_finite, check_positive_int, check_shape
 from physlens.models.components import MLP, Attention, Block
-from physlens.models.transformer import OscillatorTransformer
+from physlens.models.transformer import OscillatorTransformer, _first_state_size
 from physlens.systems.base import System, TrajectoryBatch
 from physlens.training._compile import compile_or_eager
 
@@ -85,7 +85,7 @@ def last_position_step(model: Callable[[Tensor], Tensor], *, push: ResidualPush 
         batch, n_pos, _ = states.shape
         scale = None
         if cfg.scale_by_first_state:  # as the model does: states in units of the first state's size, scaled back at the end
-            scale = torch.linalg.vector_norm(states[:, :1], dim=-1, keepdim=True).clamp_min(torch.finfo(states.dtype).tiny)
+            scale = _first_state_size(states)
             states = states / scale
         resid = model.embed(states)
         if cfg.positional_embedding:
