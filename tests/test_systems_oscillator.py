@@ -24,6 +24,7 @@ from physlens.systems import (
     evolve,
     evolve_backward,
     fit_propagator,
+    least_squares_map,
     parameters_from_propagator,
     propagator,
 )
@@ -240,6 +241,23 @@ def test_two_states_give_the_minimum_norm_map():
     fitted = fit_propagator(states)[0]
     # One transition from (1, 0): K's first column is fixed, the minimum-norm K has a zero second column.
     assert_allclose(fitted.numpy(), [[0.5, 0.0], [-0.3, 0.0]], atol=1e-15)
+
+
+def test_least_squares_map_is_numpys_least_squares_solution():
+    # numpy's lstsq (an SVD solver) is the independent reference, on full-rank and rank-deficient systems alike.
+    rng = np.random.default_rng(3)
+    current, following = rng.normal(size=(6, 9, 2)), rng.normal(size=(6, 9, 3))
+    current[1, 1:] = 0.0  # one nonzero row: rank 1
+    current[2] = 0.0  # rank 0
+    current[3, :, 1] = 2.5 * current[3, :, 0]  # parallel columns: rank 1
+    current[4, :, 1] = current[4, :, 0] * (1 + 1e-7 * rng.normal(size=9))  # nearly parallel (cond ≈ 1e7): left to the pseudo-inverse
+    fitted = least_squares_map(torch.from_numpy(current), torch.from_numpy(following)).numpy()
+    for i in range(6):
+        expected = np.linalg.lstsq(current[i], following[i], rcond=None)[0].T  # minimum-norm where rank-deficient
+        # the ill-conditioned system's answer is only determined to about cond·ε relative
+        assert_allclose(fitted[i], expected, **({"rtol": 1e-6} if i == 4 else {"atol": 1e-13}))
+    # batch dimensions of any depth
+    assert least_squares_map(torch.ones(2, 3, 5, 2, dtype=torch.float64), torch.ones(2, 3, 5, 1, dtype=torch.float64)).shape == (2, 3, 1, 2)
 
 
 def test_parameters_are_read_back_from_a_propagator():

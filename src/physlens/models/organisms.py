@@ -29,7 +29,7 @@ from transformer_lens.HookedRootModule import HookedRootModule
 
 from physlens._validation import check_nonnegative_int, check_positive_float, check_positive_int
 from physlens.models.linear import LinearAutoregressive
-from physlens.systems.oscillator import STATE_DIM, OscillatorSystem, check_underdamped, propagator
+from physlens.systems.oscillator import STATE_DIM, OscillatorSystem, check_underdamped, least_squares_map, propagator
 from physlens.systems.params import Choice, Fixed, ParamSpec, Uniform
 
 
@@ -174,7 +174,7 @@ class LeastSquaresOrganism(Organism):
         # A transition counts only if both of its states exist; zero rows leave the (minimum-norm) fit unchanged.
         valid = (index[:, :-1] >= 0).to(states.dtype)[None, :, :, None]  # [1, pos, k-1, 1]
         current, following = windows[:, :, :-1] * valid, windows[:, :, 1:] * valid
-        kernel = (torch.linalg.pinv(current) @ following).transpose(-1, -2)  # [batch, pos, 2, 2]
+        kernel = least_squares_map(current, following)  # [batch, pos, 2, 2]
         kernel = self.hook_kernel(kernel)
         return _step(kernel, states)
 

@@ -18,7 +18,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from physlens._validation import check_nonnegative_int, check_positive_int
-from physlens.systems.oscillator import STATE_DIM, Trajectories, parameters_from_propagator, propagator
+from physlens.systems.oscillator import STATE_DIM, Trajectories, least_squares_map, parameters_from_propagator, propagator
 
 
 def predictor_dtype(model: Callable[[Tensor], Tensor], default: torch.dtype = torch.float64) -> tuple[torch.dtype, Any]:
@@ -60,7 +60,7 @@ def implied_kernel(states: Float[Tensor, "batch pos 2"], predictions: Float[Tens
     if states.shape[1] - start < 2:
         raise ValueError(f"the fit needs at least 2 positions from start={start}, but the context holds {states.shape[1]}")
     current, predicted = states[:, start:].to(torch.float64), predictions[:, start:].to(torch.float64)
-    return (torch.linalg.pinv(current) @ predicted).transpose(-1, -2)
+    return least_squares_map(current, predicted)
 
 
 def parameter_directions(omega0: Float[Tensor, " batch"], gamma: Float[Tensor, " batch"], dt: float) -> Float[Tensor, "batch 2 2 2"]:

@@ -38,6 +38,7 @@ from physlens.systems.oscillator import (
     evolve,
     evolve_backward,
     fit_propagator,
+    least_squares_map,
     parameters_from_propagator,
     propagator,
 )
@@ -105,6 +106,7 @@ __all__ = [
     "evolve",
     "evolve_backward",
     "fit_propagator",
+    "least_squares_map",
     "parameters_from_propagator",
     "propagator",
 ]
