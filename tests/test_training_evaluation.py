@@ -216,3 +216,30 @@ def test_intervals_are_computed_once_and_never_for_replaced_scores():
     evaluation.scores[MODEL] = evaluation.scores[CURRENT_STATE]
     assert evaluation.rollout_median(MODEL, 2).estimate == evaluation.rollout_median(CURRENT_STATE, 2).estimate
     assert evaluation.rollout_difference(MODEL, LINEAR_AR).estimate != difference.estimate
+
+
+def test_scale_equivariance_separates_a_model_that_divides_by_its_first_state_from_one_that_does_not():
+    # Planted answers: the exact linear step and a model that divides by its first state's size scale with their
+    # context (differences of rounding only); the same network reading physical units, and a predictor with a
+    # constant offset, do not (differences of the size of their outputs' departure from linearity).
+    from physlens.models import OscillatorTransformer, TransformerConfig
+    from physlens.training.evaluation import ScaleCheck, scale_equivariance
+
+    config = dict(d_model=16, d_head=8, n_heads=2, n_layers=2, n_ctx=8, d_in=2, attn_only=False, causal=True, d_mlp=32,
+                  positional_embedding=True, seed=3)
+    scaled = OscillatorTransformer(TransformerConfig(**config, scale_by_first_state=True)).eval()
+    unscaled = OscillatorTransformer(TransformerConfig(**config, scale_by_first_state=False)).eval()
+
+    class Offset(torch.nn.Module):
+        def forward(self, states: torch.Tensor) -> torch.Tensor:
+            return states + 0.1
+
+    checks = {name: scale_equivariance(model, SYSTEM, n_traj=16, context_len=8, n_steps=10, seed=4, factor=3.0)
+              for name, model in (("scaled", scaled), ("unscaled", unscaled), ("offset", Offset()))}
+    assert checks["scaled"].max_difference < 1e-4
+    assert checks["unscaled"].median_difference > 1e-2 and checks["offset"].median_difference > 1e-2
+    # a power of two scales float numbers exactly: the scaled model's rollouts are then the same bits
+    assert scale_equivariance(scaled, SYSTEM, n_traj=16, context_len=8, n_steps=10, seed=4, factor=2.0).max_difference == 0.0
+    assert isinstance(checks["scaled"], ScaleCheck) and checks["scaled"].to_dict()["n_steps"] == 10
+    with pytest.raises(ValueError, match="factor must be"):
+        scale_equivariance(scaled, SYSTEM, n_traj=4, context_len=8, n_steps=2, seed=0, factor=1.0)

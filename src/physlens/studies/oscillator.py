@@ -34,12 +34,14 @@ from physlens.training.evaluation import (
     LINEAR_AR,
     MODEL,
     ORACLE,
+    ScaleCheck,
     TaskCriteria,
     TaskEvaluation,
     TaskVerdict,
     evaluate_task,
     fit_linear_references,
     float64_system,
+    scale_equivariance,
 )
 from physlens.training.rollouts import rollout
 from physlens.training.trainer import TrainConfig, TrainResult, check_leakage, config_from_dict, train
@@ -58,6 +60,8 @@ EVALUATION_KEYS = {
     "target_error_ood": float,
     "must_beat": list,
 }
+SCALE_CHECK_TRAJECTORIES = 64
+"""Contexts of the scale check that stands in for out-of-distribution energies (see :func:`_report_scale_check`)."""
 MUST_BEAT_NAMES = {"linear_ar": LINEAR_AR, "current_state": CURRENT_STATE}
 """Names of the fitted references in ``[evaluation] must_beat``."""
 
@@ -316,6 +320,11 @@ def analyse_trained(study: OscillatorStudy, model: OscillatorTransformer, result
         ood = evaluate_task(model, system, n_traj=options.n_trajectories, context_len=options.context_len,
                             n_steps=options.rollout_steps, seed=study.seeds["evaluation out of distribution"],
                             energy_range=options.energy_range, references=references)
+    scale_check = None
+    if ood is None and getattr(model.cfg, "scale_by_first_state", False):
+        # No energies beyond training are sampled: check instead that the model's errors cannot depend on the energy.
+        scale_check = scale_equivariance(model, system, n_traj=SCALE_CHECK_TRAJECTORIES, context_len=options.context_len,
+                                         n_steps=options.criteria.horizon, seed=study.seeds["evaluation out of distribution"])
     verdict = in_dist.judge(options.criteria)
     if options.target_error_ood is not None:
         criteria = TaskCriteria(horizon=options.criteria.horizon, max_rollout_error=options.target_error_ood, must_beat=())
@@ -325,6 +334,8 @@ def analyse_trained(study: OscillatorStudy, model: OscillatorTransformer, result
     if study.description:
         report.paragraph(study.description)
     _report_task(report, verdict, in_dist, ood, options, model, system, study.seeds["evaluation"])
+    if scale_check is not None:
+        _report_scale_check(report, scale_check, in_dist)
     _report_what_it_answers(report, in_dist, ood, model, system)
     report.timings.update(evaluation_s=time.perf_counter() - wall, evaluation_cpu_s=time.thread_time() - cpu)
     if result is not None:
@@ -395,6 +406,20 @@ def _report_task(report: Report, verdict: TaskVerdict, in_dist: TaskEvaluation, 
     predicted = rollout(model, examples.states[:, : options.context_len], options.rollout_steps, fast=True)
     report.figure("rollout_phase_space", plot_phase_space(examples.states[:, options.context_len :], predicted),
                   f"Model rollouts (dashed) against the truth, {options.rollout_steps} steps.")
+
+
+def _report_scale_check(report: Report, check: ScaleCheck, in_dist: TaskEvaluation) -> None:
+    """Why a model that divides by its first state's size needs no out-of-distribution energies, with the measurement."""
+    error = in_dist.rollout_median(MODEL, check.n_steps).estimate
+    report.paragraph(
+        f"**Beyond the training energies.** No trajectories at other energies are sampled: the model divides its input by its "
+        f"first state's size and multiplies its prediction back, and the dynamics are linear, so at any energy its relative "
+        f"errors are the ones above. Measured on {check.n_trajectories} fresh contexts multiplied by {check.factor:g} (energies "
+        f"×{check.factor ** 2:g}): its {check.n_steps}-step rollouts differ from {check.factor:g} times its rollouts of the "
+        f"unscaled contexts by at most {format_number(check.max_difference)} relative (median "
+        f"{format_number(check.median_difference)}), against its own median {check.n_steps}-step error of {format_number(error)}."
+    )
+    report.metrics["scale_equivariance"] = check.to_dict()
 
 
 def _propagator_extended(omega0: float, gamma: float, dt: float | np.floating, dtype: Any = np.longdouble) -> np.ndarray:

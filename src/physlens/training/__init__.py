@@ -29,6 +29,7 @@ from physlens.training.rollouts import RolloutEvaluation, evaluate_rollout, rela
 from physlens.training.evaluation import (
     Check,
     PredictorScores,
+    ScaleCheck,
     TaskCriteria,
     TaskEvaluation,
     TaskVerdict,
@@ -36,6 +37,7 @@ from physlens.training.evaluation import (
     evaluate_task,
     fit_linear_references,
     float64_system,
+    scale_equivariance,
     score_predictor,
 )
 from physlens.training.loop import DivergenceGuard, TrainingConfig, TrainingResult, optimise, train_loop
@@ -68,6 +70,7 @@ __all__ = [
     "train_loop",
     "Check",
     "PredictorScores",
+    "ScaleCheck",
     "TaskCriteria",
     "TaskEvaluation",
     "TaskVerdict",
@@ -75,6 +78,7 @@ __all__ = [
     "evaluate_task",
     "fit_linear_references",
     "float64_system",
+    "scale_equivariance",
     "score_predictor",
     "check_loss_positions",
     "loss_slice",

@@ -357,6 +357,57 @@ def evaluate_task(
     return evaluation
 
 
+@dataclass(frozen=True)
+class ScaleCheck:
+    """How far a model's rollouts are from scaling with their context (see :func:`scale_equivariance`)."""
+
+    factor: float  # every context state was multiplied by this (energies by its square)
+    n_trajectories: int
+    n_steps: int  # rollout steps compared
+    max_difference: float  # largest ‖r(λs)/λ − r(s)‖ / ‖r(s)‖ over trajectories and steps
+    median_difference: float  # its median over trajectories and steps
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields."""
+        return dataclasses.asdict(self)
+
+
+def scale_equivariance(
+    model: Callable[[Tensor], Tensor],
+    system: System,
+    *,
+    n_traj: int,
+    context_len: int,
+    n_steps: int,
+    seed: int,
+    factor: float = 3.0,
+) -> ScaleCheck:
+    """Compare ``model``'s rollouts from ``factor`` times a context with ``factor`` times its rollouts from the context.
+
+    The oscillator's dynamics are linear, so the truth from λ·s is λ times the truth from s, and a model that
+    scales the same way has, at every energy, the relative errors it has at the energies it was trained on: its
+    out-of-distribution energy check is then its in-distribution one. This measures whether it does, on
+    ``n_traj`` fresh trajectories of ``system`` (stream ``"trajectories"`` of ``seed``, float64, shown to the
+    model in its own dtype), rolled out ``n_steps`` steps through the fast step: a model that divides its input by
+    its first state's size and multiplies its prediction back differs by float rounding alone; any other differs
+    by about its own error.
+    """
+    n_traj, context_len, n_steps = (check_positive_int(name, value) for name, value in
+                                    (("n_traj", n_traj), ("context_len", context_len), ("n_steps", n_steps)))
+    if not (np.isfinite(factor) and factor > 0 and factor != 1):
+        raise ValueError(f"factor must be a finite positive number other than 1, got {factor!r}")
+    parameters = list(model.parameters()) if hasattr(model, "parameters") else []
+    dtype = parameters[0].dtype if parameters else torch.float64
+    device = parameters[0].device if parameters else "cpu"
+    seeds = stream_seeds(seed, ["trajectories"])
+    context = float64_system(system).sample(n_traj, context_len, seed=seeds["trajectories"]).states
+    plain = rollout(model, context.to(device=device, dtype=dtype), n_steps, fast=True).to(device="cpu", dtype=torch.float64)
+    scaled = rollout(model, (factor * context).to(device=device, dtype=dtype), n_steps, fast=True).to(device="cpu", dtype=torch.float64)
+    difference = relative_error(scaled / factor, plain).numpy()
+    return ScaleCheck(factor=float(factor), n_trajectories=n_traj, n_steps=n_steps,
+                      max_difference=float(difference.max()), median_difference=float(np.median(difference)))
+
+
 __all__ = [
     "CURRENT_STATE",
     "IN_CONTEXT",
@@ -367,6 +418,7 @@ __all__ = [
     "REFERENCES",
     "Check",
     "PredictorScores",
+    "ScaleCheck",
     "TaskCriteria",
     "TaskEvaluation",
     "TaskVerdict",
@@ -374,5 +426,6 @@ __all__ = [
     "evaluate_task",
     "fit_linear_references",
     "float64_system",
+    "scale_equivariance",
     "score_predictor",
 ]

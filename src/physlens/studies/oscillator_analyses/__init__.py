@@ -49,7 +49,7 @@ ANALYSES: dict[str, Analysis] = {
                      swap.check, swap.run),
     "probes": Analysis(
         {"hooks": list, "targets": list, "positions": (str, list), "n_trajectories": int, "n_folds": int, "n_permutations": int,
-         "sites": list, "nonlinear": bool, "n_controls": int},
+         "sites": list, "nonlinear": (bool, list), "n_controls": int},
         {"hooks": ["hook_embed", "resid_post"], "targets": ["omega0", "omega0_sq", "energy", "acceleration", "omega0_sq_x", "gamma_p"],
          "positions": "all", "n_trajectories": 512, "n_folds": 5, "n_permutations": 100, "sites": [], "nonlinear": True,
          "n_controls": 3},

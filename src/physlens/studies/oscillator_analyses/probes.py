@@ -46,6 +46,8 @@ def check(opts: dict[str, Any], model: HookedModel, system: OscillatorSystem, se
     if unknown or not opts["targets"]:
         raise _error("probes", "targets", f"must name labels from {list(LABEL_NAMES)}, got unknown {unknown}")
     _sites(opts["sites"], model, seq_len, "[analyses.probes] sites")
+    if isinstance(opts["nonlinear"], list) and not set(opts["nonlinear"]) <= set(opts["targets"]):
+        raise _error("probes", "nonlinear", f"must be true, false or a list of the probed targets {opts['targets']}, got {opts['nonlinear']!r}")
     if opts["n_trajectories"] < 2 * opts["n_folds"]:
         raise _error("probes", "n_trajectories", f"must be at least 2 × n_folds = {2 * opts['n_folds']}, got {opts['n_trajectories']}")
 
@@ -241,7 +243,7 @@ def _even_features(ctx, opts, data, control, targets, registered) -> tuple[list[
             add(f"attention weights, layer {layer}, query {last}", target, model_pattern, control_pattern)
         for (site, model_acts, control_acts), (model_quadratic, control_quadratic) in zip(activations, quadratic):
             add(f"quadratic features, {_short_site(site)}", target, model_quadratic, control_quadratic)
-            if opts["nonlinear"]:
+            if opts["nonlinear"] is True or (isinstance(opts["nonlinear"], list) and target in opts["nonlinear"]):
                 add(f"MLP probe, {_short_site(site)}", target, model_acts, control_acts, nonlinear=True)
     return rows, metrics
 
