@@ -308,7 +308,10 @@ def test_the_gamma_and_unscaled_study_files_run_the_sections_their_questions_nee
     # the same study but for the one flag: same network, initialisation, budget and criteria
     assert dataclasses.asdict(unscaled.model.cfg) == {**dataclasses.asdict(variable.model.cfg), "scale_by_first_state": False}
     assert unscaled.train_config == variable.train_config
-    assert unscaled.evaluation == variable.evaluation
+    # the same criteria; energies beyond training only where the model sees physical units (the scaled model's
+    # report measures its scale equivariance instead)
+    assert unscaled.evaluation == dataclasses.replace(variable.evaluation, energy_range=(1.0, 2.0))
+    assert variable.evaluation.energy_range is None
     assert unscaled.system.to_dict() == variable.system.to_dict()
 
 
@@ -330,3 +333,15 @@ def test_a_report_renders_each_figure_when_attached_and_keeps_none_open(tmp_path
     assert len(files) == 25
     assert all(Image.open(f).format == "PNG" and Image.open(f).size[0] > 0 for f in files)
     assert (tmp_path / "report.md").read_text().count("](figures/f") == 25
+
+
+def test_the_mlp_probe_runs_on_the_targets_nonlinear_names_and_refuses_others():
+    model = _model()
+    probes = {"targets": ["omega0", "omega0_sq"], "n_trajectories": 40, "n_permutations": 2, "sites": [["blocks.1.hook_resid_post", 5]],
+              "n_controls": 1}
+    ctx = AnalysisContext(model=model, system=SYSTEM, seq_len=6, loss_positions="all", seed=0, progress=False, report=Report("tiny"))
+    run_analyses(ctx, parse_analyses({"run": ["probes"], "probes": {**probes, "nonlinear": ["omega0"]}}, model, SYSTEM, 6))
+    mlp = [(m["features"], m["target"]) for m in ctx.report.metrics["analyses"]["probes"]["even_features"] if m["features"].startswith("MLP")]
+    assert mlp == [("MLP probe, L1 resid_post @ 5", "omega0")]
+    with pytest.raises(StudySpecError, match=r"nonlinear: must be true, false or a list of the probed targets"):
+        parse_analyses({"run": ["probes"], "probes": {**probes, "nonlinear": ["energy"]}}, model, SYSTEM, 6)
