@@ -152,7 +152,7 @@ def main() -> None:
     args = parser.parse_args()
     one_thread()
     if args.widths:
-        compare_widths(args.widths, args.n_train[0], args.rounds, args.work / 10)
+        compare_widths(args.widths, args.n_train[0], args.rounds, args.work)
         return
     floor: Floor = measure_floor(args.device)
     print(describe_machine(floor))
