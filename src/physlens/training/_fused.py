@@ -1,7 +1,8 @@
 """A compiled CPU kernel that trains one-hidden-layer ReLU networks with full-batch Adam, fused.
 
 For each network the kernel runs every epoch while that network's data sits in cache: one pass
-over the points computes the loss and all gradient sums in registers, then Adam updates the
+over the points computes the loss and all gradient sums in registers (networks wider than
+:data:`ONE_PASS_MAX_HIDDEN` take a pass per group of hidden units), then Adam updates the
 network's few parameters. The loop body is generated for the network's shape (inputs ``d_in``,
 hidden units ``h``) so that every weight and every running sum is a scalar the compiler can keep
 in a register and every point-wise step vectorises; numba compiles it and caches the machine code
@@ -36,9 +37,9 @@ compiled the kernel and one that loaded it from the cache trained to parameters 
 the last bits."""
 
 MAX_HIDDEN_INPUTS = 256
-"""Largest ``d_in * h`` the kernel is generated for. The loop body has a line per weight and per running
-sum, so its compile time grows with the width, and past a few dozen weights the sums no longer fit
-in registers; wider networks use the eager step."""
+"""Largest ``d_in * h`` the kernel is generated for. The kernel has a line per weight and per running
+sum, and wide networks a pass over the points per group of units, so its compile time grows with the
+width; wider networks use the eager step."""
 
 _KERNEL = '''
 @numba.njit(fastmath={fastmath}, cache=True, nogil=True)
