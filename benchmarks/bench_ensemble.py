@@ -19,18 +19,27 @@ and CPU time.
     python benchmarks/bench_ensemble.py                     # N = 1024, 8000 and 512 points, CPU
     python benchmarks/bench_ensemble.py --compile           # also torch.compile'd eager step
     python benchmarks/bench_ensemble.py --device cuda       # eager and compiled steps on a GPU
+    python benchmarks/bench_ensemble.py --widths 2 4 8 16   # the fused kernel per width: one pass or a pass per group of units
+
+``--widths`` times the fused kernel alone (``_fused.train_networks`` on F = m·a data, float32, 8000
+points) for each hidden width, as the single pass over the points and as the grouped passes that
+widths above ``_fused.ONE_PASS_MAX_HIDDEN`` use, in µs of the thread's CPU per network-epoch: the
+minimum over interleaved rounds, since the CPU time of a shared machine only ever grows.
 """
 
 from __future__ import annotations
 
 import argparse
+import time
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from _machine import Floor, Timing, describe_machine, interleaved, measure_floor, measure_fma_peak, one_thread, table, timed
 
-from physlens.models.mlp import EnsembleConfig, MLPConfig, MLPEnsemble, TinyMLP
+from physlens.models.mlp import PARAM_NAMES, EnsembleConfig, MLPConfig, MLPEnsemble, TinyMLP
 from physlens.systems.fma import fma_split, fma_splits
+from physlens.training import _fused
 from physlens.training.ensemble import EnsembleTrainConfig, train_ensemble, train_mlp
 
 
@@ -71,6 +80,64 @@ def loop_path(n_models: int, n_train: int, epochs: int, device: str) -> Callable
     return run
 
 
+def kernel_path(width: int, n_models: int, n_train: int, epochs: int, group: int) -> Callable[[], float]:
+    """A callable that trains ``n_models`` fresh float32 networks of this width for ``epochs`` with the fused
+    kernel, ``group`` hidden units per pass (the width itself: one pass), and returns the thread's CPU seconds."""
+    seeds = list(range(n_models))
+    data = fma_splits(seeds, n_train=n_train, n_val=16)
+    x, y = data.train_inputs.transpose(1, 2).contiguous().numpy(), data.train_targets[..., 0].contiguous().numpy()
+    ensemble = MLPEnsemble(EnsembleConfig(seeds=seeds, d_hidden=width))
+    start = torch.cat([getattr(ensemble, name).detach().reshape(n_models, -1) for name in PARAM_NAMES], dim=1).numpy()
+    n_params = start.shape[1]
+    _fused.prepare(2, width, np.float32, group=group)
+
+    def run() -> float:
+        theta = start.copy()
+        clock = time.thread_time()
+        _fused.train_networks(
+            theta, x, y, d_in=2, d_hidden=width, epochs=epochs, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8,
+            snap_at=np.full(epochs, -1, dtype=np.int64), losses=np.empty((n_models, epochs), np.float32),
+            snaps=np.empty((n_models, 0, n_params), np.float32), exp_avg=np.zeros_like(theta), exp_avg_sq=np.zeros_like(theta),
+            group=group,
+        )  # fmt: skip
+        return time.thread_time() - clock
+
+    return run
+
+
+def compare_widths(widths: list[int], n_train: int, rounds: int, work: float) -> None:
+    """Print µs of CPU per network-epoch of the fused kernel at each width, one pass against grouped passes."""
+    n_models = 16
+    epochs = max(2, int(work / (n_models * n_train)))
+    paths: dict[tuple[int, str], Callable[[], float]] = {}
+    for width in widths:
+        paths[width, "one pass"] = kernel_path(width, n_models, n_train, epochs, group=width)
+        if width > _fused.ONE_PASS_MAX_HIDDEN:
+            paths[width, "grouped"] = kernel_path(width, n_models, n_train, epochs, group=_fused.GROUP_UNITS)
+    best = {key: float("inf") for key in paths}
+    for _ in range(rounds):
+        for key, run in paths.items():
+            best[key] = min(best[key], run() / (n_models * epochs))
+    base = best[widths[0], "one pass"] / widths[0]
+    print(
+        f"\nfused kernel, float32, {n_train} points, {n_models} networks × {epochs} epochs, minimum of {rounds} rounds; "
+        f"grouped: {_fused.GROUP_UNITS} units per pass; per unit: µs per hidden unit against width {widths[0]}'s one pass\n"
+    )
+    rows = []
+    for width in widths:
+        one = best[width, "one pass"]
+        grouped = best.get((width, "grouped"))
+        rows.append([
+            str(width),
+            f"{one * 1e6:.3g}",
+            f"{one / width / base:.2f}×",
+            "—" if grouped is None else f"{grouped * 1e6:.3g}",
+            "—" if grouped is None else f"{grouped / width / base:.2f}×",
+            "—" if grouped is None else f"{one / grouped:.2f}×",
+        ])  # fmt: skip
+    print(table(["width", "one pass µs (CPU)", "per unit", "grouped µs (CPU)", "per unit", "one pass / grouped"], rows))
+
+
 def main() -> None:
     """Parse arguments, measure the floor, time every path for each data size, print the tables."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -81,8 +148,12 @@ def main() -> None:
     parser.add_argument("--work", type=float, default=2e8, help="point-epochs per timed ensemble call (sets the epochs)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--compile", action="store_true", help="also time the torch.compile'd eager step")
+    parser.add_argument("--widths", type=int, nargs="+", help="time only the fused kernel at these hidden widths (see above)")
     args = parser.parse_args()
     one_thread()
+    if args.widths:
+        compare_widths(args.widths, args.n_train[0], args.rounds, args.work)
+        return
     floor: Floor = measure_floor(args.device)
     print(describe_machine(floor))
     on_cpu = torch.device(args.device).type == "cpu"

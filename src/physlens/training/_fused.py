@@ -1,7 +1,8 @@
 """A compiled CPU kernel that trains one-hidden-layer ReLU networks with full-batch Adam, fused.
 
 For each network the kernel runs every epoch while that network's data sits in cache: one pass
-over the points computes the loss and all gradient sums in registers, then Adam updates the
+over the points computes the loss and all gradient sums in registers (networks wider than
+:data:`ONE_PASS_MAX_HIDDEN` take a pass per group of hidden units), then Adam updates the
 network's few parameters. The loop body is generated for the network's shape (inputs ``d_in``,
 hidden units ``h``) so that every weight and every running sum is a scalar the compiler can keep
 in a register and every point-wise step vectorises; numba compiles it and caches the machine code
@@ -36,9 +37,9 @@ compiled the kernel and one that loaded it from the cache trained to parameters 
 the last bits."""
 
 MAX_HIDDEN_INPUTS = 256
-"""Largest ``d_in * h`` the kernel is generated for. The loop body has a line per weight and per running
-sum, so its compile time grows with the width, and past a few dozen weights the sums no longer fit
-in registers; wider networks use the eager step."""
+"""Largest ``d_in * h`` the kernel is generated for. The kernel has a line per weight and per running
+sum, and wide networks a pass over the points per group of units, so its compile time grows with the
+width; wider networks use the eager step."""
 
 _KERNEL = '''
 @numba.njit(fastmath={fastmath}, cache=True, nogil=True)
@@ -60,12 +61,7 @@ def train_networks(theta, exp_avg, exp_avg_sq, x, y, consts, neg_step, bc2_sqrt,
 {rows}
         y_net = y[net]
         for epoch in range(losses.shape[1]):
-            # one pass over the points: the loss and every gradient sum (of d(err²/2)/dθ) in registers
-{load}
-{init}
-            for i in range(y_net.shape[0]):
-{body}
-{store}
+{passes}
             losses[net, epoch] = s_loss * one_over_n
             step, denom_scale = neg_step[epoch], bc2_sqrt[epoch]
             for k in range(n_params):
@@ -90,8 +86,26 @@ def fused_unavailable_reason() -> str | None:
     return None
 
 
-def kernel_source(d_in: int, d_hidden: int) -> str:
-    """Python source of the fused training kernel for networks with ``d_in`` inputs and ``d_hidden`` units."""
+ONE_PASS_MAX_HIDDEN = 4
+"""Widest hidden layer trained by one pass over the points per epoch. Each hidden unit adds four running
+sums and four weights (at ``d_in = 2``) that the pass keeps in vector registers; past four units they
+no longer fit and spill, so wider networks get :data:`GROUP_UNITS` units per pass (see
+:func:`kernel_source`)."""
+
+GROUP_UNITS = 4
+"""Hidden units whose gradient sums one pass over the points gathers, in networks wider than
+:data:`ONE_PASS_MAX_HIDDEN`."""
+
+
+def kernel_source(d_in: int, d_hidden: int, group: int | None = None) -> str:
+    """Python source of the fused training kernel for networks with ``d_in`` inputs and ``d_hidden`` units.
+
+    Up to :data:`ONE_PASS_MAX_HIDDEN` units, one pass over the points per epoch computes the loss and every
+    gradient sum. Wider networks take several passes, so that the sums of each stay in registers: the
+    first computes each point's error ``e`` into a scratch array (with the loss and the output bias's
+    sum), then each group of ``group`` units (:data:`GROUP_UNITS` by default; the last group may be
+    smaller) recomputes its pre-activations and gathers its own gradient sums from the stored errors.
+    """
     D, H = d_in, d_hidden
     w = lambda d, j: f"w_{d}_{j}"  # noqa: E731
     n_params = D * H + 2 * H + 1
@@ -100,41 +114,87 @@ def kernel_source(d_in: int, d_hidden: int) -> str:
     load += [f"v_{j} = params[{D * H + H + j}]" for j in range(H)]
     load += [f"c = params[{n_params - 1}]"]
     rows = [f"x_{d} = x[net, {d}]" for d in range(D)]
-    sums = ["s_loss", "s_c"] + [f"s_v_{j}" for j in range(H)] + [f"s_b_{j}" for j in range(H)]
-    sums += [f"s_{w(d, j)}" for d in range(D) for j in range(H)]
-    init = [f"{s} = zero" for s in sums]
-    body = [f"a_{d} = x_{d}[i]" for d in range(D)]
-    for j in range(H):
-        body.append(f"p_{j} = b_{j} + " + " + ".join(f"{w(d, j)} * a_{d}" for d in range(D)))
-        body.append(f"r_{j} = p_{j} if p_{j} > zero else zero")
-    body.append("e = c + " + " + ".join(f"v_{j} * r_{j}" for j in range(H)) + " - y_net[i]")
-    body += ["s_loss += e * e", "s_c += e"]
-    for j in range(H):
-        # the ReLU's derivative at 0 is 0, as in autograd
-        body += [f"s_v_{j} += r_{j} * e", f"q_{j} = v_{j} * e if p_{j} > zero else zero", f"s_b_{j} += q_{j}"]
-        body += [f"s_{w(d, j)} += q_{j} * a_{d}" for d in range(D)]
-    store = [f"grad[{d * H + j}] = s_{w(d, j)}" for d in range(D) for j in range(H)]
-    store += [f"grad[{D * H + j}] = s_b_{j}" for j in range(H)]
-    store += [f"grad[{D * H + H + j}] = s_v_{j}" for j in range(H)]
-    store += [f"grad[{n_params - 1}] = s_c"]
+    inputs = [f"a_{d} = x_{d}[i]" for d in range(D)]
 
-    return _render(f"with d_in = {D}, h = {H}", rows, load, init, body, store)
+    def forward(units: range) -> list[str]:
+        lines = []
+        for j in units:
+            lines.append(f"p_{j} = b_{j} + " + " + ".join(f"{w(d, j)} * a_{d}" for d in range(D)))
+            lines.append(f"r_{j} = p_{j} if p_{j} > zero else zero")
+        return lines
+
+    def unit_sums(units: range) -> tuple[list[str], list[str], list[str]]:  # names, loop-body lines, stores
+        names = [f"s_v_{j}" for j in units] + [f"s_b_{j}" for j in units] + [f"s_{w(d, j)}" for d in range(D) for j in units]
+        body = []
+        for j in units:
+            # the ReLU's derivative at 0 is 0, as in autograd
+            body += [f"s_v_{j} += r_{j} * e", f"q_{j} = v_{j} * e if p_{j} > zero else zero", f"s_b_{j} += q_{j}"]
+            body += [f"s_{w(d, j)} += q_{j} * a_{d}" for d in range(D)]
+        store = [f"grad[{d * H + j}] = s_{w(d, j)}" for d in range(D) for j in units]
+        store += [f"grad[{D * H + j}] = s_b_{j}" for j in units]
+        store += [f"grad[{D * H + H + j}] = s_v_{j}" for j in units]
+        return names, body, store
+
+    error = "e = c + " + " + ".join(f"v_{j} * r_{j}" for j in range(H)) + " - y_net[i]"
+    if H <= (ONE_PASS_MAX_HIDDEN if group is None else group):
+        names, sums_body, store = unit_sums(range(H))
+        init = [f"{s} = zero" for s in ["s_loss", "s_c", *names]]
+        body = inputs + forward(range(H)) + [error, "s_loss += e * e", "s_c += e"] + sums_body
+        store += [f"grad[{n_params - 1}] = s_c"]
+        return _render(f"with d_in = {D}, h = {H}", rows, load, [(ONE_PASS, init, body, store)])
+
+    G = GROUP_UNITS if group is None else group
+    if G < 1:
+        raise ValueError(f"group must be a positive number of hidden units, got {G}")
+    rows.append("err = np.empty(y.shape[1], theta.dtype)  # each point's error, built up and then read by the passes")
+    groups = [range(j0, min(j0 + G, H)) for j0 in range(0, H, G)]
+    span = lambda units: f"unit {units[0]}" if len(units) == 1 else f"units {units[0]}–{units[-1]}"  # noqa: E731
+    output = lambda units: " + ".join(f"v_{j} * r_{j}" for j in units)  # noqa: E731
+    passes = []
+    for k, units in enumerate(groups[1:]):  # the output of every unit but the first group's, into err
+        partial = f"err[i] = c + {output(units)} - y_net[i]" if k == 0 else f"err[i] += {output(units)}"
+        comment = f"pass over the points: hidden {span(units)}'s share of each point's error, into err"
+        passes.append((comment, [], inputs + forward(units) + [partial], []))
+    for k, units in enumerate(groups):  # each group's gradient sums, from the errors
+        names, sums_body, store = unit_sums(units)
+        if k == 0:  # completes the errors, and with them the loss and the output bias's sum
+            init = [f"{s} = zero" for s in ["s_loss", "s_c", *names]]
+            body = inputs + forward(units) + [f"e = err[i] + {output(units)}", "err[i] = e", "s_loss += e * e", "s_c += e"]
+            store += [f"grad[{n_params - 1}] = s_c"]
+            comment = f"pass over the points: the errors completed with hidden {span(units)}, the loss and their gradient sums"
+        else:
+            init, body = [f"{s} = zero" for s in names], inputs + ["e = err[i]"] + forward(units)
+            comment = f"pass over the points: hidden {span(units)}'s gradient sums (of d(err²/2)/dθ) in registers"
+        passes.append((comment, init, body + sums_body, store))
+    return _render(f"with d_in = {D}, h = {H}, {G} hidden units per pass", rows, load, passes)
 
 
-def _render(networks: str, rows: list[str], load: list[str], init: list[str], body: list[str], store: list[str]) -> str:
+ONE_PASS = "one pass over the points: the loss and every gradient sum (of d(err²/2)/dθ) in registers"
+
+
+def _render(networks: str, rows: list[str], load: list[str], passes: list[tuple[str, list[str], list[str], list[str]]]) -> str:
     """The kernel module's source: ``_KERNEL`` filled with these generated lines at their depths, under a
-    docstring naming the ``networks`` it trains."""
+    docstring naming the ``networks`` it trains.
+
+    Each epoch loads the parameters (``load``) and then runs ``passes`` over the points in turn, each a
+    ``(comment, init, body, after)``: the running sums set to zero, the loop body over point ``i`` and
+    what follows the loop (the sums stored in ``grad``).
+    """
 
     def indent(lines: list[str], depth: int) -> str:
         return "\n".join(" " * depth + line for line in lines)
 
+    epoch = []
+    for k, (comment, init, body, after) in enumerate(passes):
+        epoch.append(indent([f"# {comment}"], 12))
+        if k == 0:
+            epoch.append(indent(load, 12))
+        epoch += [indent(init, 12), indent(["for i in range(y_net.shape[0]):"], 12), indent(body, 16), indent(after, 12)]
+    epoch = [lines for lines in epoch if lines]  # a pass with nothing to set up or to store
     kernel = _KERNEL.format(
         fastmath="{" + ", ".join(repr(flag) for flag in sorted(FASTMATH)) + "}",
         rows=indent(rows, 8),
-        load=indent(load, 12),
-        init=indent(init, 12),
-        body=indent(body, 16),
-        store=indent(store, 12),
+        passes="\n".join(epoch),
     )
     header = f'"""Fused full-batch Adam for ReLU networks {networks} (generated by physlens)."""\n\nimport numba\nimport numpy as np\n'
     return header + kernel
@@ -201,7 +261,7 @@ def deep_kernel_source(widths: Sequence[int]) -> str:
     store = [f"grad[{k}] = s_{name}" for k, name in names]
 
     shape = " → ".join(map(str, widths))
-    return _render(f"of widths {shape}, {n_params} parameters", rows, load, init, body, store)
+    return _render(f"of widths {shape}, {n_params} parameters", rows, load, [(ONE_PASS, init, body, store)])
 
 
 @functools.lru_cache(maxsize=None)
@@ -267,9 +327,10 @@ def _cache_dir() -> Path:
 
 
 @functools.lru_cache(maxsize=None)
-def load_kernel(d_in: int, d_hidden: int) -> ModuleType:
-    """The compiled module for this shape (written to the cache on first use, compiled lazily by numba)."""
-    return _load_source(f"physlens_fused_d{d_in}_h{d_hidden}", kernel_source(d_in, d_hidden))
+def load_kernel(d_in: int, d_hidden: int, group: int | None = None) -> ModuleType:
+    """The compiled module for this shape (written to the cache on first use, compiled lazily by numba);
+    ``group`` as in :func:`kernel_source`."""
+    return _load_source(f"physlens_fused_d{d_in}_h{d_hidden}", kernel_source(d_in, d_hidden, group))
 
 
 def _load_source(stem: str, source: str) -> ModuleType:
@@ -321,6 +382,7 @@ def train_networks(
     exp_avg: np.ndarray,
     exp_avg_sq: np.ndarray,
     first_epoch: int = 0,
+    group: int | None = None,
 ) -> None:
     """Train networks ``theta`` ``[network, param]`` in place (see the module docstring for the layout).
 
@@ -330,18 +392,19 @@ def train_networks(
     hold Adam's moments (zeros for a fresh optimiser). The call runs epochs ``first_epoch …
     first_epoch + epochs − 1`` of a longer run (``snap_at`` and ``losses`` cover those alone): a run
     cut into calls ends with the same bits as one call, since every state the kernel carries from one
-    epoch to the next is in ``theta`` and the moments.
+    epoch to the next is in ``theta`` and the moments. ``group`` picks the hidden units per pass over
+    the points (see :func:`kernel_source`; the default suits the width).
     """
     dtype = theta.dtype.type
     n = targets.shape[1]
     consts = np.array([1 - beta1, beta2, 1 - beta2, eps, 2.0 / n, 1.0 / n], dtype=np.float64).astype(dtype)
     neg_step, bc2_sqrt = adam_schedule(epochs, lr, beta1, beta2, dtype, first_epoch)
-    load_kernel(d_in, d_hidden).train_networks(
+    load_kernel(d_in, d_hidden, group).train_networks(
         theta, exp_avg, exp_avg_sq, inputs_t, targets, consts, neg_step, bc2_sqrt, snap_at, losses, snaps
     )
 
 
-def prepare(d_in: int, d_hidden: int, dtype: np.dtype) -> None:
+def prepare(d_in: int, d_hidden: int, dtype: np.dtype, group: int | None = None) -> None:
     """Compile (or load from the cache) the kernel for this shape and dtype, on one tiny network."""
     dtype = np.dtype(dtype)
     n_params = d_in * d_hidden + 2 * d_hidden + 1
@@ -350,5 +413,5 @@ def prepare(d_in: int, d_hidden: int, dtype: np.dtype) -> None:
         theta, np.zeros((1, d_in, 1), dtype), np.zeros((1, 1), dtype), d_in=d_in, d_hidden=d_hidden, epochs=1,
         lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, snap_at=np.full(1, -1, dtype=np.int64),
         losses=np.zeros((1, 1), dtype), snaps=np.zeros((1, 1, n_params), dtype),
-        exp_avg=np.zeros_like(theta), exp_avg_sq=np.zeros_like(theta),
+        exp_avg=np.zeros_like(theta), exp_avg_sq=np.zeros_like(theta), group=group,
     )  # fmt: skip
