@@ -59,22 +59,27 @@ def _forward(
 ) -> Tensor:
     """Outputs ``[model, n]`` with, in hidden layer ``l``, the units in ``remove[l]`` set to 0 and those in
     ``linearise[l]`` passed through without their ReLU (masks ``[model, width]`` or None); ``first``: the
-    first hidden layer's activations on ``points`` (:func:`_first_layer`), if already computed."""
+    first hidden layer's activations on ``points`` (:func:`_first_layer`), if already computed.
+
+    A removed unit's outgoing weights are zeroed instead of its activations: its every product in the
+    next layer is an exact 0 either way, so the outputs are the same, without a masked copy of
+    ``[model, n, width]`` activations per ablation.
+    """
     hidden = points.to(torch.float64).unsqueeze(0).expand(layers[0][0].shape[0], -1, -1)
+    removed: Tensor | None = None  # the previous hidden layer's removed units
     for index, (W, b) in enumerate(layers):
-        shared = index == 0 and first is not None  # the caller's tensors: never written into
-        if shared:
-            pre, post = first
+        if removed is not None:
+            W = W.masked_fill(removed.unsqueeze(2), 0.0)
+        if index == 0 and first is not None:
+            pre, post = first  # the caller's tensors: never written into
         else:
             pre = torch.baddbmm(b.unsqueeze(1), hidden, W)
             if index == len(layers) - 1:
                 return pre[..., 0]
             post = pre.clamp_min(0)
         if linearise[index] is not None:
-            post, shared = torch.where(linearise[index].unsqueeze(1), pre, post), False
-        if remove[index] is not None:
-            mask = remove[index].unsqueeze(1)
-            post = post.masked_fill(mask, 0.0) if shared else post.masked_fill_(mask, 0.0)
+            post = torch.where(linearise[index].unsqueeze(1), pre, post)
+        removed = remove[index]
         hidden = post
     raise AssertionError("unreachable: the last layer returns")
 
