@@ -17,6 +17,7 @@ from physlens.probes.unit_scan import (
     UNIT_ROLES,
     UnitScan,
     ablation_check,
+    ablation_checks,
     exact_unit_roles,
     planted_networks,
     role_scores,
@@ -182,6 +183,38 @@ def test_the_null_of_deeper_networks_is_one_forward_pass_per_draw():
     expected = np.stack([np.mean((_numpy_output(layers, points, remove=[m[d] for m in masks] + [None]) - target.numpy()) ** 2, axis=1)
                          for d in range(40)])  # fmt: skip
     np.testing.assert_allclose(_null_mse(layers, points, target, masks), expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize("hidden", [[8], [3, 4]])
+def test_ablation_check_errors_are_numpy_forward_passes_and_shared_work_changes_nothing(hidden):
+    # every error of the check against a NumPy forward pass with the units of each role removed (linear units
+    # linearised for the rest), for several sets of roles of the same networks checked together and alone
+    planted, truth = planted_networks(9, 8, n_dead=2, n_duplicates=1, n_cancelling=1, noise=0.01, seed=6)
+    rng = np.random.default_rng(4)
+    layers = network_layers(planted) if hidden == [8] else [
+        (torch.from_numpy(rng.normal(size=(9, fan_in, fan_out))), torch.from_numpy(rng.normal(size=(9, fan_out))))
+        for fan_in, fan_out in zip([2, *hidden], [*hidden, 1])
+    ]  # fmt: skip
+    found = unit_roles(layers, n_points=1024, seed=2)
+    shuffled = dataclasses.replace(found, roles=[np.stack([rng.permutation(row) for row in r]) for r in found.roles])
+    together = ablation_checks(layers, [found, _swap(found, "crease", "dead"), shuffled], n_points=3000, n_draws=30, seed=7)
+    points = sample_fma(3000, "product", seed=7, dtype="float64")[0]
+    target = (points[:, 0] * points[:, 1]).numpy()
+
+    def mse(**masks):
+        return np.mean((_numpy_output(layers, points, **masks) - target) ** 2, axis=1)
+
+    for roles, check in zip([found, _swap(found, "crease", "dead"), shuffled], together):
+        alone = ablation_check(layers, roles, n_points=3000, n_draws=30, seed=7)
+        for field in dataclasses.fields(check):
+            np.testing.assert_array_equal(getattr(check, field.name), getattr(alone, field.name))
+        kinds = lambda *names: [np.isin(r, names) for r in roles.roles] + [None]  # noqa: E731
+        np.testing.assert_allclose(check.intact, mse(), rtol=1e-12)
+        np.testing.assert_allclose(check.without_creases, mse(remove=kinds("crease")), rtol=1e-12)
+        np.testing.assert_allclose(check.without_mechanism, mse(remove=kinds(*MECHANISM_ROLES)), rtol=1e-12)
+        np.testing.assert_allclose(check.without_rest, mse(remove=kinds("dead", "cancelling"), linearise=kinds("linear")), rtol=1e-12)
+    with pytest.raises(ValueError, match="roles were found on networks"):
+        ablation_checks(layers, [found, unit_roles(planted_networks(4, 8, seed=1)[0], n_points=256)], n_points=256)
 
 
 def test_trained_networks_and_the_ablation_check():
