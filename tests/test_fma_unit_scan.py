@@ -23,7 +23,7 @@ from physlens.probes.unit_scan import (
     role_scores,
     unit_roles,
 )
-from physlens.probes.unit_scan import _null_mse
+from physlens.probes.unit_scan import _groups, _null_mse
 from physlens.systems.fma import fma_splits, optimal_plane, sample_fma
 from physlens.training.ensemble import EnsembleTrainConfig, train_ensemble
 
@@ -172,6 +172,45 @@ def test_unit_roles_measures_what_removing_and_linearising_do(hidden):
                 output = _numpy_output(layers, points, **{kind: masks})
                 expected = np.sqrt(np.mean((output - base) ** 2, axis=1)) / scale
                 np.testing.assert_allclose(measured[index][:, j], expected, rtol=1e-9, atol=1e-12)
+
+
+def test_groups_of_networks_with_and_without_shared_activations():
+    # planted networks (a duplicated crease and a cancelling pair share activations) beside random ones (no two
+    # units alike), in one batch: every change against a NumPy forward pass, and the groups against a plain loop
+    planted, _ = planted_networks(5, 8, n_dead=2, n_duplicates=1, n_cancelling=1, noise=0.0, seed=3)
+    rng = np.random.default_rng(5)
+    params = {k: torch.cat([v, torch.from_numpy(rng.normal(size=v.shape))]) for k, v in planted.items()}
+    layers = network_layers(params)
+    found = unit_roles(params, n_points=512, seed=4)
+    points = sample_fma(512, "product", seed=4, dtype="float64")[0]
+    scale = optimal_plane("product").target_variance ** 0.5
+    base = _numpy_output(layers, points)
+    groups = found.group[0]
+    assert (groups[:5] != np.arange(8)).any(1).all() and (groups[5:] == np.arange(8)).all()
+    for j in range(8):
+        one = np.zeros((10, 8), dtype=bool)
+        one[:, j] = True
+        group = groups == groups[:, j : j + 1]
+        for measured, kind, mask in ((found.removal_change, "remove", one), (found.group_removal_change, "remove", group),
+                                     (found.group_linearisation_change, "linearise", group)):  # fmt: skip
+            expected = np.sqrt(np.mean((_numpy_output(layers, points, **{kind: [mask]}) - base) ** 2, axis=1)) / scale
+            np.testing.assert_allclose(measured[0][:, j], expected, rtol=1e-9, atol=1e-12)
+    # the grouping rule, unit by unit: a loud unit joins the first earlier loud unit whose activation it is proportional to
+    post = torch.from_numpy(np.maximum(points.numpy() @ layers[0][0].numpy() + layers[0][1].numpy()[:, None, :], 0))
+    post[7, :, 3] = 0.0  # a silent unit is a group of its own
+    post[8, :, 5] = 2.5 * post[8, :, 1]  # a copy of an earlier unit joins its group
+    norms = post.norm(dim=1).numpy()
+    loud = norms > 1e-9 * norms.max(1, keepdims=True)
+    expected = np.tile(np.arange(8), (10, 1))
+    for m in range(10):
+        for j in range(8):
+            for k in range(j):
+                a, b = post[m, :, j].numpy(), post[m, :, k].numpy()
+                if loud[m, j] and loud[m, k] and a @ b / np.linalg.norm(a) / np.linalg.norm(b) >= 0.999:
+                    expected[m, j] = expected[m, k]
+                    break
+    np.testing.assert_array_equal(_groups(post, 0.999, 1e-9), expected)
+    assert expected[8, 5] == 1 and expected[7, 3] == 3
 
 
 def test_the_null_of_deeper_networks_is_one_forward_pass_per_draw():

@@ -146,12 +146,11 @@ def _groups(post: Tensor, similarity: float, silent: float) -> np.ndarray:
     loud = (norms > silent * norms.amax(dim=1, keepdim=True).clamp_min(1e-300)).numpy()
     n_models, width = norms.shape
     groups = np.tile(np.arange(width), (n_models, 1))
-    for m in range(n_models):
-        for j in range(width):
-            for k in range(j):
-                if loud[m, j] and loud[m, k] and cosine[m, j, k] >= similarity:
-                    groups[m, j] = groups[m, k]
-                    break
+    rows = np.arange(n_models)
+    for j in range(1, width):  # unit j joins the group of the first earlier unit it is proportional to, in every model at once
+        joins = loud[:, j : j + 1] & loud[:, :j] & (cosine[:, j, :j] >= similarity)  # [model, k < j]
+        first = joins.argmax(1)
+        groups[:, j] = np.where(joins.any(1), groups[rows, first], j)
     return groups
 
 
@@ -164,9 +163,24 @@ def _last_layer_changes(pre: Tensor, post: Tensor, W_out: Tensor, groups: np.nda
     """
     weight = W_out[:, None, :, 0]  # [model, 1, width]
     contribution, cut = post * weight, pre.clamp_max(0) * weight  # [model, n, width]
-    same = torch.from_numpy(groups[:, :, None] == groups[:, None, :]).to(pre.dtype)  # [model, unit, member]
-    group_contribution, group_cut = (torch.bmm(t, same.transpose(1, 2)) for t in (contribution, cut))  # [model, n, unit]
-    return tuple(t.square().mean(1).sqrt().numpy() for t in (contribution, group_contribution, group_cut))
+
+    def rms(t: Tensor) -> np.ndarray:
+        return t.square().mean(1).sqrt().numpy()
+
+    def grouped(t: Tensor, chosen: np.ndarray) -> np.ndarray:  # RMS of each unit's group's sum, for the models chosen
+        same = torch.from_numpy(groups[chosen, :, None] == groups[chosen, None, :]).to(pre.dtype)  # [model, unit, member]
+        return rms(torch.bmm(t, same.transpose(1, 2)))  # [model, n, unit]
+
+    removal = rms(contribution)
+    merged = np.flatnonzero((groups != np.arange(groups.shape[1])).any(1))  # models with a group of several units
+    if merged.size == groups.shape[0]:
+        return removal, grouped(contribution, merged), grouped(cut, merged)
+    # where every group is one unit, a group's sum is the unit itself (bit for bit: the other terms are exact zeros)
+    group_removal, group_linear = removal.copy(), rms(cut)
+    if merged.size:
+        pick = torch.from_numpy(merged)
+        group_removal[merged], group_linear[merged] = grouped(contribution[pick], merged), grouped(cut[pick], merged)
+    return removal, group_removal, group_linear
 
 
 def unit_roles(
