@@ -10,7 +10,7 @@ import torch
 from numpy.testing import assert_allclose
 
 from physlens.models.mlp import EnsembleConfig, MLPEnsemble
-from physlens.probes.mechanisms import _amax, _amin, _column_reduce, _count, _preactivation_range
+from physlens.probes.mechanisms import _amax, _amin, _column_reduce, _count, _part_integrals, _preactivation_range
 from physlens.probes.mechanisms import (
     ACTIVE,
     DEAD,
@@ -207,6 +207,21 @@ def test_sample_moments_in_blocks_are_the_means_of_every_preactivation(rng):
     np.testing.assert_array_equal(stats.firing_fraction, (pre > 0).sum(1) / 5001)  # counts are exact
     assert_allclose(stats.removal_change, np.abs(w) * np.sqrt((np.clip(pre, 0, None) ** 2).mean(1)) / scale, rtol=1e-12)
     assert_allclose(stats.linearisation_change, np.abs(w) * np.sqrt((np.clip(-pre, 0, None) ** 2).mean(1)) / scale, rtol=1e-12)
+
+
+def test_part_integrals_against_a_midpoint_rule(rng):
+    # rising, falling and flat lines, crossing zero inside (0, 1) or not, and exact zeros
+    A = np.r_[rng.normal(size=200) * 3, 0.0, 0.0, 0.0, 1e-14, -1e-14, 2.0, -2.0, 0.5]
+    B = np.r_[rng.normal(size=200) * 2, 0.7, -0.7, 0.0, 0.3, -0.3, -1.0, 1.0, 0.0]
+    t = (np.arange(200_000) + 0.5) / 200_000
+    line = A[:, None] * t + B[:, None]
+    fires, positive, negative = (v.numpy() for v in _part_integrals(torch.from_numpy(A), torch.from_numpy(B)))
+    assert_allclose(fires, (line > 0).mean(1), atol=2e-5)
+    assert_allclose(positive, (np.clip(line, 0, None) ** 2).mean(1), rtol=1e-6, atol=1e-9)
+    assert_allclose(negative, (np.clip(-line, 0, None) ** 2).mean(1), rtol=1e-6, atol=1e-9)
+    # the negative part is the positive part of the mirrored line, bit for bit
+    _, mirrored, _ = _part_integrals(torch.from_numpy(-A), torch.from_numpy(-B))
+    np.testing.assert_array_equal(negative, mirrored.numpy())
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (7, 3), (5001, 10), (100, 513), (1000, 2048), (3, 700)])

@@ -209,17 +209,28 @@ class UnitStatistics:
     n_points: int | None  # size of the sample the expectations were estimated on; None: exact (quadrature)
 
 
-def _positive_part_integrals(A: Tensor, B: Tensor) -> tuple[Tensor, Tensor]:
-    """∫₀¹ 1[At + B > 0] dt and ∫₀¹ relu(At + B)² dt, elementwise, in closed form."""
+def _part_integrals(A: Tensor, B: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """∫₀¹ 1[At + B > 0] dt, ∫₀¹ relu(At + B)² dt and ∫₀¹ relu(−At − B)² dt, elementwise, in closed form.
+
+    The negative part is the positive part of (−A, −B), computed from what the two share: the root −B/A
+    (the same number for both signs), B², A·B and A², all exact under a change of sign.
+    """
     flat = A.abs() <= 1e-12 * (B.abs() + 1.0)
     safe = torch.where(flat, torch.ones_like(A), A)
     root = (-B / safe).clamp(0.0, 1.0)
-    lo = torch.where(flat, torch.zeros_like(A), torch.where(A > 0, root, torch.zeros_like(A)))
-    hi = torch.where(flat, (B > 0).to(A.dtype), torch.where(A > 0, torch.ones_like(A), root))
-    length = (hi - lo).clamp_min(0.0)
-    # ∫_lo^hi (At + B)² dt without cancellation for small A
-    square = length * (B**2 + A * B * (hi + lo) + A**2 * (hi**2 + hi * lo + lo**2) / 3)
-    return length, square
+    zeros, ones = torch.zeros_like(A), torch.ones_like(A)
+    B2, AB, A2 = B**2, A * B, A**2
+
+    def part(rising: Tensor, positive_on_flat: Tensor) -> tuple[Tensor, Tensor]:
+        lo = torch.where(flat, zeros, torch.where(rising, root, zeros))
+        hi = torch.where(flat, positive_on_flat.to(A.dtype), torch.where(rising, ones, root))
+        length = (hi - lo).clamp_min(0.0)
+        # ∫_lo^hi (At + B)² dt without cancellation for small A
+        return length, length * (B2 + AB * (hi + lo) + A2 * (hi**2 + hi * lo + lo**2) / 3)
+
+    length, positive = part(A > 0, B > 0)
+    _, negative = part(A < 0, B < 0)
+    return length, positive, negative
 
 
 def _sample_moments(params: dict[str, Tensor], inputs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -283,8 +294,7 @@ def unit_statistics(
         quadrature = segment_quadrature(distribution)
         slope = torch.einsum("kd,mdh->mkh", quadrature.directions, params["W_in"])  # [model, segment, h]
         offset = torch.einsum("kd,mdh->mkh", quadrature.origins, params["W_in"]) + params["b_in"][:, None, :]
-        fires, positive = _positive_part_integrals(slope, offset)
-        _, negative = _positive_part_integrals(-slope, -offset)
+        fires, positive, negative = _part_integrals(slope, offset)
         weights = quadrature.weights[None, :, None]
         fraction, positive, negative = ((weights * t).sum(1) for t in (fires, positive, negative))
         n_points = None
