@@ -217,8 +217,9 @@ def unit_roles(
     points = sample_fma(n_points, distribution, seed=seed, dtype="float64")[0]
     scale = optimal_plane(distribution).target_variance ** 0.5
     first = _first_layer(layers, points)
-    base = _forward(layers, points, [None] * len(layers), [None] * len(layers), first)
-    n_models = base.shape[0]
+    n_models = layers[0][0].shape[0]
+    # the intact outputs, which only the hidden layers before the last need (the last one's changes are closed-form)
+    base = _forward(layers, points, [None] * len(layers), [None] * len(layers), first) if len(layers) > 2 else None
 
     def change(output: Tensor) -> np.ndarray:
         return ((output - base).square().mean(1).sqrt() / scale).numpy()
