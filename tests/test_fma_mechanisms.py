@@ -10,7 +10,7 @@ import torch
 from numpy.testing import assert_allclose
 
 from physlens.models.mlp import EnsembleConfig, MLPEnsemble
-from physlens.probes.mechanisms import _preactivation_range
+from physlens.probes.mechanisms import _amax, _amin, _column_reduce, _count, _part_integrals, _preactivation_range
 from physlens.probes.mechanisms import (
     ACTIVE,
     DEAD,
@@ -192,6 +192,45 @@ def test_preactivation_range_in_blocks_is_the_extremes_of_every_preactivation(rn
     lowest, highest = _preactivation_range(params, torch.from_numpy(inputs))
     assert_allclose(lowest.numpy(), pre.min(axis=1), rtol=1e-12, atol=1e-12)
     assert_allclose(highest.numpy(), pre.max(axis=1), rtol=1e-12, atol=1e-12)
+
+
+def test_sample_moments_in_blocks_are_the_means_of_every_preactivation(rng):
+    # 300 width-3 networks on 5001 shared points: blocks of 69 networks, a shorter last block, and a row count
+    # that the column reductions' folding leaves a remainder of
+    W_in, b_in, w = rng.normal(size=(300, 2, 3)), rng.normal(size=(300, 3)), rng.normal(size=(300, 3))
+    params = {"W_in": torch.from_numpy(W_in), "b_in": torch.from_numpy(b_in), "W_out": torch.from_numpy(w[..., None]),
+              "b_out": torch.zeros(300, 1, dtype=torch.float64)}  # fmt: skip
+    inputs = sample_product(5001, rng)
+    pre = inputs @ W_in + b_in[:, None, :]
+    stats = unit_statistics(params, inputs=torch.from_numpy(inputs))
+    scale = np.sqrt(1 / 12)  # std of F = m·a ~ U(0, 1) on the product distribution
+    np.testing.assert_array_equal(stats.firing_fraction, (pre > 0).sum(1) / 5001)  # counts are exact
+    assert_allclose(stats.removal_change, np.abs(w) * np.sqrt((np.clip(pre, 0, None) ** 2).mean(1)) / scale, rtol=1e-12)
+    assert_allclose(stats.linearisation_change, np.abs(w) * np.sqrt((np.clip(-pre, 0, None) ** 2).mean(1)) / scale, rtol=1e-12)
+
+
+def test_part_integrals_against_a_midpoint_rule(rng):
+    # rising, falling and flat lines, crossing zero inside (0, 1) or not, and exact zeros
+    A = np.r_[rng.normal(size=200) * 3, 0.0, 0.0, 0.0, 1e-14, -1e-14, 2.0, -2.0, 0.5]
+    B = np.r_[rng.normal(size=200) * 2, 0.7, -0.7, 0.0, 0.3, -0.3, -1.0, 1.0, 0.0]
+    t = (np.arange(200_000) + 0.5) / 200_000
+    line = A[:, None] * t + B[:, None]
+    fires, positive, negative = (v.numpy() for v in _part_integrals(torch.from_numpy(A), torch.from_numpy(B)))
+    assert_allclose(fires, (line > 0).mean(1), atol=2e-5)
+    assert_allclose(positive, (np.clip(line, 0, None) ** 2).mean(1), rtol=1e-6, atol=1e-9)
+    assert_allclose(negative, (np.clip(-line, 0, None) ** 2).mean(1), rtol=1e-6, atol=1e-9)
+    # the negative part is the positive part of the mirrored line, bit for bit
+    _, mirrored, _ = _part_integrals(torch.from_numpy(-A), torch.from_numpy(-B))
+    np.testing.assert_array_equal(negative, mirrored.numpy())
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (7, 3), (5001, 10), (100, 513), (1000, 2048), (3, 700)])
+def test_column_reduce_is_the_reduction_over_rows(rng, shape):
+    values = torch.from_numpy(rng.normal(size=shape))
+    assert torch.equal(_column_reduce(values, _amin, torch.minimum), values.amin(0))
+    assert torch.equal(_column_reduce(values, _amax, torch.maximum), values.amax(0))
+    fires = values > 0.3
+    assert _column_reduce(fires, _count, torch.add).tolist() == fires.numpy().sum(0).tolist()
 
 
 def test_crease_angles_formula_and_region_mse(rng):

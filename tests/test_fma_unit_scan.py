@@ -17,12 +17,13 @@ from physlens.probes.unit_scan import (
     UNIT_ROLES,
     UnitScan,
     ablation_check,
+    ablation_checks,
     exact_unit_roles,
     planted_networks,
     role_scores,
     unit_roles,
 )
-from physlens.probes.unit_scan import _null_mse
+from physlens.probes.unit_scan import _groups, _null_mse
 from physlens.systems.fma import fma_splits, optimal_plane, sample_fma
 from physlens.training.ensemble import EnsembleTrainConfig, train_ensemble
 
@@ -173,6 +174,45 @@ def test_unit_roles_measures_what_removing_and_linearising_do(hidden):
                 np.testing.assert_allclose(measured[index][:, j], expected, rtol=1e-9, atol=1e-12)
 
 
+def test_groups_of_networks_with_and_without_shared_activations():
+    # planted networks (a duplicated crease and a cancelling pair share activations) beside random ones (no two
+    # units alike), in one batch: every change against a NumPy forward pass, and the groups against a plain loop
+    planted, _ = planted_networks(5, 8, n_dead=2, n_duplicates=1, n_cancelling=1, noise=0.0, seed=3)
+    rng = np.random.default_rng(5)
+    params = {k: torch.cat([v, torch.from_numpy(rng.normal(size=v.shape))]) for k, v in planted.items()}
+    layers = network_layers(params)
+    found = unit_roles(params, n_points=512, seed=4)
+    points = sample_fma(512, "product", seed=4, dtype="float64")[0]
+    scale = optimal_plane("product").target_variance ** 0.5
+    base = _numpy_output(layers, points)
+    groups = found.group[0]
+    assert (groups[:5] != np.arange(8)).any(1).all() and (groups[5:] == np.arange(8)).all()
+    for j in range(8):
+        one = np.zeros((10, 8), dtype=bool)
+        one[:, j] = True
+        group = groups == groups[:, j : j + 1]
+        for measured, kind, mask in ((found.removal_change, "remove", one), (found.group_removal_change, "remove", group),
+                                     (found.group_linearisation_change, "linearise", group)):  # fmt: skip
+            expected = np.sqrt(np.mean((_numpy_output(layers, points, **{kind: [mask]}) - base) ** 2, axis=1)) / scale
+            np.testing.assert_allclose(measured[0][:, j], expected, rtol=1e-9, atol=1e-12)
+    # the grouping rule, unit by unit: a loud unit joins the first earlier loud unit whose activation it is proportional to
+    post = torch.from_numpy(np.maximum(points.numpy() @ layers[0][0].numpy() + layers[0][1].numpy()[:, None, :], 0))
+    post[7, :, 3] = 0.0  # a silent unit is a group of its own
+    post[8, :, 5] = 2.5 * post[8, :, 1]  # a copy of an earlier unit joins its group
+    norms = post.norm(dim=1).numpy()
+    loud = norms > 1e-9 * norms.max(1, keepdims=True)
+    expected = np.tile(np.arange(8), (10, 1))
+    for m in range(10):
+        for j in range(8):
+            for k in range(j):
+                a, b = post[m, :, j].numpy(), post[m, :, k].numpy()
+                if loud[m, j] and loud[m, k] and a @ b / np.linalg.norm(a) / np.linalg.norm(b) >= 0.999:
+                    expected[m, j] = expected[m, k]
+                    break
+    np.testing.assert_array_equal(_groups(post, 0.999, 1e-9), expected)
+    assert expected[8, 5] == 1 and expected[7, 3] == 3
+
+
 def test_the_null_of_deeper_networks_is_one_forward_pass_per_draw():
     rng = np.random.default_rng(1)
     layers = [(torch.from_numpy(rng.normal(size=(9, a, b))), torch.from_numpy(rng.normal(size=(9, b)))) for a, b in ((2, 3), (3, 2), (2, 1))]
@@ -182,6 +222,38 @@ def test_the_null_of_deeper_networks_is_one_forward_pass_per_draw():
     expected = np.stack([np.mean((_numpy_output(layers, points, remove=[m[d] for m in masks] + [None]) - target.numpy()) ** 2, axis=1)
                          for d in range(40)])  # fmt: skip
     np.testing.assert_allclose(_null_mse(layers, points, target, masks), expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize("hidden", [[8], [3, 4]])
+def test_ablation_check_errors_are_numpy_forward_passes_and_shared_work_changes_nothing(hidden):
+    # every error of the check against a NumPy forward pass with the units of each role removed (linear units
+    # linearised for the rest), for several sets of roles of the same networks checked together and alone
+    planted, truth = planted_networks(9, 8, n_dead=2, n_duplicates=1, n_cancelling=1, noise=0.01, seed=6)
+    rng = np.random.default_rng(4)
+    layers = network_layers(planted) if hidden == [8] else [
+        (torch.from_numpy(rng.normal(size=(9, fan_in, fan_out))), torch.from_numpy(rng.normal(size=(9, fan_out))))
+        for fan_in, fan_out in zip([2, *hidden], [*hidden, 1])
+    ]  # fmt: skip
+    found = unit_roles(layers, n_points=1024, seed=2)
+    shuffled = dataclasses.replace(found, roles=[np.stack([rng.permutation(row) for row in r]) for r in found.roles])
+    together = ablation_checks(layers, [found, _swap(found, "crease", "dead"), shuffled], n_points=3000, n_draws=30, seed=7)
+    points = sample_fma(3000, "product", seed=7, dtype="float64")[0]
+    target = (points[:, 0] * points[:, 1]).numpy()
+
+    def mse(**masks):
+        return np.mean((_numpy_output(layers, points, **masks) - target) ** 2, axis=1)
+
+    for roles, check in zip([found, _swap(found, "crease", "dead"), shuffled], together):
+        alone = ablation_check(layers, roles, n_points=3000, n_draws=30, seed=7)
+        for field in dataclasses.fields(check):
+            np.testing.assert_array_equal(getattr(check, field.name), getattr(alone, field.name))
+        kinds = lambda *names: [np.isin(r, names) for r in roles.roles] + [None]  # noqa: E731
+        np.testing.assert_allclose(check.intact, mse(), rtol=1e-12)
+        np.testing.assert_allclose(check.without_creases, mse(remove=kinds("crease")), rtol=1e-12)
+        np.testing.assert_allclose(check.without_mechanism, mse(remove=kinds(*MECHANISM_ROLES)), rtol=1e-12)
+        np.testing.assert_allclose(check.without_rest, mse(remove=kinds("dead", "cancelling"), linearise=kinds("linear")), rtol=1e-12)
+    with pytest.raises(ValueError, match="roles were found on networks"):
+        ablation_checks(layers, [found, unit_roles(planted_networks(4, 8, seed=1)[0], n_points=256)], n_points=256)
 
 
 def test_trained_networks_and_the_ablation_check():

@@ -34,7 +34,7 @@ unit active only if it fired on *every* point of a sample, is :func:`sign_patter
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -100,6 +100,37 @@ requires; the valleys of ridge+valley networks move it by about 10 %."""
 NetworkLike = TinyMLP | MLPEnsemble | Mapping[str, Any]
 
 _CHUNK_VALUES = 1 << 20  # values per temporary when statistics are taken over a sample
+_FOLD_COLUMNS = 512  # columns a narrow [n, C] buffer is folded to before a reduction over its rows
+
+
+def _column_reduce(values: Tensor, reduce: Callable[[Tensor], Tensor], combine: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
+    """``reduce`` over the rows of a contiguous ``[n, C]`` tensor, for reductions that do not depend
+    on the order (min, max, integer counts): ``[C]``.
+
+    A sample's buffer has many rows and few columns (a block of networks' units), where a reduction
+    over dim 0 runs several times slower than over a wide matrix. The first ``q·k`` rows are viewed as
+    ``[q, k·C]`` (k consecutive rows side by side), reduced, and the ``[k, C]`` partial results reduced
+    again; the last ``n − q·k`` rows are reduced on their own and joined by ``combine``.
+    """
+    n, columns = values.shape
+    k = max(1, min(n, _FOLD_COLUMNS // max(1, columns)))
+    q = n // k
+    out = reduce(reduce(values[: q * k].view(q, k * columns)).view(k, columns))
+    return combine(out, reduce(values[q * k :])) if q * k < n else out
+
+
+def _amin(values: Tensor) -> Tensor:
+    return values.amin(0)
+
+
+def _amax(values: Tensor) -> Tensor:
+    return values.amax(0)
+
+
+def _count(values: Tensor) -> Tensor:
+    return values.sum(0, dtype=torch.int32 if values.shape[0] < 2**31 else torch.int64)  # int32 adds twice as fast
+
+
 def network_parameters(network: NetworkLike | torch.nn.Module) -> dict[str, Float[Tensor, "model ..."]]:
     """The parameters of one or many tiny MLPs, stacked with a leading model axis.
 
@@ -178,17 +209,28 @@ class UnitStatistics:
     n_points: int | None  # size of the sample the expectations were estimated on; None: exact (quadrature)
 
 
-def _positive_part_integrals(A: Tensor, B: Tensor) -> tuple[Tensor, Tensor]:
-    """∫₀¹ 1[At + B > 0] dt and ∫₀¹ relu(At + B)² dt, elementwise, in closed form."""
+def _part_integrals(A: Tensor, B: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """∫₀¹ 1[At + B > 0] dt, ∫₀¹ relu(At + B)² dt and ∫₀¹ relu(−At − B)² dt, elementwise, in closed form.
+
+    The negative part is the positive part of (−A, −B), computed from what the two share: the root −B/A
+    (the same number for both signs), B², A·B and A², all exact under a change of sign.
+    """
     flat = A.abs() <= 1e-12 * (B.abs() + 1.0)
     safe = torch.where(flat, torch.ones_like(A), A)
     root = (-B / safe).clamp(0.0, 1.0)
-    lo = torch.where(flat, torch.zeros_like(A), torch.where(A > 0, root, torch.zeros_like(A)))
-    hi = torch.where(flat, (B > 0).to(A.dtype), torch.where(A > 0, torch.ones_like(A), root))
-    length = (hi - lo).clamp_min(0.0)
-    # ∫_lo^hi (At + B)² dt without cancellation for small A
-    square = length * (B**2 + A * B * (hi + lo) + A**2 * (hi**2 + hi * lo + lo**2) / 3)
-    return length, square
+    zeros, ones = torch.zeros_like(A), torch.ones_like(A)
+    B2, AB, A2 = B**2, A * B, A**2
+
+    def part(rising: Tensor, positive_on_flat: Tensor) -> tuple[Tensor, Tensor]:
+        lo = torch.where(flat, zeros, torch.where(rising, root, zeros))
+        hi = torch.where(flat, positive_on_flat.to(A.dtype), torch.where(rising, ones, root))
+        length = (hi - lo).clamp_min(0.0)
+        # ∫_lo^hi (At + B)² dt without cancellation for small A
+        return length, length * (B2 + AB * (hi + lo) + A2 * (hi**2 + hi * lo + lo**2) / 3)
+
+    length, positive = part(A > 0, B > 0)
+    _, negative = part(A < 0, B < 0)
+    return length, positive, negative
 
 
 def _sample_moments(params: dict[str, Tensor], inputs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -210,7 +252,7 @@ def _sample_moments(params: dict[str, Tensor], inputs: Tensor) -> tuple[Tensor, 
     block = max(1, min(n_models, _CHUNK_VALUES // max(1, n * width)))
     pre = torch.empty(n, block * width, dtype=torch.float64)
     part = torch.empty_like(pre)
-    fires = torch.empty(pre.shape, dtype=torch.bool)
+    fires = torch.zeros(pre.shape, dtype=torch.bool)  # counted whole (a shorter last block's columns are dropped after)
     out = [torch.empty(n_models * width, dtype=torch.float64) for _ in range(3)]
     for start in range(0, n_models, block):
         stop = min(start + block, n_models)
@@ -219,7 +261,7 @@ def _sample_moments(params: dict[str, Tensor], inputs: Tensor) -> tuple[Tensor, 
         z, p, f = pre[:, :cols], part[:, :cols], fires[:, :cols]
         torch.addmm(b_in[start:stop].reshape(cols), inputs, weights, out=z)
         torch.gt(z, 0, out=f)
-        out[0][start * width : stop * width] = f.sum(0).to(torch.float64) / n
+        out[0][start * width : stop * width] = _column_reduce(fires, _count, torch.add)[:cols].to(torch.float64) / n
         torch.clamp_min(z, 0, out=p)
         out[1][start * width : stop * width] = p.square_().mean(0)
         torch.clamp_max(z, 0, out=p)
@@ -252,8 +294,7 @@ def unit_statistics(
         quadrature = segment_quadrature(distribution)
         slope = torch.einsum("kd,mdh->mkh", quadrature.directions, params["W_in"])  # [model, segment, h]
         offset = torch.einsum("kd,mdh->mkh", quadrature.origins, params["W_in"]) + params["b_in"][:, None, :]
-        fires, positive = _positive_part_integrals(slope, offset)
-        _, negative = _positive_part_integrals(-slope, -offset)
+        fires, positive, negative = _part_integrals(slope, offset)
         weights = quadrature.weights[None, :, None]
         fraction, positive, negative = ((weights * t).sum(1) for t in (fires, positive, negative))
         n_points = None
@@ -317,14 +358,14 @@ def _preactivation_range(network: NetworkLike, inputs: Float[Tensor, "*model n d
     inputs = inputs.to(device=W_in.device, dtype=W_in.dtype)
     n = inputs.shape[0]
     block = max(1, min(n_models, _CHUNK_VALUES // max(1, n * width)))
-    buffer = torch.empty(n, block * width, dtype=W_in.dtype, device=W_in.device)
+    buffer = torch.zeros(n, block * width, dtype=W_in.dtype, device=W_in.device)  # reduced whole; a shorter last block's columns are dropped after
     lowest, highest = (torch.empty(n_models * width, dtype=W_in.dtype, device=W_in.device) for _ in range(2))
     for start in range(0, n_models, block):
         stop = min(start + block, n_models)
         cols = (stop - start) * width
-        pre = buffer[:, :cols]
-        torch.addmm(b_in[start:stop].reshape(cols), inputs, W_in[start:stop].permute(1, 0, 2).reshape(d_in, cols), out=pre)
-        torch.aminmax(pre, dim=0, out=(lowest[start * width : stop * width], highest[start * width : stop * width]))
+        torch.addmm(b_in[start:stop].reshape(cols), inputs, W_in[start:stop].permute(1, 0, 2).reshape(d_in, cols), out=buffer[:, :cols])
+        lowest[start * width : stop * width] = _column_reduce(buffer, _amin, torch.minimum)[:cols]
+        highest[start * width : stop * width] = _column_reduce(buffer, _amax, torch.maximum)[:cols]
     return lowest.reshape(n_models, width), highest.reshape(n_models, width)
 
 

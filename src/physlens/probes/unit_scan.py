@@ -59,22 +59,27 @@ def _forward(
 ) -> Tensor:
     """Outputs ``[model, n]`` with, in hidden layer ``l``, the units in ``remove[l]`` set to 0 and those in
     ``linearise[l]`` passed through without their ReLU (masks ``[model, width]`` or None); ``first``: the
-    first hidden layer's activations on ``points`` (:func:`_first_layer`), if already computed."""
+    first hidden layer's activations on ``points`` (:func:`_first_layer`), if already computed.
+
+    A removed unit's outgoing weights are zeroed instead of its activations: its every product in the
+    next layer is an exact 0 either way, so the outputs are the same, without a masked copy of
+    ``[model, n, width]`` activations per ablation.
+    """
     hidden = points.to(torch.float64).unsqueeze(0).expand(layers[0][0].shape[0], -1, -1)
+    removed: Tensor | None = None  # the previous hidden layer's removed units
     for index, (W, b) in enumerate(layers):
-        shared = index == 0 and first is not None  # the caller's tensors: never written into
-        if shared:
-            pre, post = first
+        if removed is not None:
+            W = W.masked_fill(removed.unsqueeze(2), 0.0)
+        if index == 0 and first is not None:
+            pre, post = first  # the caller's tensors: never written into
         else:
             pre = torch.baddbmm(b.unsqueeze(1), hidden, W)
             if index == len(layers) - 1:
                 return pre[..., 0]
             post = pre.clamp_min(0)
         if linearise[index] is not None:
-            post, shared = torch.where(linearise[index].unsqueeze(1), pre, post), False
-        if remove[index] is not None:
-            mask = remove[index].unsqueeze(1)
-            post = post.masked_fill(mask, 0.0) if shared else post.masked_fill_(mask, 0.0)
+            post = torch.where(linearise[index].unsqueeze(1), pre, post)
+        removed = remove[index]
         hidden = post
     raise AssertionError("unreachable: the last layer returns")
 
@@ -141,12 +146,11 @@ def _groups(post: Tensor, similarity: float, silent: float) -> np.ndarray:
     loud = (norms > silent * norms.amax(dim=1, keepdim=True).clamp_min(1e-300)).numpy()
     n_models, width = norms.shape
     groups = np.tile(np.arange(width), (n_models, 1))
-    for m in range(n_models):
-        for j in range(width):
-            for k in range(j):
-                if loud[m, j] and loud[m, k] and cosine[m, j, k] >= similarity:
-                    groups[m, j] = groups[m, k]
-                    break
+    rows = np.arange(n_models)
+    for j in range(1, width):  # unit j joins the group of the first earlier unit it is proportional to, in every model at once
+        joins = loud[:, j : j + 1] & loud[:, :j] & (cosine[:, j, :j] >= similarity)  # [model, k < j]
+        first = joins.argmax(1)
+        groups[:, j] = np.where(joins.any(1), groups[rows, first], j)
     return groups
 
 
@@ -159,9 +163,24 @@ def _last_layer_changes(pre: Tensor, post: Tensor, W_out: Tensor, groups: np.nda
     """
     weight = W_out[:, None, :, 0]  # [model, 1, width]
     contribution, cut = post * weight, pre.clamp_max(0) * weight  # [model, n, width]
-    same = torch.from_numpy(groups[:, :, None] == groups[:, None, :]).to(pre.dtype)  # [model, unit, member]
-    group_contribution, group_cut = (torch.bmm(t, same.transpose(1, 2)) for t in (contribution, cut))  # [model, n, unit]
-    return tuple(t.square().mean(1).sqrt().numpy() for t in (contribution, group_contribution, group_cut))
+
+    def rms(t: Tensor) -> np.ndarray:
+        return t.square().mean(1).sqrt().numpy()
+
+    def grouped(t: Tensor, chosen: np.ndarray) -> np.ndarray:  # RMS of each unit's group's sum, for the models chosen
+        same = torch.from_numpy(groups[chosen, :, None] == groups[chosen, None, :]).to(pre.dtype)  # [model, unit, member]
+        return rms(torch.bmm(t, same.transpose(1, 2)))  # [model, n, unit]
+
+    removal = rms(contribution)
+    merged = np.flatnonzero((groups != np.arange(groups.shape[1])).any(1))  # models with a group of several units
+    if merged.size == groups.shape[0]:
+        return removal, grouped(contribution, merged), grouped(cut, merged)
+    # where every group is one unit, a group's sum is the unit itself (bit for bit: the other terms are exact zeros)
+    group_removal, group_linear = removal.copy(), rms(cut)
+    if merged.size:
+        pick = torch.from_numpy(merged)
+        group_removal[merged], group_linear[merged] = grouped(contribution[pick], merged), grouped(cut[pick], merged)
+    return removal, group_removal, group_linear
 
 
 def unit_roles(
@@ -198,8 +217,9 @@ def unit_roles(
     points = sample_fma(n_points, distribution, seed=seed, dtype="float64")[0]
     scale = optimal_plane(distribution).target_variance ** 0.5
     first = _first_layer(layers, points)
-    base = _forward(layers, points, [None] * len(layers), [None] * len(layers), first)
-    n_models = base.shape[0]
+    n_models = layers[0][0].shape[0]
+    # the intact outputs, which only the hidden layers before the last need (the last one's changes are closed-form)
+    base = _forward(layers, points, [None] * len(layers), [None] * len(layers), first) if len(layers) > 2 else None
 
     def change(output: Tensor) -> np.ndarray:
         return ((output - base).square().mean(1).sqrt() / scale).numpy()
@@ -534,9 +554,28 @@ def _random_sets(roles: UnitRoles, n_draws: int, rng: np.random.Generator) -> li
     return out
 
 
-def _null_mse(layers: Layers, points: Tensor, target: Tensor, masks: list[np.ndarray], first: tuple[Tensor, Tensor] | None = None) -> np.ndarray:
+NullForm = tuple[np.ndarray, np.ndarray, np.ndarray]
+"""One hidden layer's null as a quadratic form: mean r², ⟨C, r⟩ ``[model, width]`` and ⟨C, C⟩ ``[model, width, width]``."""
+
+
+def _null_form(layers: Layers, points: Tensor, residual: Tensor, first: tuple[Tensor, Tensor] | None = None) -> NullForm:
+    """The quadratic form of :func:`_null_mse` for networks of one hidden layer: C the units' contributions
+    ``[model, n, width]`` and r the intact ``residual`` ``[model, n]``, every moment a mean over ``points``."""
+    post = _activations(layers, points, first)[0]  # [model, n, width]
+    contribution = post * layers[1][0][:, None, :, 0]
+    n = points.shape[0]
+    gram = (torch.einsum("mnj,mnk->mjk", contribution, contribution) / n).numpy()
+    cross = (torch.einsum("mnj,mn->mj", contribution, residual) / n).numpy()
+    return residual.square().mean(1).numpy(), cross, gram
+
+
+def _null_mse(
+    layers: Layers, points: Tensor, target: Tensor, masks: list[np.ndarray], first: tuple[Tensor, Tensor] | None = None,
+    form: NullForm | None = None,
+) -> np.ndarray:
     """MSE ``[draw, model]`` with, in every draw, the units of ``masks`` (per hidden layer, ``[draw, model, width]``) removed
-    (``first``: the first hidden layer's activations on ``points``, :func:`_first_layer`, if already computed).
+    (``first``: the first hidden layer's activations on ``points``, :func:`_first_layer`, if already computed;
+    ``form``: one hidden layer's :func:`_null_form`, if already computed).
 
     With one hidden layer removal is linear in the output, so every draw is a quadratic form in the mask,
     exact: with C the units' contributions and r the intact residual, MSE = mean r² − 2 m·⟨C, r⟩ + mᵀ⟨C, C⟩m.
@@ -544,14 +583,11 @@ def _null_mse(layers: Layers, points: Tensor, target: Tensor, masks: list[np.nda
     the mechanism has only a few such sets, however many draws there are.
     """
     if len(layers) == 2:
-        post = _activations(layers, points, first)[0]  # [model, n, width]
-        contribution = post * layers[1][0][:, None, :, 0]
-        residual = _forward(layers, points, [None, None], [None, None], first) - target
-        n = points.shape[0]
-        gram = (torch.einsum("mnj,mnk->mjk", contribution, contribution) / n).numpy()
-        cross = (torch.einsum("mnj,mn->mj", contribution, residual) / n).numpy()
+        if form is None:
+            form = _null_form(layers, points, _forward(layers, points, [None, None], [None, None], first) - target, first)
+        mean_square, cross, gram = form
         mask = masks[0].astype(np.float64)
-        mse = residual.square().mean(1).numpy() - 2 * (mask * cross).sum(-1) + np.einsum("dmj,mjk,dmk->dm", mask, gram, mask)
+        mse = mean_square - 2 * (mask * cross).sum(-1) + np.einsum("dmj,mjk,dmk->dm", mask, gram, mask)
         return np.maximum(mse, 0.0)
     units = np.concatenate(masks, axis=-1)  # [draw, model, every hidden unit]
     n_draws, n_models, _ = units.shape
@@ -596,8 +632,28 @@ def ablation_check(
     the wrong units fails both: removing them costs nothing, and the null then holds the real creases.
 
     In a network with one hidden layer, removing every crease leaves a plane, which cannot beat the
-    exact best plane. Use a ``seed`` other than the one the roles were found with.
+    exact best plane. Use a ``seed`` other than the one the roles were found with. To check several sets
+    of roles of the same networks, :func:`ablation_checks` does the work that does not depend on them once.
     """
+    return ablation_checks(network, [roles], distribution, n_points=n_points, n_draws=n_draws, rel_tolerance=rel_tolerance,
+                           quantile=quantile, seed=seed)[0]  # fmt: skip
+
+
+def ablation_checks(
+    network: Any,
+    roles: Sequence[UnitRoles],
+    distribution: str = "product",
+    *,
+    n_points: int = 20_000,
+    n_draws: int = 200,
+    rel_tolerance: float = 0.1,
+    quantile: float = 0.95,
+    seed: int = 1,
+) -> list[AblationCheck]:
+    """:func:`ablation_check` of the same networks for every set of ``roles`` in turn (e.g. a scan's roles and
+    wrong units, to calibrate the check): each check is the one :func:`ablation_check` gives, while the
+    points, the first hidden layer, the intact error and (one hidden layer) the null's quadratic form are
+    computed once for all of them."""
     check_choice("distribution", distribution, DISTRIBUTIONS)
     n_draws = check_positive_int("n_draws", n_draws)
     rel_tolerance, quantile = check_finite_float("rel_tolerance", rel_tolerance), check_finite_float("quantile", quantile)
@@ -606,32 +662,41 @@ def ablation_check(
     if not 0 < quantile <= 1:
         raise ValueError(f"quantile must be in (0, 1], got {quantile}")
     layers = network_layers(network)
-    if tuple(W.shape[2] for W, _ in layers[:-1]) != roles.widths or roles.roles[0].shape[0] != layers[0][0].shape[0]:
-        raise ValueError(f"roles were found on networks of widths {list(roles.widths)} and {roles.roles[0].shape[0]} models; "
-                         f"network has {[W.shape[2] for W, _ in layers[:-1]]} and {layers[0][0].shape[0]}")  # fmt: skip
+    for found in roles:
+        if tuple(W.shape[2] for W, _ in layers[:-1]) != found.widths or found.roles[0].shape[0] != layers[0][0].shape[0]:
+            raise ValueError(f"roles were found on networks of widths {list(found.widths)} and {found.roles[0].shape[0]} models; "
+                             f"network has {[W.shape[2] for W, _ in layers[:-1]]} and {layers[0][0].shape[0]}")  # fmt: skip
     points = sample_fma(check_positive_int("n_points", n_points), distribution, seed=check_nonnegative_int("seed", seed), dtype="float64")[0]
     target = points[:, 0] * points[:, 1]
 
     first = _first_layer(layers, points)  # every ablation below starts from the same first hidden layer
+    none = [None] * len(layers)
+    residual = _forward(layers, points, none, none, first) - target
+    intact = residual.square().mean(1).numpy()
+    form = _null_form(layers, points, residual, first) if len(layers) == 2 else None
+    del residual
 
     def mse(remove: list[Tensor | None], linearise: list[Tensor | None]) -> np.ndarray:
         return (_forward(layers, points, remove, linearise, first) - target).square().mean(1).numpy()
 
-    def masks(kinds: Sequence[str]) -> list[Tensor | None]:
-        return [torch.from_numpy(np.isin(r, kinds)) for r in roles.roles] + [None]
-
-    none = [None] * len(layers)
     plane = optimal_plane(distribution)
-    n_creases = sum((r == "crease").sum(1) for r in roles.roles)
-    n_outside = sum((~np.isin(r, MECHANISM_ROLES)).sum(1) for r in roles.roles)
-    null = _null_mse(layers, points, target, _random_sets(roles, n_draws, np.random.default_rng(seed)), first).T  # [model, draw]
-    null[(n_creases == 0) | (n_outside == 0)] = np.nan
-    return AblationCheck(
-        intact=mse(none, none), without_creases=mse(masks(["crease"]), none), without_mechanism=mse(masks(list(MECHANISM_ROLES)), none),
-        without_rest=mse(masks(["dead", "cancelling"]), masks(["linear"])), without_random=null,
-        n_creases=n_creases, n_outside=n_outside, plane_mse=plane.mse, constant_mse=plane.target_variance,
-        rel_tolerance=rel_tolerance, quantile=quantile,
-    )  # fmt: skip
+    checks = []
+    for found in roles:
+
+        def masks(kinds: Sequence[str]) -> list[Tensor | None]:
+            return [torch.from_numpy(np.isin(r, kinds)) for r in found.roles] + [None]  # noqa: B023 (used in this iteration only)
+
+        n_creases = sum((r == "crease").sum(1) for r in found.roles)
+        n_outside = sum((~np.isin(r, MECHANISM_ROLES)).sum(1) for r in found.roles)
+        null = _null_mse(layers, points, target, _random_sets(found, n_draws, np.random.default_rng(seed)), first, form).T  # [model, draw]
+        null[(n_creases == 0) | (n_outside == 0)] = np.nan
+        checks.append(AblationCheck(
+            intact=intact.copy(), without_creases=mse(masks(["crease"]), none), without_mechanism=mse(masks(list(MECHANISM_ROLES)), none),
+            without_rest=mse(masks(["dead", "cancelling"]), masks(["linear"])), without_random=null,
+            n_creases=n_creases, n_outside=n_outside, plane_mse=plane.mse, constant_mse=plane.target_variance,
+            rel_tolerance=rel_tolerance, quantile=quantile,
+        ))  # fmt: skip
+    return checks
 
 
 def exact_unit_roles(network: NetworkLike, distribution: str = "product", *, tolerance: float = DEFAULT_TOLERANCE) -> np.ndarray:
@@ -655,6 +720,7 @@ __all__ = [
     "UnitRoles",
     "UnitScan",
     "ablation_check",
+    "ablation_checks",
     "exact_unit_roles",
     "planted_networks",
     "role_scores",

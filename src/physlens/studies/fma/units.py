@@ -5,12 +5,13 @@ networks' creases are followed through training."""
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from typing import Any
 
 import numpy as np
 
 from physlens.probes.populations import label_switches, settled_epochs
-from physlens.probes.unit_scan import UnitRoles, UnitScan, ablation_check, exact_unit_roles, planted_networks, role_scores, unit_roles
+from physlens.probes.unit_scan import AblationCheck, UnitRoles, UnitScan, ablation_checks, exact_unit_roles, planted_networks, role_scores, unit_roles
 from physlens.stats import proportion_interval
 from physlens.studies.fma.common import State, median_ci, pct, take
 
@@ -118,9 +119,15 @@ def _ablation(state: State, tol: float, test_params: dict[str, Any], found_test:
     ]
     for name, (network, _) in state.get("wide", {}).items():
         cases.append((f"trained, {name}", network, unit_roles(network, dist, n_points=un["n_points"], seed=seed, tolerance=tol), "trained"))
+    # the cases of one set of networks are checked together: their points, activations and intact errors are shared
+    checks: list[AblationCheck] = []
+    for _, group in itertools.groupby(cases, key=lambda case: id(case[1])):
+        same = list(group)
+        checks += ablation_checks(same[0][1], [roles for _, _, roles, _ in same], dist, n_points=20_000, n_draws=ABLATION_DRAWS,
+                                  rel_tolerance=ABLATION_TOLERANCE, seed=seed + 1)  # fmt: skip
     ab_rows, ab_metrics = [], {}
-    for name, network, roles, kind in cases:
-        row, ab_metrics[name] = _ablation_row(state, network, roles, kind)
+    for (name, _, _, kind), check in zip(cases, checks):
+        row, ab_metrics[name] = _ablation_row(state, check, kind)
         ab_rows.append([name, *row])
     limit = (1 + ABLATION_TOLERANCE) ** 2
     report.paragraph(
@@ -141,10 +148,9 @@ def _ablation(state: State, tol: float, test_params: dict[str, Any], found_test:
     return ab_metrics
 
 
-def _ablation_row(state: State, network: Any, roles: UnitRoles, kind: str) -> tuple[list[Any], dict[str, Any]]:
+def _ablation_row(state: State, check: AblationCheck, kind: str) -> tuple[list[Any], dict[str, Any]]:
     """The ablation check of one set of networks given its roles: medians of the MSE ratios and the shares that pass."""
-    dist, n_res, seed = take(state, "dist", "n_res", "seed")
-    check = ablation_check(network, roles, dist, n_points=20_000, n_draws=ABLATION_DRAWS, rel_tolerance=ABLATION_TOLERANCE, seed=seed + 1)
+    n_res, seed = take(state, "n_res", "seed")
     has, has_null = check.n_creases > 0, np.isfinite(check.null_quantile())
     necessary, others, passed = check.necessary(), check.others_unnecessary(), check.passed()
     shares = {key: proportion_interval(int(v.sum()), len(v)) for key, v in (("necessary", necessary), ("others", others), ("passed", passed))}
