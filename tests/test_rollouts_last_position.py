@@ -122,3 +122,14 @@ def test_a_push_outside_the_model_or_the_window_is_refused():
     step = last_position_step(model, push=ResidualPush(0, vector, 10))
     with pytest.raises(ValueError, match="the push sits at position 10"):
         step(torch.randn(2, 10, 2, dtype=torch.float64))
+
+
+def test_predictor_placement_is_the_first_parameters_else_the_inputs():
+    from physlens.models.reference import InContextLeastSquares
+    from physlens.training.rollouts import predictor_placement
+
+    model = OscillatorTransformer(TransformerConfig(d_model=4, n_layers=1, n_heads=1, d_head=4, n_ctx=4, dtype="float32", seed=0))
+    like = torch.zeros(2, 3, 2, dtype=torch.float64)
+    assert predictor_placement(model, like) == (torch.float32, torch.device("cpu"))
+    assert predictor_placement(InContextLeastSquares(), like) == (torch.float64, torch.device("cpu"))
+    assert predictor_placement(lambda states: states, like.to(torch.float16)) == (torch.float16, torch.device("cpu"))

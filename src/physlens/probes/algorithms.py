@@ -31,7 +31,7 @@ from physlens._validation import check_positive_int
 from physlens.models.linear import LinearAutoregressive
 from physlens.models.reference import ExactStep, InContextLeastSquares
 from physlens.systems.oscillator import OscillatorSystem, Trajectories
-from physlens.training.rollouts import rollout
+from physlens.training.rollouts import predictor_placement, rollout
 
 LEAST_SQUARES = "in-context least squares (k states)"
 LINEAR_AR = "linear AR-k (float64)"
@@ -178,9 +178,7 @@ def compare_algorithms(
     if missing:
         raise ValueError(f"ar_candidates lack the AR fits for k = {missing} (see fit_ar_candidates)")
     states64 = trajectories.states.to(dtype=torch.float64, device="cpu")
-    parameters = list(model.parameters()) if hasattr(model, "parameters") else []
-    dtype = parameters[0].dtype if parameters else torch.float64
-    device = parameters[0].device if parameters else "cpu"
+    dtype, device = predictor_placement(model, states64)
     oracle = ExactStep(trajectories.omega0.cpu(), trajectories.gamma.cpu(), trajectories.dt)
 
     def current_state(states: Tensor) -> Tensor:

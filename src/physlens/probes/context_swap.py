@@ -21,6 +21,7 @@ from torch import Tensor
 from physlens._validation import check_nonnegative_int, check_positive_int
 from physlens.stats import Interval, paired_interval
 from physlens.systems.oscillator import Trajectories, propagator
+from physlens.training.rollouts import predictor_placement
 
 
 @dataclass
@@ -68,9 +69,7 @@ def context_swap_test(
     if len(contexts_a) < 3:
         raise ValueError(f"the swap test needs at least 3 pairs, got {len(contexts_a)}")
     n_resamples = check_positive_int("n_resamples", n_resamples)
-    parameters = list(model.parameters()) if hasattr(model, "parameters") else []
-    dtype = parameters[0].dtype if parameters else contexts_a.states.dtype
-    device = parameters[0].device if parameters else contexts_a.states.device
+    dtype, device = predictor_placement(model, contexts_a.states)
     with torch.no_grad():
         out_a = model(contexts_a.states.to(device=device, dtype=dtype))[:, -1]
         out_b = model(contexts_b.states.to(device=device, dtype=dtype))[:, -1]

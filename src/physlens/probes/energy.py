@@ -23,7 +23,7 @@ from torch import Tensor
 from physlens._validation import check_nonnegative_int, check_positive_int
 from physlens.probes.linear_probe import RidgeProbeSweep, grouped_folds
 from physlens.systems.oscillator import Trajectories, energy
-from physlens.training.rollouts import rollout
+from physlens.training.rollouts import predictor_placement, rollout
 
 
 @dataclass
@@ -193,9 +193,7 @@ def rollout_energy_decay(model: Callable[[Tensor], Tensor], trajectories: Trajec
     n_steps = trajectories.n_steps - context_len
     if n_steps < 2:
         raise ValueError(f"trajectories must run at least 2 steps past context_len={context_len}, got {trajectories.n_steps} steps")
-    parameters = list(model.parameters()) if hasattr(model, "parameters") else []
-    dtype = parameters[0].dtype if parameters else trajectories.states.dtype
-    device = parameters[0].device if parameters else trajectories.states.device
+    dtype, device = predictor_placement(model, trajectories.states)
     context = trajectories.states[:, :context_len].to(device=device, dtype=dtype)
     with torch.no_grad():
         predicted = rollout(model, context, n_steps, fast=True).to(device="cpu", dtype=torch.float64)

@@ -25,7 +25,7 @@ from physlens.seeding import stream_seeds
 from physlens.stats import Interval, bootstrap_interval, paired_difference_interval
 from physlens.systems.base import ExactlySolvable, System, TrajectoryBatch
 from physlens.training._divergence import DIVERGENCE_FACTOR, TrainingDiverged
-from physlens.training.rollouts import relative_error, rollout
+from physlens.training.rollouts import predictor_placement, relative_error, rollout
 
 MODEL = "model"
 ORACLE = "oracle: exact propagator"
@@ -257,9 +257,7 @@ def score_predictor(
     Inputs are cast to the predictor's parameter dtype and device when it has parameters; errors
     are computed in float64 against the float64 truth.
     """
-    parameters = list(predictor.parameters()) if hasattr(predictor, "parameters") else []
-    dtype = parameters[0].dtype if parameters else trajectories.states.dtype
-    device = parameters[0].device if parameters else trajectories.states.device
+    dtype, device = predictor_placement(predictor, trajectories.states)
     states = trajectories.states.to(device=device, dtype=dtype)
     context, truth = states[:, :context_len], trajectories.states[:, context_len:].to(torch.float64)
     path = rollout(predictor, context, n_steps, fast=True).to(torch.float64).cpu()
@@ -396,11 +394,9 @@ def scale_equivariance(
                                     (("n_traj", n_traj), ("context_len", context_len), ("n_steps", n_steps)))
     if not (np.isfinite(factor) and factor > 0 and factor != 1):
         raise ValueError(f"factor must be a finite positive number other than 1, got {factor!r}")
-    parameters = list(model.parameters()) if hasattr(model, "parameters") else []
-    dtype = parameters[0].dtype if parameters else torch.float64
-    device = parameters[0].device if parameters else "cpu"
     seeds = stream_seeds(seed, ["trajectories"])
     context = float64_system(system).sample(n_traj, context_len, seed=seeds["trajectories"]).states
+    dtype, device = predictor_placement(model, context)
     plain = rollout(model, context.to(device=device, dtype=dtype), n_steps, fast=True).to(device="cpu", dtype=torch.float64)
     scaled = rollout(model, (factor * context).to(device=device, dtype=dtype), n_steps, fast=True).to(device="cpu", dtype=torch.float64)
     difference = relative_error(scaled / factor, plain).numpy()

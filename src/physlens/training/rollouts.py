@@ -137,6 +137,13 @@ def _pushed(resid: Tensor, push: ResidualPush, n_pos: int) -> Tensor:
     return resid
 
 
+def predictor_placement(predictor: Callable[[Tensor], Tensor], like: Tensor) -> tuple[torch.dtype, torch.device]:
+    """The dtype and device ``predictor`` takes its inputs in: those of its first parameter, or ``like``'s for a
+    predictor without parameters (a reference such as in-context least squares, a plain function)."""
+    parameters = list(predictor.parameters()) if hasattr(predictor, "parameters") else []
+    return (parameters[0].dtype, parameters[0].device) if parameters else (like.dtype, like.device)
+
+
 @torch.no_grad()
 def rollout(
     model: Callable[[Tensor], Tensor],
@@ -252,4 +259,4 @@ def evaluate_rollout(
     return RolloutEvaluation(trajectories, context_len, predicted, error)
 
 
-__all__ = ["ROLLOUT_CHUNK", "ResidualPush", "RolloutEvaluation", "evaluate_rollout", "last_position_step", "relative_error", "rollout"]
+__all__ = ["ROLLOUT_CHUNK", "ResidualPush", "RolloutEvaluation", "evaluate_rollout", "last_position_step", "predictor_placement", "relative_error", "rollout"]
