@@ -343,5 +343,6 @@ def test_the_mlp_probe_runs_on_the_targets_nonlinear_names_and_refuses_others():
     run_analyses(ctx, parse_analyses({"run": ["probes"], "probes": {**probes, "nonlinear": ["omega0"]}}, model, SYSTEM, 6))
     mlp = [(m["features"], m["target"]) for m in ctx.report.metrics["analyses"]["probes"]["even_features"] if m["features"].startswith("MLP")]
     assert mlp == [("MLP probe, L1 resid_post @ 5", "omega0")]
-    with pytest.raises(StudySpecError, match=r"nonlinear: must be true, false or a list of the probed targets"):
-        parse_analyses({"run": ["probes"], "probes": {**probes, "nonlinear": ["energy"]}}, model, SYSTEM, 6)
+    for wrong in (["energy"], [["omega0"]], [1]):
+        with pytest.raises(StudySpecError, match=r"nonlinear: must be true, false or a list of the probed targets"):
+            parse_analyses({"run": ["probes"], "probes": {**probes, "nonlinear": wrong}}, model, SYSTEM, 6)

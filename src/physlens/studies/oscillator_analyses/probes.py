@@ -46,7 +46,8 @@ def check(opts: dict[str, Any], model: HookedModel, system: OscillatorSystem, se
     if unknown or not opts["targets"]:
         raise _error("probes", "targets", f"must name labels from {list(LABEL_NAMES)}, got unknown {unknown}")
     _sites(opts["sites"], model, seq_len, "[analyses.probes] sites")
-    if isinstance(opts["nonlinear"], list) and not set(opts["nonlinear"]) <= set(opts["targets"]):
+    nonlinear = opts["nonlinear"]
+    if isinstance(nonlinear, list) and not (all(isinstance(t, str) for t in nonlinear) and set(nonlinear) <= set(opts["targets"])):
         raise _error("probes", "nonlinear", f"must be true, false or a list of the probed targets {opts['targets']}, got {opts['nonlinear']!r}")
     if opts["n_trajectories"] < 2 * opts["n_folds"]:
         raise _error("probes", "n_trajectories", f"must be at least 2 × n_folds = {2 * opts['n_folds']}, got {opts['n_trajectories']}")
