@@ -137,6 +137,22 @@ def _adam_reference(params, x, y, epochs, lr):
     return [p.detach() for p in leaves], np.array(losses)
 
 
+def _kernel_adam(params, x, y, epochs, lr, snap_epoch):
+    """The fused kernel on the network ``params`` (x [n, d_in], y [n]): its parameters, loss curve and the snapshot
+    after ``snap_epoch``."""
+    d_in, width = params[0].shape
+    theta = torch.cat([p.reshape(-1) for p in params]).numpy()[None].copy()
+    snap_at = np.full(epochs, -1, dtype=np.int64)
+    snap_at[snap_epoch] = 0
+    losses, snaps = np.empty((1, epochs)), np.empty((1, 1, theta.shape[1]))
+    _fused.train_networks(
+        theta, x.T.contiguous().numpy()[None], y.numpy()[None], d_in=d_in, d_hidden=width, epochs=epochs, lr=lr,
+        beta1=0.9, beta2=0.999, eps=1e-8, snap_at=snap_at, losses=losses, snaps=snaps,
+        exp_avg=np.zeros_like(theta), exp_avg_sq=np.zeros_like(theta),
+    )  # fmt: skip
+    return theta[0], losses[0], snaps[0, 0]
+
+
 @pytest.mark.parametrize(("d_in", "width"), [(1, 4), (3, 2), (2, 7)])
 def test_fused_kernel_equals_autograd_adam_for_other_shapes(d_in, width, torch_gen):
     """The generated kernel for any number of inputs and hidden units, on data of another function."""
@@ -150,18 +166,10 @@ def test_fused_kernel_equals_autograd_adam_for_other_shapes(d_in, width, torch_g
         torch.randn(1, generator=torch_gen, dtype=torch.float64),
     ]
     reference, reference_losses = _adam_reference(params, x, y, epochs, lr)
-    theta = torch.cat([p.reshape(-1) for p in params]).numpy()[None].copy()
-    snap_at = np.full(epochs, -1, dtype=np.int64)
-    snap_at[49] = 0
-    losses, snaps = np.empty((1, epochs)), np.empty((1, 1, theta.shape[1]))
-    _fused.train_networks(
-        theta, x.T.contiguous().numpy()[None], y.numpy()[None], d_in=d_in, d_hidden=width, epochs=epochs, lr=lr,
-        beta1=0.9, beta2=0.999, eps=1e-8, snap_at=snap_at, losses=losses, snaps=snaps,
-        exp_avg=np.zeros_like(theta), exp_avg_sq=np.zeros_like(theta),
-    )  # fmt: skip
-    assert_allclose(theta[0], torch.cat([p.reshape(-1) for p in reference]).numpy(), rtol=1e-9, atol=1e-11)
-    assert_allclose(losses[0], reference_losses, rtol=1e-9)
-    assert not np.array_equal(snaps[0, 0], theta[0])  # a snapshot from the middle of training
+    theta, losses, snap = _kernel_adam(params, x, y, epochs, lr, snap_epoch=49)
+    assert_allclose(theta, torch.cat([p.reshape(-1) for p in reference]).numpy(), rtol=1e-9, atol=1e-11)
+    assert_allclose(losses, reference_losses, rtol=1e-9)
+    assert not np.array_equal(snap, theta)  # a snapshot from the middle of training
 
 
 def test_fused_kernel_uses_every_thread_without_changing_results(monkeypatch):

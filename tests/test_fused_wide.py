@@ -17,6 +17,7 @@ from physlens.models.mlp import EnsembleConfig, MLPEnsemble
 from physlens.systems.fma import fma_splits
 from physlens.training import _fused
 from physlens.training.ensemble import EnsembleTrainConfig, train_ensemble
+from tests.test_fma_training import _adam_reference, _kernel_adam
 
 NAMES = ("W_in", "b_in", "W_out", "b_out")
 
@@ -45,32 +46,9 @@ def test_a_wide_fused_ensemble_trains_like_the_eager_step(width):
 
 
 def _autograd_adam(params, x, y, epochs, lr):
-    """Autograd + torch.optim.Adam on one network: x [n, d_in], y [n]; the parameters and the loss curve."""
-    leaves = [p.clone().requires_grad_() for p in params]
-    optimizer = torch.optim.Adam(leaves, lr=lr)
-    losses = []
-    for _ in range(epochs):
-        optimizer.zero_grad()
-        loss = (torch.relu(x @ leaves[0] + leaves[1]) @ leaves[2] + leaves[3])[:, 0].sub(y).square().mean()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-    return torch.cat([p.detach().reshape(-1) for p in leaves]).numpy(), np.array(losses)
-
-
-def _kernel_adam(params, x, y, epochs, lr, snap_epoch):
-    """The fused kernel on the same network; its parameters, loss curve and the snapshot after ``snap_epoch``."""
-    d_in, width = params[0].shape
-    theta = torch.cat([p.reshape(-1) for p in params]).numpy()[None].copy()
-    snap_at = np.full(epochs, -1, dtype=np.int64)
-    snap_at[snap_epoch] = 0
-    losses, snaps = np.empty((1, epochs)), np.empty((1, 1, theta.shape[1]))
-    _fused.train_networks(
-        theta, x.T.contiguous().numpy()[None], y.numpy()[None], d_in=d_in, d_hidden=width, epochs=epochs, lr=lr,
-        beta1=0.9, beta2=0.999, eps=1e-8, snap_at=snap_at, losses=losses, snaps=snaps,
-        exp_avg=np.zeros_like(theta), exp_avg_sq=np.zeros_like(theta),
-    )  # fmt: skip
-    return theta[0], losses[0], snaps[0, 0]
+    """Autograd + torch.optim.Adam on one network, as flat parameters, and the loss curve."""
+    leaves, losses = _adam_reference(params, x, y, epochs, lr)
+    return torch.cat([p.reshape(-1) for p in leaves]).numpy(), losses
 
 
 @pytest.mark.parametrize(("d_in", "width"), [(1, 9), (3, 6), (2, 13)])
