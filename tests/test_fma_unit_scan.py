@@ -145,16 +145,19 @@ def _numpy_output(layers, points, remove=None, linearise=None):
     raise AssertionError("unreachable")
 
 
+def _random_layers(rng: np.random.Generator, n_models: int, hidden: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Normal weights and biases of ``n_models`` networks with two inputs, these hidden widths and one output."""
+    return [(torch.from_numpy(rng.normal(size=(n_models, fan_in, fan_out))), torch.from_numpy(rng.normal(size=(n_models, fan_out))))
+            for fan_in, fan_out in zip([2, *hidden], [*hidden, 1])]
+
+
 @pytest.mark.parametrize("hidden", [[5], [3, 4]])
 def test_unit_roles_measures_what_removing_and_linearising_do(hidden):
     # every change unit_roles reports, against a NumPy forward pass with the unit (or its group) ablated;
     # planted duplicates and cancelling pairs make groups of more than one unit
     planted, _ = planted_networks(7, 8, n_dead=1, n_duplicates=1, n_cancelling=1, noise=0.01, seed=5)
     rng = np.random.default_rng(0)
-    layers = network_layers(planted) if hidden == [5] else [
-        (torch.from_numpy(rng.normal(size=(7, fan_in, fan_out))), torch.from_numpy(rng.normal(size=(7, fan_out))))
-        for fan_in, fan_out in zip([2, *hidden], [*hidden, 1])
-    ]  # fmt: skip
+    layers = network_layers(planted) if hidden == [5] else _random_layers(rng, 7, hidden)
     found = unit_roles(layers, n_points=512, seed=3)
     points = sample_fma(512, "product", seed=3, dtype="float64")[0]
     scale = optimal_plane("product").target_variance ** 0.5
@@ -230,10 +233,7 @@ def test_ablation_check_errors_are_numpy_forward_passes_and_shared_work_changes_
     # linearised for the rest), for several sets of roles of the same networks checked together and alone
     planted, truth = planted_networks(9, 8, n_dead=2, n_duplicates=1, n_cancelling=1, noise=0.01, seed=6)
     rng = np.random.default_rng(4)
-    layers = network_layers(planted) if hidden == [8] else [
-        (torch.from_numpy(rng.normal(size=(9, fan_in, fan_out))), torch.from_numpy(rng.normal(size=(9, fan_out))))
-        for fan_in, fan_out in zip([2, *hidden], [*hidden, 1])
-    ]  # fmt: skip
+    layers = network_layers(planted) if hidden == [8] else _random_layers(rng, 9, hidden)
     found = unit_roles(layers, n_points=1024, seed=2)
     shuffled = dataclasses.replace(found, roles=[np.stack([rng.permutation(row) for row in r]) for r in found.roles])
     together = ablation_checks(layers, [found, _swap(found, "crease", "dead"), shuffled], n_points=3000, n_draws=30, seed=7)
