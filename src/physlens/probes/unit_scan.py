@@ -680,19 +680,19 @@ def ablation_checks(
         return (_forward(layers, points, remove, linearise, first) - target).square().mean(1).numpy()
 
     plane = optimal_plane(distribution)
+    def masks(found: UnitRoles, kinds: Sequence[str]) -> list[Tensor | None]:
+        return [torch.from_numpy(np.isin(r, kinds)) for r in found.roles] + [None]
+
     checks = []
     for found in roles:
-
-        def masks(kinds: Sequence[str]) -> list[Tensor | None]:
-            return [torch.from_numpy(np.isin(r, kinds)) for r in found.roles] + [None]  # noqa: B023 (used in this iteration only)
-
         n_creases = sum((r == "crease").sum(1) for r in found.roles)
         n_outside = sum((~np.isin(r, MECHANISM_ROLES)).sum(1) for r in found.roles)
         null = _null_mse(layers, points, target, _random_sets(found, n_draws, np.random.default_rng(seed)), first, form).T  # [model, draw]
         null[(n_creases == 0) | (n_outside == 0)] = np.nan
         checks.append(AblationCheck(
-            intact=intact.copy(), without_creases=mse(masks(["crease"]), none), without_mechanism=mse(masks(list(MECHANISM_ROLES)), none),
-            without_rest=mse(masks(["dead", "cancelling"]), masks(["linear"])), without_random=null,
+            intact=intact.copy(), without_creases=mse(masks(found, ["crease"]), none),
+            without_mechanism=mse(masks(found, list(MECHANISM_ROLES)), none),
+            without_rest=mse(masks(found, ["dead", "cancelling"]), masks(found, ["linear"])), without_random=null,
             n_creases=n_creases, n_outside=n_outside, plane_mse=plane.mse, constant_mse=plane.target_variance,
             rel_tolerance=rel_tolerance, quantile=quantile,
         ))  # fmt: skip
