@@ -68,6 +68,23 @@ def test_splits_are_fixed_per_seed_and_stack(seed):
     assert stacked.train_inputs.shape == (2, 64, 2) and stacked.val_targets.shape == (2, 16, 1)
 
 
+def test_stack_is_the_inverse_of_member_and_refuses_splits_that_do_not_agree(seed):
+    parts = [fma_split(seed + k, n_train=32, n_val=8) for k in range(3)]
+    stacked = FmaSplit.stack(parts)
+    assert stacked.n_models == 3 and stacked.distribution == "product"
+    for k, part in enumerate(parts):
+        for name in ("train_inputs", "train_targets", "val_inputs", "val_targets"):
+            assert torch.equal(getattr(stacked.member(k), name), getattr(part, name))
+    with pytest.raises(ValueError, match="non-empty sequence of one network's FmaSplit"):
+        FmaSplit.stack([])
+    with pytest.raises(ValueError, match="non-empty sequence of one network's FmaSplit"):
+        FmaSplit.stack([stacked])  # already stacked
+    with pytest.raises(ValueError, match=r"splits\[1\] has distribution 'product' and 16 / 8 points"):
+        FmaSplit.stack([parts[0], fma_split(seed, n_train=16, n_val=8)])
+    with pytest.raises(ValueError, match=r"splits\[1\] has distribution 'uniform'"):
+        FmaSplit.stack([parts[0], fma_split(seed, "uniform", n_train=32, n_val=8)])
+
+
 def test_data_and_init_streams_differ():
     assert stream_seed(5, 1) != stream_seed(5, 2)
     assert stream_seed(5, 1) != stream_seed(6, 1)

@@ -159,6 +159,24 @@ class FmaSplit:
             self.train_inputs[index], self.train_targets[index], self.val_inputs[index], self.val_targets[index], self.distribution
         )
 
+    @classmethod
+    def stack(cls, splits: Sequence[FmaSplit]) -> FmaSplit:
+        """One network's splits stacked ``[model, n, ·]`` for an ensemble; member ``i`` is ``splits[i]``.
+
+        Every split must be for one network and share the distribution and the train and validation sizes."""
+        splits = list(splits)
+        if not splits or not all(isinstance(s, FmaSplit) and s.n_models is None for s in splits):
+            raise ValueError("splits must be a non-empty sequence of one network's FmaSplit each ([n, 2] inputs)")
+        first = splits[0]
+        for i, s in enumerate(splits[1:], start=1):
+            if (s.distribution, len(s.train_inputs), len(s.val_inputs)) != (first.distribution, len(first.train_inputs), len(first.val_inputs)):
+                raise ValueError(
+                    f"splits[{i}] has distribution {s.distribution!r} and {len(s.train_inputs)} / {len(s.val_inputs)} points; "
+                    f"splits[0] has {first.distribution!r} and {len(first.train_inputs)} / {len(first.val_inputs)}: stacked splits must agree"
+                )
+        names = ("train_inputs", "train_targets", "val_inputs", "val_targets")
+        return cls(*(torch.stack([getattr(s, name) for s in splits]) for name in names), distribution=first.distribution)
+
     def to(self, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None) -> FmaSplit:
         """The same split on another device and/or dtype."""
         kwargs = dict(device=device, dtype=None if dtype is None else resolve_dtype(dtype))
@@ -197,9 +215,7 @@ def fma_splits(
     seeds = list(seeds)
     if not seeds:
         raise ValueError("seeds must hold at least one seed")
-    parts = [fma_split(s, distribution, n_train=n_train, n_val=n_val, dtype=dtype, device=device) for s in seeds]
-    fields = ("train_inputs", "train_targets", "val_inputs", "val_targets")
-    return FmaSplit(*(torch.stack([getattr(p, f) for p in parts]) for f in fields), distribution=distribution)
+    return FmaSplit.stack([fma_split(s, distribution, n_train=n_train, n_val=n_val, dtype=dtype, device=device) for s in seeds])
 
 
 @dataclass
