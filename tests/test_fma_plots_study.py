@@ -45,6 +45,23 @@ def test_figures_have_one_panel_per_item():
         plot_preactivation_maps({})
 
 
+def test_gallery_and_maps_draw_each_units_kink_exactly_where_its_preactivation_is_zero():
+    # two units whose zero lines cross the square [0, 2]² (m = 1 and m + a = 1.5) and one whose line misses it (a = 5)
+    W_in = torch.tensor([[[1.0, 1.0, 0.0], [0.0, 1.0, 1.0]]], dtype=torch.float64)
+    params = {"W_in": W_in, "b_in": torch.tensor([[-1.0, -1.5, -5.0]], dtype=torch.float64),
+              "W_out": torch.ones(1, 3, 1, dtype=torch.float64), "b_out": torch.zeros(1, 1, dtype=torch.float64)}  # fmt: skip
+    gallery = plot_mode_gallery(params, np.array(["x"]), per_mode=1)
+    maps = plot_preactivation_maps({"x": params})
+    for lines in (gallery.axes[0].get_lines(), [line for ax in maps.axes[:3] for line in ax.get_lines()]):
+        kinks = [np.stack(line.get_data(), axis=1) for line in lines if line.get_color() == "k"]
+        assert len(kinks) == 2
+        for ends in kinks:
+            on_line = [np.isclose(ends[:, 0], 1.0).all(), np.allclose(ends.sum(1), 1.5)]
+            assert sum(on_line) == 1  # both ends on one unit's zero line
+            assert np.all((ends >= -1e-12) & (ends <= 2 + 1e-12)) and np.any(np.isclose(ends, 0) | np.isclose(ends, 2), axis=1).all()
+    assert gallery.axes[0].get_xlim() == (0.0, 2.0) and gallery.axes[0].get_ylim() == (0.0, 2.0)
+
+
 TINY = """
 [study]
 name = "fma_tiny"

@@ -48,6 +48,19 @@ def _image(ax: plt.Axes, values: np.ndarray, mm: np.ndarray, **style: object) ->
     ax.imshow(values, origin="lower", extent=(0.0, top, 0.0, top), aspect="auto", interpolation="nearest", **style)
 
 
+def _zero_line(ax: plt.Axes, weights: np.ndarray, bias: float, top: float, **style: object) -> None:
+    """Draw where ``weights · (m, a) + bias = 0`` inside the square [0, top]²: a unit's kink, exactly (it is a line)."""
+    (wm, wa), ends = weights, []
+    for fixed in (0.0, top):  # the four sides: m fixed, solve for a; a fixed, solve for m
+        if wa != 0 and 0 <= (a := -(bias + wm * fixed) / wa) <= top:
+            ends.append((fixed, a))
+        if wm != 0 and 0 <= (m := -(bias + wa * fixed) / wm) <= top:
+            ends.append((m, fixed))
+    if len(ends) >= 2:
+        ends.sort()
+        ax.plot([ends[0][0], ends[-1][0]], [ends[0][1], ends[-1][1]], **style)
+
+
 def _draw_support(ax: plt.Axes, distribution: str) -> None:
     corners = support_vertices(distribution).numpy()
     hull = np.vstack([corners, corners[:1]])
@@ -70,6 +83,7 @@ def plot_preactivation_maps(
     if not examples:
         raise ValueError("examples must hold at least one network")
     mm, aa, points = _grid(distribution, resolution)
+    top = float(mm.max())
     rows = {label: network_parameters(net) for label, net in examples.items()}
     width = max(p["W_in"].shape[2] for p in rows.values())
     fig, axes = plt.subplots(len(rows), width + 1, figsize=(2.6 * (width + 1), 2.4 * len(rows)), squeeze=False)
@@ -81,8 +95,7 @@ def plot_preactivation_maps(
                 values = pre[:, unit].reshape(mm.shape)
                 limit = max(np.abs(values).max(), 1e-9)
                 _image(ax, values, mm, cmap="RdBu_r", vmin=-limit, vmax=limit)
-                if values.min() < 0 < values.max():
-                    ax.contour(mm, aa, values, levels=[0.0], colors="k", linewidths=1.0)
+                _zero_line(ax, params["W_in"][0, :, unit].double().cpu().numpy(), float(params["b_in"][0, unit]), top, color="k", lw=1.0)
                 ax.set_title(f"{label}: unit {unit} pre-act.", fontsize=8)
             elif unit == width:
                 _image(ax, out.reshape(mm.shape), mm, cmap="viridis")
@@ -92,6 +105,8 @@ def plot_preactivation_maps(
                 ax.axis("off")
                 continue
             _draw_support(ax, distribution)
+            ax.set_xlim(0.0, top)
+            ax.set_ylim(0.0, top)
             if inputs is not None:
                 shown = inputs[:300].detach().cpu().numpy()
                 ax.scatter(shown[:, 0], shown[:, 1], s=1, c="0.2", alpha=0.3)
@@ -124,6 +139,8 @@ def plot_mode_gallery(
         raise ValueError(f"labels must have one entry per network ({params['W_in'].shape[0]}), got {labels.shape[0]}")
     modes = list(modes) if modes is not None else sorted(set(labels.tolist()))
     mm, aa, points = _grid(distribution, resolution)
+    top = float(mm.max())
+    ticks = np.linspace(0.0, top, 5)
     fig, axes = plt.subplots(len(modes), per_mode, figsize=(2.2 * per_mode, 2.1 * len(modes)), squeeze=False)
     for r, mode in enumerate(modes):
         members = np.flatnonzero(labels == mode)
@@ -140,14 +157,19 @@ def plot_mode_gallery(
             error = (out - (mm * aa).ravel()).reshape(mm.shape)
             error[~_in_support(distribution, mm, aa)] = np.nan  # only where data can lie
             _image(ax, error, mm, cmap="RdBu_r", vmin=-0.15, vmax=0.15)
-            for unit in range(pre.shape[1]):
-                values = pre[:, unit].reshape(mm.shape)
-                if values.min() < 0 < values.max():
-                    ax.contour(mm, aa, values, levels=[0.0], colors="k", linewidths=0.8)
+            W_in, b_in = params["W_in"][index].double().cpu().numpy(), params["b_in"][index].double().cpu().numpy()
+            for unit in range(W_in.shape[1]):
+                _zero_line(ax, W_in[:, unit], float(b_in[unit]), top, color="k", lw=0.8)
             _draw_support(ax, distribution)
+            ax.set_xlim(0.0, top)
+            ax.set_ylim(0.0, top)
+            ax.set_xticks(ticks)
+            ax.set_yticks(ticks)
+            # tick labels on the outer panels only: drawing them is most of a gallery's time
+            below = r + 1 < len(modes) and c < min(per_mode, int((labels == modes[r + 1]).sum()))
+            ax.tick_params(labelsize=6, labelbottom=not below, labelleft=c == 0)
             loss = f", val {losses[index]:.2e}" if losses is not None else ""
             ax.set_title(f"{row_name} {mode} #{index}{loss}", fontsize=7)
-            ax.tick_params(labelsize=5)
     fig.suptitle("F̂ − m·a on the data's support (red: too high, ±0.15); black lines: unit kinks", fontsize=9)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))  # leave room for the title above the first row
     return fig
