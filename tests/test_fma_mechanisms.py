@@ -10,7 +10,7 @@ import torch
 from numpy.testing import assert_allclose
 
 from physlens.models.mlp import EnsembleConfig, MLPEnsemble
-from physlens.probes.mechanisms import _amax, _amin, _column_reduce, _count, _part_integrals, _preactivation_range
+from physlens.probes.mechanisms import _part_integrals, _preactivation_range
 from physlens.probes.mechanisms import (
     ACTIVE,
     DEAD,
@@ -183,7 +183,7 @@ def test_states_for_any_width_and_their_labels(rng):
 
 @pytest.mark.parametrize("shared", [True, False])
 def test_preactivation_range_in_blocks_is_the_extremes_of_every_preactivation(rng, shared):
-    # 300 width-3 networks on 5000 shared points: blocks of 69 networks and a shorter last block
+    # 300 width-3 networks on 5000 shared points: blocks of 52 units and a shorter last block
     W_in, b_in = rng.normal(size=(300, 2, 3)), rng.normal(size=(300, 3))
     params = {"W_in": torch.from_numpy(W_in), "b_in": torch.from_numpy(b_in),
               "W_out": torch.ones(300, 3, 1, dtype=torch.float64), "b_out": torch.zeros(300, 1, dtype=torch.float64)}  # fmt: skip
@@ -195,8 +195,8 @@ def test_preactivation_range_in_blocks_is_the_extremes_of_every_preactivation(rn
 
 
 def test_sample_moments_in_blocks_are_the_means_of_every_preactivation(rng):
-    # 300 width-3 networks on 5001 shared points: blocks of 69 networks, a shorter last block, and a row count
-    # that the column reductions' folding leaves a remainder of
+    # 300 width-3 networks on 5001 shared points: blocks of 52 units (a network's units split between two blocks)
+    # and a shorter last block
     W_in, b_in, w = rng.normal(size=(300, 2, 3)), rng.normal(size=(300, 3)), rng.normal(size=(300, 3))
     params = {"W_in": torch.from_numpy(W_in), "b_in": torch.from_numpy(b_in), "W_out": torch.from_numpy(w[..., None]),
               "b_out": torch.zeros(300, 1, dtype=torch.float64)}  # fmt: skip
@@ -222,15 +222,6 @@ def test_part_integrals_against_a_midpoint_rule(rng):
     # the negative part is the positive part of the mirrored line, bit for bit
     _, mirrored, _ = _part_integrals(torch.from_numpy(-A), torch.from_numpy(-B))
     np.testing.assert_array_equal(negative, mirrored.numpy())
-
-
-@pytest.mark.parametrize("shape", [(1, 1), (7, 3), (5001, 10), (100, 513), (1000, 2048), (3, 700)])
-def test_column_reduce_is_the_reduction_over_rows(rng, shape):
-    values = torch.from_numpy(rng.normal(size=shape))
-    assert torch.equal(_column_reduce(values, _amin, torch.minimum), values.amin(0))
-    assert torch.equal(_column_reduce(values, _amax, torch.maximum), values.amax(0))
-    fires = values > 0.3
-    assert _column_reduce(fires, _count, torch.add).tolist() == fires.numpy().sum(0).tolist()
 
 
 def test_crease_angles_formula_and_region_mse(rng):

@@ -34,7 +34,7 @@ unit active only if it fired on *every* point of a sample, is :func:`sign_patter
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,36 +99,12 @@ requires; the valleys of ridge+valley networks move it by about 10 %."""
 
 NetworkLike = TinyMLP | MLPEnsemble | Mapping[str, Any]
 
-_CHUNK_VALUES = 1 << 20  # values per temporary when statistics are taken over a sample
-_FOLD_COLUMNS = 512  # columns a narrow [n, C] buffer is folded to before a reduction over its rows
+_ROW_CHUNK_VALUES = 1 << 18  # values per [unit, n] temporary when statistics are taken over a sample (2 MiB of float64)
 
 
-def _column_reduce(values: Tensor, reduce: Callable[[Tensor], Tensor], combine: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
-    """``reduce`` over the rows of a contiguous ``[n, C]`` tensor, for reductions that do not depend
-    on the order (min, max, integer counts): ``[C]``.
-
-    A sample's buffer has many rows and few columns (a block of networks' units), where a reduction
-    over dim 0 runs several times slower than over a wide matrix. The first ``q·k`` rows are viewed as
-    ``[q, k·C]`` (k consecutive rows side by side), reduced, and the ``[k, C]`` partial results reduced
-    again; the last ``n − q·k`` rows are reduced on their own and joined by ``combine``.
-    """
-    n, columns = values.shape
-    k = max(1, min(n, _FOLD_COLUMNS // max(1, columns)))
-    q = n // k
-    out = reduce(reduce(values[: q * k].view(q, k * columns)).view(k, columns))
-    return combine(out, reduce(values[q * k :])) if q * k < n else out
-
-
-def _amin(values: Tensor) -> Tensor:
-    return values.amin(0)
-
-
-def _amax(values: Tensor) -> Tensor:
-    return values.amax(0)
-
-
-def _count(values: Tensor) -> Tensor:
-    return values.sum(0, dtype=torch.int32 if values.shape[0] < 2**31 else torch.int64)  # int32 adds twice as fast
+def _count_rows(values: Tensor) -> Tensor:
+    """The number of true values in each row of a boolean ``[rows, n]`` tensor."""
+    return values.sum(1, dtype=torch.int32 if values.shape[1] < 2**31 else torch.int64)
 
 
 def network_parameters(network: NetworkLike | torch.nn.Module) -> dict[str, Float[Tensor, "model ..."]]:
@@ -236,8 +212,9 @@ def _part_integrals(A: Tensor, B: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 def _sample_moments(params: dict[str, Tensor], inputs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Sample means of 1[z > 0], relu(z)² and relu(−z)² for every unit: three ``[model, h]`` tensors.
 
-    Networks are taken in blocks whose ``[n, block·h]`` pre-activations are written into buffers
-    allocated once, so large samples run in bounded memory.
+    The pre-activations are laid out ``[unit, n]``, one unit per row, so every mean is a reduction
+    along contiguous memory; units are taken in blocks whose rows are written into buffers allocated
+    once, so large samples run in bounded memory.
     """
     check_finite("inputs", inputs)
     W_in, b_in = params["W_in"], params["b_in"]
@@ -247,25 +224,25 @@ def _sample_moments(params: dict[str, Tensor], inputs: Tensor) -> tuple[Tensor, 
         return (pre > 0).to(torch.float64).mean(1), pre.clamp_min(0).square().mean(1), (-pre).clamp_min(0).square().mean(1)
     if inputs.ndim != 2 or inputs.shape[1] != d_in:
         raise ValueError(f"inputs must have shape [n, {d_in}] or [model={n_models}, n, {d_in}], got {list(inputs.shape)}")
-    inputs = inputs.to(torch.float64)
-    n = inputs.shape[0]
-    block = max(1, min(n_models, _CHUNK_VALUES // max(1, n * width)))
-    pre = torch.empty(n, block * width, dtype=torch.float64)
+    inputs_t = inputs.to(torch.float64).T.contiguous()  # [d_in, n]
+    n, units = inputs_t.shape[1], n_models * width
+    weights = W_in.permute(0, 2, 1).reshape(units, d_in)  # [unit, d_in], unit = model·h + j
+    biases = b_in.reshape(units, 1)
+    rows = max(1, min(units, _ROW_CHUNK_VALUES // n))
+    pre = torch.empty(rows, n, dtype=torch.float64)
     part = torch.empty_like(pre)
-    fires = torch.zeros(pre.shape, dtype=torch.bool)  # counted whole (a shorter last block's columns are dropped after)
-    out = [torch.empty(n_models * width, dtype=torch.float64) for _ in range(3)]
-    for start in range(0, n_models, block):
-        stop = min(start + block, n_models)
-        cols = (stop - start) * width
-        weights = W_in[start:stop].permute(1, 0, 2).reshape(d_in, cols)  # [d_in, block·h]
-        z, p, f = pre[:, :cols], part[:, :cols], fires[:, :cols]
-        torch.addmm(b_in[start:stop].reshape(cols), inputs, weights, out=z)
+    fires = torch.empty(pre.shape, dtype=torch.bool)
+    out = [torch.empty(units, dtype=torch.float64) for _ in range(3)]
+    for start in range(0, units, rows):
+        stop = min(start + rows, units)
+        z, p, f = pre[: stop - start], part[: stop - start], fires[: stop - start]
+        torch.addmm(biases[start:stop], weights[start:stop], inputs_t, out=z)
         torch.gt(z, 0, out=f)
-        out[0][start * width : stop * width] = _column_reduce(fires, _count, torch.add)[:cols].to(torch.float64) / n
+        out[0][start:stop] = _count_rows(f).to(torch.float64) / n
         torch.clamp_min(z, 0, out=p)
-        out[1][start * width : stop * width] = p.square_().mean(0)
+        out[1][start:stop] = p.square_().mean(1)
         torch.clamp_max(z, 0, out=p)
-        out[2][start * width : stop * width] = p.square_().mean(0)
+        out[2][start:stop] = p.square_().mean(1)
     return tuple(values.reshape(n_models, width) for values in out)
 
 
@@ -341,9 +318,9 @@ def _preactivation_range(network: NetworkLike, inputs: Float[Tensor, "*model n d
     """The smallest and largest pre-activation of every hidden unit over ``inputs`` (``[n, d_in]`` shared,
     or one set per model): two ``[model, h]`` tensors, the same values :func:`preactivations` gives.
 
-    Networks are taken in blocks whose pre-activations fill a buffer allocated once (shared inputs: one
-    matrix product ``[n, d_in] @ [d_in, block·h]`` per block), so a large sample never holds all of
-    ``[model, n, h]`` at once.
+    Units are taken in blocks whose pre-activations fill a ``[unit, n]`` buffer allocated once (shared
+    inputs: one matrix product ``[block, d_in] @ [d_in, n]`` per block), so a large sample never holds
+    all of ``[model, n, h]`` at once.
     """
     params = network_parameters(network)
     W_in, b_in = params["W_in"], params["b_in"]
@@ -355,17 +332,19 @@ def _preactivation_range(network: NetworkLike, inputs: Float[Tensor, "*model n d
         return pre.amin(dim=1), pre.amax(dim=1)
     if inputs.ndim != 2 or inputs.shape[1] != d_in:
         raise ValueError(f"inputs must have shape [n, {d_in}] or [model={n_models}, n, {d_in}], got {list(inputs.shape)}")
-    inputs = inputs.to(device=W_in.device, dtype=W_in.dtype)
-    n = inputs.shape[0]
-    block = max(1, min(n_models, _CHUNK_VALUES // max(1, n * width)))
-    buffer = torch.zeros(n, block * width, dtype=W_in.dtype, device=W_in.device)  # reduced whole; a shorter last block's columns are dropped after
-    lowest, highest = (torch.empty(n_models * width, dtype=W_in.dtype, device=W_in.device) for _ in range(2))
-    for start in range(0, n_models, block):
-        stop = min(start + block, n_models)
-        cols = (stop - start) * width
-        torch.addmm(b_in[start:stop].reshape(cols), inputs, W_in[start:stop].permute(1, 0, 2).reshape(d_in, cols), out=buffer[:, :cols])
-        lowest[start * width : stop * width] = _column_reduce(buffer, _amin, torch.minimum)[:cols]
-        highest[start * width : stop * width] = _column_reduce(buffer, _amax, torch.maximum)[:cols]
+    inputs_t = inputs.to(device=W_in.device, dtype=W_in.dtype).T.contiguous()  # [d_in, n]
+    n, units = inputs_t.shape[1], n_models * width
+    weights = W_in.permute(0, 2, 1).reshape(units, d_in)  # [unit, d_in], unit = model·h + j
+    biases = b_in.reshape(units, 1)
+    rows = max(1, min(units, _ROW_CHUNK_VALUES // max(1, n)))
+    buffer = torch.empty(rows, n, dtype=W_in.dtype, device=W_in.device)  # [unit, n]: each extreme is a reduction along a row
+    lowest, highest = (torch.empty(units, dtype=W_in.dtype, device=W_in.device) for _ in range(2))
+    for start in range(0, units, rows):
+        stop = min(start + rows, units)
+        z = buffer[: stop - start]
+        torch.addmm(biases[start:stop], weights[start:stop], inputs_t, out=z)
+        lowest[start:stop] = z.amin(1)
+        highest[start:stop] = z.amax(1)
     return lowest.reshape(n_models, width), highest.reshape(n_models, width)
 
 
