@@ -343,3 +343,33 @@ def test_exact_roles_of_the_handcrafted_pair_and_of_a_silenced_unit():
     assert exact_unit_roles(silenced).tolist() == [["dead", "linear"]]
     # at a tolerance larger than any change a unit can make, every unit does nothing
     assert exact_unit_roles(params, tolerance=100.0).tolist() == [["dead", "dead"]]
+
+
+@pytest.mark.parametrize("hidden", [[8], [3, 2]])
+def test_scans_in_blocks_of_networks_are_the_scans_of_all_networks_at_once(monkeypatch, hidden):
+    # 7 networks: with room for 2 per block the last block holds one; each network is scanned on its own, so the
+    # roles and groups must be the same and every change and MSE the same to round-off (a batch of one network may
+    # take another matrix-product kernel) as with all networks in one block
+    import physlens.probes.unit_scan as unit_scan
+
+    planted, _ = planted_networks(7, 8, n_dead=1, n_duplicates=1, n_cancelling=1, noise=0.01, seed=5)  # groups of several units
+    layers = network_layers(planted) if hidden == [8] else _random_layers(np.random.default_rng(4), 7, hidden)
+    results = []
+    for block_values in (1 << 30, 2 * 512 * max(hidden)):
+        monkeypatch.setattr(unit_scan, "_BLOCK_VALUES", block_values)
+        roles = unit_roles(layers, n_points=512, seed=0)
+        wrong = dataclasses.replace(roles, roles=[np.where(r == "crease", "dead", "crease") for r in roles.roles])
+        results.append((roles, ablation_checks(layers, [roles, wrong], n_points=512, n_draws=20, seed=1)))
+    assert len(unit_scan._model_blocks(layers, 512)) == 4
+    (one, one_checks), (blocked, blocked_checks) = results
+    for field in ("roles", "group"):
+        for a, b in zip(getattr(one, field), getattr(blocked, field)):
+            np.testing.assert_array_equal(a, b)
+    for field in ("removal_change", "group_removal_change", "group_linearisation_change"):
+        for a, b in zip(getattr(one, field), getattr(blocked, field)):
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-15)
+    for a, b in zip(one_checks, blocked_checks):
+        np.testing.assert_array_equal(a.n_creases, b.n_creases)
+        np.testing.assert_array_equal(a.passed(), b.passed())
+        for field in ("intact", "without_creases", "without_mechanism", "without_rest", "without_random"):
+            np.testing.assert_allclose(getattr(a, field), getattr(b, field), rtol=1e-12, atol=1e-15)

@@ -216,6 +216,36 @@ def unit_roles(
         raise ValueError(f"network must take the two inputs (m, a), got {layers[0][0].shape[1]}")
     points = sample_fma(n_points, distribution, seed=seed, dtype="float64")[0]
     scale = optimal_plane(distribution).target_variance ** 0.5
+    blocks = [_block_changes(_layers_of(layers, part), points, scale, similarity) for part in _model_blocks(layers, n_points)]
+    removal, group_removal, group_linear, group = (
+        [np.concatenate([block[key][index] for block in blocks]) for index in range(len(layers) - 1)] for key in range(4)
+    )
+    return UnitRoles(
+        roles=[], redundant=[], removal_change=removal, group_removal_change=group_removal, group_linearisation_change=group_linear,
+        group=group, widths=tuple(W.shape[2] for W, _ in layers[:-1]),
+    ).at_tolerance(tolerance)  # fmt: skip
+
+
+_BLOCK_VALUES = 1 << 21
+"""Activations ``[model, n, width]`` per block of networks in the unit scans (16 MiB of float64): every network is
+scanned on its own, so blocks only bound the temporaries, which then stay in cache and are not mapped afresh from
+the system for every ablation."""
+
+
+def _model_blocks(layers: Layers, n_points: int) -> list[slice]:
+    """Consecutive blocks of networks whose activations on ``n_points`` points hold about :data:`_BLOCK_VALUES` values."""
+    n_models, width = layers[0][0].shape[0], max(W.shape[2] for W, _ in layers)
+    size = max(1, _BLOCK_VALUES // (n_points * width))
+    return [slice(start, min(start + size, n_models)) for start in range(0, n_models, size)]
+
+
+def _layers_of(layers: Layers, part: slice) -> Layers:
+    return [(W[part], b[part]) for W, b in layers]
+
+
+def _block_changes(layers: Layers, points: Tensor, scale: float, similarity: float) -> tuple[list[np.ndarray], ...]:
+    """:func:`unit_roles`' measurements for one block of networks: per hidden layer, ``[model, width]`` arrays of the
+    removal, group-removal and group-linearisation changes (in units of ``scale``), and the groups."""
     first = _first_layer(layers, points)
     n_models = layers[0][0].shape[0]
     # the intact outputs, which only the hidden layers before the last need (the last one's changes are closed-form)
@@ -250,10 +280,7 @@ def unit_roles(
         out["group_removal"].append(group_removal)
         out["group_linear"].append(group_linear)
         out["group"].append(groups)
-    return UnitRoles(
-        roles=[], redundant=[], removal_change=out["removal"], group_removal_change=out["group_removal"],
-        group_linearisation_change=out["group_linear"], group=out["group"], widths=tuple(p.shape[2] for p in posts),
-    ).at_tolerance(tolerance)  # fmt: skip
+    return out["removal"], out["group_removal"], out["group_linear"], out["group"]
 
 
 def _hidden_widths(network: Any) -> tuple[int, ...]:
@@ -667,8 +694,40 @@ def ablation_checks(
             raise ValueError(f"roles were found on networks of widths {list(found.widths)} and {found.roles[0].shape[0]} models; "
                              f"network has {[W.shape[2] for W, _ in layers[:-1]]} and {layers[0][0].shape[0]}")  # fmt: skip
     points = sample_fma(check_positive_int("n_points", n_points), distribution, seed=check_nonnegative_int("seed", seed), dtype="float64")[0]
-    target = points[:, 0] * points[:, 1]
+    nulls = [_random_sets(found, n_draws, np.random.default_rng(seed)) for found in roles]  # drawn for every network at once
+    role_masks = [
+        [[np.isin(r, kinds) for r in found.roles] for kinds in (["crease"], list(MECHANISM_ROLES), ["dead", "cancelling"], ["linear"])]
+        for found in roles
+    ]  # fmt: skip
+    blocks = [
+        _block_mses(_layers_of(layers, part), points, [[[m[part] for m in kind] for kind in masks] for masks in role_masks],
+                    [[m[:, part] for m in null] for null in nulls])
+        for part in _model_blocks(layers, points.shape[0])
+    ]  # fmt: skip
+    plane = optimal_plane(distribution)
+    checks = []
+    for k, found in enumerate(roles):
+        intact, without_creases, without_mechanism, without_rest, null = (np.concatenate([block[k][i] for block in blocks]) for i in range(5))
+        n_creases = sum((r == "crease").sum(1) for r in found.roles)
+        n_outside = sum((~np.isin(r, MECHANISM_ROLES)).sum(1) for r in found.roles)
+        null[(n_creases == 0) | (n_outside == 0)] = np.nan
+        checks.append(AblationCheck(
+            intact=intact, without_creases=without_creases, without_mechanism=without_mechanism, without_rest=without_rest,
+            without_random=null, n_creases=n_creases, n_outside=n_outside, plane_mse=plane.mse, constant_mse=plane.target_variance,
+            rel_tolerance=rel_tolerance, quantile=quantile,
+        ))  # fmt: skip
+    return checks
 
+
+def _block_mses(
+    layers: Layers, points: Tensor, role_masks: list[list[list[np.ndarray]]], nulls: list[list[np.ndarray]]
+) -> list[tuple[np.ndarray, ...]]:
+    """:func:`ablation_checks`' MSEs for one block of networks, per set of roles: intact, without the creases,
+    without the mechanism, without the rest (linear units linearised) ``[model]``, and the null ``[model, draw]``.
+
+    ``role_masks``: per set of roles, the per-layer ``[model, width]`` masks of its creases, mechanism, dead and
+    cancelling units, and linear units; ``nulls``: per set of roles, :func:`_random_sets`' masks."""
+    target = points[:, 0] * points[:, 1]
     first = _first_layer(layers, points)  # every ablation below starts from the same first hidden layer
     none = [None] * len(layers)
     residual = _forward(layers, points, none, none, first) - target
@@ -676,27 +735,15 @@ def ablation_checks(
     form = _null_form(layers, points, residual, first) if len(layers) == 2 else None
     del residual
 
-    def mse(remove: list[Tensor | None], linearise: list[Tensor | None]) -> np.ndarray:
-        return (_forward(layers, points, remove, linearise, first) - target).square().mean(1).numpy()
+    def mse(masks: list[np.ndarray] | None, linearise: list[np.ndarray] | None = None) -> np.ndarray:
+        def of(chosen: list[np.ndarray] | None) -> list[Tensor | None]:
+            return none if chosen is None else [torch.from_numpy(m) for m in chosen] + [None]
+        return (_forward(layers, points, of(masks), of(linearise), first) - target).square().mean(1).numpy()
 
-    plane = optimal_plane(distribution)
-    def masks(found: UnitRoles, kinds: Sequence[str]) -> list[Tensor | None]:
-        return [torch.from_numpy(np.isin(r, kinds)) for r in found.roles] + [None]
-
-    checks = []
-    for found in roles:
-        n_creases = sum((r == "crease").sum(1) for r in found.roles)
-        n_outside = sum((~np.isin(r, MECHANISM_ROLES)).sum(1) for r in found.roles)
-        null = _null_mse(layers, points, target, _random_sets(found, n_draws, np.random.default_rng(seed)), first, form).T  # [model, draw]
-        null[(n_creases == 0) | (n_outside == 0)] = np.nan
-        checks.append(AblationCheck(
-            intact=intact.copy(), without_creases=mse(masks(found, ["crease"]), none),
-            without_mechanism=mse(masks(found, list(MECHANISM_ROLES)), none),
-            without_rest=mse(masks(found, ["dead", "cancelling"]), masks(found, ["linear"])), without_random=null,
-            n_creases=n_creases, n_outside=n_outside, plane_mse=plane.mse, constant_mse=plane.target_variance,
-            rel_tolerance=rel_tolerance, quantile=quantile,
-        ))  # fmt: skip
-    return checks
+    return [
+        (intact.copy(), mse(creases), mse(mechanism), mse(rest, linear), _null_mse(layers, points, target, null, first, form).T)
+        for (creases, mechanism, rest, linear), null in zip(role_masks, nulls)
+    ]
 
 
 def exact_unit_roles(network: NetworkLike, distribution: str = "product", *, tolerance: float = DEFAULT_TOLERANCE) -> np.ndarray:
