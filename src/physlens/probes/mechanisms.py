@@ -99,6 +99,7 @@ requires; the valleys of ridge+valley networks move it by about 10 %."""
 
 NetworkLike = TinyMLP | MLPEnsemble | Mapping[str, Any]
 
+_PART_BLOCK_VALUES = 1 << 15  # values per block of the exact quadrature's elementwise steps (256 KiB of float64)
 _ROW_CHUNK_VALUES = 1 << 18  # values per [unit, n] temporary when statistics are taken over a sample (2 MiB of float64)
 
 
@@ -271,7 +272,11 @@ def unit_statistics(
         quadrature = segment_quadrature(distribution)
         slope = torch.einsum("kd,mdh->mkh", quadrature.directions, params["W_in"])  # [model, segment, h]
         offset = torch.einsum("kd,mdh->mkh", quadrature.origins, params["W_in"]) + params["b_in"][:, None, :]
-        fires, positive, negative = _part_integrals(slope, offset)
+        fires, positive, negative = (torch.empty_like(slope) for _ in range(3))
+        rows = max(1, _PART_BLOCK_VALUES // (slope.shape[1] * slope.shape[2]))
+        for start in range(0, slope.shape[0], rows):  # the dozens of elementwise steps run on blocks that stay in cache
+            part = slice(start, start + rows)
+            fires[part], positive[part], negative[part] = _part_integrals(slope[part], offset[part])
         weights = quadrature.weights[None, :, None]
         fraction, positive, negative = ((weights * t).sum(1) for t in (fires, positive, negative))
         n_points = None
