@@ -153,10 +153,8 @@ def _kernel_adam(params, x, y, epochs, lr, snap_epoch):
     return theta[0], losses[0], snaps[0, 0]
 
 
-@pytest.mark.parametrize(("d_in", "width"), [(1, 4), (3, 2), (2, 7)])
-def test_fused_kernel_equals_autograd_adam_for_other_shapes(d_in, width, torch_gen):
-    """The generated kernel for any number of inputs and hidden units, on data of another function."""
-    n, epochs, lr = 37, 120, 2e-2
+def _random_problem(n, d_in, width, torch_gen):
+    """``n`` float64 inputs in [-0.5, 1.5)^d_in, targets sin(Σx) + x₀², and random parameters of one network."""
     x = torch.rand(n, d_in, generator=torch_gen, dtype=torch.float64) * 2 - 0.5
     y = torch.sin(x.sum(1)) + x[:, 0] ** 2
     params = [
@@ -165,6 +163,14 @@ def test_fused_kernel_equals_autograd_adam_for_other_shapes(d_in, width, torch_g
         torch.randn(width, 1, generator=torch_gen, dtype=torch.float64) * 0.5,
         torch.randn(1, generator=torch_gen, dtype=torch.float64),
     ]
+    return x, y, params
+
+
+@pytest.mark.parametrize(("d_in", "width"), [(1, 4), (3, 2), (2, 7)])
+def test_fused_kernel_equals_autograd_adam_for_other_shapes(d_in, width, torch_gen):
+    """The generated kernel for any number of inputs and hidden units, on data of another function."""
+    epochs, lr = 120, 2e-2
+    x, y, params = _random_problem(37, d_in, width, torch_gen)
     reference, reference_losses = _adam_reference(params, x, y, epochs, lr)
     theta, losses, snap = _kernel_adam(params, x, y, epochs, lr, snap_epoch=49)
     assert_allclose(theta, torch.cat([p.reshape(-1) for p in reference]).numpy(), rtol=1e-9, atol=1e-11)

@@ -17,7 +17,7 @@ from physlens.models.mlp import EnsembleConfig, MLPEnsemble
 from physlens.systems.fma import fma_splits
 from physlens.training import _fused
 from physlens.training.ensemble import EnsembleTrainConfig, train_ensemble
-from tests.test_fma_training import _adam_reference, _kernel_adam
+from tests.test_fma_training import _adam_reference, _kernel_adam, _random_problem
 
 NAMES = ("W_in", "b_in", "W_out", "b_out")
 
@@ -54,15 +54,8 @@ def _autograd_adam(params, x, y, epochs, lr):
 @pytest.mark.parametrize(("d_in", "width"), [(1, 9), (3, 6), (2, 13)])
 def test_the_grouped_kernel_equals_autograd_adam_for_other_shapes(d_in, width, torch_gen):
     """Other input counts, and widths whose last group of units is smaller than the others."""
-    n, epochs, lr = 41, 150, 2e-2
-    x = torch.rand(n, d_in, generator=torch_gen, dtype=torch.float64) * 2 - 0.5
-    y = torch.sin(x.sum(1)) + x[:, 0] ** 2
-    params = [
-        torch.randn(d_in, width, generator=torch_gen, dtype=torch.float64),
-        torch.randn(width, generator=torch_gen, dtype=torch.float64) * 0.3,
-        torch.randn(width, 1, generator=torch_gen, dtype=torch.float64) * 0.5,
-        torch.randn(1, generator=torch_gen, dtype=torch.float64),
-    ]
+    epochs, lr = 150, 2e-2
+    x, y, params = _random_problem(41, d_in, width, torch_gen)
     reference, reference_losses = _autograd_adam(params, x, y, epochs, lr)
     theta, losses, snap = _kernel_adam(params, x, y, epochs, lr, snap_epoch=59)
     assert_allclose(theta, reference, rtol=1e-9, atol=1e-11)
